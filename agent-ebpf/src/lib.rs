@@ -1,0 +1,289 @@
+//! Types shared by the kernel programs and the host daemon.
+//!
+//! Every ring-buffer record starts with an [`EventHeader`] whose first field is the
+//! record kind; the daemon checks the record length against the kind before decoding.
+//! All structs are `#[repr(C)]` with explicit padding so both sides agree on layout.
+#![no_std]
+
+/// Bytes of a path kept per event (`bpf_probe_read_user_str` bound).
+pub const PATH_MAX: usize = 256;
+/// Bytes of the NUL-separated argv kept per exec (read from `mm->arg_start` in the kernel).
+pub const ARGS_MAX: usize = 1024;
+/// Bytes of the NUL-separated environment kept per exec (never shipped off the host).
+pub const ENV_MAX: usize = 4096;
+/// Bytes of TLS plaintext kept per `SSL_read`/`SSL_write` call.
+pub const TLS_MAX: usize = 4096;
+/// Bytes of a UDP/53 payload kept (a DNS query is far smaller).
+pub const DNS_MAX: usize = 256;
+/// Bytes of a JSON line written to a pipe (stdio JSON-RPC, i.e. MCP) kept per write.
+pub const PIPE_MAX: usize = 2048;
+
+/// Record kinds (`EventHeader::kind`).
+pub mod kind {
+    pub const EXEC: u32 = 1;
+    pub const FORK: u32 = 2;
+    pub const EXIT: u32 = 3;
+    pub const FILE_OPEN: u32 = 4;
+    pub const FILE_UNLINK: u32 = 5;
+    pub const FILE_RENAME: u32 = 6;
+    pub const NET_CONNECT: u32 = 7;
+    pub const NET_ACCEPT: u32 = 8;
+    pub const NET_BIND: u32 = 9;
+    pub const NET_LISTEN: u32 = 10;
+    pub const DNS_QUERY: u32 = 11;
+    pub const TLS_DATA: u32 = 12;
+    pub const PIPE_WRITE: u32 = 13;
+}
+
+/// `EventHeader::flags` bits.
+pub mod flag {
+    /// The path (or first path) was cut at [`super::PATH_MAX`].
+    pub const PATH_TRUNCATED: u32 = 1 << 0;
+    pub const PATH2_TRUNCATED: u32 = 1 << 1;
+    pub const ARGS_TRUNCATED: u32 = 1 << 2;
+    pub const ENV_TRUNCATED: u32 = 1 << 3;
+    pub const DATA_TRUNCATED: u32 = 1 << 4;
+    /// The process is in the tracked map (an agent or a descendant of one).
+    pub const TRACKED: u32 = 1 << 5;
+    /// Reading part of the record from user or kernel memory failed.
+    pub const READ_FAILED: u32 = 1 << 6;
+}
+
+/// `Tracked::flags` bits.
+pub mod track {
+    /// Matched a declared agent selector.
+    pub const DECLARED: u32 = 1 << 0;
+    /// Reported as a discovered (undeclared) agent.
+    pub const DISCOVERED: u32 = 1 << 1;
+    /// Tracked because an ancestor is (set at fork).
+    pub const INHERITED: u32 = 1 << 2;
+}
+
+/// Per-CPU counter slots in the `COUNTERS` map; the daemon sums them over CPUs.
+pub mod counter {
+    /// Ring buffer full: an event was lost.
+    pub const RINGBUF_FULL: u32 = 0;
+    pub const PATH_TRUNCATED: u32 = 1;
+    pub const ARGS_TRUNCATED: u32 = 2;
+    pub const DATA_TRUNCATED: u32 = 3;
+    /// The in-flight syscall map was full: an event was lost.
+    pub const PENDING_FULL: u32 = 4;
+    /// The tracked map was full: a child of an agent could not be tracked.
+    pub const TRACKED_FULL: u32 = 5;
+    pub const READ_FAILED: u32 = 6;
+    pub const COUNT: u32 = 8;
+}
+
+/// Value of the tracked-process map (key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tracked {
+    /// Daemon-assigned agent slot (0 = none yet).
+    pub agent: u32,
+    pub flags: u32,
+}
+
+/// Common prefix of every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub flags: u32,
+    /// `bpf_ktime_get_boot_ns()` at the event.
+    pub ktime_ns: u64,
+    pub tgid: u32,
+    /// Thread id.
+    pub pid: u32,
+    /// tgid of `real_parent`.
+    pub ppid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Audit login uid (`u32::MAX` when unset).
+    pub auid: u32,
+    /// Network namespace inode number.
+    pub netns: u32,
+    /// Agent slot from the tracked map (0 when untracked).
+    pub agent: u32,
+    pub cgroup_id: u64,
+    /// `group_leader->start_boottime`: with tgid, the process key (exec id).
+    pub start_boottime: u64,
+    /// Start of the parent's thread-group leader.
+    pub parent_start_boottime: u64,
+    pub comm: [u8; 16],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecEvent {
+    pub hdr: EventHeader,
+    /// Bytes used in each buffer.
+    pub path_len: u32,
+    pub args_len: u32,
+    pub env_len: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_MAX],
+    pub args: [u8; ARGS_MAX],
+    pub env: [u8; ENV_MAX],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub hdr: EventHeader,
+    pub child_tgid: u32,
+    pub _pad: u32,
+    pub child_start_boottime: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub hdr: EventHeader,
+    /// `task->exit_code`: exit status in bits 8..16, terminating signal in bits 0..7.
+    pub exit_code: u32,
+    pub _pad: u32,
+}
+
+/// openat/openat2, unlinkat and renameat2.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileEvent {
+    pub hdr: EventHeader,
+    /// Syscall return value (fd or -errno).
+    pub ret: i64,
+    pub dirfd: i32,
+    /// open flags, unlinkat flags, or renameat2 flags.
+    pub flags: u32,
+    pub mode: u32,
+    pub path_len: u32,
+    pub path2_len: u32,
+    pub _pad: u32,
+    pub path: [u8; PATH_MAX],
+    /// Rename target.
+    pub path2: [u8; PATH_MAX],
+}
+
+/// connect, accept, bind and listen with the socket's addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetEvent {
+    pub hdr: EventHeader,
+    pub ret: i64,
+    pub fd: i32,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    /// IPPROTO_TCP / IPPROTO_UDP (0 when unknown).
+    pub protocol: u16,
+    /// Socket type (SOCK_STREAM, SOCK_DGRAM).
+    pub sock_type: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 addresses use the first 4 bytes (network order).
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// A UDP datagram sent to port 53.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DnsEvent {
+    pub hdr: EventHeader,
+    pub family: u16,
+    pub remote_port: u16,
+    pub len: u32,
+    pub remote_addr: [u8; 16],
+    pub data: [u8; DNS_MAX],
+}
+
+pub mod direction {
+    pub const WRITE: u32 = 1;
+    pub const READ: u32 = 2;
+}
+
+/// Plaintext of one successful SSL_read/SSL_write(_ex) call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsEvent {
+    pub hdr: EventHeader,
+    /// The `SSL *`: tells connections of one process apart.
+    pub conn: u64,
+    /// Bytes the call actually transferred.
+    pub len: u32,
+    /// Bytes kept in `data`.
+    pub captured: u32,
+    pub direction: u32,
+    pub _pad: u32,
+    pub data: [u8; TLS_MAX],
+}
+
+/// A write of a JSON object to a pipe (stdio transport of MCP / JSON-RPC).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PipeEvent {
+    pub hdr: EventHeader,
+    pub fd: i32,
+    pub len: u32,
+    pub captured: u32,
+    pub _pad: u32,
+    pub data: [u8; PIPE_MAX],
+}
+
+/// Kernel structure member offsets, read from the running kernel's BTF by the daemon
+/// and patched into the programs at load, so no CO-RE or kernel headers are needed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Offsets {
+    pub task_real_parent: u64,
+    pub task_group_leader: u64,
+    pub task_tgid: u64,
+    pub task_pid: u64,
+    pub task_start_boottime: u64,
+    pub task_loginuid: u64,
+    pub task_nsproxy: u64,
+    pub task_mm: u64,
+    pub task_files: u64,
+    pub task_exit_code: u64,
+    pub nsproxy_net_ns: u64,
+    pub net_ns_inum: u64,
+    pub mm_arg_start: u64,
+    pub mm_arg_end: u64,
+    pub mm_env_start: u64,
+    pub mm_env_end: u64,
+    pub files_fdt: u64,
+    pub fdt_max_fds: u64,
+    pub fdt_fd: u64,
+    pub file_private_data: u64,
+    pub file_inode: u64,
+    pub inode_mode: u64,
+    pub socket_sk: u64,
+    pub sk_family: u64,
+    pub sk_daddr: u64,
+    pub sk_rcv_saddr: u64,
+    pub sk_dport: u64,
+    pub sk_num: u64,
+    pub sk_v6_daddr: u64,
+    pub sk_v6_rcv_saddr: u64,
+    pub sk_type: u64,
+    pub sk_protocol: u64,
+    /// Offset of the `filename` `__data_loc` in the sched_process_exec record.
+    pub tp_exec_filename: u64,
+}
+
+/// Run-time switches patched in at load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Config {
+    /// Emit events for every process, not only tracked ones.
+    pub observe_all: u32,
+    /// The daemon's own tgid: never traced (its own work would feed back).
+    pub self_tgid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data, repr(C), no padding left implicit.
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Tracked {}
+}

@@ -1,0 +1,47 @@
+//! Project tasks: `cargo xtask setup | test | bench | demo`.
+//!
+//! Every task installs what it needs itself, so the README's two commands work on a
+//! fresh machine and in CI without anything installed by hand.
+
+mod bench;
+mod setup;
+mod test;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Custody build, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Make this machine ready to build and run Custody (idempotent).
+    Setup,
+    /// Set up, build, lint and run every test (eBPF tests need root).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and print ratios measured side by side.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Test { no_lint, args } => test::run(!no_lint, &args),
+        Task::Bench { which } => bench::run(which),
+    }
+}
