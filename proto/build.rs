@@ -2,7 +2,11 @@
 //! needed, and generates prost messages and tonic services.
 
 fn main() -> anyhow::Result<()> {
-    let files = ["custody/sensor/v1/events.proto"];
+    let files = [
+        "custody/sensor/v1/events.proto",
+        "custody/sensor/v1/sensor.proto",
+        "custody/admin/v1/admin.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

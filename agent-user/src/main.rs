@@ -1,1 +1,269 @@
-fn main() {}
+//! custodyd — Custody's host sensor.
+//!
+//! Loads the kernel programs, follows agent processes (declared in the config, or
+//! discovered by what they do), and reports their exec, file, network, DNS, TLS
+//! (LLM / MCP / HTTP) activity with agent identities, human principals and credential
+//! fingerprints.
+
+mod btf;
+mod config;
+mod decode;
+mod identity;
+mod loader;
+mod output;
+mod pipeline;
+mod proctable;
+mod status;
+mod users;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use agent_ebpf::{Tracked, counter};
+use agent_user::credential::FleetKey;
+use anyhow::{Context, Result, bail};
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use clap::{Parser, Subcommand};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::pipeline::{Pipeline, Tracker};
+
+#[derive(Parser)]
+#[command(
+    name = "custodyd",
+    version,
+    about = "Custody host sensor: traces agent processes with eBPF and reports their activity",
+    long_about = "Custody host sensor.\n\n\
+        Traces AI agent processes (declared in the config, or discovered because they call \
+        an LLM API or speak MCP) and everything they spawn: exec, files, network, DNS and the \
+        TLS plaintext of their HTTP/LLM/MCP calls. Credentials are reported only as keyed \
+        fingerprints; payload excerpts are redacted.\n\n\
+        Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH).",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Run without a collector: report locally only.
+    #[arg(long)]
+    standalone: bool,
+    /// Write one JSON object per event, one per line (to stdout unless --output).
+    #[arg(long)]
+    json: bool,
+    /// Write the JSON lines to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Report every process on the host, not only agents and their descendants.
+    #[arg(long)]
+    observe_all: bool,
+    /// Configuration file (TOML): sensor settings and declared agents.
+    #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the status snapshot for `custodyd status` is written.
+    #[arg(long, value_name = "FILE", default_value = status::DEFAULT_PATH)]
+    status_file: PathBuf,
+    /// Benchmarking only: attach empty programs at the same points and report nothing.
+    #[arg(long, hide = true)]
+    floor: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show whether the running sensor is healthy, and what to do if not.
+    Status {
+        #[arg(long, value_name = "FILE", default_value = status::DEFAULT_PATH)]
+        status_file: PathBuf,
+        /// Print the raw status JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+}
+
+struct MapTracker(BpfHashMap<MapData, u32, Tracked>);
+
+impl Tracker for MapTracker {
+    fn track(&mut self, tgid: u32, t: Tracked) {
+        if let Err(e) = self.0.insert(tgid, t, 0) {
+            tracing::warn!("could not track pid {tgid}: {e}");
+        }
+    }
+}
+
+const COUNTER_NAMES: [(u32, &str); 7] = [
+    (counter::RINGBUF_FULL, "ringbuf_full"),
+    (counter::PATH_TRUNCATED, "path_truncated"),
+    (counter::ARGS_TRUNCATED, "args_truncated"),
+    (counter::DATA_TRUNCATED, "data_truncated"),
+    (counter::PENDING_FULL, "pending_full"),
+    (counter::TRACKED_FULL, "tracked_full"),
+    (counter::READ_FAILED, "read_failed"),
+];
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG").unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let code = match run_cli(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("custodyd: error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run_cli(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Some(Command::Status { status_file, json }) => status::show(&status_file, json),
+        Some(Command::CheckConfig { file }) => {
+            let c = Config::load(&file)?;
+            println!("{}: ok ({} declared agents, host id {})", file.display(), c.agents.len(), c.host_id);
+            Ok(0)
+        }
+        None => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(run(cli.run))?;
+            Ok(0)
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    if !args.standalone {
+        bail!("no collector is configured: run with --standalone (enrollment with a collector is `custodyd enroll`)");
+    }
+    if !args.json && args.output.is_none() && !args.floor {
+        bail!("--standalone needs an output: --json (stdout) or --output FILE");
+    }
+    let cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default_config(),
+    };
+    let observe_all = args.observe_all || cfg.observe_all;
+    let key = FleetKey::load_or_create(&cfg.fleet_key).context("fleet key")?;
+    let mut tls_binaries = loader::default_tls_binaries();
+    tls_binaries.extend(cfg.tls_binaries.iter().cloned());
+    let loaded = loader::load(&loader::Options { observe_all, floor: args.floor, tls_binaries })?;
+    for f in &loaded.features {
+        if f.active {
+            tracing::info!(feature = %f.name, "active");
+        } else {
+            tracing::warn!(feature = %f.name, reason = %f.detail, "degraded");
+        }
+    }
+    if !loaded.features.iter().any(|f| f.name == "process" && f.active) {
+        bail!("process tracing could not be attached; nothing would be reported");
+    }
+    let loader::Loaded { ebpf: _ebpf, events, tracked, counters, features } = loaded;
+    let declared = cfg.agents.len();
+    let mut tracker = MapTracker(tracked);
+    let mut pipe = Pipeline::new(cfg.host_id.clone(), Identity::new(cfg.agents), key, observe_all);
+    let seeded = pipe.seed(&mut tracker);
+    let mut sink = match &args.output {
+        Some(p) => output::JsonLines::file(p)?,
+        None => output::JsonLines::stdout(),
+    };
+    let started = status::now_unix();
+    let mut st = status::Status {
+        host: cfg.host_id.clone(),
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        mode: if args.floor { "floor" } else if observe_all { "standalone, observe-all" } else { "standalone" }.into(),
+        started_unix: started,
+        features: features.iter().map(Into::into).collect(),
+        declared_agents: declared,
+        ..Default::default()
+    };
+    eprintln!("custodyd: ready host={} processes={} features={}", cfg.host_id, seeded, features.iter().filter(|f| f.active).count());
+
+    let mut ring = AsyncFd::with_interest(events, Interest::READABLE)?;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut batch = Vec::with_capacity(1024);
+    let mut reported_lost: HashMap<&str, u64> = HashMap::new();
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                let mut n = 0;
+                while let Some(item) = rb.next() {
+                    n += 1;
+                    match decode::decode(&item) {
+                        Ok(raw) if !args.floor => pipe.handle(raw, &mut tracker, &mut batch),
+                        Ok(_) => {}
+                        Err(e) => {
+                            pipe.stats.decode_errors += 1;
+                            tracing::debug!("skipping record: {e}");
+                        }
+                    }
+                    drop(item);
+                    for ev in batch.drain(..) {
+                        sink.write(&ev)?;
+                    }
+                    if n % 4096 == 0 {
+                        break; // let the timer and signals run under a flood
+                    }
+                }
+                sink.flush()?;
+                if n < 4096 {
+                    guard.clear_ready();
+                }
+            }
+            _ = tick.tick() => {
+                let mut counters_now = BTreeMap::new();
+                for (slot, name) in COUNTER_NAMES {
+                    let v: u64 = counters.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
+                    counters_now.insert(name.to_string(), v);
+                }
+                for name in ["ringbuf_full", "pending_full", "tracked_full"] {
+                    let v = counters_now[name];
+                    let before = reported_lost.insert(name, v).unwrap_or(0);
+                    if v > before && !args.floor {
+                        let msg = format!("kernel lost {} events ({name})", v - before);
+                        tracing::warn!("{msg}");
+                        let ev = pipe.warning(msg, counters_now.clone().into_iter().collect());
+                        sink.write(&ev)?;
+                        sink.flush()?;
+                    }
+                }
+                pipe.prune();
+                st.updated_unix = status::now_unix();
+                st.kernel_counters = counters_now;
+                st.records = pipe.stats.records;
+                st.decode_errors = pipe.stats.decode_errors;
+                st.events_emitted = pipe.stats.emitted;
+                st.processes_known = pipe.table.len();
+                st.discovered_agents = pipe.stats.discovered_agents;
+                if let Err(e) = status::write(&args.status_file, &st) {
+                    tracing::debug!("status file {}: {e}", args.status_file.display());
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    sink.flush()?;
+    let _ = std::fs::remove_file(&args.status_file);
+    eprintln!("custodyd: stopped ({} records, {} events)", pipe.stats.records, pipe.stats.emitted);
+    Ok(())
+}

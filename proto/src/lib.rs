@@ -6,3 +6,9 @@ pub mod sensor {
         tonic::include_proto!("custody.sensor.v1");
     }
 }
+
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("custody.admin.v1");
+    }
+}

@@ -19,7 +19,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, generated,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use core::ffi::c_void;
 
@@ -99,7 +99,7 @@ pub struct Pending {
 }
 
 #[map]
-pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 pub fn count(slot: u32) {
@@ -243,4 +243,33 @@ pub fn sock_of_fd(fd: i32) -> Option<*const u8> {
 #[inline(always)]
 pub fn clamp(len: u64, max: usize) -> u32 {
     if len > max as u64 { max as u32 } else { len as u32 }
+}
+
+/// Floor programs: the same attach points with empty bodies, so benchmarks can
+/// separate the cost of the hooks themselves from the cost of Custody's work.
+pub mod floor {
+    use aya_ebpf::{
+        macros::{btf_tracepoint, tracepoint, uprobe, uretprobe},
+        programs::{BtfTracePointContext, ProbeContext, RetProbeContext, TracePointContext},
+    };
+
+    #[tracepoint]
+    pub fn custody_floor_tp(_ctx: TracePointContext) -> u32 {
+        0
+    }
+
+    #[btf_tracepoint(function = "sched_process_fork")]
+    pub fn custody_floor_fork(_ctx: BtfTracePointContext) -> i32 {
+        0
+    }
+
+    #[uprobe]
+    pub fn custody_floor_uprobe(_ctx: ProbeContext) -> u32 {
+        0
+    }
+
+    #[uretprobe]
+    pub fn custody_floor_uretprobe(_ctx: RetProbeContext) -> u32 {
+        0
+    }
 }

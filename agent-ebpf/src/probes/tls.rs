@@ -9,7 +9,7 @@ use agent_ebpf::{TLS_MAX, TlsEvent, counter, direction, flag, kind};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe, uretprobe},
-    maps::HashMap,
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 
@@ -27,7 +27,7 @@ pub struct TlsCall {
 }
 
 #[map]
-static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(8192, 0);
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
 fn looks_like_request(buf: u64) -> bool {

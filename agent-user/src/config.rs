@@ -1,0 +1,239 @@
+//! custodyd's configuration file (TOML): sensor settings and declared agents.
+//!
+//! Every error names the file, the line and column, and what is wrong, because an
+//! operator fixing a fleet-wide config needs to know exactly where to look.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use globset::{Glob, GlobMatcher};
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    sensor: RawSensor,
+    #[serde(default)]
+    agent: Vec<Spanned<RawAgent>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSensor {
+    host_id: Option<String>,
+    state_dir: Option<PathBuf>,
+    fleet_key: Option<PathBuf>,
+    #[serde(default)]
+    observe_all: bool,
+    #[serde(default)]
+    tls_binaries: Vec<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: String,
+    name: Option<String>,
+    owner: Option<String>,
+    scope: Option<String>,
+    #[serde(rename = "match")]
+    selectors: RawSelectors,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelectors {
+    exe: Option<String>,
+    sha256: Option<String>,
+    argv: Option<String>,
+    uid: Option<u32>,
+    cgroup: Option<String>,
+    env: Option<String>,
+}
+
+/// Ways a process is recognised as a declared agent. All given selectors must match.
+#[derive(Debug, Default)]
+pub struct Selectors {
+    pub exe: Option<String>,
+    pub sha256: Option<String>,
+    pub argv: Option<GlobMatcher>,
+    pub argv_pattern: Option<String>,
+    pub uid: Option<u32>,
+    /// cgroup v2 path prefix, e.g. `/system.slice/agent.service`.
+    pub cgroup: Option<String>,
+    /// Value of `CUSTODY_AGENT` in the process environment.
+    pub env: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct AgentDecl {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub scope: String,
+    pub selectors: Selectors,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub host_id: String,
+    pub state_dir: PathBuf,
+    pub fleet_key: PathBuf,
+    pub observe_all: bool,
+    pub tls_binaries: Vec<PathBuf>,
+    pub agents: Vec<AgentDecl>,
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("config {}: cannot read: {e}", path.display()))?;
+        Self::parse(&src, &path.display().to_string())
+    }
+
+    /// Built-in defaults when no config file is given.
+    pub fn default_config() -> Config {
+        Self::parse("", "<defaults>").expect("empty config is valid")
+    }
+
+    pub fn parse(src: &str, name: &str) -> Result<Config> {
+        let raw: RawConfig = match toml::from_str(src) {
+            Ok(r) => r,
+            Err(e) => {
+                let (line, col) = e.span().map_or((1, 1), |s| line_col(src, s.start));
+                bail!("config {name}:{line}:{col}: {}", e.message());
+            }
+        };
+        let state_dir = raw.sensor.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/custody"));
+        let fleet_key = raw.sensor.fleet_key.unwrap_or_else(|| state_dir.join("fleet.key"));
+        let mut agents = Vec::new();
+        for spanned in raw.agent {
+            let (line, col) = line_col(src, spanned.span().start);
+            let where_ = format!("config {name}:{line}:{col}");
+            let a = spanned.into_inner();
+            if a.id.trim().is_empty() || a.id.contains(char::is_whitespace) {
+                bail!("{where_}: agent id {:?} must be non-empty and contain no spaces", a.id);
+            }
+            if agents.iter().any(|d: &AgentDecl| d.id == a.id) {
+                bail!("{where_}: agent id {:?} is declared twice", a.id);
+            }
+            let s = a.selectors;
+            let argv = match &s.argv {
+                Some(p) => Some(
+                    Glob::new(p)
+                        .map_err(|e| anyhow::anyhow!("{where_}: agent {:?}: bad argv glob {p:?}: {e}", a.id))?
+                        .compile_matcher(),
+                ),
+                None => None,
+            };
+            if let Some(h) = &s.sha256 {
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bail!("{where_}: agent {:?}: sha256 must be 64 hex characters", a.id);
+                }
+            }
+            if let Some(e) = &s.exe {
+                if !e.starts_with('/') {
+                    bail!("{where_}: agent {:?}: exe {e:?} must be an absolute path", a.id);
+                }
+            }
+            let selectors = Selectors {
+                exe: s.exe,
+                sha256: s.sha256.map(|h| h.to_ascii_lowercase()),
+                argv_pattern: s.argv,
+                argv,
+                uid: s.uid,
+                cgroup: s.cgroup,
+                env: s.env,
+            };
+            if selectors.exe.is_none()
+                && selectors.sha256.is_none()
+                && selectors.argv.is_none()
+                && selectors.uid.is_none()
+                && selectors.cgroup.is_none()
+                && selectors.env.is_none()
+            {
+                bail!("{where_}: agent {:?}: [agent.match] needs at least one selector (exe, sha256, argv, uid, cgroup, env)", a.id);
+            }
+            agents.push(AgentDecl {
+                name: a.name.unwrap_or_else(|| a.id.clone()),
+                owner: a.owner.unwrap_or_default(),
+                scope: a.scope.unwrap_or_default(),
+                id: a.id,
+                selectors,
+            });
+        }
+        Ok(Config {
+            host_id: raw.sensor.host_id.unwrap_or_else(hostname),
+            state_dir,
+            fleet_key,
+            observe_all: raw.sensor.observe_all,
+            tls_binaries: raw.sensor.tls_binaries,
+            agents,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_agents_and_defaults() {
+        let c = Config::parse(
+            r#"
+[sensor]
+host_id = "h1"
+state_dir = "/tmp/x"
+
+[[agent]]
+id = "fin"
+owner = "alice"
+scope = "/data/finance"
+[agent.match]
+argv = "*supervisor.py*"
+uid = 1000
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.host_id, "h1");
+        assert_eq!(c.fleet_key, PathBuf::from("/tmp/x/fleet.key"));
+        assert_eq!(c.agents.len(), 1);
+        assert_eq!(c.agents[0].name, "fin");
+        assert!(c.agents[0].selectors.argv.as_ref().unwrap().is_match("python3 supervisor.py --x"));
+    }
+
+    #[test]
+    fn errors_name_line_and_column() {
+        let e = Config::parse("[sensor]\nhost_id = 3\n", "bad.toml").unwrap_err().to_string();
+        assert!(e.starts_with("config bad.toml:2:"), "{e}");
+        let e = Config::parse("[sensor]\nbogus = true\n", "bad.toml").unwrap_err().to_string();
+        assert!(e.contains("bad.toml:2:") && e.contains("bogus"), "{e}");
+        let src = "\n\n[[agent]]\nid = \"a\"\n[agent.match]\n";
+        let e = Config::parse(src, "c.toml").unwrap_err().to_string();
+        assert!(e.contains("c.toml:3:") && e.contains("at least one selector"), "{e}");
+        let src = "[[agent]]\nid = \"a\"\n[agent.match]\nargv = \"[\"\n";
+        let e = Config::parse(src, "g.toml").unwrap_err().to_string();
+        assert!(e.contains("bad argv glob"), "{e}");
+        let src = "[[agent]]\nid = \"a\"\n[agent.match]\nexe = \"python\"\n";
+        assert!(Config::parse(src, "g.toml").unwrap_err().to_string().contains("absolute"));
+        let src = "[[agent]]\nid = \"a\"\n[agent.match]\nuid = 1\n[[agent]]\nid = \"a\"\n[agent.match]\nuid = 2\n";
+        let e = Config::parse(src, "d.toml").unwrap_err().to_string();
+        assert!(e.contains("d.toml:5:") && e.contains("twice"), "{e}");
+    }
+}

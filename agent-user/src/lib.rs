@@ -1,0 +1,7 @@
+//! Host-side logic of custodyd that does not touch the kernel: credential recognition
+//! and fingerprinting, redaction, and parsing of intent signals (HTTP, LLM APIs, MCP,
+//! DNS) from captured plaintext.
+
+pub mod credential;
+pub mod intent;
+pub mod shipper;

@@ -1,0 +1,239 @@
+//! Loading and attaching the kernel programs, with a per-feature report: a missing
+//! attach point degrades that feature instead of stopping the sensor.
+
+use std::path::{Path, PathBuf};
+
+use agent_ebpf::{Config as ProbeConfig, Tracked};
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
+};
+
+use crate::btf;
+
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custody-probes"));
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Feature {
+    pub name: String,
+    pub active: bool,
+    pub detail: String,
+}
+
+pub struct Options {
+    pub observe_all: bool,
+    /// Attach empty programs at the same points (benchmark floor).
+    pub floor: bool,
+    /// Binaries that link OpenSSL statically (node), besides libssl.so.3.
+    pub tls_binaries: Vec<PathBuf>,
+}
+
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub tracked: BpfHashMap<MapData, u32, Tracked>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub features: Vec<Feature>,
+}
+
+/// Syscall tracepoints: (program, [tracepoint names under `syscalls/`]).
+const SYSCALL_HOOKS: &[(&str, &str, &[&str])] = &[
+    ("files", "custody_openat_enter", &["sys_enter_openat"]),
+    ("files", "custody_openat2_enter", &["sys_enter_openat2"]),
+    ("files", "custody_unlink_enter", &["sys_enter_unlink"]),
+    ("files", "custody_unlinkat_enter", &["sys_enter_unlinkat"]),
+    ("files", "custody_rename_enter", &["sys_enter_rename"]),
+    ("files", "custody_renameat_enter", &["sys_enter_renameat", "sys_enter_renameat2"]),
+    (
+        "files",
+        "custody_file_exit",
+        &["sys_exit_openat", "sys_exit_openat2", "sys_exit_unlink", "sys_exit_unlinkat", "sys_exit_rename", "sys_exit_renameat", "sys_exit_renameat2"],
+    ),
+    ("network", "custody_connect_enter", &["sys_enter_connect"]),
+    ("network", "custody_bind_enter", &["sys_enter_bind"]),
+    ("network", "custody_listen_enter", &["sys_enter_listen"]),
+    ("network", "custody_sock_exit", &["sys_exit_connect", "sys_exit_bind", "sys_exit_listen"]),
+    ("network", "custody_accept_exit", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("dns", "custody_sendto_enter", &["sys_enter_sendto"]),
+    ("dns", "custody_sendmsg_enter", &["sys_enter_sendmsg"]),
+    ("dns", "custody_sendmmsg_enter", &["sys_enter_sendmmsg"]),
+    ("stdio_jsonrpc", "custody_write_enter", &["sys_enter_write"]),
+    ("stdio_jsonrpc", "custody_write_exit", &["sys_exit_write"]),
+];
+
+const TLS_FUNCS: &[(&str, &str)] = &[
+    ("custody_ssl_write", "SSL_write"),
+    ("custody_ssl_write_ex", "SSL_write_ex"),
+    ("custody_ssl_read", "SSL_read"),
+    ("custody_ssl_read_ex", "SSL_read_ex"),
+];
+
+/// Offset of the `filename` field in the sched_process_exec record, from tracefs.
+fn exec_filename_offset() -> Result<u64> {
+    for base in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
+        let p = format!("{base}/events/sched/sched_process_exec/format");
+        if let Ok(s) = std::fs::read_to_string(&p) {
+            for line in s.lines() {
+                if line.contains("filename;") {
+                    let off = line
+                        .split(';')
+                        .find_map(|f| f.trim().strip_prefix("offset:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .with_context(|| format!("{p}: cannot parse {line:?}"))?;
+                    return Ok(off);
+                }
+            }
+            bail!("{p}: no filename field");
+        }
+    }
+    bail!("tracefs not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing): run `mount -t tracefs tracefs /sys/kernel/tracing`")
+}
+
+/// The system's libssl.so.3, by the usual library directories.
+pub fn find_libssl() -> Option<PathBuf> {
+    [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+        "/usr/lib/aarch64-linux-gnu/libssl.so.3",
+        "/usr/lib64/libssl.so.3",
+        "/usr/lib/libssl.so.3",
+        "/lib64/libssl.so.3",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+fn feature(features: &mut Vec<Feature>, name: &str, result: Result<()>) {
+    match result {
+        Ok(()) => {
+            if !features.iter().any(|f| f.name == name) {
+                features.push(Feature { name: name.into(), active: true, detail: String::new() });
+            }
+        }
+        Err(e) => {
+            let detail = format!("{e:#}");
+            match features.iter_mut().find(|f| f.name == name) {
+                Some(f) => {
+                    f.active = false;
+                    if !f.detail.is_empty() {
+                        f.detail.push_str("; ");
+                    }
+                    f.detail.push_str(&detail);
+                }
+                None => features.push(Feature { name: name.into(), active: false, detail }),
+            }
+        }
+    }
+}
+
+fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the object"))?
+        .try_into()?;
+    if p.fd().is_err() {
+        p.load().with_context(|| format!("loading {prog}"))?;
+    }
+    for n in names {
+        p.attach(category, n).with_context(|| format!("attaching {prog} to {category}/{n}"))?;
+    }
+    Ok(())
+}
+
+fn uprobes(ebpf: &mut Ebpf, floor: bool, target: &Path) -> Result<()> {
+    for (prog, sym) in TLS_FUNCS {
+        let entry = if floor { "custody_floor_uprobe" } else { prog };
+        let ret = if floor { "custody_floor_uretprobe" } else { "custody_ssl_ret" };
+        for name in [entry, ret] {
+            let p: &mut UProbe = ebpf.program_mut(name).context("uprobe program missing")?.try_into()?;
+            if p.fd().is_err() {
+                p.load()?;
+            }
+            p.attach(*sym, target, UProbeScope::AllProcesses)
+                .with_context(|| format!("attaching {name} to {sym} in {}", target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn load(opts: &Options) -> Result<Loaded> {
+    if PROBES.is_empty() {
+        bail!("this custodyd was built with AYA_BUILD_SKIP=1 and has no kernel programs; rebuild without it");
+    }
+    let btf = btf::Btf::from_sys()?;
+    let offsets = btf::offsets(&btf, exec_filename_offset()?)?;
+    let cfg = ProbeConfig { observe_all: u32::from(opts.observe_all), self_tgid: std::process::id() };
+    let mut ebpf = EbpfLoader::new()
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("CONFIG", &cfg, true)
+        .load(PROBES)
+        .map_err(|e| {
+            let hint = if unsafe { libc::geteuid() } != 0 {
+                " (custodyd needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("loading the kernel programs failed: {e}{hint}")
+        })?;
+    let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
+    let mut features = Vec::new();
+
+    if opts.floor {
+        for (cat, names) in [("sched", &["sched_process_exec", "sched_process_exit"][..])] {
+            feature(&mut features, "process", tracepoint(&mut ebpf, "custody_floor_tp", cat, names));
+        }
+        for (feat, _, names) in SYSCALL_HOOKS {
+            feature(&mut features, feat, tracepoint(&mut ebpf, "custody_floor_tp", "syscalls", names));
+        }
+    } else {
+        feature(&mut features, "process", tracepoint(&mut ebpf, "custody_exec", "sched", &["sched_process_exec"]));
+        feature(&mut features, "process", tracepoint(&mut ebpf, "custody_exit", "sched", &["sched_process_exit"]));
+        for (feat, prog, names) in SYSCALL_HOOKS {
+            feature(&mut features, feat, tracepoint(&mut ebpf, prog, "syscalls", names));
+        }
+    }
+    let fork_prog = if opts.floor { "custody_floor_fork" } else { "custody_fork" };
+    let fork = (|| -> Result<()> {
+        let p: &mut BtfTracePoint = ebpf.program_mut(fork_prog).context("fork program missing")?.try_into()?;
+        p.load("sched_process_fork", &kernel_btf)?;
+        p.attach()?;
+        Ok(())
+    })();
+    feature(&mut features, "process_fork", fork);
+
+    let mut targets: Vec<PathBuf> = find_libssl().into_iter().collect();
+    if targets.is_empty() {
+        feature(&mut features, "tls_libssl", Err(anyhow::anyhow!("libssl.so.3 not found")));
+    }
+    targets.extend(opts.tls_binaries.iter().cloned());
+    for t in targets {
+        let name = format!("tls:{}", t.display());
+        feature(&mut features, &name, uprobes(&mut ebpf, opts.floor, &t));
+    }
+
+    let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    let tracked = BpfHashMap::try_from(ebpf.take_map("TRACKED").context("TRACKED map missing")?)?;
+    let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+    Ok(Loaded { ebpf, events, tracked, counters, features })
+}
+
+/// Node (and other binaries) that carry their own OpenSSL: worth hooking if present.
+pub fn default_tls_binaries() -> Vec<PathBuf> {
+    ["/usr/bin/node", "/usr/local/bin/node"]
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.exists() && exports_ssl_write(p))
+        .collect()
+}
+
+/// Whether an ELF file exports `SSL_write` (statically linked OpenSSL).
+fn exports_ssl_write(path: &Path) -> bool {
+    // A cheap byte search of the dynamic string table is enough to decide whether
+    // to try; the uprobe attach itself resolves the symbol properly.
+    std::fs::read(path)
+        .map(|b| b.windows(11).any(|w| w == b"\0SSL_write\0"))
+        .unwrap_or(false)
+}

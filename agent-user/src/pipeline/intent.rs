@@ -1,0 +1,273 @@
+//! TLS plaintext and pipe JSON → HTTP, LLM and MCP events, credential sightings,
+//! delegation identities, and discovery of undeclared agents.
+
+use agent_ebpf::{EventHeader, PipeEvent, TlsEvent, Tracked, direction, track};
+use agent_user::credential::{self, decode_jwt, redact_bytes, scan_headers};
+use agent_user::intent::{
+    HttpMessage, HttpRequest, HttpResponse, HttpStream, McpMessage as Mcp, is_mcp, llm_provider_for_host,
+    parse_jsonrpc, parse_llm_request, parse_llm_response,
+};
+use custody_proto::sensor::v1::{
+    self as pb, AgentDiscovered, CredentialSeen, Event, LlmRequest, LlmResponse, McpMessage, Principal, ToolCall,
+    event::Kind,
+};
+
+use super::{Pipeline, Tracker, is_tracked};
+
+const EXCERPT: usize = 1024;
+
+fn request_text(r: &HttpRequest) -> Vec<u8> {
+    let mut t = format!("{} {} HTTP/1.1\r\n", r.method, r.path).into_bytes();
+    for (k, v) in &r.headers {
+        t.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    t.extend_from_slice(b"\r\n");
+    t.extend_from_slice(&r.body[..r.body.len().min(EXCERPT)]);
+    t
+}
+
+fn response_text(r: &HttpResponse) -> Vec<u8> {
+    let mut t = format!("HTTP/1.1 {}\r\n", r.status).into_bytes();
+    for (k, v) in &r.headers {
+        t.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    t.extend_from_slice(b"\r\n");
+    t.extend_from_slice(&r.body[..r.body.len().min(EXCERPT)]);
+    t
+}
+
+/// Cut to at most `n` bytes on a char boundary.
+fn cut(mut s: String, n: usize) -> String {
+    if s.len() > n {
+        let mut i = n;
+        while !s.is_char_boundary(i) {
+            i -= 1;
+        }
+        s.truncate(i);
+    }
+    s
+}
+
+fn mcp_pb(m: Mcp, transport: &str) -> McpMessage {
+    McpMessage {
+        transport: transport.into(),
+        message_type: m.message_type,
+        method: m.method,
+        id: m.id,
+        tool_name: m.tool_name,
+        arguments_excerpt: credential::redact(&m.arguments_excerpt),
+        peer_name: m.peer_name,
+        result_excerpt: credential::redact(&m.result_excerpt),
+    }
+}
+
+impl Pipeline {
+    pub(super) fn tls(&mut self, e: &TlsEvent, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+        let tgid = e.hdr.tgid;
+        let data = &e.data[..(e.captured as usize).min(e.data.len())];
+        let key = (tgid, e.conn, e.direction);
+        let msgs = self.streams.entry(key).or_insert_with(HttpStream::new).feed(data, u64::from(e.len));
+        for m in msgs {
+            match m {
+                HttpMessage::Request(r) => self.http_request(&e.hdr, e.conn, e.direction, r, tracker, out),
+                HttpMessage::Response(r) => self.http_response(&e.hdr, e.conn, e.direction, r, out),
+            }
+        }
+    }
+
+    /// Track a process as a discovered agent and report why.
+    fn discover(&mut self, h: &EventHeader, reason: &str, evidence: String, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+        let tgid = h.tgid;
+        let Some(p) = self.table.get(tgid) else { return };
+        if p.discovered_reported {
+            return;
+        }
+        let (exe, argv, has_own) = (p.exe.clone(), p.argv.clone(), p.own_identity);
+        let agent = if has_own { p.agent.clone() } else { None };
+        let agent = match agent {
+            Some(a) => a,
+            None => {
+                let a = self.identity.discovered(&exe, &argv);
+                self.stats.discovered_agents += 1;
+                a
+            }
+        };
+        if !is_tracked(h) || !has_own {
+            tracker.track(tgid, Tracked { agent: agent.slot, flags: track::DISCOVERED });
+        }
+        let p = self.table.get_mut(tgid).expect("present");
+        p.discovered_reported = true;
+        if !has_own {
+            p.agent = Some(agent);
+            p.own_identity = true;
+        }
+        let ev = self.event(h, Kind::AgentDiscovered(AgentDiscovered { reason: reason.into(), evidence }));
+        out.push(ev);
+    }
+
+    fn http_request(
+        &mut self,
+        h: &EventHeader,
+        conn: u64,
+        dir: u32,
+        r: HttpRequest,
+        tracker: &mut dyn Tracker,
+        out: &mut Vec<Event>,
+    ) {
+        let tgid = h.tgid;
+        let sent = dir == direction::WRITE;
+        let llm = if sent { parse_llm_request(&r) } else { None };
+        let mcp = parse_jsonrpc(&r.body);
+        let host_provider = llm_provider_for_host(&r.host);
+        let untracked = !is_tracked(h) && !self.observe_all;
+        if sent && !self.table.get(tgid).is_some_and(|p| p.discovered_reported) {
+            if let Some(l) = &llm {
+                let ev = format!("{} request to {}{} (model {})", l.provider, r.host, r.path, l.model);
+                self.discover(h, "llm_api", ev, tracker, out);
+            } else if let Some(p) = host_provider {
+                self.discover(h, "llm_api", format!("{p} API host {}", r.host), tracker, out);
+            } else if is_mcp(&mcp) {
+                self.discover(h, "mcp", format!("MCP over HTTP to {}{}", r.host, r.path), tracker, out);
+            }
+        }
+        if untracked && !self.table.get(tgid).is_some_and(|p| p.discovered_reported) {
+            return; // an ordinary untracked HTTPS client: report nothing
+        }
+
+        let creds = scan_headers(&r.headers, &self.key);
+        let fingerprints: Vec<String> = creds.iter().map(|c| c.fingerprint.clone()).collect();
+        let mut delegation = None;
+        if let Some(auth) = r.header("authorization") {
+            let token = auth.trim().strip_prefix("Bearer ").or_else(|| auth.trim().strip_prefix("bearer "));
+            if let Some(claims) = token.and_then(|t| decode_jwt(t.trim())) {
+                if let Some(sub) = claims.sub.clone() {
+                    let d = Principal {
+                        login_uid: 0,
+                        login_user: String::new(),
+                        delegated_sub: sub,
+                        act: claims.act.clone(),
+                        delegated_iss: claims.iss.clone().unwrap_or_default(),
+                    };
+                    if let Some(p) = self.table.get_mut(tgid) {
+                        p.delegation = Some(d.clone());
+                    }
+                    delegation = Some(d);
+                }
+            }
+        }
+        for c in self.note_credentials(tgid, creds) {
+            let ev = self.event(h, Kind::Credential(CredentialSeen { credential: Some(c) }));
+            out.push(ev);
+        }
+        let conn_id = format!("{tgid}:{conn:x}");
+        let req = pb::HttpRequest {
+            conn_id: conn_id.clone(),
+            method: r.method.clone(),
+            host: r.host.clone(),
+            path: r.path.clone(),
+            traceparent: r.header("traceparent").unwrap_or_default().to_string(),
+            excerpt: cut(redact_bytes(&request_text(&r)), EXCERPT),
+            body_len: r.content_length.unwrap_or(r.body.len() as u64),
+            delegation,
+            credential_fingerprints: fingerprints,
+            transport: "tls".into(),
+            direction: if sent { "sent" } else { "received" }.into(),
+        };
+        let ev = self.event(h, Kind::HttpRequest(req));
+        out.push(ev);
+        if let Some(l) = llm {
+            self.conn_llm.insert((tgid, conn), l.provider.clone());
+            let ev = self.event(
+                h,
+                Kind::LlmRequest(LlmRequest {
+                    conn_id,
+                    provider: l.provider,
+                    model: l.model,
+                    system_excerpt: credential::redact(&l.system_excerpt),
+                    user_excerpt: credential::redact(&l.user_excerpt),
+                    tools: l.tools,
+                    host: r.host.clone(),
+                    path: r.path.clone(),
+                    stream: l.stream,
+                }),
+            );
+            out.push(ev);
+        } else if let Some(p) = host_provider.filter(|_| sent) {
+            self.conn_llm.insert((tgid, conn), p.to_string());
+        }
+        for m in mcp {
+            let ev = self.event(h, Kind::Mcp(mcp_pb(m, "http")));
+            out.push(ev);
+        }
+    }
+
+    fn http_response(&mut self, h: &EventHeader, conn: u64, dir: u32, r: HttpResponse, out: &mut Vec<Event>) {
+        let tgid = h.tgid;
+        if !is_tracked(h) && !self.observe_all && !self.table.get(tgid).is_some_and(|p| p.discovered_reported) {
+            return;
+        }
+        let conn_id = format!("{tgid}:{conn:x}");
+        let ev = self.event(
+            h,
+            Kind::HttpResponse(pb::HttpResponse {
+                conn_id: conn_id.clone(),
+                status: r.status.into(),
+                excerpt: cut(redact_bytes(&response_text(&r)), EXCERPT),
+                direction: if dir == direction::READ { "received" } else { "sent" }.into(),
+            }),
+        );
+        out.push(ev);
+        if let Some(provider) = self.conn_llm.get(&(tgid, conn)).cloned() {
+            if let Some(l) = parse_llm_response(&provider, &r) {
+                let ev = self.event(
+                    h,
+                    Kind::LlmResponse(LlmResponse {
+                        conn_id,
+                        provider,
+                        model: l.model,
+                        tool_calls: l
+                            .tool_calls
+                            .into_iter()
+                            .map(|t| ToolCall { name: t.name, arguments_excerpt: credential::redact(&t.arguments_excerpt), id: t.id })
+                            .collect(),
+                        content_excerpt: credential::redact(&l.content_excerpt),
+                        finish_reason: l.finish_reason,
+                    }),
+                );
+                out.push(ev);
+            }
+            return;
+        }
+        for m in parse_jsonrpc(&r.body) {
+            let ev = self.event(h, Kind::Mcp(mcp_pb(m, "http")));
+            out.push(ev);
+        }
+    }
+
+    pub(super) fn pipe(&mut self, e: &PipeEvent, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+        let data = &e.data[..(e.captured as usize).min(e.data.len())];
+        let msgs = parse_jsonrpc(data);
+        if msgs.is_empty() {
+            return;
+        }
+        // A process answering `initialize` with serverInfo is an MCP server: a hop of
+        // its own in the chain, not just part of the agent that spawned it.
+        if let Some(server) = msgs.iter().find(|m| m.message_type == "response" && !m.peer_name.is_empty()) {
+            let evidence = format!("MCP server {:?} over stdio", server.peer_name);
+            let name = server.peer_name.clone();
+            if let Some(p) = self.table.get_mut(e.hdr.tgid) {
+                if !p.own_identity {
+                    let a = self.identity.discovered_named(&format!("mcp:{name}"));
+                    p.agent = Some(a.clone());
+                    p.own_identity = true;
+                    tracker.track(e.hdr.tgid, Tracked { agent: a.slot, flags: track::DISCOVERED });
+                }
+            }
+            self.discover(&e.hdr, "mcp_server", evidence, tracker, out);
+        }
+        for m in msgs {
+            let ev = self.event(&e.hdr, Kind::Mcp(mcp_pb(m, "stdio")));
+            out.push(ev);
+        }
+    }
+}

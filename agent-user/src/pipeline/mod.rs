@@ -1,0 +1,288 @@
+//! Kernel records → Custody events: keeps the process table, agent identities and
+//! per-connection parsers, and decides what is reported (tracked processes, or all
+//! in observe-all mode).
+
+mod intent;
+mod resources;
+
+use std::collections::HashMap;
+
+use agent_ebpf::{EventHeader, ExecEvent, Tracked, flag, track};
+use agent_user::credential::{self, Credential, FleetKey};
+use agent_user::intent::HttpStream;
+use custody_proto::sensor::v1::{
+    self as pb, Event, ProcessExec, ProcessExit, ProcessFork, SensorWarning, event::Kind,
+};
+
+use crate::decode::Raw;
+use crate::identity::{ExecFacts, Identity, env_agent};
+use crate::proctable::{ProcTable, split_nul};
+use crate::users::Users;
+
+/// Where tracking decisions made in user space go (the kernel's tracked map).
+pub trait Tracker {
+    fn track(&mut self, tgid: u32, t: Tracked);
+}
+
+#[derive(Default, Debug, Clone, serde::Serialize)]
+pub struct Stats {
+    pub records: u64,
+    pub decode_errors: u64,
+    pub emitted: u64,
+    pub discovered_agents: u64,
+}
+
+pub struct Pipeline {
+    pub table: ProcTable,
+    pub identity: Identity,
+    pub users: Users,
+    pub stats: Stats,
+    key: FleetKey,
+    observe_all: bool,
+    /// HTTP parsers per (tgid, SSL*, direction).
+    streams: HashMap<(u32, u64, u32), HttpStream>,
+    /// LLM provider of the last request on (tgid, SSL*), to parse its response.
+    conn_llm: HashMap<(u32, u64), String>,
+}
+
+fn is_tracked(h: &EventHeader) -> bool {
+    h.flags & flag::TRACKED != 0
+}
+
+impl Pipeline {
+    pub fn new(host: String, identity: Identity, key: FleetKey, observe_all: bool) -> Self {
+        Pipeline {
+            table: ProcTable::new(host),
+            identity,
+            users: Users::new(),
+            stats: Stats::default(),
+            key,
+            observe_all,
+            streams: HashMap::new(),
+            conn_llm: HashMap::new(),
+        }
+    }
+
+    /// Seed from /proc and track already-running declared agents and their descendants.
+    pub fn seed(&mut self, tracker: &mut dyn Tracker) -> usize {
+        let n = self.table.seed_from_proc();
+        for tgid in self.table.tgids() {
+            let Some(p) = self.table.get(tgid) else { continue };
+            let (exe, argv, uid) = (p.exe.clone(), p.argv.clone(), p.uid);
+            let environ = std::fs::read(format!("/proc/{tgid}/environ")).unwrap_or_default();
+            let facts = ExecFacts { tgid, exe: &exe, argv: &argv, uid, env_agent: env_agent(&environ) };
+            if let Some(a) = self.identity.match_exec(&facts) {
+                tracker.track(tgid, Tracked { agent: a.slot, flags: track::DECLARED });
+                for d in self.table.descendants(tgid) {
+                    tracker.track(d, Tracked { agent: a.slot, flags: track::INHERITED });
+                    if let Some(c) = self.table.get_mut(d) {
+                        c.agent.get_or_insert_with(|| a.clone());
+                    }
+                }
+                if let Some(p) = self.table.get_mut(tgid) {
+                    p.agent = Some(a);
+                }
+            }
+        }
+        n
+    }
+
+    /// Update the process entry from a record header and return its tgid.
+    fn touch(&mut self, h: &EventHeader) -> u32 {
+        let start = self.table.ticks(h.start_boottime);
+        let pstart = self.table.ticks(h.parent_start_boottime);
+        let parent_id = if h.ppid != 0 { self.table.exec_id(h.ppid, pstart) } else { String::new() };
+        let fresh = self.table.get(h.tgid).is_none_or(|p| p.start_ticks != start);
+        if fresh && self.table.scan_one(h.tgid).is_none_or(|p| p.start_ticks != start) {
+            self.table.entry(h.tgid, start);
+        }
+        let agent = (h.agent != 0).then(|| self.identity.by_slot(h.agent)).flatten();
+        let p = self.table.get_mut(h.tgid).expect("entry exists");
+        p.ppid = h.ppid;
+        p.parent_exec_id = parent_id;
+        p.uid = h.uid;
+        p.gid = h.gid;
+        p.auid = h.auid;
+        p.cgroup_id = h.cgroup_id;
+        p.netns = h.netns;
+        let comm = &h.comm[..h.comm.iter().position(|&b| b == 0).unwrap_or(16)];
+        p.comm = credential::escape_bytes(comm);
+        if let Some(a) = agent {
+            if p.agent.as_ref().is_none_or(|cur| cur.slot != a.slot) && !p.own_identity {
+                p.agent = Some(a);
+            }
+        }
+        h.tgid
+    }
+
+    /// Build an event for the process of `h`.
+    fn event(&mut self, h: &EventHeader, kind: Kind) -> Event {
+        self.stats.emitted += 1;
+        let process = self.table.get(h.tgid).map(|p| self.table.to_proto(p, h.pid, &mut self.users));
+        Event {
+            host: self.table.host.clone(),
+            time_ns: self.table.wall(h.ktime_ns),
+            seq: 0,
+            process,
+            kind: Some(kind),
+        }
+    }
+
+    fn wanted(&self, h: &EventHeader) -> bool {
+        is_tracked(h) || self.observe_all
+    }
+
+    pub fn handle(&mut self, raw: Raw, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+        self.stats.records += 1;
+        match raw {
+            Raw::Exec(e) => self.exec(&e, tracker, out),
+            Raw::Fork(e) => {
+                self.touch(&e.hdr);
+                let child_start = self.table.ticks(e.child_start_boottime);
+                let parent = self.table.get(e.hdr.tgid).cloned().unwrap_or_default();
+                let child = self.table.entry(e.child_tgid, child_start);
+                child.ppid = e.hdr.tgid;
+                child.parent_exec_id = parent.exec_id.clone();
+                child.exe = parent.exe.clone();
+                child.argv = parent.argv.clone();
+                child.comm = parent.comm.clone();
+                child.uid = parent.uid;
+                child.gid = parent.gid;
+                child.auid = parent.auid;
+                child.cgroup_id = parent.cgroup_id;
+                child.netns = parent.netns;
+                child.agent = parent.agent.clone();
+                let child_exec_id = child.exec_id.clone();
+                if self.wanted(&e.hdr) {
+                    let ev = self.event(&e.hdr, Kind::Fork(ProcessFork { child_exec_id, child_pid: e.child_tgid }));
+                    out.push(ev);
+                }
+            }
+            Raw::Exit(e) => {
+                self.touch(&e.hdr);
+                if self.wanted(&e.hdr) {
+                    let code = e.exit_code as i32;
+                    let ev = self.event(
+                        &e.hdr,
+                        Kind::Exit(ProcessExit { exit_code: (code >> 8) & 0xff, signal: code & 0x7f }),
+                    );
+                    out.push(ev);
+                }
+                self.table.remove(e.hdr.tgid);
+                self.streams.retain(|k, _| k.0 != e.hdr.tgid);
+                self.conn_llm.retain(|k, _| k.0 != e.hdr.tgid);
+            }
+            Raw::File(e) => {
+                if self.wanted(&e.hdr) {
+                    self.touch(&e.hdr);
+                    self.file(&e, out);
+                }
+            }
+            Raw::Net(e) => {
+                if self.wanted(&e.hdr) {
+                    self.touch(&e.hdr);
+                    let kind = resources::net(&e);
+                    out.push(self.event(&e.hdr, kind));
+                }
+            }
+            Raw::Dns(e) => {
+                if self.wanted(&e.hdr) {
+                    self.touch(&e.hdr);
+                    if let Some(kind) = resources::dns(&e) {
+                        out.push(self.event(&e.hdr, kind));
+                    }
+                }
+            }
+            Raw::Tls(e) => {
+                self.touch(&e.hdr);
+                self.tls(&e, tracker, out);
+            }
+            Raw::Pipe(e) => {
+                if self.wanted(&e.hdr) {
+                    self.touch(&e.hdr);
+                    self.pipe(&e, tracker, out);
+                }
+            }
+        }
+    }
+
+    fn exec(&mut self, e: &ExecEvent, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+        let tgid = self.touch(&e.hdr);
+        let path = credential::escape_bytes(&e.path[..(e.path_len as usize).min(e.path.len())]);
+        let argv = split_nul(&e.args[..(e.args_len as usize).min(e.args.len())]);
+        let env = &e.env[..(e.env_len as usize).min(e.env.len())];
+        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or(path);
+        let facts = ExecFacts { tgid, exe: &exe, argv: &argv, uid: e.hdr.uid, env_agent: env_agent(env) };
+        let matched = self.identity.match_exec(&facts);
+        let mut tracked = is_tracked(&e.hdr);
+        {
+            let p = self.table.get_mut(tgid).expect("touched");
+            p.exe = exe;
+            p.argv = argv;
+            p.argv_truncated = e.hdr.flags & flag::ARGS_TRUNCATED != 0;
+            p.discovered_reported = false;
+            if let Some(a) = &matched {
+                p.agent = Some(a.clone());
+                p.own_identity = true;
+            }
+        }
+        if let Some(a) = matched {
+            tracker.track(tgid, Tracked { agent: a.slot, flags: track::DECLARED });
+            tracked = true;
+        }
+        if !(tracked || self.observe_all) {
+            return;
+        }
+        let creds = credential::scan_env(env, &self.key);
+        let env_credentials = self.note_credentials(tgid, creds);
+        let env_truncated = e.hdr.flags & flag::ENV_TRUNCATED != 0;
+        out.push(self.event(&e.hdr, Kind::Exec(ProcessExec { env_credentials, env_truncated })));
+    }
+
+    /// Record credential sightings on the process; return the ones not reported yet.
+    fn note_credentials(&mut self, tgid: u32, creds: Vec<Credential>) -> Vec<pb::Credential> {
+        let Some(p) = self.table.get_mut(tgid) else { return Vec::new() };
+        creds
+            .into_iter()
+            .filter(|c| p.seen_credentials.insert(format!("{}|{}|{}", c.fingerprint, c.source.as_str(), c.location)))
+            .map(to_pb)
+            .collect()
+    }
+
+    /// Periodic warning when the kernel lost events (ring buffer or map full).
+    pub fn warning(&mut self, message: String, counters: HashMap<String, u64>) -> Event {
+        self.stats.emitted += 1;
+        Event {
+            host: self.table.host.clone(),
+            time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            seq: 0,
+            process: None,
+            kind: Some(Kind::Warning(SensorWarning { message, counters })),
+        }
+    }
+
+    /// Drop per-connection parser state of processes that are gone (bounded memory
+    /// even if exit events were lost).
+    pub fn prune(&mut self) {
+        let table = &self.table;
+        self.streams.retain(|k, _| table.get(k.0).is_some());
+        self.conn_llm.retain(|k, _| table.get(k.0).is_some());
+        if self.streams.len() > 8192 {
+            self.streams.clear();
+        }
+    }
+}
+
+pub fn to_pb(c: Credential) -> pb::Credential {
+    pb::Credential {
+        kind: c.kind,
+        fingerprint: c.fingerprint,
+        metadata: c.metadata.into_iter().collect(),
+        source: c.source.as_str().to_string(),
+        location: c.location,
+    }
+}

@@ -1,0 +1,114 @@
+//! `custodyd status`: the daemon writes a status snapshot every second; the command
+//! reads it and tells the operator whether the sensor is healthy and what to do if not.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::loader::Feature;
+
+pub const DEFAULT_PATH: &str = "/run/custody/custodyd-status.json";
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct Status {
+    pub host: String,
+    pub pid: u32,
+    pub version: String,
+    pub mode: String,
+    pub started_unix: u64,
+    pub updated_unix: u64,
+    pub features: Vec<FeatureStatus>,
+    /// Kernel-side counters (lost events, truncations), summed over CPUs.
+    pub kernel_counters: BTreeMap<String, u64>,
+    pub records: u64,
+    pub decode_errors: u64,
+    pub events_emitted: u64,
+    pub processes_known: usize,
+    pub discovered_agents: u64,
+    pub declared_agents: usize,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct FeatureStatus {
+    pub name: String,
+    pub active: bool,
+    pub detail: String,
+}
+
+impl From<&Feature> for FeatureStatus {
+    fn from(f: &Feature) -> Self {
+        FeatureStatus { name: f.name.clone(), active: f.active, detail: f.detail.clone() }
+    }
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub fn write(path: &Path, s: &Status) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(s)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Print the status screen; returns the process exit code (0 healthy, 1 degraded,
+/// 2 not running).
+pub fn show(path: &Path, json: bool) -> Result<i32> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(_) => {
+            println!("custodyd: NOT RUNNING (no status at {})", path.display());
+            println!("  what to do: start it (systemctl start custodyd, or custodyd --standalone --json)");
+            return Ok(2);
+        }
+    };
+    let s: Status = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    if json {
+        println!("{text}");
+    }
+    let age = now_unix().saturating_sub(s.updated_unix);
+    let alive = Path::new(&format!("/proc/{}", s.pid)).exists() && age < 10;
+    let lost = s.kernel_counters.get("ringbuf_full").copied().unwrap_or(0)
+        + s.kernel_counters.get("pending_full").copied().unwrap_or(0);
+    let inactive: Vec<&FeatureStatus> = s.features.iter().filter(|f| !f.active).collect();
+    let mut code = 0;
+    let state = if !alive {
+        code = 2;
+        "NOT RUNNING (stale status)"
+    } else if lost > 0 || !inactive.is_empty() {
+        code = 1;
+        "DEGRADED"
+    } else {
+        "HEALTHY"
+    };
+    if json {
+        return Ok(code);
+    }
+    println!("custodyd on {}: {state}", s.host);
+    println!("  pid {}  version {}  mode {}  up {}s  status age {}s", s.pid, s.version, s.mode, s.updated_unix.saturating_sub(s.started_unix), age);
+    println!("  processes known {}  declared agents {}  discovered agents {}", s.processes_known, s.declared_agents, s.discovered_agents);
+    println!("  kernel records {}  events emitted {}  malformed records {}", s.records, s.events_emitted, s.decode_errors);
+    for f in &s.features {
+        let mark = if f.active { "active  " } else { "DEGRADED" };
+        println!("  [{mark}] {}{}", f.name, if f.detail.is_empty() { String::new() } else { format!(": {}", f.detail) });
+    }
+    for (k, v) in &s.kernel_counters {
+        println!("  counter {k} = {v}");
+    }
+    if lost > 0 {
+        println!("  what to do: {lost} events were lost in the kernel (ring buffer or syscall map full); the host is busier than the sensor drains — check CPU limits on custodyd");
+    }
+    if !inactive.is_empty() {
+        println!("  what to do: degraded features are listed with the kernel's reason above; the rest of the sensor works");
+    }
+    if !alive {
+        println!("  what to do: the daemon is not running; start it and check its log (journalctl -u custodyd)");
+    }
+    Ok(code)
+}
