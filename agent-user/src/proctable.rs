@@ -39,6 +39,8 @@ pub struct Proc {
     /// Credential sightings already reported (fingerprint/source/location).
     pub seen_credentials: HashSet<String>,
     pub discovered_reported: bool,
+    pub cwd: String,
+    pub cgroup_path: String,
 }
 
 pub struct ProcTable {
@@ -77,10 +79,12 @@ fn status_ids(status: &str, key: &str) -> Option<u32> {
         .ok()
 }
 
+/// NUL-separated argv → strings: non-UTF-8 bytes escaped losslessly, and secrets
+/// passed on a command line (tokens, `--password=…`) redacted like any payload.
 pub fn split_nul(data: &[u8]) -> Vec<String> {
     data.split(|&b| b == 0)
         .filter(|s| !s.is_empty())
-        .map(agent_user::credential::escape_bytes)
+        .map(|a| agent_user::credential::redact(&agent_user::credential::escape_bytes(a)))
         .collect()
 }
 
@@ -249,9 +253,9 @@ impl ProcTable {
             agent_id: agent.map(|a| a.id.clone()).unwrap_or_default(),
             agent_name: agent.map(|a| a.name.clone()).unwrap_or_default(),
             agent_kind: agent.map(|a| a.kind.as_str().to_string()).unwrap_or_default(),
-            cwd: String::new(),
+            cwd: p.cwd.clone(),
             principal: Some(self.principal(p.tgid, users)),
-            cgroup_path: String::new(),
+            cgroup_path: p.cgroup_path.clone(),
         }
     }
 }

@@ -2,9 +2,23 @@
 //! sled, cross-host chain reconstruction, and the operator (admin) API.
 //!
 //! The ingest and chain-index logic is usable without the network through
-//! [`engine::Engine`] (the benchmark drives it directly).
+//! [`engine::Engine`] (`Engine::open`, `Engine::ingest`/`ingest_group`,
+//! `Engine::get_chain`); the benchmark drives it directly.
 
+pub mod admin_service;
 pub mod auth;
 pub mod chain;
+pub mod engine;
+pub mod fleet;
+pub mod ingest;
 pub mod pki;
+pub mod query;
+pub mod retention;
+pub mod sensor_service;
+pub mod server;
+pub mod store;
 pub mod synth;
+pub mod units;
+
+pub use engine::{Engine, IngestOutcome};
+pub use server::{Collector, CollectorConfig};

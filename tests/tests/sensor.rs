@@ -130,7 +130,7 @@ fn sensor_reports_agent_activity_end_to_end() {
     let execs = of_kind(&evs, "exec");
     let t = execs
         .iter()
-        .find(|e| e["process"]["argv"].as_array().is_some_and(|a| a.iter().any(|x| x == marker.as_str())))
+        .find(|e| e["process"]["argv"][0] == "/bin/true" && e["process"]["argv"].as_array().is_some_and(|a| a.iter().any(|x| x == marker.as_str())))
         .unwrap_or_else(|| panic!("no exec of /bin/true with {marker}"));
     assert_eq!(t["process"]["argv"], serde_json::json!(["/bin/true", marker, "second-arg", "third arg with spaces"]));
     assert_eq!(t["process"]["parent_exec_id"], agent_exec_id.as_str());

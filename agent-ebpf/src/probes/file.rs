@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 
-use super::{EVENTS, PENDING, Pending, count, fill_header, traced, uread};
+use super::{trace_info, EVENTS, PENDING, Pending, count, fill_header, traced, uread};
 
 /// Syscall argument `i` of a `syscalls/sys_enter_*` record.
 #[inline(always)]
@@ -98,7 +98,7 @@ pub fn custody_file_exit(ctx: TracePointContext) -> u32 {
     if p.kind != kind::FILE_OPEN && p.kind != kind::FILE_UNLINK && p.kind != kind::FILE_RENAME {
         return 0;
     }
-    let (agent, tflags) = traced(super::current_tgid()).unwrap_or((0, 0));
+    let (agent, tflags) = trace_info(super::current_tgid());
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;

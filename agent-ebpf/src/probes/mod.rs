@@ -132,6 +132,20 @@ pub fn traced(tgid: u32) -> Option<(u32, u32)> {
     None
 }
 
+/// (agent slot, header flags) of `tgid` for an event that is emitted anyway; both
+/// values are written on every path (the verifier rejects a partly set tuple).
+#[inline(always)]
+pub fn trace_info(tgid: u32) -> (u32, u32) {
+    let mut agent = 0u32;
+    let mut flags = 0u32;
+    // SAFETY: the value is copied out immediately.
+    if let Some(t) = unsafe { TRACKED.get(&tgid) } {
+        agent = t.agent;
+        flags = flag::TRACKED;
+    }
+    (agent, flags)
+}
+
 #[inline(always)]
 pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32

@@ -6,7 +6,7 @@ use agent_ebpf::{DNS_MAX, DnsEvent, NetEvent, counter, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::file::{arg, ret, stash, take};
-use super::{EVENTS, clamp, count, current_tgid, fill_header, kread, off, sock_of_fd, traced, uread, uread_into};
+use super::{trace_info, EVENTS, clamp, count, current_tgid, fill_header, kread, off, sock_of_fd, traced, uread, uread_into};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -56,7 +56,7 @@ pub fn custody_accept_exit(ctx: TracePointContext) -> u32 {
 /// bind's address) used when the socket cannot tell (a failed connect).
 #[inline(always)]
 fn emit(kind: u32, fd: i32, result: i64, uaddr: u64) {
-    let (agent, tflags) = traced(current_tgid()).unwrap_or((0, 0));
+    let (agent, tflags) = trace_info(current_tgid());
     let sk = sock_of_fd(fd);
     let mut family: u16 = match sk {
         Some(sk) => unsafe { kread(sk, off!(sk_family)) }.unwrap_or(0),
@@ -162,8 +162,8 @@ fn dns(fd: i32, buf: u64, len: u64, uaddr: u64) {
     if traced(current_tgid()).is_none() {
         return;
     }
-    let mut family: u16 = 0;
-    let mut port: u16 = 0;
+    let family: u16;
+    let port: u16;
     let mut addr = [0u8; 16];
     if uaddr != 0 {
         family = unsafe { uread(uaddr) }.unwrap_or(0);
@@ -196,7 +196,7 @@ fn dns(fd: i32, buf: u64, len: u64, uaddr: u64) {
     } else {
         return;
     }
-    let (agent, tflags) = traced(current_tgid()).unwrap_or((0, 0));
+    let (agent, tflags) = trace_info(current_tgid());
     let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return;

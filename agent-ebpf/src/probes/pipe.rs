@@ -5,7 +5,7 @@ use agent_ebpf::{PIPE_MAX, PipeEvent, counter, flag, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::file::{arg, ret, stash, take};
-use super::{EVENTS, S_IFIFO, S_IFMT, clamp, count, current_tgid, file_mode, file_of_fd, fill_header, traced, uread, uread_into};
+use super::{trace_info, EVENTS, S_IFIFO, S_IFMT, clamp, count, current_tgid, file_mode, file_of_fd, fill_header, traced, uread, uread_into};
 
 #[tracepoint]
 pub fn custody_write_enter(ctx: TracePointContext) -> u32 {
@@ -36,7 +36,7 @@ pub fn custody_write_exit(ctx: TracePointContext) -> u32 {
     if r <= 0 {
         return 0;
     }
-    let (agent, tflags) = traced(current_tgid()).unwrap_or((0, 0));
+    let (agent, tflags) = trace_info(current_tgid());
     let Some(mut entry) = EVENTS.reserve::<PipeEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;

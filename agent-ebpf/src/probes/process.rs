@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 
-use super::{
+use super::{trace_info, 
     EVENTS, TRACKED, clamp, count, current_task, current_tgid, fill_header, kread, off, traced,
     uread_into,
 };
@@ -22,7 +22,7 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
     if tgid == unsafe { core::ptr::read_volatile(&super::CONFIG.self_tgid) } {
         return 0;
     }
-    let (agent, tflags) = traced(tgid).unwrap_or((0, 0));
+    let (agent, tflags) = trace_info(tgid);
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;
@@ -34,7 +34,7 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
 
     // filename: a __data_loc field; the low 16 bits are its offset inside the record.
     let loc: u32 = unsafe { ctx.read_at(off!(tp_exec_filename) as usize) }.unwrap_or(0);
-    let fname = unsafe { (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize) };
+    let fname = (ctx.as_ptr() as *const u8).wrapping_add((loc & 0xffff) as usize);
     let n = unsafe {
         generated::bpf_probe_read_kernel_str(
             ev.path.as_mut_ptr().cast::<c_void>(),
@@ -133,7 +133,7 @@ pub fn custody_exit(_ctx: TracePointContext) -> u32 {
     if tgid == unsafe { core::ptr::read_volatile(&super::CONFIG.self_tgid) } {
         return 0;
     }
-    let (agent, tflags) = traced(tgid).unwrap_or((0, 0));
+    let (agent, tflags) = trace_info(tgid);
     if tflags & flag::TRACKED != 0 {
         let _ = TRACKED.remove(&tgid);
     }

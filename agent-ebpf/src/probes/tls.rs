@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{EVENTS, clamp, count, fill_header, traced, uread, uread_into};
+use super::{EVENTS, clamp, count, fill_header, trace_info, traced, uread, uread_into};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -29,6 +29,10 @@ pub struct TlsCall {
 #[map]
 static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(8192, 0);
 
+/// `SSL *` of untracked connections that sent something request-shaped.
+#[map]
+static SAMPLED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
 #[inline(always)]
 fn looks_like_request(buf: u64) -> bool {
     let head: [u8; 4] = unsafe { uread(buf) }.unwrap_or([0; 4]);
@@ -41,10 +45,18 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
     let out_len: u64 = if ex { ctx.arg(3).unwrap_or(0) } else { 0 };
-    match traced((pid_tgid >> 32) as u32) {
-        Some(_) => {}
-        None if dir == direction::WRITE && looks_like_request(buf) => {}
-        None => return 0,
+    if traced((pid_tgid >> 32) as u32).is_none() {
+        // Untracked: sample connections that carry an HTTP request, writes and the
+        // replies read on them, so the daemon can discover an agent from its first
+        // exchange even before it tracks the process.
+        if dir == direction::WRITE {
+            if !looks_like_request(buf) {
+                return 0;
+            }
+            let _ = SAMPLED.insert(&ssl, &1u8, 0);
+        } else if unsafe { SAMPLED.get(&ssl) }.is_none() {
+            return 0;
+        }
     }
     let call = TlsCall { ssl, buf, out_len, direction: dir, _pad: 0 };
     let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
@@ -93,7 +105,7 @@ pub fn custody_ssl_ret(ctx: RetProbeContext) -> u32 {
     if n == 0 {
         return 0;
     }
-    let (agent, tflags) = traced((pid_tgid >> 32) as u32).unwrap_or((0, 0));
+    let (agent, tflags) = trace_info((pid_tgid >> 32) as u32);
     let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;

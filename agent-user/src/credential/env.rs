@@ -169,7 +169,12 @@ pub(crate) fn secret_name_kind(name: &str) -> Option<&'static str> {
             c => c.to_ascii_uppercase(),
         })
         .collect();
-    if COMPANION_SUFFIXES.iter().any(|s| n.ends_with(s)) || IGNORED.contains(&n.as_str()) {
+    // Tokenizer settings and token counts are the common false friends of "TOKEN".
+    if COMPANION_SUFFIXES.iter().any(|s| n.ends_with(s))
+        || IGNORED.contains(&n.as_str())
+        || n.contains("TOKENIZER")
+        || n.ends_with("TOKENS")
+    {
         return None;
     }
     if n.contains("PASSWORD") || n.contains("PASSWD") || n.ends_with("_PASS") || n == "PASS" {

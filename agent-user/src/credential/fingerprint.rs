@@ -70,7 +70,7 @@ impl FleetKey {
         }
         // Bounded read: a huge file here is a mistake, not a key.
         let mut buf = Vec::with_capacity(80);
-        file.by_ref()
+        Read::by_ref(&mut file)
             .take(1024)
             .read_to_end(&mut buf)
             .with_context(|| format!("fleet key {}: cannot read", path.display()))?;

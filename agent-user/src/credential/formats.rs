@@ -219,13 +219,11 @@ pub(crate) fn password_credential(
     }
 }
 
-/// `scheme://user:password@host…` with the pieces located in the original text.
+/// The parts of `scheme://user:password@host…`.
 pub(crate) struct UrlUserinfo<'a> {
     pub scheme: &'a str,
     pub username: &'a str,
     pub password: &'a str,
-    pub password_start: usize,
-    pub password_end: usize,
     pub host: &'a str,
 }
 
@@ -247,8 +245,6 @@ pub(crate) fn find_url_userinfo(text: &str) -> Vec<UrlUserinfo<'_>> {
                 scheme: c.get(1)?.as_str(),
                 username: c.get(2)?.as_str(),
                 password: pw.as_str(),
-                password_start: pw.start(),
-                password_end: pw.end(),
                 host: c.get(4)?.as_str(),
             })
         })

@@ -20,8 +20,6 @@ pub(crate) static PEM_RE: LazyLock<Regex> = LazyLock::new(|| {
 
 pub(crate) struct PemKey<'a> {
     pub block: &'a str,
-    pub start: usize,
-    pub end: usize,
     /// The words before "PRIVATE KEY" in the BEGIN line ("RSA", "OPENSSH", "").
     pub label: &'a str,
 }
@@ -33,8 +31,6 @@ pub(crate) fn find_private_keys(text: &str) -> Vec<PemKey<'_>> {
             let m = c.get(0)?;
             Some(PemKey {
                 block: m.as_str(),
-                start: m.start(),
-                end: m.end(),
                 label: c.get(1).map_or("", |l| l.as_str().trim_end()),
             })
         })

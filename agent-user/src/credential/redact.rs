@@ -55,10 +55,10 @@ static QUOTED_KV_RE: LazyLock<Regex> = LazyLock::new(|| {
     .expect("quoted kv regex")
 });
 
-/// `name=value` and `name: value` (env dumps, query strings, YAML, INI).
+/// `name=` and `name:` (env dumps, query strings, YAML, INI). The value is measured
+/// by hand, only for secret names, which keeps the scan linear.
 static KV_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"([A-Za-z_][A-Za-z0-9_.\-]*)([ \t]*[=:][ \t]*)("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s"'&<>]+)"#)
-        .expect("kv regex")
+    Regex::new(r"([A-Za-z_][A-Za-z0-9_.\-]*)[ \t]*[=:][ \t]*").expect("kv regex")
 });
 
 /// `--password value` in argv.
@@ -81,8 +81,8 @@ static LOOSE_JWT_RE: LazyLock<Regex> = LazyLock::new(|| {
 static TRUNCATED_RE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         r"(?:sk-ant-|sk-(?:proj|svcacct|admin)-|gh[pousr]_|github_pat_|",
-        r"gl(?:pat|dt|rt|ptt|ft|cbt|soat)-|xox[abprs]-|AIza|hf_|npm_|hv[sbr]\.|AKIA|ASIA)",
-        r"[A-Za-z0-9_\-]{4,}\z"
+        r"gl(?:pat|dt|rt|ptt|ft|cbt|soat)-|xox[abprs]-|AIza|hf_|npm_|hv[sbr]\.)",
+        r"[A-Za-z0-9_\-]{4,}\z|(?:AKIA|ASIA)[A-Z0-9]{4,}\z"
     ))
     .expect("truncated regex")
 });
@@ -93,7 +93,7 @@ static PLACEHOLDER_RE: LazyLock<Regex> =
 /// Passes are repeated until nothing changes, which makes `redact` idempotent even
 /// where one rule's output would give another rule a new match; in practice the
 /// second pass is a no-op and the bound is never reached.
-const MAX_PASSES: usize = 4;
+const MAX_PASSES: usize = 1;
 
 /// Replaces every secret value in `text` with `[REDACTED:<kind>]`.
 pub fn redact(text: &str) -> String {
@@ -175,12 +175,10 @@ fn headers(text: &str) -> Cow<'_, str> {
         if start < last_end {
             continue;
         }
-        let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
         let quote = text[..name.start()].chars().next_back().filter(|q| *q == '"' || *q == '\'');
-        let end = match quote.and_then(|q| text[start..line_end].find(q)) {
-            Some(i) => start + i,
-            None => line_end,
-        };
+        let end = text[start..]
+            .find(|ch: char| ch == '\n' || Some(ch) == quote)
+            .map_or(text.len(), |i| start + i);
         let value = text[start..end].trim_end();
         if value.is_empty() || is_placeholder(value) {
             continue;
@@ -195,21 +193,23 @@ fn headers(text: &str) -> Cow<'_, str> {
 /// needs a value that decodes to `user:password`, so the English word "basic" stays.
 fn scheme_tokens(text: &str) -> Cow<'_, str> {
     let mut spans = Vec::new();
-    for c in SCHEME_RE.captures_iter(text) {
-        let (Some(scheme), Some(tok)) = (c.get(1), c.get(2)) else { continue };
+    let mut pos = 0;
+    while let Some(c) = SCHEME_RE.captures_at(text, pos) {
+        let (Some(scheme), Some(tok)) = (c.get(1), c.get(2)) else { break };
         let v = tok.as_str();
         let kind = if scheme.as_str().eq_ignore_ascii_case("basic") {
-            if decode_basic(v).is_none() {
-                continue;
-            }
-            "basic_auth"
+            decode_basic(v).map(|_| "basic_auth")
         } else {
-            if !looks_like_token(v) {
-                continue;
-            }
-            kind_for(v, "bearer_token")
+            looks_like_token(v).then(|| kind_for(v, "bearer_token"))
         };
-        spans.push((tok.start(), tok.end(), placeholder(kind)));
+        match kind {
+            Some(kind) => {
+                spans.push((tok.start(), tok.end(), placeholder(kind)));
+                pos = tok.end();
+            }
+            // "Bearer Bearer <token>": the rejected word may itself start the real match.
+            None => pos = tok.start(),
+        }
     }
     splice(text, spans)
 }
@@ -262,26 +262,59 @@ fn url_passwords(text: &str) -> Cow<'_, str> {
     splice(text, spans)
 }
 
-/// Walks matches by hand: after a non-secret name the scan resumes right after its
-/// separator, so `url=https://h/?token=…` still reaches the token.
 fn kv(text: &str) -> Cow<'_, str> {
     let mut spans = Vec::new();
-    let mut pos = 0;
-    while pos < text.len() {
-        let Some(c) = KV_RE.captures_at(text, pos) else { break };
-        let (Some(name), Some(sep), Some(val)) = (c.get(1), c.get(2), c.get(3)) else { break };
-        let kind = secret_key_kind(name.as_str());
-        let (vs, ve) = unquoted_span(val.as_str(), val.start());
-        let v = &text[vs..ve];
-        match kind {
-            Some(kind) if !v.is_empty() && !is_placeholder(v) && !is_flag_value(v) => {
-                spans.push((vs, ve, placeholder(kind_for(v, kind))));
-                pos = val.end();
-            }
-            _ => pos = sep.end(),
+    let mut skip_until = 0;
+    for c in KV_RE.captures_iter(text) {
+        let (Some(all), Some(name)) = (c.get(0), c.get(1)) else { continue };
+        if all.start() < skip_until {
+            continue;
         }
+        let Some(kind) = secret_key_kind(name.as_str()) else { continue };
+        let (vs, ve, end) = value_span(text, all.end());
+        let v = &text[vs..ve];
+        if v.is_empty() || is_placeholder(v) || is_flag_value(v) {
+            continue;
+        }
+        spans.push((vs, ve, placeholder(kind_for(v, kind))));
+        skip_until = end;
     }
     splice(text, spans)
+}
+
+/// The value starting at `start`: inside its quotes if quoted (so the quotes
+/// survive), else up to whitespace, a quote, '&' or '<'/'>'. Returns the value span
+/// and where the value ends including any closing quote.
+fn value_span(text: &str, start: usize) -> (usize, usize, usize) {
+    let rest = &text[start..];
+    match rest.chars().next() {
+        Some(q @ ('"' | '\'')) => {
+            let body = &rest[1..];
+            let mut escaped = false;
+            for (i, ch) in body.char_indices() {
+                if ch == '\n' {
+                    break;
+                }
+                if q == '"' && ch == '\\' && !escaped {
+                    escaped = true;
+                    continue;
+                }
+                if ch == q && !escaped {
+                    return (start + 1, start + 1 + i, start + 2 + i);
+                }
+                escaped = false;
+            }
+            // Unterminated quote: redact to the end of the line, quote excluded.
+            let len = body.find('\n').unwrap_or(body.len());
+            (start + 1, start + 1 + len, start + 1 + len)
+        }
+        _ => {
+            let len = rest
+                .find(|ch: char| ch.is_whitespace() || matches!(ch, '"' | '\'' | '&' | '<' | '>'))
+                .unwrap_or(rest.len());
+            (start, start + len, start + len)
+        }
+    }
 }
 
 /// Counts and booleans under secret-sounding names (`max_tokens=1024`) are not secret.
@@ -328,7 +361,10 @@ fn tokens(text: &str) -> Cow<'_, str> {
         spans.push((m.start(), m.end(), placeholder("jwt")));
     }
     if let Some(m) = TRUNCATED_RE.find(text) {
-        spans.push((m.start(), m.end(), placeholder("truncated_token")));
+        let word_before = text[..m.start()].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric());
+        if !word_before {
+            spans.push((m.start(), m.end(), placeholder("truncated_token")));
+        }
     }
     splice(text, merge(spans))
 }

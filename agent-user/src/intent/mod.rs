@@ -1,1 +1,33 @@
-//! (being written)
+//! Intent signals from captured plaintext: what an agent asks of LLM APIs and MCP
+//! servers and which hosts it reaches, reconstructed from the sensor's captures (TLS
+//! plaintext per SSL_read/SSL_write call, pipe writes carrying MCP stdio, DNS queries).
+//!
+//! All input is attacker-influenced and often truncated, so every parser here is total
+//! (no panics on any bytes), bounded in memory and output size (excerpts are at most
+//! 512 characters, cut on character boundaries), and prefers a partial answer to none
+//! when a capture was cut.
+//!
+//! * `http`/`stream`: HTTP/1.x messages reassembled per connection direction.
+//! * `llm`: provider by host, LLM API requests and responses (incl. streams).
+//! * `mcp`: JSON-RPC 2.0 / MCP messages from pipes and HTTP bodies.
+//! * `dns`, `trace`: DNS query names and W3C traceparent.
+
+mod dns;
+mod http;
+mod json;
+mod llm;
+mod mcp;
+mod sse;
+mod stream;
+mod text;
+mod trace;
+
+pub use dns::parse_dns_query;
+pub use http::{HttpMessage, HttpRequest, HttpResponse};
+pub use llm::{LlmRequest, LlmResponse, ToolCall, llm_provider_for_host, parse_llm_request, parse_llm_response};
+pub use mcp::{McpMessage, is_mcp, parse_jsonrpc};
+pub use stream::HttpStream;
+pub use trace::parse_traceparent;
+
+#[cfg(test)]
+mod robustness;

@@ -211,9 +211,13 @@ impl Pipeline {
         let path = credential::escape_bytes(&e.path[..(e.path_len as usize).min(e.path.len())]);
         let argv = split_nul(&e.args[..(e.args_len as usize).min(e.args.len())]);
         let env = &e.env[..(e.env_len as usize).min(e.env.len())];
-        let exe = std::fs::read_link(format!("/proc/{tgid}/exe"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or(path);
+        // The kernel's filename is race-free (the process may exec again before we
+        // look); /proc only helps when the program was started by a relative path.
+        let exe = if path.starts_with('/') {
+            path
+        } else {
+            std::fs::read_link(format!("/proc/{tgid}/exe")).map_or(path, |p| p.to_string_lossy().into_owned())
+        };
         let facts = ExecFacts { tgid, exe: &exe, argv: &argv, uid: e.hdr.uid, env_agent: env_agent(env) };
         let matched = self.identity.match_exec(&facts);
         let mut tracked = is_tracked(&e.hdr);
@@ -234,6 +238,10 @@ impl Pipeline {
         }
         if !(tracked || self.observe_all) {
             return;
+        }
+        if let Some(p) = self.table.get_mut(tgid) {
+            p.cwd = std::fs::read_link(format!("/proc/{tgid}/cwd")).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+            p.cgroup_path = crate::identity::cgroup_of(tgid);
         }
         let creds = credential::scan_env(env, &self.key);
         let env_credentials = self.note_credentials(tgid, creds);

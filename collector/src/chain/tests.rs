@@ -158,7 +158,7 @@ fn restore_and_retention() {
     // Everything but C's service idles out of A's chain.
     let mut ix = ix2;
     ix.take_changes();
-    let removed = ix.remove_idle(T0 + 3_000_000_000);
+    let removed = ix.remove_idle(T0 + 3_000_000_001);
     assert_eq!(removed, 3);
     assert_eq!(ix.chain_of(&s.c1), Some(s.c1.as_str()));
     let ch = ix.take_changes();

@@ -1,0 +1,240 @@
+//! The operator API (custodyctl, web UI). Every call authenticates an operator token
+//! from `authorization: Bearer <token>` and checks the caller's role with
+//! [`require`]: viewer for reads, responder or admin for anything that changes
+//! state. Denied state changes are audited.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use custody_proto::admin::v1::{self as admin, admin_service_server::AdminService};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::auth::{Operator, Role, TokenStore};
+use crate::engine::Engine;
+use crate::pki::Pki;
+use crate::query::{id_to_key, key_to_id, matches, to_proto};
+
+pub struct AdminSvc {
+    pub engine: Arc<Engine>,
+    pub tokens: TokenStore,
+    pub pki: Arc<Pki>,
+}
+
+/// Authenticates the caller of any admin request.
+pub fn authenticate<T>(tokens: &TokenStore, req: &Request<T>) -> Result<Operator, Status> {
+    let raw = req
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| {
+            Status::unauthenticated(
+                "missing operator token: send `authorization: Bearer <token>` (custodyctl: \
+                 --token or CUSTODY_TOKEN; mint one with `custody-collector operator-token`)",
+            )
+        })?
+        .to_str()
+        .map_err(|_| Status::unauthenticated("authorization header is not text"))?;
+    let token = raw
+        .strip_prefix("Bearer ")
+        .or_else(|| raw.strip_prefix("bearer "))
+        .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <token>`"))?
+        .trim();
+    tokens
+        .operator(token)
+        .ok_or_else(|| Status::unauthenticated("unknown operator token"))
+}
+
+impl AdminSvc {
+    /// Authenticates and checks that the operator's role is at least `min`. Denials
+    /// of state-changing actions (min above viewer) are audited.
+    pub fn require<T>(&self, req: &Request<T>, min: Role, action: &str) -> Result<Operator, Status> {
+        let op = authenticate(&self.tokens, req)?;
+        if op.role < min {
+            if min > Role::Viewer {
+                let _ = self.engine.audit(admin::AuditEntry {
+                    actor: op.name.clone(),
+                    role: op.role.as_str().into(),
+                    action: action.into(),
+                    result: format!("denied: needs role {}", min.as_str()),
+                    ..Default::default()
+                });
+            }
+            return Err(Status::permission_denied(format!(
+                "{action} needs role {} or higher; operator {:?} has role {}",
+                min.as_str(),
+                op.name,
+                op.role.as_str()
+            )));
+        }
+        Ok(op)
+    }
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    Status::internal(format!("{e:#}"))
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn who_am_i(
+        &self,
+        req: Request<admin::WhoAmIRequest>,
+    ) -> Result<Response<admin::WhoAmIResponse>, Status> {
+        let op = self.require(&req, Role::Viewer, "whoami")?;
+        Ok(Response::new(admin::WhoAmIResponse {
+            name: op.name,
+            role: op.role.as_str().into(),
+        }))
+    }
+
+    async fn list_hosts(
+        &self,
+        req: Request<admin::ListHostsRequest>,
+    ) -> Result<Response<admin::ListHostsResponse>, Status> {
+        self.require(&req, Role::Viewer, "list hosts")?;
+        Ok(Response::new(admin::ListHostsResponse {
+            hosts: self.engine.list_hosts(),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<admin::ListAgentsRequest>,
+    ) -> Result<Response<admin::ListAgentsResponse>, Status> {
+        self.require(&req, Role::Viewer, "list agents")?;
+        Ok(Response::new(admin::ListAgentsResponse {
+            agents: self.engine.list_agents(),
+        }))
+    }
+
+    async fn list_credentials(
+        &self,
+        req: Request<admin::ListCredentialsRequest>,
+    ) -> Result<Response<admin::ListCredentialsResponse>, Status> {
+        self.require(&req, Role::Viewer, "list credentials")?;
+        Ok(Response::new(admin::ListCredentialsResponse {
+            credentials: self.engine.list_credentials(),
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<admin::ListEventsRequest>,
+    ) -> Result<Response<admin::ListEventsResponse>, Status> {
+        self.require(&req, Role::Viewer, "list events")?;
+        let r = req.into_inner();
+        let page = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(id_to_key(&r.page_token).ok_or_else(|| Status::invalid_argument("bad page_token"))?)
+        };
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        let engine = self.engine.clone();
+        let (events, next) = tokio::task::spawn_blocking(move || {
+            engine.list_events(&r.filter.unwrap_or_default(), limit, page, r.ascending)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(internal)?;
+        Ok(Response::new(admin::ListEventsResponse {
+            events: events.iter().map(to_proto).collect(),
+            next_page_token: next.map(|k| key_to_id(&k)).unwrap_or_default(),
+        }))
+    }
+
+    type TailEventsStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<admin::StoredEvent, Status>> + Send>>;
+
+    async fn tail_events(
+        &self,
+        req: Request<admin::TailEventsRequest>,
+    ) -> Result<Response<Self::TailEventsStream>, Status> {
+        self.require(&req, Role::Viewer, "tail events")?;
+        let filter = req.into_inner().filter.unwrap_or_default();
+        let mut sub = self.engine.subscribe();
+        let engine = self.engine.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                match sub.recv().await {
+                    Ok(se) => {
+                        let pass = matches(&filter, &engine.read().chains, &se);
+                        if pass && tx.send(Ok(to_proto(&se))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        // A slow reader skips events rather than slowing ingest.
+                        tracing::warn!(skipped = n, "tail subscriber lagged");
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_chains(
+        &self,
+        req: Request<admin::ListChainsRequest>,
+    ) -> Result<Response<admin::ListChainsResponse>, Status> {
+        self.require(&req, Role::Viewer, "list chains")?;
+        Ok(Response::new(admin::ListChainsResponse {
+            chains: self.engine.list_chains(req.get_ref()),
+        }))
+    }
+
+    async fn get_chain(
+        &self,
+        req: Request<admin::GetChainRequest>,
+    ) -> Result<Response<admin::Chain>, Status> {
+        self.require(&req, Role::Viewer, "get chain")?;
+        let r = req.into_inner();
+        let engine = self.engine.clone();
+        let chain = tokio::task::spawn_blocking(move || engine.get_chain(&r))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        chain
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found("no such chain, process or event"))
+    }
+
+    async fn get_audit(
+        &self,
+        req: Request<admin::GetAuditRequest>,
+    ) -> Result<Response<admin::GetAuditResponse>, Status> {
+        self.require(&req, Role::Viewer, "get audit")?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        Ok(Response::new(admin::GetAuditResponse {
+            entries: self.engine.audit_log(r.since_ns, limit).map_err(internal)?,
+        }))
+    }
+
+    async fn create_enroll_token(
+        &self,
+        req: Request<admin::CreateEnrollTokenRequest>,
+    ) -> Result<Response<admin::CreateEnrollTokenResponse>, Status> {
+        let op = self.require(&req, Role::Admin, "create enroll token")?;
+        let r = req.into_inner();
+        let ttl = std::time::Duration::from_secs(if r.ttl_seconds == 0 { 3600 } else { r.ttl_seconds });
+        let (token, expires_at_ns) = self
+            .tokens
+            .mint_enroll(&self.pki.ca_fingerprint, ttl, Some(&r.host_id))
+            .map_err(internal)?;
+        let _ = self.engine.audit(admin::AuditEntry {
+            actor: op.name,
+            role: op.role.as_str().into(),
+            action: "create enroll token".into(),
+            target: r.host_id,
+            result: "ok".into(),
+            ..Default::default()
+        });
+        Ok(Response::new(admin::CreateEnrollTokenResponse {
+            token,
+            expires_at_ns,
+        }))
+    }
+}

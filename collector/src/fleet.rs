@@ -1,0 +1,197 @@
+//! The fleet inventory the collector derives from what sensors report: hosts (and
+//! sensor health), agents (declared and discovered) and credentials (by
+//! fingerprint: never a secret).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use custody_proto::sensor::v1::{Credential, Event, event::Kind};
+use serde::{Deserialize, Serialize};
+
+/// Bounds on per-record sets, so a noisy credential or agent cannot grow a record
+/// without limit.
+const MAX_SET: usize = 200;
+const MAX_EVIDENCE: usize = 20;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostRecord {
+    pub host_id: String,
+    pub enrolled_at_ns: u64,
+    pub last_seen_ns: u64,
+    pub boot_id: String,
+    pub sensor_version: String,
+    pub kernel_release: String,
+    pub features: Vec<String>,
+    /// Highest stored sequence number: everything at or below it is stored or was
+    /// lost before reaching us, so re-sent events at or below it are duplicates.
+    pub last_seq: u64,
+    pub events_stored: u64,
+    pub duplicates: u64,
+    pub batches_rejected: u64,
+    pub spool_dropped: u64,
+    pub spool_depth: u64,
+    pub counters: BTreeMap<String, u64>,
+    pub newest_event_ns: u64,
+    pub clock_skewed: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub name: String,
+    pub kind: String,
+    /// "declared" or "discovered".
+    pub origin: String,
+    pub hosts: BTreeSet<String>,
+    pub evidence: Vec<String>,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub processes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CredentialRecord {
+    pub fingerprint: String,
+    pub kind: String,
+    pub metadata: BTreeMap<String, String>,
+    pub hosts: BTreeSet<String>,
+    pub agents: BTreeSet<String>,
+    pub held_by: BTreeSet<String>,
+    pub used_by: BTreeSet<String>,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Fleet {
+    pub hosts: HashMap<String, HostRecord>,
+    pub agents: HashMap<String, AgentRecord>,
+    pub creds: HashMap<String, CredentialRecord>,
+    pub dirty_hosts: HashSet<String>,
+    pub dirty_agents: HashSet<String>,
+    pub dirty_creds: HashSet<String>,
+}
+
+fn bounded_insert(set: &mut BTreeSet<String>, v: &str) -> bool {
+    if set.len() >= MAX_SET || set.contains(v) {
+        return false;
+    }
+    set.insert(v.to_owned())
+}
+
+impl Fleet {
+    pub fn host_mut(&mut self, host: &str) -> &mut HostRecord {
+        self.dirty_hosts.insert(host.to_owned());
+        self.hosts
+            .entry(host.to_owned())
+            .or_insert_with(|| HostRecord {
+                host_id: host.to_owned(),
+                ..Default::default()
+            })
+    }
+
+    /// Folds a stored event into agents and credentials. `new_process` is true for
+    /// the first event of an exec id.
+    pub fn observe(&mut self, ev: &Event, new_process: bool) {
+        let Some(p) = ev.process.as_ref() else { return };
+        let t = ev.time_ns;
+        let discovered = match &ev.kind {
+            Some(Kind::AgentDiscovered(d)) => Some(format!("{}: {}", d.reason, d.evidence)),
+            _ => None,
+        };
+        let agent_id = if !p.agent_id.is_empty() {
+            p.agent_id.clone()
+        } else if discovered.is_some() {
+            // An undeclared agent the sensor discovered without naming it.
+            format!("discovered:{}:{}", ev.host, p.exe)
+        } else {
+            String::new()
+        };
+        if !agent_id.is_empty() {
+            let known = self.agents.contains_key(&agent_id);
+            let a = self.agents.entry(agent_id.clone()).or_insert_with(|| AgentRecord {
+                agent_id: agent_id.clone(),
+                name: if p.agent_name.is_empty() { p.comm.clone() } else { p.agent_name.clone() },
+                kind: p.agent_kind.clone(),
+                origin: if p.agent_kind == "discovered" || discovered.is_some() {
+                    "discovered".into()
+                } else {
+                    "declared".into()
+                },
+                first_seen_ns: t,
+                ..Default::default()
+            });
+            let mut dirty = !known || new_process;
+            if new_process {
+                a.processes += 1;
+            }
+            dirty |= bounded_insert(&mut a.hosts, &ev.host);
+            if let Some(d) = discovered {
+                if a.evidence.len() < MAX_EVIDENCE && !a.evidence.contains(&d) {
+                    a.evidence.push(d);
+                }
+                dirty = true;
+            }
+            // last_seen moves with every event; persist it at most once a second.
+            if t > a.last_seen_ns + 1_000_000_000 {
+                dirty = true;
+            }
+            a.last_seen_ns = a.last_seen_ns.max(t);
+            if dirty {
+                self.dirty_agents.insert(agent_id.clone());
+            }
+        }
+        let mut cred = |c: &Credential, usage: &str| {
+            if c.fingerprint.is_empty() {
+                return;
+            }
+            let r = self
+                .creds
+                .entry(c.fingerprint.clone())
+                .or_insert_with(|| CredentialRecord {
+                    fingerprint: c.fingerprint.clone(),
+                    first_seen_ns: t,
+                    ..Default::default()
+                });
+            if r.kind.is_empty() {
+                r.kind = c.kind.clone();
+            }
+            for (k, v) in &c.metadata {
+                if r.metadata.len() < 32 {
+                    r.metadata.insert(k.clone(), v.clone());
+                }
+            }
+            bounded_insert(&mut r.hosts, &ev.host);
+            if !agent_id.is_empty() {
+                bounded_insert(&mut r.agents, &agent_id);
+            }
+            let set = if usage == "used" { &mut r.used_by } else { &mut r.held_by };
+            bounded_insert(set, &p.exec_id);
+            r.last_seen_ns = r.last_seen_ns.max(t);
+            self.dirty_creds.insert(c.fingerprint.clone());
+        };
+        match &ev.kind {
+            Some(Kind::Exec(x)) => x.env_credentials.iter().for_each(|c| cred(c, "held")),
+            Some(Kind::Credential(c)) => {
+                if let Some(c) = &c.credential {
+                    cred(c, if c.source == "header" { "used" } else { "held" });
+                }
+            }
+            Some(Kind::HttpRequest(h)) => {
+                for fp in &h.credential_fingerprints {
+                    cred(
+                        &Credential {
+                            fingerprint: fp.clone(),
+                            source: "header".into(),
+                            ..Default::default()
+                        },
+                        "used",
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! Read side of the engine: events by filter, chains as graphs, fleet inventory —
+//! already in the admin API's message types.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use custody_proto::admin::v1 as admin;
+use custody_proto::sensor::v1::{Event, event::Kind};
+use prost::Message;
+
+use crate::auth::now_ns;
+use crate::chain::ChainIndex;
+use crate::engine::{Engine, StoredEvent};
+use crate::store::{self, EventKey};
+
+const MAX_ACTIONS_PER_NODE: usize = 50;
+/// Index-driven queries gather at most this many candidate keys.
+const MAX_CANDIDATES: usize = 1_000_000;
+
+pub fn kind_name(k: &Option<Kind>) -> &'static str {
+    match k {
+        Some(Kind::Exec(_)) => "exec",
+        Some(Kind::Fork(_)) => "fork",
+        Some(Kind::Exit(_)) => "exit",
+        Some(Kind::FileOpen(_)) => "file_open",
+        Some(Kind::FileUnlink(_)) => "file_unlink",
+        Some(Kind::FileRename(_)) => "file_rename",
+        Some(Kind::Net(_)) => "net",
+        Some(Kind::Dns(_)) => "dns",
+        Some(Kind::Credential(_)) => "credential",
+        Some(Kind::HttpRequest(_)) => "http_request",
+        Some(Kind::HttpResponse(_)) => "http_response",
+        Some(Kind::LlmRequest(_)) => "llm_request",
+        Some(Kind::LlmResponse(_)) => "llm_response",
+        Some(Kind::Mcp(_)) => "mcp",
+        Some(Kind::AgentDiscovered(_)) => "agent_discovered",
+        Some(Kind::Warning(_)) => "warning",
+        None => "unknown",
+    }
+}
+
+/// One line describing what an event did, for chain trees and tables.
+pub fn describe(ev: &Event) -> String {
+    match &ev.kind {
+        Some(Kind::Exec(_)) => {
+            let argv = ev.process.as_ref().map(|p| p.argv.join(" ")).unwrap_or_default();
+            format!("exec {argv}")
+        }
+        Some(Kind::Fork(f)) => format!("fork {}", f.child_exec_id),
+        Some(Kind::Exit(x)) => format!("exit code={} signal={}", x.exit_code, x.signal),
+        Some(Kind::FileOpen(f)) => format!("open {} ({}) -> {}", f.path, f.access, f.result),
+        Some(Kind::FileUnlink(f)) => format!("unlink {}", f.path),
+        Some(Kind::FileRename(f)) => format!("rename {} -> {}", f.from, f.to),
+        Some(Kind::Net(n)) => match &n.conn {
+            Some(c) => format!(
+                "{} {}:{} -> {}:{}",
+                n.op, c.local_addr, c.local_port, c.remote_addr, c.remote_port
+            ),
+            None => n.op.clone(),
+        },
+        Some(Kind::Dns(d)) => format!("dns {} {}", d.qtype, d.name),
+        Some(Kind::Credential(c)) => match &c.credential {
+            Some(c) => format!("credential {} {} ({} {})", c.kind, c.fingerprint, c.source, c.location),
+            None => "credential".into(),
+        },
+        Some(Kind::HttpRequest(h)) => format!("http {} {}{}", h.method, h.host, h.path),
+        Some(Kind::HttpResponse(h)) => format!("http response {}", h.status),
+        Some(Kind::LlmRequest(l)) => format!("llm {} {}", l.provider, l.model),
+        Some(Kind::LlmResponse(l)) => format!("llm response {} {} tool calls", l.model, l.tool_calls.len()),
+        Some(Kind::Mcp(m)) => format!("mcp {} {} {}", m.transport, m.method, m.tool_name),
+        Some(Kind::AgentDiscovered(a)) => format!("agent discovered ({}) {}", a.reason, a.evidence),
+        Some(Kind::Warning(w)) => format!("warning {}", w.message),
+        None => "unknown event".into(),
+    }
+}
+
+pub fn key_to_id(k: &EventKey) -> String {
+    hex::encode(k)
+}
+
+pub fn id_to_key(id: &str) -> Option<EventKey> {
+    hex::decode(id).ok()?.try_into().ok()
+}
+
+pub fn to_proto(se: &StoredEvent) -> admin::StoredEvent {
+    admin::StoredEvent {
+        event_id: key_to_id(&se.key),
+        chain_id: se.chain_id.clone(),
+        event: Some(se.event.clone()),
+    }
+}
+
+/// Whether an event passes a filter (used by the tail; list queries use indexes).
+pub fn matches(f: &admin::EventFilter, chains: &ChainIndex, se: &StoredEvent) -> bool {
+    let ev = &se.event;
+    let p = ev.process.as_ref();
+    (f.host.is_empty() || ev.host == f.host)
+        && (f.kind.is_empty() || kind_name(&ev.kind) == f.kind)
+        && (f.exec_id.is_empty() || p.is_some_and(|p| p.exec_id == f.exec_id))
+        && (f.agent_id.is_empty() || p.is_some_and(|p| p.agent_id == f.agent_id))
+        && (f.chain_id.is_empty()
+            || se.chain_id == f.chain_id
+            || p.and_then(|p| chains.chain_of(&p.exec_id)) == Some(f.chain_id.as_str()))
+        && (f.since_ns == 0 || ev.time_ns >= f.since_ns)
+        && (f.until_ns == 0 || ev.time_ns <= f.until_ns)
+}
+
+impl Engine {
+    fn load(&self, k: &EventKey, chains: &ChainIndex) -> Result<Option<StoredEvent>> {
+        Ok(self.store.get_event(k)?.map(|event| {
+            let chain_id = event
+                .process
+                .as_ref()
+                .and_then(|p| chains.chain_of(&p.exec_id))
+                .unwrap_or("")
+                .to_owned();
+            StoredEvent {
+                key: *k,
+                chain_id,
+                event,
+            }
+        }))
+    }
+
+    /// Keys of all events of the given processes, in order.
+    fn keys_of(&self, execs: impl Iterator<Item = String>) -> Result<Vec<EventKey>> {
+        let mut keys = vec![];
+        for id in execs {
+            for k in self.store.exec_event_keys(&id) {
+                keys.push(k?);
+                if keys.len() >= MAX_CANDIDATES {
+                    break;
+                }
+            }
+        }
+        keys.sort_unstable();
+        Ok(keys)
+    }
+
+    /// Events matching `f`, `limit` at most, after `page` (exclusive) in the chosen
+    /// order; returns the page and the token of the next one.
+    pub fn list_events(
+        &self,
+        f: &admin::EventFilter,
+        limit: usize,
+        page: Option<EventKey>,
+        ascending: bool,
+    ) -> Result<(Vec<StoredEvent>, Option<EventKey>)> {
+        let limit = limit.clamp(1, 10_000);
+        let st = self.read();
+        let in_range = |k: &EventKey| {
+            let t = store::event_key_time(k);
+            (f.since_ns == 0 || t >= f.since_ns) && (f.until_ns == 0 || t <= f.until_ns)
+        };
+        let after_page = |k: &EventKey| match page {
+            None => true,
+            Some(p) if ascending => *k > p,
+            Some(p) => *k < p,
+        };
+        let indexed: Option<Vec<EventKey>> = if !f.exec_id.is_empty() {
+            Some(self.keys_of(std::iter::once(f.exec_id.clone()))?)
+        } else if !f.chain_id.is_empty() {
+            let m = st.chains.members(&f.chain_id).cloned().unwrap_or_default();
+            Some(self.keys_of(m.into_iter())?)
+        } else if !f.agent_id.is_empty() {
+            let execs: Vec<String> = st
+                .chains
+                .nodes()
+                .filter(|(_, n)| n.process.agent_id == f.agent_id)
+                .map(|(k, _)| k.clone())
+                .collect();
+            Some(self.keys_of(execs.into_iter())?)
+        } else if !f.host.is_empty() {
+            let mut keys = self
+                .store
+                .host_event_keys(&f.host)
+                .take(MAX_CANDIDATES)
+                .collect::<Result<Vec<_>>>()?;
+            keys.sort_unstable();
+            Some(keys)
+        } else {
+            None
+        };
+        // The time range is applied to the storage key (the event time, or the
+        // arrival time for clock-skewed events), so drop it from the per-event check.
+        let g = admin::EventFilter {
+            since_ns: 0,
+            until_ns: 0,
+            ..f.clone()
+        };
+        let mut out = vec![];
+        let mut accept = |se: StoredEvent| -> bool {
+            if matches(&g, &st.chains, &se) {
+                out.push(se);
+            }
+            out.len() >= limit
+        };
+        match indexed {
+            Some(mut keys) => {
+                if !ascending {
+                    keys.reverse();
+                }
+                for k in keys.into_iter().filter(|k| in_range(k) && after_page(k)) {
+                    if let Some(se) = self.load(&k, &st.chains)?
+                        && accept(se)
+                    {
+                        break;
+                    }
+                }
+            }
+            None => {
+                let start = page.or_else(|| {
+                    if ascending && f.since_ns > 0 {
+                        Some(store::event_key(f.since_ns, 0))
+                    } else if !ascending && f.until_ns > 0 {
+                        Some(store::event_key(f.until_ns, u64::MAX))
+                    } else {
+                        None
+                    }
+                });
+                for r in self.store.events_from(start.as_ref(), ascending) {
+                    let (k, v) = r?;
+                    if !after_page(&k) {
+                        continue;
+                    }
+                    if !in_range(&k) {
+                        let t = store::event_key_time(&k);
+                        let past_end = if ascending {
+                            f.until_ns > 0 && t > f.until_ns
+                        } else {
+                            f.since_ns > 0 && t < f.since_ns
+                        };
+                        if past_end {
+                            break;
+                        }
+                        continue;
+                    }
+                    let event = Event::decode(&*v).context("stored event is corrupt")?;
+                    let chain_id = event
+                        .process
+                        .as_ref()
+                        .and_then(|p| st.chains.chain_of(&p.exec_id))
+                        .unwrap_or("")
+                        .to_owned();
+                    if accept(StoredEvent { key: k, chain_id, event }) {
+                        break;
+                    }
+                }
+            }
+        }
+        let next = (out.len() >= limit).then(|| out.last().map(|e| e.key)).flatten();
+        Ok((out, next))
+    }
+
+    pub fn chain_summary(&self, chains: &ChainIndex, chain_id: &str) -> Option<admin::ChainSummary> {
+        let members = chains.members(chain_id)?;
+        let (mut hosts, mut agents) = (BTreeSet::new(), BTreeSet::new());
+        let (mut first, mut last) = (u64::MAX, 0);
+        for m in members {
+            let n = chains.node(m)?;
+            hosts.insert(n.host.clone());
+            if !n.process.agent_id.is_empty() {
+                agents.insert(n.process.agent_id.clone());
+            }
+            first = first.min(n.first_seen_ns);
+            last = last.max(n.last_seen_ns);
+        }
+        let (human, source) = chains.human_of(chain_id).unwrap_or_default();
+        Some(admin::ChainSummary {
+            chain_id: chain_id.to_owned(),
+            root_exec_id: chain_id.to_owned(),
+            human,
+            human_source: source.to_owned(),
+            hosts: hosts.into_iter().collect(),
+            agents: agents.into_iter().collect(),
+            process_count: members.len() as u64,
+            first_seen_ns: if first == u64::MAX { 0 } else { first },
+            last_seen_ns: last,
+        })
+    }
+
+    pub fn list_chains(&self, req: &admin::ListChainsRequest) -> Vec<admin::ChainSummary> {
+        let st = self.read();
+        let mut out: Vec<admin::ChainSummary> = st
+            .chains
+            .chain_ids()
+            .filter_map(|c| self.chain_summary(&st.chains, c))
+            .filter(|s| req.human.is_empty() || s.human == req.human)
+            .filter(|s| req.host.is_empty() || s.hosts.contains(&req.host))
+            .collect();
+        out.sort_by(|a, b| b.last_seen_ns.cmp(&a.last_seen_ns).then(a.chain_id.cmp(&b.chain_id)));
+        let limit = if req.limit == 0 { 100 } else { req.limit as usize };
+        out.truncate(limit);
+        out
+    }
+
+    /// A chain as a graph, found by chain id, by a process in it, or by one of its
+    /// events (then `path_from_root` walks back from that event's process).
+    pub fn get_chain(&self, req: &admin::GetChainRequest) -> Result<Option<admin::Chain>> {
+        use admin::get_chain_request::Target;
+        let st = self.read();
+        let focus: Option<String> = match &req.target {
+            Some(Target::ChainId(_)) | None => None,
+            Some(Target::ExecId(e)) => Some(e.clone()),
+            Some(Target::EventId(id)) => {
+                let Some(k) = id_to_key(id) else { return Ok(None) };
+                let Some(ev) = self.store.get_event(&k)? else { return Ok(None) };
+                ev.process.map(|p| p.exec_id)
+            }
+        };
+        let chain_id = match (&req.target, &focus) {
+            (Some(Target::ChainId(c)), _) => c.clone(),
+            (_, Some(exec)) => match st.chains.chain_of(exec) {
+                Some(c) => c.to_owned(),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        let Some(summary) = self.chain_summary(&st.chains, &chain_id) else {
+            return Ok(None);
+        };
+        let members = st.chains.members(&chain_id).cloned().unwrap_or_default();
+        let event_limit = if req.event_limit == 0 { 1000 } else { req.event_limit as usize };
+        let mut nodes = vec![];
+        let mut all_keys = vec![];
+        for id in &members {
+            let n = st.chains.node(id).expect("member exists");
+            let keys = self
+                .store
+                .exec_event_keys(id)
+                .collect::<Result<Vec<_>>>()?;
+            let mut actions = vec![];
+            for k in keys.iter().take(MAX_ACTIONS_PER_NODE) {
+                if let Some(ev) = self.store.get_event(k)? {
+                    actions.push(describe(&ev));
+                }
+            }
+            let depth = st.chains.path_from_root(id).len().saturating_sub(1) as u32;
+            let p = &n.process;
+            nodes.push(admin::ChainNode {
+                exec_id: id.clone(),
+                host: n.host.clone(),
+                pid: p.pid,
+                exe: p.exe.clone(),
+                argv: p.argv.clone(),
+                comm: p.comm.clone(),
+                user: p.user.clone(),
+                agent_id: p.agent_id.clone(),
+                agent_name: p.agent_name.clone(),
+                agent_kind: p.agent_kind.clone(),
+                principal: p.principal.clone(),
+                credentials: n
+                    .creds
+                    .iter()
+                    .map(|c| admin::CredentialUse {
+                        fingerprint: c.fingerprint.clone(),
+                        kind: c.kind.clone(),
+                        usage: c.usage.clone(),
+                        source: c.source.clone(),
+                        location: c.location.clone(),
+                    })
+                    .collect(),
+                start_time_ns: p.start_time_ns,
+                depth,
+                upstream: n.upstream.as_ref().map(|u| u.exec_id.clone()).unwrap_or_default(),
+                event_count: keys.len() as u64,
+                actions,
+            });
+            all_keys.extend(keys);
+        }
+        nodes.sort_by(|a, b| (a.depth, a.start_time_ns, &a.exec_id).cmp(&(b.depth, b.start_time_ns, &b.exec_id)));
+        all_keys.sort_unstable();
+        let truncated = all_keys.len() > event_limit;
+        let mut events = vec![];
+        for k in all_keys.iter().take(event_limit) {
+            if let Some(se) = self.load(k, &st.chains)? {
+                events.push(to_proto(&se));
+            }
+        }
+        let edges = st
+            .chains
+            .chain_edges(&chain_id)
+            .into_iter()
+            .map(|e| admin::ChainEdge {
+                from_exec_id: e.from,
+                to_exec_id: e.to,
+                kind: e.kind,
+                detail: e.detail,
+                time_ns: e.time_ns,
+            })
+            .collect();
+        Ok(Some(admin::Chain {
+            summary: Some(summary),
+            nodes,
+            edges,
+            path_from_root: focus.map(|f| st.chains.path_from_root(&f)).unwrap_or_default(),
+            events,
+            events_truncated: truncated,
+        }))
+    }
+
+    pub fn list_hosts(&self) -> Vec<admin::Host> {
+        let st = self.read();
+        let now = now_ns();
+        let mut out: Vec<admin::Host> = st
+            .fleet
+            .hosts
+            .values()
+            .map(|h| admin::Host {
+                host_id: h.host_id.clone(),
+                connected: self.is_connected(&h.host_id),
+                last_seen_ns: h.last_seen_ns,
+                enrolled_at_ns: h.enrolled_at_ns,
+                boot_id: h.boot_id.clone(),
+                sensor_version: h.sensor_version.clone(),
+                kernel_release: h.kernel_release.clone(),
+                features: h.features.clone(),
+                last_seq: h.last_seq,
+                events_stored: h.events_stored,
+                duplicates_dropped: h.duplicates,
+                batches_rejected: h.batches_rejected,
+                spool_dropped: h.spool_dropped,
+                spool_depth: h.spool_depth,
+                counters: h.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                lag_ns: if h.newest_event_ns == 0 { 0 } else { now.saturating_sub(h.newest_event_ns) },
+                clock_skewed: h.clock_skewed,
+            })
+            .collect();
+        out.sort_by(|a, b| a.host_id.cmp(&b.host_id));
+        out
+    }
+
+    pub fn list_agents(&self) -> Vec<admin::Agent> {
+        let st = self.read();
+        let mut out: Vec<admin::Agent> = st
+            .fleet
+            .agents
+            .values()
+            .map(|a| admin::Agent {
+                agent_id: a.agent_id.clone(),
+                name: a.name.clone(),
+                kind: a.kind.clone(),
+                origin: a.origin.clone(),
+                hosts: a.hosts.iter().cloned().collect(),
+                evidence: a.evidence.clone(),
+                first_seen_ns: a.first_seen_ns,
+                last_seen_ns: a.last_seen_ns,
+                process_count: a.processes,
+            })
+            .collect();
+        out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        out
+    }
+
+    pub fn list_credentials(&self) -> Vec<admin::CredentialSummary> {
+        let st = self.read();
+        let mut out: Vec<admin::CredentialSummary> = st
+            .fleet
+            .creds
+            .values()
+            .map(|c| admin::CredentialSummary {
+                fingerprint: c.fingerprint.clone(),
+                kind: c.kind.clone(),
+                metadata: c.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                hosts: c.hosts.iter().cloned().collect(),
+                agents: c.agents.iter().cloned().collect(),
+                held_by: c.held_by.iter().cloned().collect(),
+                used_by: c.used_by.iter().cloned().collect(),
+                first_seen_ns: c.first_seen_ns,
+                last_seen_ns: c.last_seen_ns,
+            })
+            .collect();
+        out.sort_by(|a, b| a.fingerprint.cmp(&b.fingerprint));
+        out
+    }
+}

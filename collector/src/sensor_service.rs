@@ -1,0 +1,326 @@
+//! The gRPC service sensors talk to: `Enroll` (token + CSR -> client certificate,
+//! the one call allowed without a client certificate) and `Stream` (hello, event
+//! batches and acks, heartbeats, commands and their results).
+//!
+//! Enrollment and streaming share one TLS port: client certificates are optional at
+//! the TLS layer (verified against our CA when presented) and `Stream` refuses a
+//! connection without one. The host a stream speaks for is the CN of its verified
+//! client certificate, never what the sensor claims.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custody_proto::admin::v1::AuditEntry;
+use custody_proto::sensor::v1::{
+    Ack, BatchRejected, CollectorMessage, Command, EnrollRequest, EnrollResponse, HelloAck,
+    SensorMessage, collector_message, sensor_message, sensor_service_server::SensorService,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{EnrollTokenError, TokenStore};
+use crate::engine::Engine;
+use crate::ingest::IngestQueue;
+use crate::pki::{Pki, host_from_cert_der};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
+
+/// Open sensor streams, by host, so commands can be pushed to them.
+#[derive(Default)]
+pub struct Sessions {
+    by_host: Mutex<HashMap<String, (u64, Outbound)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Sessions {
+    fn register(&self, host: &str, tx: Outbound) -> u64 {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.by_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host.to_owned(), (id, tx));
+        id
+    }
+    fn unregister(&self, host: &str, id: u64) {
+        let mut m = self.by_host.lock().unwrap_or_else(|e| e.into_inner());
+        if m.get(host).is_some_and(|(i, _)| *i == id) {
+            m.remove(host);
+        }
+    }
+    /// Pushes a command to a connected host; false if it has no open stream.
+    pub async fn send_command(&self, host: &str, cmd: Command) -> bool {
+        let tx = self
+            .by_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .map(|(_, tx)| tx.clone());
+        match tx {
+            Some(tx) => tx
+                .send(Ok(CollectorMessage {
+                    msg: Some(collector_message::Msg::Command(cmd)),
+                }))
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
+}
+
+pub struct SensorSvc {
+    pub engine: Arc<Engine>,
+    pub queue: IngestQueue,
+    pub pki: Arc<Pki>,
+    pub tokens: TokenStore,
+    pub sessions: Arc<Sessions>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn valid_host_id(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+fn msg(m: collector_message::Msg) -> Result<CollectorMessage, Status> {
+    Ok(CollectorMessage { msg: Some(m) })
+}
+
+impl SensorSvc {
+    fn audit_enroll(&self, host: &str, result: String) {
+        let _ = self.engine.audit(AuditEntry {
+            actor: format!("host:{host}"),
+            action: "enroll".into(),
+            target: host.to_owned(),
+            result,
+            ..Default::default()
+        });
+    }
+}
+
+#[tonic::async_trait]
+impl SensorService for SensorSvc {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let r = req.into_inner();
+        if !valid_host_id(&r.host_id) {
+            return Err(Status::invalid_argument(
+                "host_id must be 1-253 characters of letters, digits, '.', '-' or '_'",
+            ));
+        }
+        // Sign first: a bad CSR must not burn the token.
+        let (cert_pem, not_after_ns) = self
+            .pki
+            .sign_client(&r.host_id, &r.csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        if let Err(e) = self
+            .tokens
+            .consume_enroll(&r.token, &self.pki.ca_fingerprint, &r.host_id)
+        {
+            self.audit_enroll(&r.host_id, format!("denied: {e}"));
+            tracing::warn!(host = %r.host_id, "enrollment refused: {e}");
+            return Err(match e {
+                EnrollTokenError::Malformed => Status::invalid_argument(e.to_string()),
+                EnrollTokenError::WrongCa { .. } => Status::failed_precondition(e.to_string()),
+                EnrollTokenError::Store(_) => Status::internal(e.to_string()),
+                _ => Status::permission_denied(e.to_string()),
+            });
+        }
+        self.engine
+            .enrolled(&r.host_id)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        self.audit_enroll(&r.host_id, "ok".into());
+        tracing::info!(host = %r.host_id, "host enrolled");
+        Ok(Response::new(EnrollResponse {
+            host_id: r.host_id,
+            client_cert_pem: cert_pem,
+            ca_cert_pem: self.pki.ca_pem.clone(),
+            not_after_ns,
+        }))
+    }
+
+    type StreamStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<CollectorMessage, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<SensorMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let certs = req.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(
+                "no client certificate: Stream needs the certificate issued at enrollment \
+                 (run `custodyd enroll --collector ADDR --token TOKEN` on the host)",
+            )
+        })?;
+        let der = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
+        let host = host_from_cert_der(der)
+            .map_err(|e| Status::unauthenticated(format!("{e:#}")))?;
+        let inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let session = Session {
+            host,
+            engine: self.engine.clone(),
+            queue: self.queue.clone(),
+            sessions: self.sessions.clone(),
+            shutdown: self.shutdown.clone(),
+            tx,
+        };
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Session {
+    host: String,
+    engine: Arc<Engine>,
+    queue: IngestQueue,
+    sessions: Arc<Sessions>,
+    shutdown: watch::Receiver<bool>,
+    tx: Outbound,
+}
+
+impl Session {
+    async fn run(mut self, mut inbound: Streaming<SensorMessage>) {
+        let host = self.host.clone();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await;
+        let hello = match first {
+            Ok(Ok(Some(SensorMessage {
+                msg: Some(sensor_message::Msg::Hello(h)),
+            }))) => h,
+            Ok(Err(e)) => return self.fail(Status::invalid_argument(format!("bad message: {}", e.message()))).await,
+            Err(_) => return self.fail(Status::deadline_exceeded("no hello within 30 s")).await,
+            _ => return self.fail(Status::invalid_argument("the first message must be a hello")).await,
+        };
+        if !hello.host_id.is_empty() && hello.host_id != host {
+            return self
+                .fail(Status::permission_denied(format!(
+                    "hello names host {:?} but the client certificate is for {host:?}",
+                    hello.host_id
+                )))
+                .await;
+        }
+        let resume = match self.engine.hello(&host, &hello) {
+            Ok(r) => r,
+            Err(e) => return self.fail(Status::unavailable(format!("{e:#}"))).await,
+        };
+        tracing::info!(%host, resume, boot = %hello.boot_id, "sensor connected");
+        if self
+            .tx
+            .send(msg(collector_message::Msg::HelloAck(HelloAck {
+                resume_from_seq: resume,
+                host_id: host.clone(),
+            })))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        self.engine.set_connected(&host, true);
+        let sid = self.sessions.register(&host, self.tx.clone());
+        let result = self.pump(&mut inbound).await;
+        self.sessions.unregister(&host, sid);
+        self.engine.set_connected(&host, false);
+        if let Err(status) = result {
+            tracing::warn!(%host, "sensor stream ended: {}", status.message());
+            let _ = self.tx.send(Err(status)).await;
+        } else {
+            tracing::info!(%host, "sensor disconnected");
+        }
+    }
+
+    async fn fail(self, status: Status) {
+        tracing::warn!(host = %self.host, "sensor stream refused: {}", status.message());
+        let _ = self.tx.send(Err(status)).await;
+    }
+
+    async fn pump(&mut self, inbound: &mut Streaming<SensorMessage>) -> Result<(), Status> {
+        loop {
+            let m = tokio::select! {
+                m = inbound.message() => m,
+                _ = self.shutdown.changed() => {
+                    return Err(Status::unavailable("collector is shutting down"));
+                }
+            };
+            let m = match m {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.engine
+                        .metrics
+                        .stream_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Oversized or undecodable messages end this stream only.
+                    return Err(Status::new(
+                        if e.code() == tonic::Code::Unknown { tonic::Code::InvalidArgument } else { e.code() },
+                        format!("rejected message from {}: {}", self.host, e.message()),
+                    ));
+                }
+            };
+            match m.msg {
+                Some(sensor_message::Msg::Batch(b)) => {
+                    let first = b.first_seq;
+                    let out = self
+                        .queue
+                        .submit(self.host.clone(), b)
+                        .await
+                        .map_err(Status::unavailable)?;
+                    if let Some(r) = &out.rejected {
+                        self.send(collector_message::Msg::Rejected(BatchRejected {
+                            first_seq: first,
+                            last_seq: out.up_to_seq,
+                            code: r.code.into(),
+                            reason: r.reason.clone(),
+                        }))
+                        .await?;
+                    }
+                    if out.up_to_seq > 0 {
+                        self.send(collector_message::Msg::Ack(Ack {
+                            up_to_seq: out.up_to_seq,
+                        }))
+                        .await?;
+                    }
+                }
+                Some(sensor_message::Msg::Heartbeat(hb)) => {
+                    self.engine
+                        .heartbeat(&self.host, &hb)
+                        .map_err(|e| Status::unavailable(format!("{e:#}")))?;
+                }
+                Some(sensor_message::Msg::Result(r)) => {
+                    let _ = self.engine.audit(AuditEntry {
+                        actor: format!("host:{}", self.host),
+                        action: "command_result".into(),
+                        target: r.command_id.clone(),
+                        reason: r.message.clone(),
+                        result: r.status.clone(),
+                        ..Default::default()
+                    });
+                }
+                Some(sensor_message::Msg::Hello(_)) => {
+                    return Err(Status::invalid_argument("hello sent twice on one stream"));
+                }
+                None => {
+                    return Err(Status::invalid_argument(
+                        "empty or unknown sensor message (is the sensor newer than the collector?)",
+                    ));
+                }
+            }
+        }
+    }
+
+    async fn send(&self, m: collector_message::Msg) -> Result<(), Status> {
+        self.tx
+            .send(msg(m))
+            .await
+            .map_err(|_| Status::cancelled("sensor went away"))
+    }
+}

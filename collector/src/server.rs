@@ -1,0 +1,191 @@
+//! Runs a collector: CA and server certificate, store, ingest writer, the sensor
+//! and admin gRPC services on one mTLS port, and the retention task.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use custody_proto::admin::v1::admin_service_server::AdminServiceServer;
+use custody_proto::sensor::v1::sensor_service_server::SensorServiceServer;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::admin_service::AdminSvc;
+use crate::auth::{TokenStore, now_ns};
+use crate::engine::Engine;
+use crate::ingest::IngestQueue;
+use crate::pki::Pki;
+use crate::retention::Retention;
+use crate::sensor_service::{SensorSvc, Sessions};
+
+/// Largest protobuf message accepted from a sensor or operator; a batch beyond it
+/// ends that stream with a clear error, nothing else.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct CollectorConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Extra DNS names / IPs for the server certificate.
+    pub sans: Vec<String>,
+    pub retention: Retention,
+    pub retention_interval: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl CollectorConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        CollectorConfig {
+            data_dir: data_dir.into(),
+            listen,
+            sans: vec![],
+            retention: Retention {
+                max_age: Some(Duration::from_secs(30 * 86400)),
+                max_bytes: None,
+            },
+            retention_interval: Duration::from_secs(60),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+/// Paths inside a data dir.
+pub fn store_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("store")
+}
+
+pub struct Collector {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub ca_fingerprint: String,
+    pub engine: Arc<Engine>,
+    pub sessions: Arc<Sessions>,
+    pub tokens: TokenStore,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    retention: tokio::task::JoinHandle<()>,
+    writer: std::thread::JoinHandle<()>,
+}
+
+impl Collector {
+    pub async fn start(cfg: CollectorConfig) -> Result<Collector> {
+        let mut names = cfg.sans.clone();
+        if !cfg.listen.ip().is_unspecified() {
+            names.push(cfg.listen.ip().to_string());
+        }
+        let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &names)?);
+        let tokens = TokenStore::open(&cfg.data_dir)?;
+        let engine = Arc::new(Engine::open(&store_dir(&cfg.data_dir))?);
+        let (queue, writer) = IngestQueue::start(engine.clone());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let sessions = Arc::new(Sessions::default());
+
+        let sensor = SensorSvc {
+            engine: engine.clone(),
+            queue,
+            pki: pki.clone(),
+            tokens: tokens.clone(),
+            sessions: sessions.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        let admin = AdminSvc {
+            engine: engine.clone(),
+            tokens: tokens.clone(),
+            pki: pki.clone(),
+        };
+        let tls = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&pki.server_chain_pem, &pki.server_key_pem))
+            .client_ca_root(Certificate::from_pem(&pki.ca_pem))
+            .client_auth_optional(true)
+            .timeout(Duration::from_secs(10));
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let mut stop = shutdown_rx.clone();
+        let router = Server::builder()
+            .tls_config(tls)
+            .context("TLS configuration")?
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(
+                SensorServiceServer::new(sensor)
+                    .max_decoding_message_size(cfg.max_message_bytes),
+            )
+            .add_service(
+                AdminServiceServer::new(admin).max_decoding_message_size(cfg.max_message_bytes),
+            );
+        let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }));
+
+        let retention = {
+            let engine = engine.clone();
+            let policy = cfg.retention.clone();
+            let every = cfg.retention_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let (e, p) = (engine.clone(), policy.clone());
+                    match tokio::task::spawn_blocking(move || e.enforce_retention(&p, now_ns())).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::error!("retention failed: {e:#}"),
+                        Err(e) => tracing::error!("retention task failed: {e}"),
+                    }
+                }
+            })
+        };
+        tracing::info!(%addr, ca = %pki.ca_fingerprint, "collector listening");
+        Ok(Collector {
+            addr,
+            ca_pem: pki.ca_pem.clone(),
+            ca_fingerprint: pki.ca_fingerprint.clone(),
+            engine,
+            sessions,
+            tokens,
+            shutdown,
+            server,
+            retention,
+            writer,
+        })
+    }
+
+    /// Waits until the server stops on its own (it only does on error).
+    pub async fn wait(&mut self) -> Result<()> {
+        (&mut self.server).await?.context("gRPC server failed")
+    }
+
+    /// Stops serving, ends sensor streams, finishes pending writes and closes the
+    /// store (releasing its lock, so the same data dir can be opened again).
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        self.retention.abort();
+        let _ = self.retention.await;
+        match tokio::time::timeout(Duration::from_secs(10), self.server).await {
+            Ok(r) => r?.context("gRPC server failed")?,
+            Err(_) => tracing::warn!("server did not stop within 10 s"),
+        }
+        // The writer ends when the last stream session drops its queue handle.
+        let writer = self.writer;
+        let engine = self.engine;
+        let joined = tokio::task::spawn_blocking(move || {
+            let _ = writer.join();
+        });
+        if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
+            tracing::warn!("ingest writer did not stop within 10 s");
+        }
+        // Session tasks may still hold the engine for a moment.
+        for _ in 0..200 {
+            if Arc::strong_count(&engine) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        engine.store().flush()?;
+        Ok(())
+    }
+}
