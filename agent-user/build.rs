@@ -8,7 +8,8 @@ use std::path::PathBuf;
 fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let object = out.join("custody-probes");
-    let skip = std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let skip =
+        std::env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     if skip {
         std::fs::write(&object, [])?;
         println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");

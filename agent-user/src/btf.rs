@@ -71,12 +71,22 @@ impl Btf {
         let str_off = u32_at(data, 16)? as usize;
         let str_len = u32_at(data, 20)? as usize;
         let tstart = hdr_len + type_off;
-        let types_raw = data.get(tstart..tstart + type_len).context("type section out of range")?;
+        let types_raw = data
+            .get(tstart..tstart + type_len)
+            .context("type section out of range")?;
         let sstart = hdr_len + str_off;
-        let strings = data.get(sstart..sstart + str_len).context("string section out of range")?.to_vec();
+        let strings = data
+            .get(sstart..sstart + str_len)
+            .context("string section out of range")?
+            .to_vec();
 
         // Type ids start at 1; index 0 is "void".
-        let mut types = vec![Type { name: 0, kind: 0, ty: 0, members: Vec::new() }];
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            ty: 0,
+            members: Vec::new(),
+        }];
         let mut p = 0;
         while p + 12 <= types_raw.len() {
             let name = u32_at(types_raw, p)?;
@@ -106,9 +116,18 @@ impl Btf {
                 KIND_DATASEC | KIND_ENUM64 => p += vlen * 12,
                 _ => {} // PTR, FWD, TYPEDEF, qualifiers, FUNC, FLOAT, TYPE_TAG: no trailer
             }
-            types.push(Type { name, kind, ty: size_or_type, members });
+            types.push(Type {
+                name,
+                kind,
+                ty: size_or_type,
+                members,
+            });
         }
-        let mut btf = Btf { types, strings, by_name: HashMap::new() };
+        let mut btf = Btf {
+            types,
+            strings,
+            by_name: HashMap::new(),
+        };
         for (id, t) in btf.types.iter().enumerate() {
             if t.name != 0 && (t.kind == KIND_STRUCT || t.kind == KIND_UNION) {
                 let n = btf.name(t.name).to_string();
@@ -243,7 +262,10 @@ mod tests {
         // Sanity: distinct, non-zero where the field cannot be first.
         assert!(o.task_tgid > 0 && o.task_pid > 0 && o.task_tgid != o.task_pid);
         assert!(o.task_start_boottime > o.task_tgid);
-        assert_eq!(o.sk_family, 16, "skc_family sits after the address/port unions");
+        assert_eq!(
+            o.sk_family, 16,
+            "skc_family sits after the address/port unions"
+        );
         assert!(btf.offset("task_struct", "no_such_member").is_err());
         assert!(btf.offset("no_such_struct", "x").is_err());
     }
@@ -251,6 +273,11 @@ mod tests {
     #[test]
     fn rejects_garbage() {
         assert!(Btf::parse(b"not btf at all, definitely not").is_err());
-        assert!(Btf::parse(&[0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(
+            Btf::parse(&[
+                0x9f, 0xeb, 1, 0, 24, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+            ])
+            .is_err()
+        );
     }
 }

@@ -119,15 +119,24 @@ impl Config {
                 bail!("config {name}:{line}:{col}: {}", e.message());
             }
         };
-        let state_dir = raw.sensor.state_dir.unwrap_or_else(|| PathBuf::from("/var/lib/custody"));
-        let fleet_key = raw.sensor.fleet_key.unwrap_or_else(|| state_dir.join("fleet.key"));
+        let state_dir = raw
+            .sensor
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/custody"));
+        let fleet_key = raw
+            .sensor
+            .fleet_key
+            .unwrap_or_else(|| state_dir.join("fleet.key"));
         let mut agents = Vec::new();
         for spanned in raw.agent {
             let (line, col) = line_col(src, spanned.span().start);
             let where_ = format!("config {name}:{line}:{col}");
             let a = spanned.into_inner();
             if a.id.trim().is_empty() || a.id.contains(char::is_whitespace) {
-                bail!("{where_}: agent id {:?} must be non-empty and contain no spaces", a.id);
+                bail!(
+                    "{where_}: agent id {:?} must be non-empty and contain no spaces",
+                    a.id
+                );
             }
             if agents.iter().any(|d: &AgentDecl| d.id == a.id) {
                 bail!("{where_}: agent id {:?} is declared twice", a.id);
@@ -136,19 +145,27 @@ impl Config {
             let argv = match &s.argv {
                 Some(p) => Some(
                     Glob::new(p)
-                        .map_err(|e| anyhow::anyhow!("{where_}: agent {:?}: bad argv glob {p:?}: {e}", a.id))?
+                        .map_err(|e| {
+                            anyhow::anyhow!("{where_}: agent {:?}: bad argv glob {p:?}: {e}", a.id)
+                        })?
                         .compile_matcher(),
                 ),
                 None => None,
             };
             if let Some(h) = &s.sha256 {
                 if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    bail!("{where_}: agent {:?}: sha256 must be 64 hex characters", a.id);
+                    bail!(
+                        "{where_}: agent {:?}: sha256 must be 64 hex characters",
+                        a.id
+                    );
                 }
             }
             if let Some(e) = &s.exe {
                 if !e.starts_with('/') {
-                    bail!("{where_}: agent {:?}: exe {e:?} must be an absolute path", a.id);
+                    bail!(
+                        "{where_}: agent {:?}: exe {e:?} must be an absolute path",
+                        a.id
+                    );
                 }
             }
             let selectors = Selectors {
@@ -167,7 +184,10 @@ impl Config {
                 && selectors.cgroup.is_none()
                 && selectors.env.is_none()
             {
-                bail!("{where_}: agent {:?}: [agent.match] needs at least one selector (exe, sha256, argv, uid, cgroup, env)", a.id);
+                bail!(
+                    "{where_}: agent {:?}: [agent.match] needs at least one selector (exe, sha256, argv, uid, cgroup, env)",
+                    a.id
+                );
             }
             agents.push(AgentDecl {
                 name: a.name.unwrap_or_else(|| a.id.clone()),
@@ -215,23 +235,42 @@ uid = 1000
         assert_eq!(c.fleet_key, PathBuf::from("/tmp/x/fleet.key"));
         assert_eq!(c.agents.len(), 1);
         assert_eq!(c.agents[0].name, "fin");
-        assert!(c.agents[0].selectors.argv.as_ref().unwrap().is_match("python3 supervisor.py --x"));
+        assert!(
+            c.agents[0]
+                .selectors
+                .argv
+                .as_ref()
+                .unwrap()
+                .is_match("python3 supervisor.py --x")
+        );
     }
 
     #[test]
     fn errors_name_line_and_column() {
-        let e = Config::parse("[sensor]\nhost_id = 3\n", "bad.toml").unwrap_err().to_string();
+        let e = Config::parse("[sensor]\nhost_id = 3\n", "bad.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("config bad.toml:2:"), "{e}");
-        let e = Config::parse("[sensor]\nbogus = true\n", "bad.toml").unwrap_err().to_string();
+        let e = Config::parse("[sensor]\nbogus = true\n", "bad.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.toml:2:") && e.contains("bogus"), "{e}");
         let src = "\n\n[[agent]]\nid = \"a\"\n[agent.match]\n";
         let e = Config::parse(src, "c.toml").unwrap_err().to_string();
-        assert!(e.contains("c.toml:3:") && e.contains("at least one selector"), "{e}");
+        assert!(
+            e.contains("c.toml:3:") && e.contains("at least one selector"),
+            "{e}"
+        );
         let src = "[[agent]]\nid = \"a\"\n[agent.match]\nargv = \"[\"\n";
         let e = Config::parse(src, "g.toml").unwrap_err().to_string();
         assert!(e.contains("bad argv glob"), "{e}");
         let src = "[[agent]]\nid = \"a\"\n[agent.match]\nexe = \"python\"\n";
-        assert!(Config::parse(src, "g.toml").unwrap_err().to_string().contains("absolute"));
+        assert!(
+            Config::parse(src, "g.toml")
+                .unwrap_err()
+                .to_string()
+                .contains("absolute")
+        );
         let src = "[[agent]]\nid = \"a\"\n[agent.match]\nuid = 1\n[[agent]]\nid = \"a\"\n[agent.match]\nuid = 2\n";
         let e = Config::parse(src, "d.toml").unwrap_err().to_string();
         assert!(e.contains("d.toml:5:") && e.contains("twice"), "{e}");

@@ -39,7 +39,11 @@ impl std::fmt::Display for DecodeError {
 fn read<T: Copy>(buf: &[u8], kind: u32) -> Result<T, DecodeError> {
     let want = size_of::<T>();
     if buf.len() < want {
-        return Err(DecodeError::BadSize { kind, got: buf.len(), want });
+        return Err(DecodeError::BadSize {
+            kind,
+            got: buf.len(),
+            want,
+        });
     }
     // SAFETY: length checked; T is a plain repr(C) struct of integers and byte arrays,
     // valid for any bit pattern.
@@ -60,7 +64,9 @@ pub fn decode(buf: &[u8]) -> Result<Raw, DecodeError> {
         kind::FORK => Raw::Fork(read(buf, k)?),
         kind::EXIT => Raw::Exit(read(buf, k)?),
         kind::FILE_OPEN | kind::FILE_UNLINK | kind::FILE_RENAME => Raw::File(boxed(buf, k)?),
-        kind::NET_CONNECT | kind::NET_ACCEPT | kind::NET_BIND | kind::NET_LISTEN => Raw::Net(read(buf, k)?),
+        kind::NET_CONNECT | kind::NET_ACCEPT | kind::NET_BIND | kind::NET_LISTEN => {
+            Raw::Net(read(buf, k)?)
+        }
         kind::DNS_QUERY => Raw::Dns(boxed(buf, k)?),
         kind::TLS_DATA => Raw::Tls(boxed(buf, k)?),
         kind::PIPE_WRITE => Raw::Pipe(boxed(buf, k)?),
@@ -94,10 +100,14 @@ mod tests {
         b[..4].copy_from_slice(&99u32.to_ne_bytes());
         assert_eq!(decode(&b).err(), Some(DecodeError::UnknownKind(99)));
         b[..4].copy_from_slice(&kind::EXEC.to_ne_bytes());
-        assert!(matches!(decode(&b), Err(DecodeError::BadSize { kind: 1, .. })));
+        assert!(matches!(
+            decode(&b),
+            Err(DecodeError::BadSize { kind: 1, .. })
+        ));
         let mut b = vec![0u8; size_of::<ForkEvent>()];
         b[..4].copy_from_slice(&kind::FORK.to_ne_bytes());
-        b[size_of::<EventHeader>()..size_of::<EventHeader>() + 4].copy_from_slice(&77u32.to_ne_bytes());
+        b[size_of::<EventHeader>()..size_of::<EventHeader>() + 4]
+            .copy_from_slice(&77u32.to_ne_bytes());
         match decode(&b).unwrap() {
             Raw::Fork(f) => assert_eq!(f.child_tgid, 77),
             _ => panic!("wrong kind"),

@@ -58,7 +58,13 @@ pub struct Identity {
 
 impl Identity {
     pub fn new(decls: Vec<AgentDecl>) -> Self {
-        let mut id = Identity { decls: Vec::new(), by_slot: HashMap::new(), by_id: HashMap::new(), next_slot: 1, hashes: HashMap::new() };
+        let mut id = Identity {
+            decls: Vec::new(),
+            by_slot: HashMap::new(),
+            by_id: HashMap::new(),
+            next_slot: 1,
+            hashes: HashMap::new(),
+        };
         for d in &decls {
             id.register(&d.id, &d.name, &d.owner, &d.scope, Kind::Declared);
         }
@@ -66,7 +72,14 @@ impl Identity {
         id
     }
 
-    fn register(&mut self, id: &str, name: &str, owner: &str, scope: &str, kind: Kind) -> Arc<AgentInfo> {
+    fn register(
+        &mut self,
+        id: &str,
+        name: &str,
+        owner: &str,
+        scope: &str,
+        kind: Kind,
+    ) -> Arc<AgentInfo> {
         if let Some(a) = self.by_id.get(id) {
             return a.clone();
         }
@@ -99,7 +112,13 @@ impl Identity {
         let script = argv
             .iter()
             .skip(1)
-            .find(|a| !a.starts_with('-') && (a.ends_with(".py") || a.ends_with(".js") || a.ends_with(".mjs") || a.ends_with(".ts")))
+            .find(|a| {
+                !a.starts_with('-')
+                    && (a.ends_with(".py")
+                        || a.ends_with(".js")
+                        || a.ends_with(".mjs")
+                        || a.ends_with(".ts"))
+            })
             .map(|s| s.rsplit('/').next().unwrap_or(s));
         let id = match script {
             Some(s) => format!("undeclared:{base}:{s}"),
@@ -116,7 +135,11 @@ impl Identity {
     /// Match a new program image against the declared agents.
     pub fn match_exec(&mut self, f: &ExecFacts) -> Option<Arc<AgentInfo>> {
         if let Some(v) = f.env_agent.filter(|v| !v.is_empty()) {
-            if let Some(d) = self.decls.iter().find(|d| d.selectors.env.as_deref() == Some(v) || d.id == v) {
+            if let Some(d) = self
+                .decls
+                .iter()
+                .find(|d| d.selectors.env.as_deref() == Some(v) || d.id == v)
+            {
                 let id = d.id.clone();
                 return self.by_id.get(&id).cloned();
             }
@@ -133,7 +156,9 @@ impl Identity {
             if s.exe.as_deref().is_some_and(|e| e != f.exe)
                 || s.uid.is_some_and(|u| u != f.uid)
                 || s.argv.as_ref().is_some_and(|g| !g.is_match(&joined))
-                || s.cgroup.as_deref().is_some_and(|c| !cgroup_of(f.tgid).starts_with(c))
+                || s.cgroup
+                    .as_deref()
+                    .is_some_and(|c| !cgroup_of(f.tgid).starts_with(c))
             {
                 continue;
             }
@@ -185,7 +210,10 @@ impl Identity {
 pub fn cgroup_of(tgid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
         .unwrap_or_default()
 }
 
@@ -212,18 +240,36 @@ mod tests {
              [[agent]]\nid=\"w\"\n[agent.match]\nenv=\"worker-1\"\n",
         );
         let argv = vec!["python3".to_string(), "/x/supervisor.py".to_string()];
-        let f = ExecFacts { tgid: 1, exe: "/usr/bin/python3", argv: &argv, uid: 1000, env_agent: None };
+        let f = ExecFacts {
+            tgid: 1,
+            exe: "/usr/bin/python3",
+            argv: &argv,
+            uid: 1000,
+            env_agent: None,
+        };
         assert_eq!(id.match_exec(&f).unwrap().id, "sup");
         let f = ExecFacts { uid: 0, ..f };
         assert!(id.match_exec(&f).is_none(), "uid selector must also match");
-        let f = ExecFacts { env_agent: Some("worker-1"), ..f };
+        let f = ExecFacts {
+            env_agent: Some("worker-1"),
+            ..f
+        };
         assert_eq!(id.match_exec(&f).unwrap().id, "w");
-        let f = ExecFacts { env_agent: Some("adhoc"), ..f };
+        let f = ExecFacts {
+            env_agent: Some("adhoc"),
+            ..f
+        };
         let a = id.match_exec(&f).unwrap();
         assert_eq!((a.id.as_str(), a.kind), ("adhoc", Kind::Declared));
         assert_eq!(id.by_slot(a.slot).unwrap().id, "adhoc");
-        let d = id.discovered("/usr/bin/python3", &["python3".into(), "-u".into(), "/t/llm_client.py".into()]);
-        assert_eq!((d.id.as_str(), d.kind), ("undeclared:python3:llm_client.py", Kind::Discovered));
+        let d = id.discovered(
+            "/usr/bin/python3",
+            &["python3".into(), "-u".into(), "/t/llm_client.py".into()],
+        );
+        assert_eq!(
+            (d.id.as_str(), d.kind),
+            ("undeclared:python3:llm_client.py", Kind::Discovered)
+        );
     }
 
     #[test]

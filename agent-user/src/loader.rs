@@ -45,17 +45,37 @@ const SYSCALL_HOOKS: &[(&str, &str, &[&str])] = &[
     ("files", "custody_unlink_enter", &["sys_enter_unlink"]),
     ("files", "custody_unlinkat_enter", &["sys_enter_unlinkat"]),
     ("files", "custody_rename_enter", &["sys_enter_rename"]),
-    ("files", "custody_renameat_enter", &["sys_enter_renameat", "sys_enter_renameat2"]),
+    (
+        "files",
+        "custody_renameat_enter",
+        &["sys_enter_renameat", "sys_enter_renameat2"],
+    ),
     (
         "files",
         "custody_file_exit",
-        &["sys_exit_openat", "sys_exit_openat2", "sys_exit_unlink", "sys_exit_unlinkat", "sys_exit_rename", "sys_exit_renameat", "sys_exit_renameat2"],
+        &[
+            "sys_exit_openat",
+            "sys_exit_openat2",
+            "sys_exit_unlink",
+            "sys_exit_unlinkat",
+            "sys_exit_rename",
+            "sys_exit_renameat",
+            "sys_exit_renameat2",
+        ],
     ),
     ("network", "custody_connect_enter", &["sys_enter_connect"]),
     ("network", "custody_bind_enter", &["sys_enter_bind"]),
     ("network", "custody_listen_enter", &["sys_enter_listen"]),
-    ("network", "custody_sock_exit", &["sys_exit_connect", "sys_exit_bind", "sys_exit_listen"]),
-    ("network", "custody_accept_exit", &["sys_exit_accept", "sys_exit_accept4"]),
+    (
+        "network",
+        "custody_sock_exit",
+        &["sys_exit_connect", "sys_exit_bind", "sys_exit_listen"],
+    ),
+    (
+        "network",
+        "custody_accept_exit",
+        &["sys_exit_accept", "sys_exit_accept4"],
+    ),
     ("dns", "custody_sendto_enter", &["sys_enter_sendto"]),
     ("dns", "custody_sendmsg_enter", &["sys_enter_sendmsg"]),
     ("dns", "custody_sendmmsg_enter", &["sys_enter_sendmmsg"]),
@@ -88,7 +108,9 @@ fn exec_filename_offset() -> Result<u64> {
             bail!("{p}: no filename field");
         }
     }
-    bail!("tracefs not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing): run `mount -t tracefs tracefs /sys/kernel/tracing`")
+    bail!(
+        "tracefs not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing): run `mount -t tracefs tracefs /sys/kernel/tracing`"
+    )
 }
 
 /// The system's libssl.so.3, by the usual library directories.
@@ -110,7 +132,11 @@ fn feature(features: &mut Vec<Feature>, name: &str, result: Result<()>) {
     match result {
         Ok(()) => {
             if !features.iter().any(|f| f.name == name) {
-                features.push(Feature { name: name.into(), active: true, detail: String::new() });
+                features.push(Feature {
+                    name: name.into(),
+                    active: true,
+                    detail: String::new(),
+                });
             }
         }
         Err(e) => {
@@ -123,7 +149,11 @@ fn feature(features: &mut Vec<Feature>, name: &str, result: Result<()>) {
                     }
                     f.detail.push_str(&detail);
                 }
-                None => features.push(Feature { name: name.into(), active: false, detail }),
+                None => features.push(Feature {
+                    name: name.into(),
+                    active: false,
+                    detail,
+                }),
             }
         }
     }
@@ -138,7 +168,8 @@ fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Re
         p.load().with_context(|| format!("loading {prog}"))?;
     }
     for n in names {
-        p.attach(category, n).with_context(|| format!("attaching {prog} to {category}/{n}"))?;
+        p.attach(category, n)
+            .with_context(|| format!("attaching {prog} to {category}/{n}"))?;
     }
     Ok(())
 }
@@ -146,9 +177,16 @@ fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Re
 fn uprobes(ebpf: &mut Ebpf, floor: bool, target: &Path) -> Result<()> {
     for (prog, sym) in TLS_FUNCS {
         let entry = if floor { "custody_floor_uprobe" } else { prog };
-        let ret = if floor { "custody_floor_uretprobe" } else { "custody_ssl_ret" };
+        let ret = if floor {
+            "custody_floor_uretprobe"
+        } else {
+            "custody_ssl_ret"
+        };
         for name in [entry, ret] {
-            let p: &mut UProbe = ebpf.program_mut(name).context("uprobe program missing")?.try_into()?;
+            let p: &mut UProbe = ebpf
+                .program_mut(name)
+                .context("uprobe program missing")?
+                .try_into()?;
             if p.fd().is_err() {
                 p.load()?;
             }
@@ -161,11 +199,16 @@ fn uprobes(ebpf: &mut Ebpf, floor: bool, target: &Path) -> Result<()> {
 
 pub fn load(opts: &Options) -> Result<Loaded> {
     if PROBES.is_empty() {
-        bail!("this custodyd was built with AYA_BUILD_SKIP=1 and has no kernel programs; rebuild without it");
+        bail!(
+            "this custodyd was built with AYA_BUILD_SKIP=1 and has no kernel programs; rebuild without it"
+        );
     }
     let btf = btf::Btf::from_sys()?;
     let offsets = btf::offsets(&btf, exec_filename_offset()?)?;
-    let cfg = ProbeConfig { observe_all: u32::from(opts.observe_all), self_tgid: std::process::id() };
+    let cfg = ProbeConfig {
+        observe_all: u32::from(opts.observe_all),
+        self_tgid: std::process::id(),
+    };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &cfg, true)
@@ -183,21 +226,48 @@ pub fn load(opts: &Options) -> Result<Loaded> {
 
     if opts.floor {
         for (cat, names) in [("sched", &["sched_process_exec", "sched_process_exit"][..])] {
-            feature(&mut features, "process", tracepoint(&mut ebpf, "custody_floor_tp", cat, names));
+            feature(
+                &mut features,
+                "process",
+                tracepoint(&mut ebpf, "custody_floor_tp", cat, names),
+            );
         }
         for (feat, _, names) in SYSCALL_HOOKS {
-            feature(&mut features, feat, tracepoint(&mut ebpf, "custody_floor_tp", "syscalls", names));
+            feature(
+                &mut features,
+                feat,
+                tracepoint(&mut ebpf, "custody_floor_tp", "syscalls", names),
+            );
         }
     } else {
-        feature(&mut features, "process", tracepoint(&mut ebpf, "custody_exec", "sched", &["sched_process_exec"]));
-        feature(&mut features, "process", tracepoint(&mut ebpf, "custody_exit", "sched", &["sched_process_exit"]));
+        feature(
+            &mut features,
+            "process",
+            tracepoint(&mut ebpf, "custody_exec", "sched", &["sched_process_exec"]),
+        );
+        feature(
+            &mut features,
+            "process",
+            tracepoint(&mut ebpf, "custody_exit", "sched", &["sched_process_exit"]),
+        );
         for (feat, prog, names) in SYSCALL_HOOKS {
-            feature(&mut features, feat, tracepoint(&mut ebpf, prog, "syscalls", names));
+            feature(
+                &mut features,
+                feat,
+                tracepoint(&mut ebpf, prog, "syscalls", names),
+            );
         }
     }
-    let fork_prog = if opts.floor { "custody_floor_fork" } else { "custody_fork" };
+    let fork_prog = if opts.floor {
+        "custody_floor_fork"
+    } else {
+        "custody_fork"
+    };
     let fork = (|| -> Result<()> {
-        let p: &mut BtfTracePoint = ebpf.program_mut(fork_prog).context("fork program missing")?.try_into()?;
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut(fork_prog)
+            .context("fork program missing")?
+            .try_into()?;
         p.load("sched_process_fork", &kernel_btf)?;
         p.attach()?;
         Ok(())
@@ -206,7 +276,11 @@ pub fn load(opts: &Options) -> Result<Loaded> {
 
     let mut targets: Vec<PathBuf> = find_libssl().into_iter().collect();
     if targets.is_empty() {
-        feature(&mut features, "tls_libssl", Err(anyhow::anyhow!("libssl.so.3 not found")));
+        feature(
+            &mut features,
+            "tls_libssl",
+            Err(anyhow::anyhow!("libssl.so.3 not found")),
+        );
     }
     targets.extend(opts.tls_binaries.iter().cloned());
     for t in targets {
@@ -216,8 +290,15 @@ pub fn load(opts: &Options) -> Result<Loaded> {
 
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let tracked = BpfHashMap::try_from(ebpf.take_map("TRACKED").context("TRACKED map missing")?)?;
-    let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
-    Ok(Loaded { ebpf, events, tracked, counters, features })
+    let counters =
+        PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
+    Ok(Loaded {
+        ebpf,
+        events,
+        tracked,
+        counters,
+        features,
+    })
 }
 
 /// Node (and other binaries) that carry their own OpenSSL: worth hooking if present.

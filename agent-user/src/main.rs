@@ -5,6 +5,7 @@
 //! (LLM / MCP / HTTP) activity with agent identities, human principals and credential
 //! fingerprints.
 
+mod bench;
 mod btf;
 mod config;
 mod decode;
@@ -24,8 +25,8 @@ use agent_user::credential::FleetKey;
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData};
 use clap::{Parser, Subcommand};
-use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
@@ -87,6 +88,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmark: replay synthetic records through the pipeline on one core.
+    #[command(hide = true)]
+    BenchPipeline {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -117,7 +124,10 @@ const COUNTER_NAMES: [(u32, &str); 7] = [
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let cli = Cli::parse();
     let code = match run_cli(cli) {
@@ -133,13 +143,24 @@ fn main() {
 fn run_cli(cli: Cli) -> Result<i32> {
     match cli.command {
         Some(Command::Status { status_file, json }) => status::show(&status_file, json),
+        Some(Command::BenchPipeline { events }) => {
+            bench::pipeline(events)?;
+            Ok(0)
+        }
         Some(Command::CheckConfig { file }) => {
             let c = Config::load(&file)?;
-            println!("{}: ok ({} declared agents, host id {})", file.display(), c.agents.len(), c.host_id);
+            println!(
+                "{}: ok ({} declared agents, host id {})",
+                file.display(),
+                c.agents.len(),
+                c.host_id
+            );
             Ok(0)
         }
         None => {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(run(cli.run))?;
             Ok(0)
         }
@@ -148,7 +169,9 @@ fn run_cli(cli: Cli) -> Result<i32> {
 
 async fn run(args: RunArgs) -> Result<()> {
     if !args.standalone {
-        bail!("no collector is configured: run with --standalone (enrollment with a collector is `custodyd enroll`)");
+        bail!(
+            "no collector is configured: run with --standalone (enrollment with a collector is `custodyd enroll`)"
+        );
     }
     if !args.json && args.output.is_none() && !args.floor {
         bail!("--standalone needs an output: --json (stdout) or --output FILE");
@@ -161,7 +184,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let key = FleetKey::load_or_create(&cfg.fleet_key).context("fleet key")?;
     let mut tls_binaries = loader::default_tls_binaries();
     tls_binaries.extend(cfg.tls_binaries.iter().cloned());
-    let loaded = loader::load(&loader::Options { observe_all, floor: args.floor, tls_binaries })?;
+    let loaded = loader::load(&loader::Options {
+        observe_all,
+        floor: args.floor,
+        tls_binaries,
+    })?;
     for f in &loaded.features {
         if f.active {
             tracing::info!(feature = %f.name, "active");
@@ -169,13 +196,28 @@ async fn run(args: RunArgs) -> Result<()> {
             tracing::warn!(feature = %f.name, reason = %f.detail, "degraded");
         }
     }
-    if !loaded.features.iter().any(|f| f.name == "process" && f.active) {
+    if !loaded
+        .features
+        .iter()
+        .any(|f| f.name == "process" && f.active)
+    {
         bail!("process tracing could not be attached; nothing would be reported");
     }
-    let loader::Loaded { ebpf: _ebpf, events, tracked, counters, features } = loaded;
+    let loader::Loaded {
+        ebpf: _ebpf,
+        events,
+        tracked,
+        counters,
+        features,
+    } = loaded;
     let declared = cfg.agents.len();
     let mut tracker = MapTracker(tracked);
-    let mut pipe = Pipeline::new(cfg.host_id.clone(), Identity::new(cfg.agents), key, observe_all);
+    let mut pipe = Pipeline::new(
+        cfg.host_id.clone(),
+        Identity::new(cfg.agents),
+        key,
+        observe_all,
+    );
     let seeded = pipe.seed(&mut tracker);
     let mut sink = match &args.output {
         Some(p) => output::JsonLines::file(p)?,
@@ -186,13 +228,25 @@ async fn run(args: RunArgs) -> Result<()> {
         host: cfg.host_id.clone(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
-        mode: if args.floor { "floor" } else if observe_all { "standalone, observe-all" } else { "standalone" }.into(),
+        mode: if args.floor {
+            "floor"
+        } else if observe_all {
+            "standalone, observe-all"
+        } else {
+            "standalone"
+        }
+        .into(),
         started_unix: started,
         features: features.iter().map(Into::into).collect(),
         declared_agents: declared,
         ..Default::default()
     };
-    eprintln!("custodyd: ready host={} processes={} features={}", cfg.host_id, seeded, features.iter().filter(|f| f.active).count());
+    eprintln!(
+        "custodyd: ready host={} processes={} features={}",
+        cfg.host_id,
+        seeded,
+        features.iter().filter(|f| f.active).count()
+    );
 
     let mut ring = AsyncFd::with_interest(events, Interest::READABLE)?;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -264,6 +318,9 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     sink.flush()?;
     let _ = std::fs::remove_file(&args.status_file);
-    eprintln!("custodyd: stopped ({} records, {} events)", pipe.stats.records, pipe.stats.emitted);
+    eprintln!(
+        "custodyd: stopped ({} records, {} events)",
+        pipe.stats.records, pipe.stats.emitted
+    );
     Ok(())
 }

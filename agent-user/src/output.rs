@@ -12,7 +12,9 @@ pub struct JsonLines {
 
 impl JsonLines {
     pub fn stdout() -> Self {
-        JsonLines { out: BufWriter::with_capacity(1 << 16, Box::new(std::io::stdout())) }
+        JsonLines {
+            out: BufWriter::with_capacity(1 << 16, Box::new(std::io::stdout())),
+        }
     }
 
     pub fn file(path: &Path) -> Result<Self> {
@@ -21,7 +23,9 @@ impl JsonLines {
             .append(true)
             .open(path)
             .with_context(|| format!("opening output file {}", path.display()))?;
-        Ok(JsonLines { out: BufWriter::with_capacity(1 << 16, Box::new(f)) })
+        Ok(JsonLines {
+            out: BufWriter::with_capacity(1 << 16, Box::new(f)),
+        })
     }
 
     pub fn write(&mut self, ev: &Event) -> Result<()> {

@@ -41,6 +41,9 @@ pub struct Proc {
     pub discovered_reported: bool,
     pub cwd: String,
     pub cgroup_path: String,
+    /// The proto form, valid while `cache_gen` equals the table's generation.
+    cache: Option<Process>,
+    cache_gen: u64,
 }
 
 pub struct ProcTable {
@@ -48,10 +51,16 @@ pub struct ProcTable {
     procs: HashMap<u32, Proc>,
     tick_ns: u64,
     boot_wall_ns: u64,
+    /// Bumped by every change that can alter a process's proto form (its own fields,
+    /// or an ancestor's delegation or agent), so cached forms are rebuilt lazily.
+    generation: u64,
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -92,8 +101,15 @@ impl ProcTable {
     pub fn new(host: String) -> Self {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        let boot_wall_ns = clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_BOOTTIME));
-        ProcTable { host, procs: HashMap::new(), tick_ns: 1_000_000_000 / hz, boot_wall_ns }
+        let boot_wall_ns =
+            clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_BOOTTIME));
+        ProcTable {
+            host,
+            procs: HashMap::new(),
+            tick_ns: 1_000_000_000 / hz,
+            boot_wall_ns,
+            generation: 1,
+        }
     }
 
     pub fn ticks(&self, boot_ns: u64) -> u64 {
@@ -113,8 +129,39 @@ impl ProcTable {
         self.procs.get(&tgid)
     }
 
+    /// Mutable access: invalidates every cached proto form, since a change here can
+    /// show in descendants (principal, agent).
     pub fn get_mut(&mut self, tgid: u32) -> Option<&mut Proc> {
+        self.generation += 1;
         self.procs.get_mut(&tgid)
+    }
+
+    /// Mutable access for updates that usually change nothing (the per-event header
+    /// refresh); the caller reports whether something changed.
+    pub fn get_mut_quiet(&mut self, tgid: u32) -> Option<&mut Proc> {
+        self.procs.get_mut(&tgid)
+    }
+
+    pub fn invalidate(&mut self) {
+        self.generation += 1;
+    }
+
+    /// The proto form of a process, cached until something changes.
+    pub fn process_proto(&mut self, tgid: u32, tid: u32, users: &mut Users) -> Option<Process> {
+        let generation = self.generation;
+        let p = self.procs.get(&tgid)?;
+        if p.cache_gen == generation {
+            if let Some(c) = &p.cache {
+                let mut c = c.clone();
+                c.tid = tid;
+                return Some(c);
+            }
+        }
+        let built = self.to_proto(p, tid, users);
+        let p = self.procs.get_mut(&tgid)?;
+        p.cache = Some(built.clone());
+        p.cache_gen = generation;
+        Some(built)
     }
 
     pub fn len(&self) -> usize {
@@ -122,16 +169,24 @@ impl ProcTable {
     }
 
     pub fn remove(&mut self, tgid: u32) -> Option<Proc> {
+        self.generation += 1;
         self.procs.remove(&tgid)
     }
 
     /// The entry for (tgid, start), created or replaced (pid reuse) as needed.
     pub fn entry(&mut self, tgid: u32, start_ticks: u64) -> &mut Proc {
+        self.generation += 1;
         let exec_id = self.exec_id(tgid, start_ticks);
         let wall = self.boot_wall_ns + start_ticks * self.tick_ns;
         let p = self.procs.entry(tgid).or_default();
         if p.exec_id != exec_id {
-            *p = Proc { tgid, start_ticks, exec_id, start_time_ns: wall, ..Default::default() };
+            *p = Proc {
+                tgid,
+                start_ticks,
+                exec_id,
+                start_time_ns: wall,
+                ..Default::default()
+            };
         }
         p
     }
@@ -177,11 +232,15 @@ impl ProcTable {
 
     /// Seed the table with every process alive now.
     pub fn seed_from_proc(&mut self) -> usize {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
         let pids: Vec<u32> = dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
             .collect();
-        pids.into_iter().filter(|&pid| self.scan_one(pid).is_some()).count()
+        pids.into_iter()
+            .filter(|&pid| self.scan_one(pid).is_some())
+            .count()
     }
 
     /// Every live tgid whose ancestry includes `root`.
@@ -227,7 +286,11 @@ impl ProcTable {
             cur = p.ppid;
         }
         let auid = self.procs.get(&tgid).map_or(u32::MAX, |p| p.auid);
-        Principal { login_uid: auid, login_user: users.name(auid), ..Default::default() }
+        Principal {
+            login_uid: auid,
+            login_user: users.name(auid),
+            ..Default::default()
+        }
     }
 
     pub fn to_proto(&self, p: &Proc, tid: u32, users: &mut Users) -> Process {
@@ -252,7 +315,9 @@ impl ProcTable {
             start_ticks: p.start_ticks,
             agent_id: agent.map(|a| a.id.clone()).unwrap_or_default(),
             agent_name: agent.map(|a| a.name.clone()).unwrap_or_default(),
-            agent_kind: agent.map(|a| a.kind.as_str().to_string()).unwrap_or_default(),
+            agent_kind: agent
+                .map(|a| a.kind.as_str().to_string())
+                .unwrap_or_default(),
             cwd: p.cwd.clone(),
             principal: Some(self.principal(p.tgid, users)),
             cgroup_path: p.cgroup_path.clone(),
@@ -279,7 +344,16 @@ mod tests {
         let p = t.scan_one(me).expect("own process");
         assert!(p.exec_id.starts_with(&format!("h:{me}:")));
         assert!(!p.parent_exec_id.is_empty());
-        assert!(p.exe.ends_with(std::env::current_exe().unwrap().file_name().unwrap().to_str().unwrap()));
+        assert!(
+            p.exe.ends_with(
+                std::env::current_exe()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+            )
+        );
         // pid reuse: a different start time replaces the entry.
         let old = t.get(me).unwrap().exec_id.clone();
         let start = t.get(me).unwrap().start_ticks;

@@ -39,12 +39,18 @@ pub struct FeatureStatus {
 
 impl From<&Feature> for FeatureStatus {
     fn from(f: &Feature) -> Self {
-        FeatureStatus { name: f.name.clone(), active: f.active, detail: f.detail.clone() }
+        FeatureStatus {
+            name: f.name.clone(),
+            active: f.active,
+            detail: f.detail.clone(),
+        }
     }
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 pub fn write(path: &Path, s: &Status) -> Result<()> {
@@ -64,11 +70,14 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
         Ok(t) => t,
         Err(_) => {
             println!("custodyd: NOT RUNNING (no status at {})", path.display());
-            println!("  what to do: start it (systemctl start custodyd, or custodyd --standalone --json)");
+            println!(
+                "  what to do: start it (systemctl start custodyd, or custodyd --standalone --json)"
+            );
             return Ok(2);
         }
     };
-    let s: Status = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let s: Status =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     if json {
         println!("{text}");
     }
@@ -91,24 +100,51 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
         return Ok(code);
     }
     println!("custodyd on {}: {state}", s.host);
-    println!("  pid {}  version {}  mode {}  up {}s  status age {}s", s.pid, s.version, s.mode, s.updated_unix.saturating_sub(s.started_unix), age);
-    println!("  processes known {}  declared agents {}  discovered agents {}", s.processes_known, s.declared_agents, s.discovered_agents);
-    println!("  kernel records {}  events emitted {}  malformed records {}", s.records, s.events_emitted, s.decode_errors);
+    println!(
+        "  pid {}  version {}  mode {}  up {}s  status age {}s",
+        s.pid,
+        s.version,
+        s.mode,
+        s.updated_unix.saturating_sub(s.started_unix),
+        age
+    );
+    println!(
+        "  processes known {}  declared agents {}  discovered agents {}",
+        s.processes_known, s.declared_agents, s.discovered_agents
+    );
+    println!(
+        "  kernel records {}  events emitted {}  malformed records {}",
+        s.records, s.events_emitted, s.decode_errors
+    );
     for f in &s.features {
         let mark = if f.active { "active  " } else { "DEGRADED" };
-        println!("  [{mark}] {}{}", f.name, if f.detail.is_empty() { String::new() } else { format!(": {}", f.detail) });
+        println!(
+            "  [{mark}] {}{}",
+            f.name,
+            if f.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", f.detail)
+            }
+        );
     }
     for (k, v) in &s.kernel_counters {
         println!("  counter {k} = {v}");
     }
     if lost > 0 {
-        println!("  what to do: {lost} events were lost in the kernel (ring buffer or syscall map full); the host is busier than the sensor drains — check CPU limits on custodyd");
+        println!(
+            "  what to do: {lost} events were lost in the kernel (ring buffer or syscall map full); the host is busier than the sensor drains — check CPU limits on custodyd"
+        );
     }
     if !inactive.is_empty() {
-        println!("  what to do: degraded features are listed with the kernel's reason above; the rest of the sensor works");
+        println!(
+            "  what to do: degraded features are listed with the kernel's reason above; the rest of the sensor works"
+        );
     }
     if !alive {
-        println!("  what to do: the daemon is not running; start it and check its log (journalctl -u custodyd)");
+        println!(
+            "  what to do: the daemon is not running; start it and check its log (journalctl -u custodyd)"
+        );
     }
     Ok(code)
 }

@@ -17,14 +17,19 @@ impl Default for Users {
 
 impl Users {
     pub fn new() -> Self {
-        let mut u = Users { names: HashMap::new(), loaded: None };
+        let mut u = Users {
+            names: HashMap::new(),
+            loaded: None,
+        };
         u.reload();
         u
     }
 
     fn reload(&mut self) {
         self.loaded = Some(Instant::now());
-        let Ok(s) = std::fs::read_to_string("/etc/passwd") else { return };
+        let Ok(s) = std::fs::read_to_string("/etc/passwd") else {
+            return;
+        };
         for line in s.lines() {
             let f: Vec<&str> = line.split(':').collect();
             if let (Some(name), Some(uid)) = (f.first(), f.get(2).and_then(|u| u.parse().ok())) {
@@ -41,7 +46,10 @@ impl Users {
         if let Some(n) = self.names.get(&uid) {
             return n.clone();
         }
-        if self.loaded.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+        if self
+            .loaded
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
             self.reload();
             if let Some(n) = self.names.get(&uid) {
                 return n.clone();

@@ -8,6 +8,7 @@
 pub mod admin_service;
 pub mod auth;
 pub mod chain;
+pub mod client;
 pub mod engine;
 pub mod fleet;
 pub mod ingest;

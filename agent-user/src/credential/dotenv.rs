@@ -33,7 +33,9 @@ pub(crate) fn parse(contents: &[u8]) -> Vec<(String, Vec<u8>)> {
         if line.starts_with(b"#") {
             continue;
         }
-        let Some(eq) = line.iter().position(|&b| b == b'=') else { continue };
+        let Some(eq) = line.iter().position(|&b| b == b'=') else {
+            continue;
+        };
         let name = String::from_utf8_lossy(line[..eq].trim_ascii()).into_owned();
         if name.is_empty() || name.contains(char::is_whitespace) {
             continue;

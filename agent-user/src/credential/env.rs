@@ -72,9 +72,28 @@ const KNOWN_NAMES: &[(&str, &str)] = &[
 /// Suffixes naming something about a secret (where it lives, what type it is) rather
 /// than the secret: GOOGLE_APPLICATION_CREDENTIALS_FILE, TOKEN_URL, SECRET_NAME.
 const COMPANION_SUFFIXES: &[&str] = &[
-    "_FILE", "_FILES", "_PATH", "_DIR", "_SOCK", "_SOCKET", "_TYPE", "_URL", "_URI", "_ENDPOINT",
-    "_HOST", "_PORT", "_USER", "_USERNAME", "_NAME", "_EXPIRY", "_EXPIRES_AT", "_TTL", "_LIMIT",
-    "_COUNT", "_HEADER", "_ENABLED",
+    "_FILE",
+    "_FILES",
+    "_PATH",
+    "_DIR",
+    "_SOCK",
+    "_SOCKET",
+    "_TYPE",
+    "_URL",
+    "_URI",
+    "_ENDPOINT",
+    "_HOST",
+    "_PORT",
+    "_USER",
+    "_USERNAME",
+    "_NAME",
+    "_EXPIRY",
+    "_EXPIRES_AT",
+    "_TTL",
+    "_LIMIT",
+    "_COUNT",
+    "_HEADER",
+    "_ENABLED",
 ];
 
 /// Minimum length for a value under a merely secret-sounding name; shorter values
@@ -96,7 +115,9 @@ pub fn scan_env(env: &[u8], key: &FleetKey) -> Vec<Credential> {
         };
         let value = &entry[eq + 1..];
         if name.eq_ignore_ascii_case("AWS_ACCESS_KEY_ID") {
-            aws_key_id = std::str::from_utf8(value).ok().filter(|v| looks_like_key_id(v));
+            aws_key_id = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| looks_like_key_id(v));
         }
         out.extend(scan_var(name, value, Source::Env, name, key));
     }
@@ -220,7 +241,8 @@ fn looks_like_path(v: &str) -> bool {
 
 pub(crate) fn looks_like_key_id(v: &str) -> bool {
     (16..=128).contains(&v.len())
-        && v.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && v.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// A secret key is only useful to an investigator next to the id it belongs to, and

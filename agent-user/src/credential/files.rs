@@ -2,7 +2,8 @@
 
 use super::env::{link_aws_key_id, looks_like_key_id};
 use super::formats::{
-    find_tokens, find_url_userinfo, password_credential, percent_decode, token_credential, trim_value,
+    find_tokens, find_url_userinfo, password_credential, percent_decode, token_credential,
+    trim_value,
 };
 use super::jwt::{claims_metadata, decode_jwt};
 use super::pem::private_key_credentials;
@@ -19,8 +20,14 @@ const SUFFIXES: &[(&str, &str)] = &[
     (".git-credentials", "git_credentials"),
     (".config/git/credentials", "git_credentials"),
     (".docker/config.json", "docker_config"),
-    ("run/secrets/kubernetes.io/serviceaccount/token", "k8s_service_account_token"),
-    ("run/secrets/eks.amazonaws.com/serviceaccount/token", "k8s_service_account_token"),
+    (
+        "run/secrets/kubernetes.io/serviceaccount/token",
+        "k8s_service_account_token",
+    ),
+    (
+        "run/secrets/eks.amazonaws.com/serviceaccount/token",
+        "k8s_service_account_token",
+    ),
 ];
 
 /// Which credential file `path` is, judged by its shape alone.
@@ -109,10 +116,16 @@ fn aws_ini(path: &str, text: &str, key: &FleetKey) -> Vec<Credential> {
             section_start = out.len();
             key_id = None;
             let name = name.trim();
-            profile = name.strip_prefix("profile ").unwrap_or(name).trim().to_string();
+            profile = name
+                .strip_prefix("profile ")
+                .unwrap_or(name)
+                .trim()
+                .to_string();
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let v = trim_value(v);
         if v.is_empty() {
             continue;
@@ -218,6 +231,12 @@ fn service_account_token(path: &str, text: &str, key: &FleetKey) -> Vec<Credenti
             c.extend(&claims_metadata(&claims));
             vec![c]
         }
-        None => vec![Credential::new("kube_token", token.as_bytes(), key, Source::File, path)],
+        None => vec![Credential::new(
+            "kube_token",
+            token.as_bytes(),
+            key,
+            Source::File,
+            path,
+        )],
     }
 }

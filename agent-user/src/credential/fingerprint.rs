@@ -86,7 +86,11 @@ impl FleetKey {
                 .mode(0o700)
                 .create(parent)
                 .with_context(|| {
-                    format!("fleet key {}: cannot create directory {}", path.display(), parent.display())
+                    format!(
+                        "fleet key {}: cannot create directory {}",
+                        path.display(),
+                        parent.display()
+                    )
                 })?;
         }
         let mut bytes = [0u8; KEY_LEN];
@@ -105,7 +109,8 @@ impl FleetKey {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return Self::load(path),
             Err(e) => {
-                return Err(e).with_context(|| format!("fleet key {}: cannot create", path.display()));
+                return Err(e)
+                    .with_context(|| format!("fleet key {}: cannot create", path.display()));
             }
         };
         // The umask may have stripped bits but never adds any; set exactly 0600 anyway
@@ -166,6 +171,8 @@ impl Drop for FleetKey {
 
 impl std::fmt::Debug for FleetKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FleetKey").field("key_id", &self.key_id()).finish_non_exhaustive()
+        f.debug_struct("FleetKey")
+            .field("key_id", &self.key_id())
+            .finish_non_exhaustive()
     }
 }

@@ -102,7 +102,9 @@ fn classify_match(t: &str) -> Option<(&'static str, BTreeMap<String, String>)> {
         match rest.split_once('-') {
             Some((seg, _))
                 if seg.len() <= 8
-                    && seg.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+                    && seg
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
             {
                 prefix(&format!("sk-ant-{seg}"))
             }
@@ -120,7 +122,11 @@ fn classify_match(t: &str) -> Option<(&'static str, BTreeMap<String, String>)> {
         if !looks_random(body) {
             return None;
         }
-        prefix(&if p.is_empty() { "sk".to_string() } else { format!("sk-{p}") });
+        prefix(&if p.is_empty() {
+            "sk".to_string()
+        } else {
+            format!("sk-{p}")
+        });
         "openai_api_key"
     } else if t.starts_with("sk_") || t.starts_with("rk_") {
         prefix(&t[..t.find('_').map_or(0, |i| i + 1) + 4]);
@@ -214,7 +220,9 @@ pub(crate) fn password_credential(
     fallback_kind: &str,
 ) -> Credential {
     match classify_whole(secret) {
-        Some(tok) if tok.value.len() == secret.len() => token_credential(&tok, key, source, location),
+        Some(tok) if tok.value.len() == secret.len() => {
+            token_credential(&tok, key, source, location)
+        }
         _ => Credential::new(fallback_kind, secret.as_bytes(), key, source, location),
     }
 }
@@ -237,6 +245,9 @@ pub(crate) static URL_USERINFO_RE: LazyLock<Regex> = LazyLock::new(|| {
 });
 
 pub(crate) fn find_url_userinfo(text: &str) -> Vec<UrlUserinfo<'_>> {
+    if !text.contains("://") {
+        return Vec::new();
+    }
     URL_USERINFO_RE
         .captures_iter(text)
         .filter_map(|c| {

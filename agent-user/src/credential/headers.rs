@@ -1,6 +1,8 @@
 //! Credentials in HTTP request headers seen in TLS plaintext.
 
-use super::formats::{classify_whole, find_tokens, password_credential, token_credential, trim_value};
+use super::formats::{
+    classify_whole, find_tokens, password_credential, token_credential, trim_value,
+};
 use super::json_files::decode_basic;
 use super::jwt::{claims_metadata, decode_jwt};
 use super::{Credential, FleetKey, Source, dedupe};
@@ -97,8 +99,14 @@ fn basic(param: &str, key: &FleetKey, location: &str) -> Credential {
         Some((user, pass)) => password_credential(&pass, key, Source::Header, location, "password")
             .with("username", &user)
             .with("scheme", "basic"),
-        None => Credential::new("generic_secret", param.as_bytes(), key, Source::Header, location)
-            .with("scheme", "basic"),
+        None => Credential::new(
+            "generic_secret",
+            param.as_bytes(),
+            key,
+            Source::Header,
+            location,
+        )
+        .with("scheme", "basic"),
     }
 }
 
@@ -112,9 +120,15 @@ fn aws_sigv4(param: &str, key: &FleetKey, location: &str) -> Vec<Credential> {
         .next();
     match key_id {
         Some(id) if !id.is_empty() => {
-            let mut c = Credential::new("aws_access_key", id.as_bytes(), key, Source::Header, location)
-                .with("key_id", id)
-                .with("scheme", "aws4-hmac-sha256");
+            let mut c = Credential::new(
+                "aws_access_key",
+                id.as_bytes(),
+                key,
+                Source::Header,
+                location,
+            )
+            .with("key_id", id)
+            .with("scheme", "aws4-hmac-sha256");
             if id.len() >= 4 {
                 c.set("prefix", id.get(..4).unwrap_or_default());
             }

@@ -19,7 +19,9 @@ pub(crate) fn docker(path: &str, text: &str, key: &FleetKey) -> Vec<Credential> 
     };
     let mut out = Vec::new();
     for (registry, entry) in auths {
-        let Value::Object(entry) = entry else { continue };
+        let Value::Object(entry) = entry else {
+            continue;
+        };
         let host = registry_host(registry);
         if let Some(auth) = str_field(entry, "auth") {
             let c = match decode_basic(auth) {
@@ -47,7 +49,9 @@ pub(crate) fn docker(path: &str, text: &str, key: &FleetKey) -> Vec<Credential> 
 
 /// Registry keys are sometimes full URLs ("https://index.docker.io/v1/").
 fn registry_host(registry: &str) -> String {
-    let r = registry.split_once("://").map_or(registry, |(_, rest)| rest);
+    let r = registry
+        .split_once("://")
+        .map_or(registry, |(_, rest)| rest);
     r.split('/').next().unwrap_or(r).to_ascii_lowercase()
 }
 
@@ -128,5 +132,7 @@ fn gcloud_object(obj: &Map<String, Value>, path: &str, key: &FleetKey) -> Vec<Cr
 }
 
 fn str_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
-    obj.get(name).and_then(Value::as_str).filter(|s| !s.trim().is_empty())
+    obj.get(name)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
 }

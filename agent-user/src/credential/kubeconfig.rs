@@ -36,7 +36,10 @@ pub(crate) fn scan(path: &str, text: &str, key: &FleetKey) -> Vec<Credential> {
     } else {
         parse_yaml(text)
     };
-    users.iter().flat_map(|u| user_credentials(u, path, key)).collect()
+    users
+        .iter()
+        .flat_map(|u| user_credentials(u, path, key))
+        .collect()
 }
 
 fn parse_yaml(text: &str) -> Vec<User> {
@@ -60,7 +63,9 @@ fn parse_yaml(text: &str) -> Vec<User> {
         }
         let is_item = body.starts_with("- ");
         let entry = body.trim_start_matches("- ").trim_start();
-        let Some((k, v)) = entry.split_once(':') else { continue };
+        let Some((k, v)) = entry.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim(), trim_value(v));
         // Each list item of `users:` is one user; how deep items are indented varies
         // between writers, but `name` is always a direct key of the item.
@@ -92,7 +97,11 @@ fn parse_json(text: &str) -> Vec<User> {
     list.iter()
         .map(|item| {
             let mut u = User {
-                name: item.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                name: item
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
                 ..User::default()
             };
             if let Some(user) = item.get("user") {
@@ -104,7 +113,9 @@ fn parse_json(text: &str) -> Vec<User> {
 }
 
 fn collect_json(v: &Value, u: &mut User, depth: usize) {
-    let Some(obj) = v.as_object().filter(|_| depth < 8) else { return };
+    let Some(obj) = v.as_object().filter(|_| depth < 8) else {
+        return;
+    };
     for (k, v) in obj {
         match v {
             Value::String(s) if k == "username" => u.username = s.clone(),
@@ -127,7 +138,8 @@ fn user_credentials(u: &User, path: &str, key: &FleetKey) -> Vec<Credential> {
                     .with("username", &u.username),
             ],
             "token" | "id-token" | "access-token" => {
-                let mut c = Credential::new("kube_token", value.as_bytes(), key, Source::File, path);
+                let mut c =
+                    Credential::new("kube_token", value.as_bytes(), key, Source::File, path);
                 if let Some(claims) = decode_jwt(value) {
                     if field != "token" {
                         c.kind = "jwt".to_string();
@@ -164,5 +176,11 @@ fn client_key(value: &str, path: &str, key: &FleetKey) -> Vec<Credential> {
             return creds;
         }
     }
-    vec![Credential::new("private_key", value.as_bytes(), key, Source::File, path)]
+    vec![Credential::new(
+        "private_key",
+        value.as_bytes(),
+        key,
+        Source::File,
+        path,
+    )]
 }

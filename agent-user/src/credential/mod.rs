@@ -28,13 +28,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use env::scan_env;
 pub use escape::{escape_bytes, unescape_bytes};
 pub use files::{credential_file_kind, scan_file};
 pub use fingerprint::FleetKey;
 pub use headers::scan_headers;
 pub use jwt::{JwtClaims, decode_jwt};
 pub use redact::{redact, redact_bytes};
-pub use env::scan_env;
 
 /// Where a credential was observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -107,7 +107,8 @@ impl Credential {
         while !value.is_char_boundary(end) {
             end -= 1;
         }
-        self.metadata.insert(name.to_string(), value[..end].to_string());
+        self.metadata
+            .insert(name.to_string(), value[..end].to_string());
     }
 
     pub(crate) fn extend(&mut self, meta: &BTreeMap<String, String>) {

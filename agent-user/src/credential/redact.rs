@@ -57,14 +57,15 @@ static QUOTED_KV_RE: LazyLock<Regex> = LazyLock::new(|| {
 
 /// `name=` and `name:` (env dumps, query strings, YAML, INI). The value is measured
 /// by hand, only for secret names, which keeps the scan linear.
-static KV_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"([A-Za-z_][A-Za-z0-9_.\-]*)[ \t]*[=:][ \t]*").expect("kv regex")
-});
+static KV_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"([A-Za-z_][A-Za-z0-9_.\-]*)[ \t]*[=:][ \t]*").expect("kv regex"));
 
 /// `--password value` in argv.
 static FLAG_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?:^|[\s"'])--?([A-Za-z][A-Za-z0-9_\-]*)[ \t]+("[^"\n]*"|'[^'\n]*'|[^\s"'\-][^\s"']*)"#)
-        .expect("flag regex")
+    Regex::new(
+        r#"(?:^|[\s"'])--?([A-Za-z][A-Za-z0-9_\-]*)[ \t]+("[^"\n]*"|'[^'\n]*'|[^\s"'\-][^\s"']*)"#,
+    )
+    .expect("flag regex")
 });
 
 static SCHEME_RE: LazyLock<Regex> = LazyLock::new(|| {
@@ -93,7 +94,7 @@ static PLACEHOLDER_RE: LazyLock<Regex> =
 /// Passes are repeated until nothing changes, which makes `redact` idempotent even
 /// where one rule's output would give another rule a new match; in practice the
 /// second pass is a no-op and the bound is never reached.
-const MAX_PASSES: usize = 1;
+const MAX_PASSES: usize = 4;
 
 /// Replaces every secret value in `text` with `[REDACTED:<kind>]`.
 pub fn redact(text: &str) -> String {
@@ -170,12 +171,17 @@ fn headers(text: &str) -> Cow<'_, str> {
     let mut spans = Vec::new();
     let mut last_end = 0;
     for c in HEADER_RE.captures_iter(text) {
-        let (Some(all), Some(name)) = (c.get(0), c.get(1)) else { continue };
+        let (Some(all), Some(name)) = (c.get(0), c.get(1)) else {
+            continue;
+        };
         let start = all.end();
         if start < last_end {
             continue;
         }
-        let quote = text[..name.start()].chars().next_back().filter(|q| *q == '"' || *q == '\'');
+        let quote = text[..name.start()]
+            .chars()
+            .next_back()
+            .filter(|q| *q == '"' || *q == '\'');
         let end = text[start..]
             .find(|ch: char| ch == '\n' || Some(ch) == quote)
             .map_or(text.len(), |i| start + i);
@@ -183,7 +189,11 @@ fn headers(text: &str) -> Cow<'_, str> {
         if value.is_empty() || is_placeholder(value) {
             continue;
         }
-        spans.push((start, start + value.len(), placeholder(&name.as_str().to_ascii_lowercase())));
+        spans.push((
+            start,
+            start + value.len(),
+            placeholder(&name.as_str().to_ascii_lowercase()),
+        ));
         last_end = start + value.len();
     }
     splice(text, spans)
@@ -195,7 +205,9 @@ fn scheme_tokens(text: &str) -> Cow<'_, str> {
     let mut spans = Vec::new();
     let mut pos = 0;
     while let Some(c) = SCHEME_RE.captures_at(text, pos) {
-        let (Some(scheme), Some(tok)) = (c.get(1), c.get(2)) else { break };
+        let (Some(scheme), Some(tok)) = (c.get(1), c.get(2)) else {
+            break;
+        };
         let v = tok.as_str();
         let kind = if scheme.as_str().eq_ignore_ascii_case("basic") {
             decode_basic(v).map(|_| "basic_auth")
@@ -239,8 +251,12 @@ fn secret_key_kind(name: &str) -> Option<&'static str> {
 fn quoted_kv(text: &str) -> Cow<'_, str> {
     let mut spans = Vec::new();
     for c in QUOTED_KV_RE.captures_iter(text) {
-        let (Some(name), Some(val)) = (c.get(1), c.get(2).or_else(|| c.get(3))) else { continue };
-        let Some(kind) = secret_key_kind(name.as_str()) else { continue };
+        let (Some(name), Some(val)) = (c.get(1), c.get(2).or_else(|| c.get(3))) else {
+            continue;
+        };
+        let Some(kind) = secret_key_kind(name.as_str()) else {
+            continue;
+        };
         let v = val.as_str();
         if v.is_empty() || is_placeholder(v) {
             continue;
@@ -266,11 +282,15 @@ fn kv(text: &str) -> Cow<'_, str> {
     let mut spans = Vec::new();
     let mut skip_until = 0;
     for c in KV_RE.captures_iter(text) {
-        let (Some(all), Some(name)) = (c.get(0), c.get(1)) else { continue };
+        let (Some(all), Some(name)) = (c.get(0), c.get(1)) else {
+            continue;
+        };
         if all.start() < skip_until {
             continue;
         }
-        let Some(kind) = secret_key_kind(name.as_str()) else { continue };
+        let Some(kind) = secret_key_kind(name.as_str()) else {
+            continue;
+        };
         let (vs, ve, end) = value_span(text, all.end());
         let v = &text[vs..ve];
         if v.is_empty() || is_placeholder(v) || is_flag_value(v) {
@@ -340,8 +360,12 @@ fn unquoted_span(v: &str, start: usize) -> (usize, usize) {
 fn flags(text: &str) -> Cow<'_, str> {
     let mut spans = Vec::new();
     for c in FLAG_RE.captures_iter(text) {
-        let (Some(name), Some(val)) = (c.get(1), c.get(2)) else { continue };
-        let Some(kind) = secret_name_kind(name.as_str()) else { continue };
+        let (Some(name), Some(val)) = (c.get(1), c.get(2)) else {
+            continue;
+        };
+        let Some(kind) = secret_name_kind(name.as_str()) else {
+            continue;
+        };
         let (vs, ve) = unquoted_span(val.as_str(), val.start());
         let v = &text[vs..ve];
         if v.is_empty() || is_placeholder(v) || is_flag_value(v) {
@@ -361,7 +385,10 @@ fn tokens(text: &str) -> Cow<'_, str> {
         spans.push((m.start(), m.end(), placeholder("jwt")));
     }
     if let Some(m) = TRUNCATED_RE.find(text) {
-        let word_before = text[..m.start()].chars().next_back().is_some_and(|c| c.is_ascii_alphanumeric());
+        let word_before = text[..m.start()]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
         if !word_before {
             spans.push((m.start(), m.end(), placeholder("truncated_token")));
         }

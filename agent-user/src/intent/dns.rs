@@ -19,7 +19,9 @@ pub fn parse_dns_query(data: &[u8]) -> Option<(String, String)> {
         return None;
     }
     let (name, end) = read_name(data, 12)?;
-    let qtype = data.get(end..end + 4).map(|b| u16::from_be_bytes([b[0], b[1]]))?;
+    let qtype = data
+        .get(end..end + 4)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))?;
     Some((name, qtype_name(qtype)))
 }
 
@@ -109,11 +111,17 @@ mod tests {
 
     #[test]
     fn parses_queries() {
-        assert_eq!(parse_dns_query(&query("API.OpenAI.com.", 1)), Some(("api.openai.com".into(), "A".into())));
+        assert_eq!(
+            parse_dns_query(&query("API.OpenAI.com.", 1)),
+            Some(("api.openai.com".into(), "A".into()))
+        );
         assert_eq!(parse_dns_query(&query("x.io", 28)).unwrap().1, "AAAA");
         assert_eq!(parse_dns_query(&query("x.io", 65)).unwrap().1, "HTTPS");
         assert_eq!(parse_dns_query(&query("x.io", 99)).unwrap().1, "TYPE99");
-        assert_eq!(parse_dns_query(&query("", 2)), Some((String::new(), "NS".into())));
+        assert_eq!(
+            parse_dns_query(&query("", 2)),
+            Some((String::new(), "NS".into()))
+        );
         // EDNS OPT record after the question is fine.
         let mut p = query("a.b", 16);
         p[11] = 1;
@@ -156,11 +164,19 @@ mod tests {
         // Self-pointer and two-pointer cycle.
         let mut p = vec![0, 1, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1];
         assert_eq!(parse_dns_query(&p), None);
-        p = vec![0, 1, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0xC0, 12, 0, 1, 0, 1];
+        p = vec![
+            0, 1, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0xC0, 12, 0, 1, 0, 1,
+        ];
         assert_eq!(parse_dns_query(&p), None);
         // Label longer than the packet; reserved label type; overlong name.
-        assert_eq!(parse_dns_query(&[0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 60, b'a', 0]), None);
-        assert_eq!(parse_dns_query(&[0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 1, 0, 1]), None);
+        assert_eq!(
+            parse_dns_query(&[0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 60, b'a', 0]),
+            None
+        );
+        assert_eq!(
+            parse_dns_query(&[0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x40, 0, 0, 1, 0, 1]),
+            None
+        );
         let long = vec!["a".repeat(63); 5].join(".");
         assert_eq!(parse_dns_query(&query(&long, 1)), None);
     }

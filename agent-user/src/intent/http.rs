@@ -50,7 +50,10 @@ pub enum HttpMessage {
 }
 
 pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// How the body of a message is delimited.
@@ -82,7 +85,9 @@ impl Head {
         let headers = self.headers();
         let chunked = find_header(headers, "transfer-encoding").map(|te| {
             // Only a final "chunked" coding frames the message (RFC 9112 §6.3).
-            te.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
+            te.rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
         });
         let length = find_header(headers, "content-length").and_then(parse_content_length);
         match self {
@@ -100,8 +105,11 @@ impl Head {
     }
 
     pub(crate) fn is_event_stream(&self) -> bool {
-        find_header(self.headers(), "content-type")
-            .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+        find_header(self.headers(), "content-type").is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
     }
 
     /// Completes the head into a message.
@@ -136,9 +144,25 @@ fn parse_content_length(v: &str) -> Option<u64> {
 }
 
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ",
-    b"PROPFIND ", b"PROPPATCH ", b"MKCOL ", b"COPY ", b"MOVE ", b"LOCK ", b"UNLOCK ", b"REPORT ",
-    b"SEARCH ", b"QUERY ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+    b"PROPFIND ",
+    b"PROPPATCH ",
+    b"MKCOL ",
+    b"COPY ",
+    b"MOVE ",
+    b"LOCK ",
+    b"UNLOCK ",
+    b"REPORT ",
+    b"SEARCH ",
+    b"QUERY ",
 ];
 const RESPONSE_START: &[u8] = b"HTTP/1.";
 
@@ -146,9 +170,16 @@ const RESPONSE_START: &[u8] = b"HTTP/1.";
 /// space, or "HTTP/1."), also when `data` is only a prefix of such a start. HTTP/2
 /// ("PRI * HTTP/2.0") and binary data are not.
 pub(crate) fn looks_like_start(data: &[u8]) -> bool {
-    METHODS.iter().chain(std::iter::once(&RESPONSE_START)).any(|p| {
-        if data.len() >= p.len() { data.starts_with(p) } else { p.starts_with(data) }
-    })
+    METHODS
+        .iter()
+        .chain(std::iter::once(&RESPONSE_START))
+        .any(|p| {
+            if data.len() >= p.len() {
+                data.starts_with(p)
+            } else {
+                p.starts_with(data)
+            }
+        })
 }
 
 /// Bytes that never occur in a message head; seeing one means this is not HTTP/1.
@@ -192,7 +223,9 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Option<Head> {
             }
             continue;
         }
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let name = name.trim();
         if name.is_empty() || headers.len() >= MAX_HEADERS {
             continue;
@@ -208,7 +241,11 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Option<Head> {
             return None;
         }
         let status = code.parse().ok().filter(|s| *s >= 100)?;
-        return Some(Head::Response(HttpResponse { status, headers, ..Default::default() }));
+        return Some(Head::Response(HttpResponse {
+            status,
+            headers,
+            ..Default::default()
+        }));
     }
 
     let mut parts = start.split(' ').filter(|p| !p.is_empty());
@@ -218,7 +255,10 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Option<Head> {
         return None;
     }
     let (authority, path) = split_target(method, target);
-    let host = find_header(&headers, "host").map(str::to_string).or(authority).unwrap_or_default();
+    let host = find_header(&headers, "host")
+        .map(str::to_string)
+        .or(authority)
+        .unwrap_or_default();
     let content_length = find_header(&headers, "content-length").and_then(parse_content_length);
     Some(Head::Request(HttpRequest {
         method: method.to_string(),
@@ -245,7 +285,9 @@ fn split_target(method: &str, target: &str) -> (Option<String>, String) {
         return (None, target.to_string());
     };
     match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => (Some(rest[..i].to_string()), rest[i..].to_string()),
+        Some(i) if rest.as_bytes()[i] == b'/' => {
+            (Some(rest[..i].to_string()), rest[i..].to_string())
+        }
         Some(i) => (Some(rest[..i].to_string()), format!("/{}", &rest[i..])),
         None => (Some(rest.to_string()), "/".to_string()),
     }
@@ -264,7 +306,9 @@ mod tests {
 
     #[test]
     fn parses_request_head() {
-        let r = req("POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 12\r\nX-Folded: a\r\n  b\r\n\r\n");
+        let r = req(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 12\r\nX-Folded: a\r\n  b\r\n\r\n",
+        );
         assert_eq!(r.method, "POST");
         assert_eq!(r.path, "/v1/chat/completions");
         assert_eq!(r.host, "api.openai.com");
@@ -277,7 +321,10 @@ mod tests {
     #[test]
     fn absolute_and_connect_targets_give_host() {
         let r = req("GET http://example.com/a?b=1 HTTP/1.1\r\n\r\n");
-        assert_eq!((r.host.as_str(), r.path.as_str()), ("example.com", "/a?b=1"));
+        assert_eq!(
+            (r.host.as_str(), r.path.as_str()),
+            ("example.com", "/a?b=1")
+        );
         let r = req("GET HTTPS://example.com?q HTTP/1.1\r\n\r\n");
         assert_eq!((r.host.as_str(), r.path.as_str()), ("example.com", "/?q"));
         let r = req("CONNECT api.openai.com:443 HTTP/1.1\r\n\r\n");
@@ -288,11 +335,28 @@ mod tests {
     fn body_kinds() {
         let kind = |h: &str| parse_head(h.as_bytes()).unwrap().body_kind();
         assert_eq!(kind("GET / HTTP/1.1\r\n\r\n"), BodyKind::None);
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"), BodyKind::Length(5));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"), BodyKind::Length(5));
-        assert_eq!(kind("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"), BodyKind::None);
-        assert_eq!(kind("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"), BodyKind::Chunked);
-        assert_eq!(kind("HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n"), BodyKind::None);
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"),
+            BodyKind::Length(5)
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n"),
+            BodyKind::Length(5)
+        );
+        assert_eq!(
+            kind("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n"),
+            BodyKind::None
+        );
+        assert_eq!(
+            kind(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
+            BodyKind::Chunked
+        );
+        assert_eq!(
+            kind("HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n"),
+            BodyKind::None
+        );
         assert_eq!(kind("HTTP/1.1 304 Not Modified\r\n\r\n"), BodyKind::None);
         assert_eq!(kind("HTTP/1.1 200 OK\r\n\r\n"), BodyKind::UntilClose);
     }

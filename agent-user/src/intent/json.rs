@@ -8,7 +8,8 @@
 //!   appending the closing brackets of the open containers gives valid JSON;
 //! * if the cut fell inside a string *value* (typically a long prompt), that string is
 //!   closed instead, after dropping a partial escape sequence, so the captured part of
-//!   the text survives;
+//!   the text survives; it ends with `CUT_MARK` so that a cut identifier ("read" of
+//!   "read_file") is never mistaken for a whole one;
 //! * a cut inside a key, a number or a literal falls back to the last safe point, so no
 //!   invented value ever appears (a cut "12" could have been "1234").
 //!
@@ -18,6 +19,9 @@
 use serde_json::Value;
 
 use super::text::utf8_prefix;
+
+/// Appended to a string value closed by the repair.
+pub(crate) const CUT_MARK: char = '…';
 
 /// Deeper documents are not repaired (serde_json refuses beyond 128 anyway).
 const MAX_DEPTH: usize = 128;
@@ -34,6 +38,7 @@ pub(crate) fn parse_lenient(bytes: &[u8]) -> Option<(Value, bool)> {
     if let Some(cut) = scan.open_value_string {
         let mut fixed = String::with_capacity(cut + 1 + scan.stack.len());
         fixed.push_str(&s[..cut]);
+        fixed.push(CUT_MARK);
         fixed.push('"');
         push_closers(&mut fixed, &scan.stack);
         if let Ok(v) = serde_json::from_str(&fixed) {
@@ -63,7 +68,10 @@ pub(crate) fn get_str<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 }
 
 pub(crate) fn get_arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.get(key)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn push_closers(out: &mut String, stack: &[u8]) {
@@ -93,7 +101,11 @@ struct Scan {
 }
 
 fn after_value(stack: &[u8]) -> Expect {
-    if stack.is_empty() { Expect::Done } else { Expect::CommaOrEnd }
+    if stack.is_empty() {
+        Expect::Done
+    } else {
+        Expect::CommaOrEnd
+    }
 }
 
 fn scan(s: &str) -> Scan {
@@ -112,15 +124,25 @@ fn scan(s: &str) -> Scan {
                     break;
                 }
                 stack.push(c);
-                expect = if c == b'{' { Expect::KeyOrEnd } else { Expect::FirstValueOrEnd };
+                expect = if c == b'{' {
+                    Expect::KeyOrEnd
+                } else {
+                    Expect::FirstValueOrEnd
+                };
                 i += 1;
                 last_safe = i;
             }
             b'}' | b']' => {
                 let (open, may_end) = if c == b'}' {
-                    (b'{', matches!(expect, Expect::KeyOrEnd | Expect::CommaOrEnd))
+                    (
+                        b'{',
+                        matches!(expect, Expect::KeyOrEnd | Expect::CommaOrEnd),
+                    )
                 } else {
-                    (b'[', matches!(expect, Expect::FirstValueOrEnd | Expect::CommaOrEnd))
+                    (
+                        b'[',
+                        matches!(expect, Expect::FirstValueOrEnd | Expect::CommaOrEnd),
+                    )
                 };
                 if stack.last() != Some(&open) || !may_end {
                     break;
@@ -135,7 +157,11 @@ fn scan(s: &str) -> Scan {
                 i += 1;
             }
             b',' if expect == Expect::CommaOrEnd => {
-                expect = if stack.last() == Some(&b'{') { Expect::Key } else { Expect::Value };
+                expect = if stack.last() == Some(&b'{') {
+                    Expect::Key
+                } else {
+                    Expect::Value
+                };
                 i += 1;
             }
             b'"' if wants_value || matches!(expect, Expect::Key | Expect::KeyOrEnd) => {
@@ -152,13 +178,19 @@ fn scan(s: &str) -> Scan {
                     }
                     Err(cut) => {
                         let open_value_string = (!is_key).then_some(cut);
-                        return Scan { last_safe, stack, open_value_string };
+                        return Scan {
+                            last_safe,
+                            stack,
+                            open_value_string,
+                        };
                     }
                 }
             }
             b'-' | b'0'..=b'9' | b't' | b'f' | b'n' if wants_value => {
                 let start = i;
-                while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                while i < b.len()
+                    && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+                {
                     i += 1;
                 }
                 // A scalar running into the end of input may itself be cut.
@@ -171,7 +203,11 @@ fn scan(s: &str) -> Scan {
             _ => break,
         }
     }
-    Scan { last_safe, stack, open_value_string: None }
+    Scan {
+        last_safe,
+        stack,
+        open_value_string: None,
+    }
 }
 
 /// Scans a string body starting after its opening quote. `Ok(end)` is the offset after
@@ -183,12 +219,16 @@ fn scan_string(b: &[u8], from: usize) -> Result<usize, usize> {
         match b[j] {
             b'"' => return Ok(j + 1),
             b'\\' => {
-                let Some(&e) = b.get(j + 1) else { return Err(j) };
+                let Some(&e) = b.get(j + 1) else {
+                    return Err(j);
+                };
                 if e != b'u' {
                     j += 2;
                     continue;
                 }
-                let Some(code) = b.get(j + 2..j + 6).and_then(hex4) else { return Err(j) };
+                let Some(code) = b.get(j + 2..j + 6).and_then(hex4) else {
+                    return Err(j);
+                };
                 if (0xD800..0xDC00).contains(&code) && b.get(j + 6) == Some(&b'\\') {
                     // A high surrogate is only valid with its low half; cut before both.
                     if b.get(j + 8..j + 12).and_then(hex4).is_none() {
@@ -268,19 +308,32 @@ mod tests {
 
     #[test]
     fn closes_cut_string_value() {
-        let v = lenient(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello wor"#).unwrap();
-        assert_eq!(v, json!({"model":"gpt-4o","messages":[{"role":"user","content":"hello wor"}]}));
+        let v = lenient(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello wor"#)
+            .unwrap();
+        assert_eq!(
+            v,
+            json!({"model":"gpt-4o","messages":[{"role":"user","content":"hello wor…"}]})
+        );
     }
 
     #[test]
     fn drops_cut_key_number_and_escape() {
-        assert_eq!(lenient(r#"{"model":"m","mess"#).unwrap(), json!({"model":"m"}));
-        assert_eq!(lenient(r#"{"model":"m","n":12"#).unwrap(), json!({"model":"m"}));
+        assert_eq!(
+            lenient(r#"{"model":"m","mess"#).unwrap(),
+            json!({"model":"m"})
+        );
+        assert_eq!(
+            lenient(r#"{"model":"m","n":12"#).unwrap(),
+            json!({"model":"m"})
+        );
         assert_eq!(lenient(r#"{"a":[1,2,"#).unwrap(), json!({"a":[1,2]}));
-        assert_eq!(lenient(r#"{"a":"x\u00"#).unwrap(), json!({"a":"x"}));
-        assert_eq!(lenient(r#"{"a":"x\"#).unwrap(), json!({"a":"x"}));
-        assert_eq!(lenient(r#"{"a":"x\ud83d"#).unwrap(), json!({"a":"x"}));
-        assert_eq!(lenient(r#"{"a":"x\ud83d\ude00y"#).unwrap(), json!({"a":"x😀y"}));
+        assert_eq!(lenient(r#"{"a":"x\u00"#).unwrap(), json!({"a":"x…"}));
+        assert_eq!(lenient(r#"{"a":"x\"#).unwrap(), json!({"a":"x…"}));
+        assert_eq!(lenient(r#"{"a":"x\ud83d"#).unwrap(), json!({"a":"x…"}));
+        assert_eq!(
+            lenient(r#"{"a":"x\ud83d\ude00y"#).unwrap(),
+            json!({"a":"x😀y…"})
+        );
         assert_eq!(lenient(r#"{"a":"#).unwrap(), json!({}));
         assert_eq!(lenient(r#"{"a":1}garbage"#).unwrap(), json!({"a":1}));
     }
@@ -289,7 +342,7 @@ mod tests {
     fn cut_multibyte_text_survives() {
         let full = r#"{"t":"Grüße 漢字"}"#.as_bytes();
         let cut = &full[..full.len() - 4]; // inside 字
-        assert_eq!(parse_lenient(cut).unwrap().0, json!({"t":"Grüße 漢"}));
+        assert_eq!(parse_lenient(cut).unwrap().0, json!({"t":"Grüße 漢…"}));
     }
 
     #[test]

@@ -52,7 +52,11 @@ pub fn parse_jsonrpc(data: &[u8]) -> Vec<McpMessage> {
     }
     // Only the final line can have been cut by the capture; elsewhere a line that does
     // not parse is not JSON-RPC.
-    let cut_line = if text.ends_with('\n') { None } else { text.rfind('\n').map_or(Some(0), |i| Some(i + 1)) };
+    let cut_line = if text.ends_with('\n') {
+        None
+    } else {
+        text.rfind('\n').map_or(Some(0), |i| Some(i + 1))
+    };
     let mut offset = 0;
     for raw in text.split('\n') {
         let start = offset;
@@ -82,15 +86,22 @@ pub fn parse_jsonrpc(data: &[u8]) -> Vec<McpMessage> {
 /// MCP-specific methods.
 pub fn is_mcp(msgs: &[McpMessage]) -> bool {
     msgs.iter().any(|m| {
-        let init_request = m.method == "initialize" && (!m.protocol_version.is_empty() || !m.peer_name.is_empty());
+        let init_request =
+            m.method == "initialize" && (!m.protocol_version.is_empty() || !m.peer_name.is_empty());
         // peer_name of a response only comes from serverInfo, protocol_version from an
         // initialize result that also had capabilities.
-        let init_result = m.message_type == "response" && !m.peer_name.is_empty() && !m.protocol_version.is_empty();
+        let init_result = m.message_type == "response"
+            && !m.peer_name.is_empty()
+            && !m.protocol_version.is_empty();
         init_request
             || init_result
             || matches!(
                 m.method.as_str(),
-                "tools/call" | "tools/list" | "resources/read" | "prompts/get" | "notifications/initialized"
+                "tools/call"
+                    | "tools/list"
+                    | "resources/read"
+                    | "prompts/get"
+                    | "notifications/initialized"
             )
     })
 }
@@ -113,7 +124,10 @@ fn message(v: &Value, repaired: bool) -> Option<McpMessage> {
         None if repaired && method.is_some() => {}
         _ => return None,
     }
-    let mut m = McpMessage { id: render_id(v.get("id")), ..Default::default() };
+    let mut m = McpMessage {
+        id: render_id(v.get("id")),
+        ..Default::default()
+    };
     let has_id = v.get("id").is_some_and(|id| !id.is_null());
     if let Some(method) = method {
         m.method = name(method);
@@ -152,8 +166,14 @@ fn request_params(m: &mut McpMessage, params: &Value) {
         m.tool_name = get_str(params, "name").map(name).unwrap_or_default();
     }
     if m.method == "initialize" {
-        m.protocol_version = get_str(params, "protocolVersion").map(name).unwrap_or_default();
-        m.peer_name = params.get("clientInfo").and_then(|c| get_str(c, "name")).map(name).unwrap_or_default();
+        m.protocol_version = get_str(params, "protocolVersion")
+            .map(name)
+            .unwrap_or_default();
+        m.peer_name = params
+            .get("clientInfo")
+            .and_then(|c| get_str(c, "name"))
+            .map(name)
+            .unwrap_or_default();
     } else if let Some(args) = params.get("arguments") {
         m.arguments_excerpt = json_excerpt(args);
     } else if params.as_object().is_some_and(|o| !o.is_empty()) {
@@ -165,7 +185,9 @@ fn result_fields(m: &mut McpMessage, result: &Value) {
     if let Some(server) = result.get("serverInfo") {
         m.peer_name = get_str(server, "name").map(name).unwrap_or_default();
         if result.get("capabilities").is_some_and(Value::is_object) {
-            m.protocol_version = get_str(result, "protocolVersion").map(name).unwrap_or_default();
+            m.protocol_version = get_str(result, "protocolVersion")
+                .map(name)
+                .unwrap_or_default();
         }
     }
     let mut ex = Excerpt::new();
@@ -179,7 +201,9 @@ fn result_fields(m: &mut McpMessage, result: &Value) {
                 ex.push(n);
             }
         }
-    } else if let Some(Value::Array(content)) = result.get("content").or_else(|| result.get("contents")) {
+    } else if let Some(Value::Array(content)) =
+        result.get("content").or_else(|| result.get("contents"))
+    {
         if result.get("isError").and_then(Value::as_bool) == Some(true) {
             ex.push("error:");
         }
@@ -191,7 +215,11 @@ fn result_fields(m: &mut McpMessage, result: &Value) {
             if let Some(t) = get_str(c, "text") {
                 ex.push(t);
             } else if let Some(r) = c.get("resource") {
-                ex.push(get_str(r, "text").or_else(|| get_str(r, "uri")).unwrap_or_default());
+                ex.push(
+                    get_str(r, "text")
+                        .or_else(|| get_str(r, "uri"))
+                        .unwrap_or_default(),
+                );
             } else if let Some(uri) = get_str(c, "uri") {
                 ex.push(uri);
             } else if let Some(ty) = get_str(c, "type") {
@@ -206,7 +234,11 @@ fn result_fields(m: &mut McpMessage, result: &Value) {
             }
         }
     }
-    m.result_excerpt = if ex.is_empty() && !result.is_null() { json_excerpt(result) } else { ex.finish() };
+    m.result_excerpt = if ex.is_empty() && !result.is_null() {
+        json_excerpt(result)
+    } else {
+        ex.finish()
+    };
 }
 
 #[cfg(test)]

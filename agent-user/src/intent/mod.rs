@@ -24,7 +24,9 @@ mod trace;
 
 pub use dns::parse_dns_query;
 pub use http::{HttpMessage, HttpRequest, HttpResponse};
-pub use llm::{LlmRequest, LlmResponse, ToolCall, llm_provider_for_host, parse_llm_request, parse_llm_response};
+pub use llm::{
+    LlmRequest, LlmResponse, ToolCall, llm_provider_for_host, parse_llm_request, parse_llm_response,
+};
 pub use mcp::{McpMessage, is_mcp, parse_jsonrpc};
 pub use stream::HttpStream;
 pub use trace::parse_traceparent;

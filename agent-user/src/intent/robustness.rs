@@ -66,21 +66,39 @@ fn all_parsers(data: &[u8]) {
         path: "/v1beta/models/gemini-pro:streamGenerateContent".into(),
         host: text.chars().take(40).collect(),
         body: data.to_vec(),
-        body_complete: data.len() % 2 == 0,
+        body_complete: data.len().is_multiple_of(2),
         ..Default::default()
     };
-    for path in ["/v1/chat/completions", "/v1/messages", "/v1/responses", "/x"] {
-        let r = HttpRequest { path: path.into(), ..req.clone() };
+    for path in [
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/responses",
+        "/x",
+    ] {
+        let r = HttpRequest {
+            path: path.into(),
+            ..req.clone()
+        };
         if let Some(l) = parse_llm_request(&r) {
-            assert!(l.user_excerpt.chars().count() <= 512 && l.system_excerpt.chars().count() <= 512);
+            assert!(
+                l.user_excerpt.chars().count() <= 512 && l.system_excerpt.chars().count() <= 512
+            );
         }
     }
     let _ = parse_llm_request(&req);
-    let resp = HttpResponse { status: 200, body: data.to_vec(), ..Default::default() };
+    let resp = HttpResponse {
+        status: 200,
+        body: data.to_vec(),
+        ..Default::default()
+    };
     for provider in ["openai", "anthropic", "google", ""] {
         if let Some(r) = parse_llm_response(provider, &resp) {
             assert!(r.content_excerpt.chars().count() <= 512);
-            assert!(r.tool_calls.iter().all(|c| c.arguments_excerpt.chars().count() <= 512));
+            assert!(
+                r.tool_calls
+                    .iter()
+                    .all(|c| c.arguments_excerpt.chars().count() <= 512)
+            );
         }
     }
     let msgs = parse_jsonrpc(data);
@@ -122,8 +140,17 @@ fn http_stream_survives_random_feeds_with_bounded_memory() {
             _ => seed.to_vec(),
         };
         let cut = rng.below(chunk.len() + 1);
-        let true_len = (chunk.len() + if rng.below(4) == 0 { rng.below(100_000) } else { 0 }) as u64;
-        let captured = if rng.below(3) == 0 { &chunk[..cut] } else { &chunk[..] };
+        let true_len = (chunk.len()
+            + if rng.below(4) == 0 {
+                rng.below(100_000)
+            } else {
+                0
+            }) as u64;
+        let captured = if rng.below(3) == 0 {
+            &chunk[..cut]
+        } else {
+            &chunk[..]
+        };
         for m in stream.feed(captured, true_len.max(captured.len() as u64)) {
             let body = match &m {
                 HttpMessage::Request(r) => &r.body,

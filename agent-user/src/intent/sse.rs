@@ -38,9 +38,15 @@ pub(crate) fn for_each_data(body: &[u8], mut f: impl FnMut(&str)) {
 
 /// Whether a body looks like an event stream even without a Content-Type saying so.
 pub(crate) fn looks_like_sse(body: &[u8]) -> bool {
-    let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
     let b = &body[start..];
-    b.starts_with(b"data:") || b.starts_with(b"event:") || b.starts_with(b": ") || b.starts_with(b"id:")
+    b.starts_with(b"data:")
+        || b.starts_with(b"event:")
+        || b.starts_with(b": ")
+        || b.starts_with(b"id:")
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 
 use std::mem;
 
-use super::http::{BodyKind, Head, HttpMessage, find_head_end, is_head_byte, looks_like_start, parse_head};
+use super::http::{
+    BodyKind, Head, HttpMessage, find_head_end, is_head_byte, looks_like_start, parse_head,
+};
 
 /// Most body bytes held for one message before it is emitted as partial.
 pub(crate) const MAX_BUFFERED: usize = 256 * 1024;
@@ -92,7 +94,10 @@ impl HttpStream {
         let missing = true_len.saturating_sub(captured.len() as u64);
         self.end_bodiless_response(captured, &mut out);
         if matches!(self.state, State::Head) && self.buf.is_empty() {
-            let start = captured.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(captured.len());
+            let start = captured
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(captured.len());
             // Not the start of a message: HTTP/2, TLS noise, the rest of a message whose
             // beginning was lost. Dropped before it costs any memory.
             if start == captured.len() || !looks_like_start(&captured[start..]) {
@@ -117,7 +122,7 @@ impl HttpStream {
             State::Body(p) => {
                 let done = matches!(p.framing, Framing::UntilClose);
                 let mut v = Vec::new();
-                finish(p, done, &mut v);
+                finish(*p, done, &mut v);
                 v.pop()
             }
         }
@@ -132,7 +137,10 @@ impl HttpStream {
             }
             match &mut self.state {
                 State::Head => {
-                    let skip = rest.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(rest.len());
+                    let skip = rest
+                        .iter()
+                        .position(|b| !matches!(b, b'\r' | b'\n'))
+                        .unwrap_or(rest.len());
                     if skip > 0 {
                         pos += skip;
                         self.head_scanned = 0;
@@ -146,7 +154,10 @@ impl HttpStream {
                     let end = find_head_end(rest, scanned);
                     let head_len = end.unwrap_or(rest.len());
                     let head_ok = head_len <= MAX_HEAD
-                        && rest[scanned.min(head_len)..head_len].iter().copied().all(is_head_byte);
+                        && rest[scanned.min(head_len)..head_len]
+                            .iter()
+                            .copied()
+                            .all(is_head_byte);
                     if !head_ok {
                         pos = self.buf.len();
                         break;
@@ -157,7 +168,9 @@ impl HttpStream {
                     };
                     self.head_scanned = 0;
                     pos += end;
-                    let Some(head) = parse_head(&rest[..end]) else { continue };
+                    let Some(head) = parse_head(&rest[..end]) else {
+                        continue;
+                    };
                     let framing = match head.body_kind() {
                         BodyKind::None => {
                             out.push(head.into_message(Vec::new(), true));
@@ -196,10 +209,14 @@ impl HttpStream {
     /// GET) or a close-delimited body from a server that kept the connection anyway.
     fn end_bodiless_response(&mut self, captured: &[u8], out: &mut Vec<HttpMessage>) {
         let State::Body(p) = &self.state else { return };
-        if !self.buf.is_empty() || !captured.starts_with(b"HTTP/1.") || !matches!(p.head, Head::Response(_)) {
+        if !self.buf.is_empty()
+            || !captured.starts_with(b"HTTP/1.")
+            || !matches!(p.head, Head::Response(_))
+        {
             return;
         }
-        let awaited_nothing = matches!(p.framing, Framing::Length(_)) && p.body.is_empty() && !p.overflowed;
+        let awaited_nothing =
+            matches!(p.framing, Framing::Length(_)) && p.body.is_empty() && !p.overflowed;
         if awaited_nothing || matches!(p.framing, Framing::UntilClose) {
             let complete = p.complete;
             self.end_message(complete, out);
@@ -208,7 +225,7 @@ impl HttpStream {
 
     fn end_message(&mut self, complete: bool, out: &mut Vec<HttpMessage>) {
         if let State::Body(p) = mem::take(&mut self.state) {
-            finish(p, complete, out);
+            finish(*p, complete, out);
         }
     }
 
@@ -233,7 +250,11 @@ impl HttpStream {
                 }
                 Framing::Chunked(Chunk::Data(rem)) if missing <= rem => {
                     let left = rem - missing;
-                    p.framing = Framing::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+                    p.framing = Framing::Chunked(if left == 0 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left)
+                    });
                     false
                 }
                 Framing::Chunked(_) => true,
@@ -266,12 +287,23 @@ fn body_step(p: &mut Pending, rest: &[u8], out: &mut Vec<HttpMessage>) -> (usize
             let left = rem - n as u64;
             p.framing = Framing::Length(left);
             take_body(p, &rest[..n], out);
-            (n, if left == 0 { Step::Done(p.complete) } else { Step::More })
+            (
+                n,
+                if left == 0 {
+                    Step::Done(p.complete)
+                } else {
+                    Step::More
+                },
+            )
         }
         Framing::Chunked(Chunk::Data(rem)) => {
             let n = clamp(rem);
             let left = rem - n as u64;
-            p.framing = Framing::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
+            p.framing = Framing::Chunked(if left == 0 {
+                Chunk::DataEnd
+            } else {
+                Chunk::Data(left)
+            });
             take_body(p, &rest[..n], out);
             (n, Step::More)
         }
@@ -283,12 +315,26 @@ fn body_step(p: &mut Pending, rest: &[u8], out: &mut Vec<HttpMessage>) -> (usize
         },
         Framing::Chunked(line_state) => {
             let Some(nl) = rest.iter().take(MAX_LINE).position(|&b| b == b'\n') else {
-                return (0, if rest.len() >= MAX_LINE { Step::Done(false) } else { Step::NeedInput });
+                return (
+                    0,
+                    if rest.len() >= MAX_LINE {
+                        Step::Done(false)
+                    } else {
+                        Step::NeedInput
+                    },
+                );
             };
             let line = &rest[..nl];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if matches!(line_state, Chunk::Trailers) {
-                return (nl + 1, if line.is_empty() { Step::Done(p.complete) } else { Step::More });
+                return (
+                    nl + 1,
+                    if line.is_empty() {
+                        Step::Done(p.complete)
+                    } else {
+                        Step::More
+                    },
+                );
             }
             p.framing = Framing::Chunked(match parse_chunk_size(line) {
                 Some(0) => Chunk::Trailers,
@@ -333,8 +379,7 @@ fn take_body(p: &mut Pending, mut bytes: &[u8], out: &mut Vec<HttpMessage>) {
     }
 }
 
-fn finish(p: Box<Pending>, complete: bool, out: &mut Vec<HttpMessage>) {
-    let p = *p;
+fn finish(p: Pending, complete: bool, out: &mut Vec<HttpMessage>) {
     if p.overflowed && (!p.segmenting || p.body.is_empty()) {
         return;
     }

@@ -29,7 +29,12 @@ impl Excerpt {
     }
 
     pub(crate) fn with_limit(limit: usize) -> Self {
-        Self { out: String::new(), chars: 0, limit, pending_space: false }
+        Self {
+            out: String::new(),
+            chars: 0,
+            limit,
+            pending_space: false,
+        }
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -100,7 +105,10 @@ pub(crate) fn name(s: &str) -> String {
 /// Compact JSON rendering of `v`, cut to an excerpt. Serialisation stops once enough
 /// bytes exist, so a huge value costs no more than the excerpt.
 pub(crate) fn json_excerpt(v: &Value) -> String {
-    let mut w = Limited { buf: Vec::new(), limit: EXCERPT_CHARS * 4 + 8 };
+    let mut w = Limited {
+        buf: Vec::new(),
+        limit: EXCERPT_CHARS * 4 + 8,
+    };
     // The writer errors out on purpose when full; what was written is what we want.
     let _ = serde_json::to_writer(&mut w, v);
     excerpt(&utf8_prefix(&w.buf))

@@ -7,7 +7,10 @@
 /// fields after the flags, as the spec allows.
 pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
     let b = v.trim_matches([' ', '\t']).as_bytes();
-    let field = |from: usize, len: usize| b.get(from..from + len).filter(|f| f.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+    let field = |from: usize, len: usize| {
+        b.get(from..from + len)
+            .filter(|f| f.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
+    };
     let version = field(0, 2)?;
     let trace_id = field(3, 32)?;
     let parent_id = field(36, 16)?;
@@ -15,7 +18,11 @@ pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
     if version == b"ff" || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
         return None;
     }
-    let extra_ok = if version == b"00" { b.len() == 55 } else { b.len() == 55 || b[55] == b'-' };
+    let extra_ok = if version == b"00" {
+        b.len() == 55
+    } else {
+        b.len() == 55 || b[55] == b'-'
+    };
     let all_zero = |f: &[u8]| f.iter().all(|&c| c == b'0');
     if !extra_ok || all_zero(trace_id) || all_zero(parent_id) {
         return None;

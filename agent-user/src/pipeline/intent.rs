@@ -4,12 +4,12 @@
 use agent_ebpf::{EventHeader, PipeEvent, TlsEvent, Tracked, direction, track};
 use agent_user::credential::{self, decode_jwt, redact_bytes, scan_headers};
 use agent_user::intent::{
-    HttpMessage, HttpRequest, HttpResponse, HttpStream, McpMessage as Mcp, is_mcp, llm_provider_for_host,
-    parse_jsonrpc, parse_llm_request, parse_llm_response,
+    HttpMessage, HttpRequest, HttpResponse, HttpStream, McpMessage as Mcp, is_mcp,
+    llm_provider_for_host, parse_jsonrpc, parse_llm_request, parse_llm_response,
 };
 use custody_proto::sensor::v1::{
-    self as pb, AgentDiscovered, CredentialSeen, Event, LlmRequest, LlmResponse, McpMessage, Principal, ToolCall,
-    event::Kind,
+    self as pb, AgentDiscovered, CredentialSeen, Event, LlmRequest, LlmResponse, McpMessage,
+    Principal, ToolCall, event::Kind,
 };
 
 use super::{Pipeline, Tracker, is_tracked};
@@ -66,19 +66,34 @@ impl Pipeline {
         let tgid = e.hdr.tgid;
         let data = &e.data[..(e.captured as usize).min(e.data.len())];
         let key = (tgid, e.conn, e.direction);
-        let msgs = self.streams.entry(key).or_insert_with(HttpStream::new).feed(data, u64::from(e.len));
+        let msgs = self
+            .streams
+            .entry(key)
+            .or_insert_with(HttpStream::new)
+            .feed(data, u64::from(e.len));
         for m in msgs {
             match m {
-                HttpMessage::Request(r) => self.http_request(&e.hdr, e.conn, e.direction, r, tracker, out),
+                HttpMessage::Request(r) => {
+                    self.http_request(&e.hdr, e.conn, e.direction, r, tracker, out)
+                }
                 HttpMessage::Response(r) => self.http_response(&e.hdr, e.conn, e.direction, r, out),
             }
         }
     }
 
     /// Track a process as a discovered agent and report why.
-    fn discover(&mut self, h: &EventHeader, reason: &str, evidence: String, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+    fn discover(
+        &mut self,
+        h: &EventHeader,
+        reason: &str,
+        evidence: String,
+        tracker: &mut dyn Tracker,
+        out: &mut Vec<Event>,
+    ) {
         let tgid = h.tgid;
-        let Some(p) = self.table.get(tgid) else { return };
+        let Some(p) = self.table.get(tgid) else {
+            return;
+        };
         if p.discovered_reported {
             return;
         }
@@ -93,7 +108,13 @@ impl Pipeline {
             }
         };
         if !is_tracked(h) || !has_own {
-            tracker.track(tgid, Tracked { agent: agent.slot, flags: track::DISCOVERED });
+            tracker.track(
+                tgid,
+                Tracked {
+                    agent: agent.slot,
+                    flags: track::DISCOVERED,
+                },
+            );
         }
         let p = self.table.get_mut(tgid).expect("present");
         p.discovered_reported = true;
@@ -101,7 +122,13 @@ impl Pipeline {
             p.agent = Some(agent);
             p.own_identity = true;
         }
-        let ev = self.event(h, Kind::AgentDiscovered(AgentDiscovered { reason: reason.into(), evidence }));
+        let ev = self.event(
+            h,
+            Kind::AgentDiscovered(AgentDiscovered {
+                reason: reason.into(),
+                evidence,
+            }),
+        );
         out.push(ev);
     }
 
@@ -122,12 +149,27 @@ impl Pipeline {
         let untracked = !is_tracked(h) && !self.observe_all;
         if sent && !self.table.get(tgid).is_some_and(|p| p.discovered_reported) {
             if let Some(l) = &llm {
-                let ev = format!("{} request to {}{} (model {})", l.provider, r.host, r.path, l.model);
+                let ev = format!(
+                    "{} request to {}{} (model {})",
+                    l.provider, r.host, r.path, l.model
+                );
                 self.discover(h, "llm_api", ev, tracker, out);
             } else if let Some(p) = host_provider {
-                self.discover(h, "llm_api", format!("{p} API host {}", r.host), tracker, out);
+                self.discover(
+                    h,
+                    "llm_api",
+                    format!("{p} API host {}", r.host),
+                    tracker,
+                    out,
+                );
             } else if is_mcp(&mcp) {
-                self.discover(h, "mcp", format!("MCP over HTTP to {}{}", r.host, r.path), tracker, out);
+                self.discover(
+                    h,
+                    "mcp",
+                    format!("MCP over HTTP to {}{}", r.host, r.path),
+                    tracker,
+                    out,
+                );
             }
         }
         if untracked && !self.table.get(tgid).is_some_and(|p| p.discovered_reported) {
@@ -138,7 +180,10 @@ impl Pipeline {
         let fingerprints: Vec<String> = creds.iter().map(|c| c.fingerprint.clone()).collect();
         let mut delegation = None;
         if let Some(auth) = r.header("authorization") {
-            let token = auth.trim().strip_prefix("Bearer ").or_else(|| auth.trim().strip_prefix("bearer "));
+            let token = auth
+                .trim()
+                .strip_prefix("Bearer ")
+                .or_else(|| auth.trim().strip_prefix("bearer "));
             if let Some(claims) = token.and_then(|t| decode_jwt(t.trim())) {
                 if let Some(sub) = claims.sub.clone() {
                     let d = Principal {
@@ -156,7 +201,12 @@ impl Pipeline {
             }
         }
         for c in self.note_credentials(tgid, creds) {
-            let ev = self.event(h, Kind::Credential(CredentialSeen { credential: Some(c) }));
+            let ev = self.event(
+                h,
+                Kind::Credential(CredentialSeen {
+                    credential: Some(c),
+                }),
+            );
             out.push(ev);
         }
         let conn_id = format!("{tgid}:{conn:x}");
@@ -201,9 +251,19 @@ impl Pipeline {
         }
     }
 
-    fn http_response(&mut self, h: &EventHeader, conn: u64, dir: u32, r: HttpResponse, out: &mut Vec<Event>) {
+    fn http_response(
+        &mut self,
+        h: &EventHeader,
+        conn: u64,
+        dir: u32,
+        r: HttpResponse,
+        out: &mut Vec<Event>,
+    ) {
         let tgid = h.tgid;
-        if !is_tracked(h) && !self.observe_all && !self.table.get(tgid).is_some_and(|p| p.discovered_reported) {
+        if !is_tracked(h)
+            && !self.observe_all
+            && !self.table.get(tgid).is_some_and(|p| p.discovered_reported)
+        {
             return;
         }
         let conn_id = format!("{tgid}:{conn:x}");
@@ -213,7 +273,12 @@ impl Pipeline {
                 conn_id: conn_id.clone(),
                 status: r.status.into(),
                 excerpt: cut(redact_bytes(&response_text(&r)), EXCERPT),
-                direction: if dir == direction::READ { "received" } else { "sent" }.into(),
+                direction: if dir == direction::READ {
+                    "received"
+                } else {
+                    "sent"
+                }
+                .into(),
             }),
         );
         out.push(ev);
@@ -228,7 +293,11 @@ impl Pipeline {
                         tool_calls: l
                             .tool_calls
                             .into_iter()
-                            .map(|t| ToolCall { name: t.name, arguments_excerpt: credential::redact(&t.arguments_excerpt), id: t.id })
+                            .map(|t| ToolCall {
+                                name: t.name,
+                                arguments_excerpt: credential::redact(&t.arguments_excerpt),
+                                id: t.id,
+                            })
                             .collect(),
                         content_excerpt: credential::redact(&l.content_excerpt),
                         finish_reason: l.finish_reason,
@@ -252,7 +321,10 @@ impl Pipeline {
         }
         // A process answering `initialize` with serverInfo is an MCP server: a hop of
         // its own in the chain, not just part of the agent that spawned it.
-        if let Some(server) = msgs.iter().find(|m| m.message_type == "response" && !m.peer_name.is_empty()) {
+        if let Some(server) = msgs
+            .iter()
+            .find(|m| m.message_type == "response" && !m.peer_name.is_empty())
+        {
             let evidence = format!("MCP server {:?} over stdio", server.peer_name);
             let name = server.peer_name.clone();
             if let Some(p) = self.table.get_mut(e.hdr.tgid) {
@@ -260,7 +332,13 @@ impl Pipeline {
                     let a = self.identity.discovered_named(&format!("mcp:{name}"));
                     p.agent = Some(a.clone());
                     p.own_identity = true;
-                    tracker.track(e.hdr.tgid, Tracked { agent: a.slot, flags: track::DISCOVERED });
+                    tracker.track(
+                        e.hdr.tgid,
+                        Tracked {
+                            agent: a.slot,
+                            flags: track::DISCOVERED,
+                        },
+                    );
                 }
             }
             self.discover(&e.hdr, "mcp_server", evidence, tracker, out);

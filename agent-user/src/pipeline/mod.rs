@@ -67,14 +67,34 @@ impl Pipeline {
     pub fn seed(&mut self, tracker: &mut dyn Tracker) -> usize {
         let n = self.table.seed_from_proc();
         for tgid in self.table.tgids() {
-            let Some(p) = self.table.get(tgid) else { continue };
+            let Some(p) = self.table.get(tgid) else {
+                continue;
+            };
             let (exe, argv, uid) = (p.exe.clone(), p.argv.clone(), p.uid);
             let environ = std::fs::read(format!("/proc/{tgid}/environ")).unwrap_or_default();
-            let facts = ExecFacts { tgid, exe: &exe, argv: &argv, uid, env_agent: env_agent(&environ) };
+            let facts = ExecFacts {
+                tgid,
+                exe: &exe,
+                argv: &argv,
+                uid,
+                env_agent: env_agent(&environ),
+            };
             if let Some(a) = self.identity.match_exec(&facts) {
-                tracker.track(tgid, Tracked { agent: a.slot, flags: track::DECLARED });
+                tracker.track(
+                    tgid,
+                    Tracked {
+                        agent: a.slot,
+                        flags: track::DECLARED,
+                    },
+                );
                 for d in self.table.descendants(tgid) {
-                    tracker.track(d, Tracked { agent: a.slot, flags: track::INHERITED });
+                    tracker.track(
+                        d,
+                        Tracked {
+                            agent: a.slot,
+                            flags: track::INHERITED,
+                        },
+                    );
                     if let Some(c) = self.table.get_mut(d) {
                         c.agent.get_or_insert_with(|| a.clone());
                     }
@@ -91,26 +111,54 @@ impl Pipeline {
     fn touch(&mut self, h: &EventHeader) -> u32 {
         let start = self.table.ticks(h.start_boottime);
         let pstart = self.table.ticks(h.parent_start_boottime);
-        let parent_id = if h.ppid != 0 { self.table.exec_id(h.ppid, pstart) } else { String::new() };
-        let fresh = self.table.get(h.tgid).is_none_or(|p| p.start_ticks != start);
-        if fresh && self.table.scan_one(h.tgid).is_none_or(|p| p.start_ticks != start) {
+        let parent_id = if h.ppid != 0 {
+            self.table.exec_id(h.ppid, pstart)
+        } else {
+            String::new()
+        };
+        let fresh = self
+            .table
+            .get(h.tgid)
+            .is_none_or(|p| p.start_ticks != start);
+        if fresh
+            && self
+                .table
+                .scan_one(h.tgid)
+                .is_none_or(|p| p.start_ticks != start)
+        {
             self.table.entry(h.tgid, start);
         }
-        let agent = (h.agent != 0).then(|| self.identity.by_slot(h.agent)).flatten();
-        let p = self.table.get_mut(h.tgid).expect("entry exists");
-        p.ppid = h.ppid;
-        p.parent_exec_id = parent_id;
-        p.uid = h.uid;
-        p.gid = h.gid;
-        p.auid = h.auid;
-        p.cgroup_id = h.cgroup_id;
-        p.netns = h.netns;
-        let comm = &h.comm[..h.comm.iter().position(|&b| b == 0).unwrap_or(16)];
-        p.comm = credential::escape_bytes(comm);
+        let agent = (h.agent != 0)
+            .then(|| self.identity.by_slot(h.agent))
+            .flatten();
+        let comm_bytes = &h.comm[..h.comm.iter().position(|&b| b == 0).unwrap_or(16)];
+        let p = self.table.get_mut_quiet(h.tgid).expect("entry exists");
+        let mut changed = p.ppid != h.ppid
+            || p.parent_exec_id != parent_id
+            || p.uid != h.uid
+            || p.gid != h.gid
+            || p.auid != h.auid
+            || p.cgroup_id != h.cgroup_id
+            || p.netns != h.netns
+            || p.comm.as_bytes() != comm_bytes;
+        if changed {
+            p.ppid = h.ppid;
+            p.parent_exec_id = parent_id;
+            p.uid = h.uid;
+            p.gid = h.gid;
+            p.auid = h.auid;
+            p.cgroup_id = h.cgroup_id;
+            p.netns = h.netns;
+            p.comm = credential::escape_bytes(comm_bytes);
+        }
         if let Some(a) = agent {
             if p.agent.as_ref().is_none_or(|cur| cur.slot != a.slot) && !p.own_identity {
                 p.agent = Some(a);
+                changed = true;
             }
+        }
+        if changed {
+            self.table.invalidate();
         }
         h.tgid
     }
@@ -118,7 +166,7 @@ impl Pipeline {
     /// Build an event for the process of `h`.
     fn event(&mut self, h: &EventHeader, kind: Kind) -> Event {
         self.stats.emitted += 1;
-        let process = self.table.get(h.tgid).map(|p| self.table.to_proto(p, h.pid, &mut self.users));
+        let process = self.table.process_proto(h.tgid, h.pid, &mut self.users);
         Event {
             host: self.table.host.clone(),
             time_ns: self.table.wall(h.ktime_ns),
@@ -154,7 +202,13 @@ impl Pipeline {
                 child.agent = parent.agent.clone();
                 let child_exec_id = child.exec_id.clone();
                 if self.wanted(&e.hdr) {
-                    let ev = self.event(&e.hdr, Kind::Fork(ProcessFork { child_exec_id, child_pid: e.child_tgid }));
+                    let ev = self.event(
+                        &e.hdr,
+                        Kind::Fork(ProcessFork {
+                            child_exec_id,
+                            child_pid: e.child_tgid,
+                        }),
+                    );
                     out.push(ev);
                 }
             }
@@ -164,7 +218,10 @@ impl Pipeline {
                     let code = e.exit_code as i32;
                     let ev = self.event(
                         &e.hdr,
-                        Kind::Exit(ProcessExit { exit_code: (code >> 8) & 0xff, signal: code & 0x7f }),
+                        Kind::Exit(ProcessExit {
+                            exit_code: (code >> 8) & 0xff,
+                            signal: code & 0x7f,
+                        }),
                     );
                     out.push(ev);
                 }
@@ -216,9 +273,16 @@ impl Pipeline {
         let exe = if path.starts_with('/') {
             path
         } else {
-            std::fs::read_link(format!("/proc/{tgid}/exe")).map_or(path, |p| p.to_string_lossy().into_owned())
+            std::fs::read_link(format!("/proc/{tgid}/exe"))
+                .map_or(path, |p| p.to_string_lossy().into_owned())
         };
-        let facts = ExecFacts { tgid, exe: &exe, argv: &argv, uid: e.hdr.uid, env_agent: env_agent(env) };
+        let facts = ExecFacts {
+            tgid,
+            exe: &exe,
+            argv: &argv,
+            uid: e.hdr.uid,
+            env_agent: env_agent(env),
+        };
         let matched = self.identity.match_exec(&facts);
         let mut tracked = is_tracked(&e.hdr);
         {
@@ -233,28 +297,51 @@ impl Pipeline {
             }
         }
         if let Some(a) = matched {
-            tracker.track(tgid, Tracked { agent: a.slot, flags: track::DECLARED });
+            tracker.track(
+                tgid,
+                Tracked {
+                    agent: a.slot,
+                    flags: track::DECLARED,
+                },
+            );
             tracked = true;
         }
         if !(tracked || self.observe_all) {
             return;
         }
         if let Some(p) = self.table.get_mut(tgid) {
-            p.cwd = std::fs::read_link(format!("/proc/{tgid}/cwd")).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+            p.cwd = std::fs::read_link(format!("/proc/{tgid}/cwd"))
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default();
             p.cgroup_path = crate::identity::cgroup_of(tgid);
         }
         let creds = credential::scan_env(env, &self.key);
         let env_credentials = self.note_credentials(tgid, creds);
         let env_truncated = e.hdr.flags & flag::ENV_TRUNCATED != 0;
-        out.push(self.event(&e.hdr, Kind::Exec(ProcessExec { env_credentials, env_truncated })));
+        out.push(self.event(
+            &e.hdr,
+            Kind::Exec(ProcessExec {
+                env_credentials,
+                env_truncated,
+            }),
+        ));
     }
 
     /// Record credential sightings on the process; return the ones not reported yet.
     fn note_credentials(&mut self, tgid: u32, creds: Vec<Credential>) -> Vec<pb::Credential> {
-        let Some(p) = self.table.get_mut(tgid) else { return Vec::new() };
+        let Some(p) = self.table.get_mut(tgid) else {
+            return Vec::new();
+        };
         creds
             .into_iter()
-            .filter(|c| p.seen_credentials.insert(format!("{}|{}|{}", c.fingerprint, c.source.as_str(), c.location)))
+            .filter(|c| {
+                p.seen_credentials.insert(format!(
+                    "{}|{}|{}",
+                    c.fingerprint,
+                    c.source.as_str(),
+                    c.location
+                ))
+            })
             .map(to_pb)
             .collect()
     }

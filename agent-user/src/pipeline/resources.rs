@@ -5,7 +5,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use agent_ebpf::{DnsEvent, FileEvent, NetEvent, flag, kind};
 use agent_user::credential;
 use agent_user::intent::parse_dns_query;
-use custody_proto::sensor::v1::{Connection, DnsQuery, FileOpen, FileRename, FileUnlink, NetSocket, event::Kind};
+use custody_proto::sensor::v1::{
+    Connection, DnsQuery, FileOpen, FileRename, FileUnlink, NetSocket, event::Kind,
+};
 
 use super::Pipeline;
 
@@ -59,23 +61,38 @@ impl Pipeline {
                 access: access(e.flags).into(),
                 path_truncated: e.hdr.flags & flag::PATH_TRUNCATED != 0,
             }),
-            kind::FILE_UNLINK => Kind::FileUnlink(FileUnlink { path: path.clone(), result: e.ret, error }),
+            kind::FILE_UNLINK => Kind::FileUnlink(FileUnlink {
+                path: path.clone(),
+                result: e.ret,
+                error,
+            }),
             _ => {
-                let p2 = credential::escape_bytes(&e.path2[..(e.path2_len as usize).min(e.path2.len())]);
-                Kind::FileRename(FileRename { from: path.clone(), to: absolute(tgid, e.dirfd, p2), result: e.ret, error })
+                let p2 =
+                    credential::escape_bytes(&e.path2[..(e.path2_len as usize).min(e.path2.len())]);
+                Kind::FileRename(FileRename {
+                    from: path.clone(),
+                    to: absolute(tgid, e.dirfd, p2),
+                    result: e.ret,
+                    error,
+                })
             }
         };
         let ev = self.event(&e.hdr, k);
         out.push(ev);
         // A credential file opened successfully: fingerprint what it holds. The daemon
         // reads it itself (as root); the contents never leave this function.
-        if e.hdr.kind == kind::FILE_OPEN && e.ret >= 0 && credential::credential_file_kind(&path).is_some() {
+        if e.hdr.kind == kind::FILE_OPEN
+            && e.ret >= 0
+            && credential::credential_file_kind(&path).is_some()
+        {
             if let Ok(contents) = std::fs::read(&path) {
                 let creds = credential::scan_file(&path, &contents, &self.key);
                 for c in self.note_credentials(tgid, creds) {
                     let ev = self.event(
                         &e.hdr,
-                        Kind::Credential(custody_proto::sensor::v1::CredentialSeen { credential: Some(c) }),
+                        Kind::Credential(custody_proto::sensor::v1::CredentialSeen {
+                            credential: Some(c),
+                        }),
                     );
                     out.push(ev);
                 }
@@ -120,12 +137,20 @@ pub fn net(e: &NetEvent) -> Kind {
         }),
         result: e.ret,
         // A non-blocking connect in progress is not a failure.
-        error: if e.ret == -115 { String::new() } else { errno_text(e.ret) },
+        error: if e.ret == -115 {
+            String::new()
+        } else {
+            errno_text(e.ret)
+        },
     })
 }
 
 pub fn dns(e: &DnsEvent) -> Option<Kind> {
     let data = &e.data[..(e.len as usize).min(e.data.len())];
     let (name, qtype) = parse_dns_query(data)?;
-    Some(Kind::Dns(DnsQuery { name, qtype, server: format!("{}:{}", addr(e.family, &e.remote_addr), e.remote_port) }))
+    Some(Kind::Dns(DnsQuery {
+        name,
+        qtype,
+        server: format!("{}:{}", addr(e.family, &e.remote_addr), e.remote_port),
+    }))
 }

@@ -31,7 +31,9 @@ pub fn token_fingerprint(token: &str) -> Result<String> {
     let mut p = token.trim().splitn(3, '.');
     match (p.next(), p.next(), p.next()) {
         (Some("cst1"), Some(fp), Some(secret))
-            if fp.len() == 64 && fp.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty() =>
+            if fp.len() == 64
+                && fp.bytes().all(|b| b.is_ascii_hexdigit())
+                && !secret.is_empty() =>
         {
             Ok(fp.to_ascii_lowercase())
         }

@@ -133,7 +133,14 @@ impl Shipper {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (res_tx, res_rx) = mpsc::channel(256);
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(stream::run(cfg, creds, shared.clone(), cmd_tx, res_rx, stop_rx));
+        let task = tokio::spawn(stream::run(
+            cfg,
+            creds,
+            shared.clone(),
+            cmd_tx,
+            res_rx,
+            stop_rx,
+        ));
         Ok((
             ShipperHandle {
                 shared,
@@ -166,13 +173,20 @@ impl ShipperHandle {
 
     /// Sensor counters (ring-buffer losses, truncations, ...) for heartbeats.
     pub fn set_counters(&self, counters: HashMap<String, u64>) {
-        *self.shared.counters.lock().unwrap_or_else(|e| e.into_inner()) = counters;
+        *self
+            .shared
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = counters;
     }
 
     pub fn stats(&self) -> ShipperStats {
         let s = &self.shared.spool;
         ShipperStats {
-            connected: self.shared.connected.load(std::sync::atomic::Ordering::Relaxed),
+            connected: self
+                .shared
+                .connected
+                .load(std::sync::atomic::Ordering::Relaxed),
             next_seq: s.next_seq(),
             last_acked_seq: s.last_acked(),
             spool_depth: s.depth(),

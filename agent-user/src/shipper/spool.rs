@@ -112,7 +112,11 @@ impl Spool {
         if dropped > 0 {
             g.dropped += dropped;
             self.meta.insert(DROPPED, &g.dropped.to_be_bytes())?;
-            tracing::warn!(dropped, total = g.dropped, "spool full: dropped oldest events");
+            tracing::warn!(
+                dropped,
+                total = g.dropped,
+                "spool full: dropped oldest events"
+            );
         }
         Ok(seq)
     }
@@ -169,7 +173,8 @@ impl Spool {
         let synced = get_u64(&self.meta, SYNCED)? == 1;
         let mut g = self.lock();
         if !synced || resume_from > g.next_seq {
-            let old: Vec<(sled::IVec, sled::IVec)> = self.events.iter().collect::<Result<_, _>>()?;
+            let old: Vec<(sled::IVec, sled::IVec)> =
+                self.events.iter().collect::<Result<_, _>>()?;
             let base = resume_from.max(1);
             let mut batch = sled::Batch::default();
             for (k, _) in &old {
@@ -184,10 +189,13 @@ impl Spool {
             g.next_seq = base + old.len() as u64;
             self.meta.insert(NEXT_SEQ, &g.next_seq.to_be_bytes())?;
             self.meta.insert(SYNCED, &1u64.to_be_bytes())?;
-            self.meta
-                .insert(LAST_ACKED, &(base - 1).to_be_bytes())?;
+            self.meta.insert(LAST_ACKED, &(base - 1).to_be_bytes())?;
             if !old.is_empty() {
-                tracing::info!(events = old.len(), from = base, "renumbered spool to the collector's sequence");
+                tracing::info!(
+                    events = old.len(),
+                    from = base,
+                    "renumbered spool to the collector's sequence"
+                );
             }
             return Ok(base);
         }
@@ -293,7 +301,12 @@ mod tests {
         }
         // The collector stored up to 500 from this host's previous (lost) spool.
         assert_eq!(s.resume(501).unwrap(), 501);
-        let seqs: Vec<u64> = s.read_from(0, 10, 1 << 20).unwrap().iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = s
+            .read_from(0, 10, 1 << 20)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(seqs, vec![501, 502, 503]);
         assert_eq!(s.push(ev(9)).unwrap(), 504);
     }

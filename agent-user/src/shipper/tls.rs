@@ -40,12 +40,15 @@ pub fn normalize_addr(addr: &str) -> Result<(String, String, String)> {
         .trim_start_matches("https://")
         .trim_start_matches("http://")
         .trim_end_matches('/');
-    let (host, port) = hp
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow!("collector address {addr:?} needs a port, e.g. collector.example:7443"))?;
+    let (host, port) = hp.rsplit_once(':').ok_or_else(|| {
+        anyhow!("collector address {addr:?} needs a port, e.g. collector.example:7443")
+    })?;
     port.parse::<u16>()
         .map_err(|_| anyhow!("bad port in collector address {addr:?}"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     Ok((format!("https://{hp}"), host, hp.to_owned()))
 }
 
@@ -67,11 +70,18 @@ impl ServerCertVerifier for PinVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fps: Vec<String> = intermediates.iter().map(|c| sha256_hex(c)).collect();
         *self.presented.lock().unwrap_or_else(|e| e.into_inner()) = fps.clone();
-        let Some(i) = fps.iter().position(|f| f.eq_ignore_ascii_case(&self.fingerprint)) else {
+        let Some(i) = fps
+            .iter()
+            .position(|f| f.eq_ignore_ascii_case(&self.fingerprint))
+        else {
             return Err(rustls::Error::General(format!(
                 "collector CA does not match the token: token pins {}, collector presented {}",
                 self.fingerprint,
-                if fps.is_empty() { "no CA".into() } else { fps.join(", ") }
+                if fps.is_empty() {
+                    "no CA".into()
+                } else {
+                    fps.join(", ")
+                }
             )));
         };
         let mut roots = rustls::RootCertStore::empty();
@@ -173,11 +183,7 @@ pub fn fetch_pinned_ca(addr: &str, fingerprint: &str) -> Result<String> {
 
 /// A tonic channel to the collector over TLS verified by `ca_pem`, optionally
 /// authenticating with a client certificate.
-pub async fn channel(
-    addr: &str,
-    ca_pem: &str,
-    identity: Option<(&str, &str)>,
-) -> Result<Channel> {
+pub async fn channel(addr: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Result<Channel> {
     let (uri, host, _) = normalize_addr(addr)?;
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(ca_pem))

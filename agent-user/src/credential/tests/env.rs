@@ -47,7 +47,11 @@ fn value_formats_are_detected_under_any_name() {
     let table: Vec<(String, &str, Option<&str>)> = vec![
         (fake("sk-", 48), "openai_api_key", Some("sk")),
         (fake("sk-proj-", 80), "openai_api_key", Some("sk-proj")),
-        (fake("sk-ant-api03-", 90), "anthropic_api_key", Some("sk-ant-api03")),
+        (
+            fake("sk-ant-api03-", 90),
+            "anthropic_api_key",
+            Some("sk-ant-api03"),
+        ),
         (fake_key_id("AKIA"), "aws_access_key", Some("AKIA")),
         (fake_key_id("ASIA"), "aws_access_key", Some("ASIA")),
         (fake("ghp_", 36), "github_token", Some("ghp_")),
@@ -82,7 +86,10 @@ fn format_beats_name_and_is_found_inside_longer_values() {
     let ant = fake("sk-ant-api03-", 90);
     let gh = fake("ghp_", 36);
     let wrapped = format!("Bearer {gh}");
-    let creds = scan_env(&env_block(&[("OPENAI_API_KEY", &ant), ("EXTRA_HEADER", &wrapped)]), &key());
+    let creds = scan_env(
+        &env_block(&[("OPENAI_API_KEY", &ant), ("EXTRA_HEADER", &wrapped)]),
+        &key(),
+    );
     assert_eq!(find(&creds, "OPENAI_API_KEY").kind, "anthropic_api_key");
     let c = find(&creds, "EXTRA_HEADER");
     assert_eq!(c.kind, "github_token");
@@ -111,7 +118,10 @@ fn aws_pair_links_key_id() {
     assert_eq!(sk.kind, "aws_secret_key");
     assert_eq!(meta(sk, "key_id"), Some(id.as_str()));
     assert_eq!(sk.fingerprint, key().fingerprint(secret.as_bytes()));
-    assert_eq!(meta(find(&creds, "AWS_SESSION_TOKEN"), "key_id"), Some(id.as_str()));
+    assert_eq!(
+        meta(find(&creds, "AWS_SESSION_TOKEN"), "key_id"),
+        Some(id.as_str())
+    );
 }
 
 #[test]
@@ -156,8 +166,10 @@ fn generic_names_need_plausible_values() {
         ]),
         &key(),
     );
-    let mut got: Vec<(&str, &str)> =
-        creds.iter().map(|c| (c.location.as_str(), c.kind.as_str())).collect();
+    let mut got: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|c| (c.location.as_str(), c.kind.as_str()))
+        .collect();
     got.sort();
     assert_eq!(
         got,
@@ -176,7 +188,10 @@ fn generic_names_need_plausible_values() {
 fn database_url_fingerprints_only_the_password() {
     let creds = scan_env(
         &env_block(&[
-            ("DATABASE_URL", "postgres://app_user:p%40ss-w0rd@db.internal:5432/app"),
+            (
+                "DATABASE_URL",
+                "postgres://app_user:p%40ss-w0rd@db.internal:5432/app",
+            ),
             ("ANALYTICS_DSN", "mysql://reader:another-pw@10.0.0.5/stats"),
             ("PLAIN_URL", "https://example.com/no/password"),
         ]),
@@ -206,7 +221,10 @@ fn ignores_non_secrets() {
             ("CUSTODY_AGENT", &gh),
             ("TERM", "xterm-256color"),
             ("EDITOR", "vim"),
-            ("NOTES", "risk-assessment-framework-v2-final-draft and files.abcdefghijklmnopqrstuvwx"),
+            (
+                "NOTES",
+                "risk-assessment-framework-v2-final-draft and files.abcdefghijklmnopqrstuvwx",
+            ),
             ("CHAT_MODEL", "claude-sonnet-4-5"),
         ]),
         &key(),
@@ -217,7 +235,10 @@ fn ignores_non_secrets() {
 #[test]
 fn dedupes_by_fingerprint_keeping_first_location() {
     let gh = fake("ghp_", 36);
-    let creds = scan_env(&env_block(&[("GH_TOKEN", &gh), ("GITHUB_TOKEN", &gh)]), &key());
+    let creds = scan_env(
+        &env_block(&[("GH_TOKEN", &gh), ("GITHUB_TOKEN", &gh)]),
+        &key(),
+    );
     assert_eq!(creds.len(), 1);
     assert_eq!(creds[0].location, "GH_TOKEN");
 }
@@ -233,7 +254,10 @@ fn truncated_block_handling() {
     block.extend_from_slice(b"DB_PASSWORD=long-enough-pw"); // no final NUL but has '='
     let creds = scan_env(&block, &key());
     assert_eq!(creds.len(), 2);
-    assert_eq!(find(&creds, "DB_PASSWORD").fingerprint, key().fingerprint(b"long-enough-pw"));
+    assert_eq!(
+        find(&creds, "DB_PASSWORD").fingerprint,
+        key().fingerprint(b"long-enough-pw")
+    );
 
     assert!(scan_env(b"", &key()).is_empty());
     assert!(scan_env(b"\0\0=\0=x\0NOEQUALS\0", &key()).is_empty());
@@ -245,7 +269,10 @@ fn non_utf8_values_are_fingerprinted_raw() {
     block.push(0);
     let creds = scan_env(&block, &key());
     assert_eq!(creds.len(), 1);
-    assert_eq!(creds[0].fingerprint, key().fingerprint(b"pw\xff\xfe-long-enough"));
+    assert_eq!(
+        creds[0].fingerprint,
+        key().fingerprint(b"pw\xff\xfe-long-enough")
+    );
 }
 
 #[test]

@@ -15,15 +15,33 @@ fn file_kinds_by_path_shape() {
         ("/root/.netrc", "netrc"),
         ("/home/a/.git-credentials", "git_credentials"),
         ("/home/a/.docker/config.json", "docker_config"),
-        ("/home/a/.config/gcloud/application_default_credentials.json", "gcloud_credentials"),
-        ("/home/a/.config/gcloud/credentials.json", "gcloud_credentials"),
-        ("/home/a/.config/gcloud/legacy_credentials/me@example.com/adc.json", "gcloud_credentials"),
+        (
+            "/home/a/.config/gcloud/application_default_credentials.json",
+            "gcloud_credentials",
+        ),
+        (
+            "/home/a/.config/gcloud/credentials.json",
+            "gcloud_credentials",
+        ),
+        (
+            "/home/a/.config/gcloud/legacy_credentials/me@example.com/adc.json",
+            "gcloud_credentials",
+        ),
         ("/srv/app/.env", "dotenv"),
         ("/srv/app/.env.production", "dotenv"),
         (".env", "dotenv"),
-        ("/var/run/secrets/kubernetes.io/serviceaccount/token", "k8s_service_account_token"),
-        ("/run/secrets/kubernetes.io/serviceaccount/token", "k8s_service_account_token"),
-        ("/proc/42/root/var/run/secrets/kubernetes.io/serviceaccount/token", "k8s_service_account_token"),
+        (
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "k8s_service_account_token",
+        ),
+        (
+            "/run/secrets/kubernetes.io/serviceaccount/token",
+            "k8s_service_account_token",
+        ),
+        (
+            "/proc/42/root/var/run/secrets/kubernetes.io/serviceaccount/token",
+            "k8s_service_account_token",
+        ),
         ("/home/a/.ssh/id_rsa", "ssh_private_key"),
         ("/root/.ssh/id_ed25519", "ssh_private_key"),
         ("/root/.ssh/id_ecdsa_sk", "ssh_private_key"),
@@ -65,8 +83,15 @@ fn aws_credentials_and_config() {
     let path = "/home/u/.aws/credentials";
     let creds = scan_file(path, text.as_bytes(), &key());
     assert_eq!(creds.len(), 5, "{creds:#?}");
-    assert!(creds.iter().all(|c| c.source == Source::File && c.location == path));
-    let secrets: Vec<_> = creds.iter().filter(|c| c.kind == "aws_secret_key").collect();
+    assert!(
+        creds
+            .iter()
+            .all(|c| c.source == Source::File && c.location == path)
+    );
+    let secrets: Vec<_> = creds
+        .iter()
+        .filter(|c| c.kind == "aws_secret_key")
+        .collect();
     assert_eq!(secrets.len(), 2);
     assert_eq!(meta(secrets[0], "key_id"), Some(id1.as_str()));
     assert_eq!(meta(secrets[0], "profile"), Some("default"));
@@ -74,7 +99,10 @@ fn aws_credentials_and_config() {
     // The id may follow the secret within a profile.
     assert_eq!(meta(secrets[1], "key_id"), Some(id2.as_str()));
     assert_eq!(meta(secrets[1], "profile"), Some("work"));
-    let session = creds.iter().find(|c| c.kind == "aws_session_token").unwrap();
+    let session = creds
+        .iter()
+        .find(|c| c.kind == "aws_session_token")
+        .unwrap();
     assert_eq!(meta(session, "key_id"), Some(id2.as_str()));
 
     let config = format!("[profile dev]\nregion = us-east-1\naws_secret_access_key = {s1}\n");
@@ -87,7 +115,9 @@ fn aws_credentials_and_config() {
 fn kubeconfig_yaml_and_json() {
     let pem = fake_pem("RSA ");
     let key_data = STANDARD.encode(&pem);
-    let sa = make_jwt(&json!({"iss": "kubernetes/serviceaccount", "sub": "system:serviceaccount:ns:sa"}));
+    let sa = make_jwt(
+        &json!({"iss": "kubernetes/serviceaccount", "sub": "system:serviceaccount:ns:sa"}),
+    );
     let yaml = format!(
         "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0FEQVRB\n    server: https://k8s.example:6443\n  name: prod\n\
          contexts:\n- context:\n    cluster: prod\n    user: admin\n  name: prod\ncurrent-context: prod\nkind: Config\n\
@@ -119,9 +149,17 @@ fn kubeconfig_yaml_and_json() {
                 "id-token": sa, "refresh-token": "refresh-123", "client-id": "kubectl"}}}}
         ]
     });
-    let creds = scan_file("/root/.kube/config", json_cfg.to_string().as_bytes(), &key());
+    let creds = scan_file(
+        "/root/.kube/config",
+        json_cfg.to_string().as_bytes(),
+        &key(),
+    );
     assert_eq!(creds.len(), 3, "{creds:#?}");
-    assert!(creds.iter().any(|c| c.kind == "jwt" && meta(c, "kube_user") == Some("b")));
+    assert!(
+        creds
+            .iter()
+            .any(|c| c.kind == "jwt" && meta(c, "kube_user") == Some("b"))
+    );
 }
 
 #[test]
@@ -143,7 +181,9 @@ fn netrc_entries() {
 #[test]
 fn git_credentials_lines() {
     let gh = fake("ghp_", 36);
-    let text = format!("https://alice:pa%24%24word@github.example.com\nhttps://x-access-token:{gh}@github.com/org\n\nnot a url\n");
+    let text = format!(
+        "https://alice:pa%24%24word@github.example.com\nhttps://x-access-token:{gh}@github.com/org\n\nnot a url\n"
+    );
     let creds = scan_file("/home/u/.git-credentials", text.as_bytes(), &key());
     assert_eq!(creds.len(), 2, "{creds:#?}");
     assert_eq!(creds[0].kind, "password");
@@ -165,13 +205,23 @@ fn docker_config_auths() {
         },
         "credsStore": "desktop"
     });
-    let creds = scan_file("/home/u/.docker/config.json", doc.to_string().as_bytes(), &key());
+    let creds = scan_file(
+        "/home/u/.docker/config.json",
+        doc.to_string().as_bytes(),
+        &key(),
+    );
     assert_eq!(creds.len(), 3, "{creds:#?}");
     assert!(creds.iter().all(|c| c.kind == "docker_auth"));
-    let hub = creds.iter().find(|c| meta(c, "host") == Some("index.docker.io")).unwrap();
+    let hub = creds
+        .iter()
+        .find(|c| meta(c, "host") == Some("index.docker.io"))
+        .unwrap();
     assert_eq!(meta(hub, "username"), Some("dockeruser"));
     assert_eq!(hub.fingerprint, key().fingerprint(b"docker-pw-1"));
-    let r = creds.iter().find(|c| meta(c, "host") == Some("registry.example.com")).unwrap();
+    let r = creds
+        .iter()
+        .find(|c| meta(c, "host") == Some("registry.example.com"))
+        .unwrap();
     assert_eq!(meta(r, "username"), Some("robot$ci"));
 }
 
@@ -190,7 +240,10 @@ fn gcloud_service_account_and_authorized_user() {
     assert_eq!(creds.len(), 1, "{creds:#?}");
     assert_eq!(creds[0].kind, "private_key");
     assert_eq!(meta(&creds[0], "key_type"), Some("pkcs8"));
-    assert_eq!(meta(&creds[0], "client_email"), Some("sa@proj.iam.gserviceaccount.com"));
+    assert_eq!(
+        meta(&creds[0], "client_email"),
+        Some("sa@proj.iam.gserviceaccount.com")
+    );
     assert_eq!(meta(&creds[0], "private_key_id"), Some("0123abcd"));
 
     let user = json!({
@@ -202,7 +255,10 @@ fn gcloud_service_account_and_authorized_user() {
     let path = "/root/.config/gcloud/application_default_credentials.json";
     let creds = scan_file(path, user.to_string().as_bytes(), &key());
     assert_eq!(creds.len(), 2, "{creds:#?}");
-    let rt = creds.iter().find(|c| c.kind == "oauth_refresh_token").unwrap();
+    let rt = creds
+        .iter()
+        .find(|c| c.kind == "oauth_refresh_token")
+        .unwrap();
     assert_eq!(rt.fingerprint, key().fingerprint(b"1//fake-refresh-token"));
     assert_eq!(meta(rt, "client_id"), Some("cid.apps.example"));
     assert!(creds.iter().any(|c| c.kind == "oauth_client_secret"));
@@ -225,10 +281,20 @@ fn dotenv_uses_env_rules_with_file_source() {
     kinds.sort();
     assert_eq!(
         kinds,
-        vec!["aws_access_key", "aws_secret_key", "openai_api_key", "password", "private_key"],
+        vec![
+            "aws_access_key",
+            "aws_secret_key",
+            "openai_api_key",
+            "password",
+            "private_key"
+        ],
         "{creds:#?}"
     );
-    assert!(creds.iter().all(|c| c.source == Source::File && c.location == path));
+    assert!(
+        creds
+            .iter()
+            .all(|c| c.source == Source::File && c.location == path)
+    );
     let pw = creds.iter().find(|c| c.kind == "password").unwrap();
     assert_eq!(pw.fingerprint, key().fingerprint(b"hunter2-long"));
     assert_eq!(meta(pw, "variable"), Some("DB_PASSWORD"));
@@ -252,7 +318,10 @@ fn service_account_token_is_a_jwt() {
     assert_eq!(creds.len(), 1);
     assert_eq!(creds[0].kind, "jwt");
     assert_eq!(creds[0].fingerprint, key().fingerprint(t.as_bytes()));
-    assert_eq!(meta(&creds[0], "sub"), Some("system:serviceaccount:default:builder"));
+    assert_eq!(
+        meta(&creds[0], "sub"),
+        Some("system:serviceaccount:default:builder")
+    );
     assert_eq!(meta(&creds[0], "exp"), Some("1800000000"));
 }
 
@@ -266,14 +335,24 @@ fn openssh_key(key_type: &str, cipher: &str) -> String {
     put(&mut public, b"FAKE-PUBLIC-KEY-BYTES-FOR-TESTS!");
     let mut blob = b"openssh-key-v1\0".to_vec();
     put(&mut blob, cipher.as_bytes());
-    put(&mut blob, if cipher == "none" { b"none" } else { b"bcrypt" });
+    put(
+        &mut blob,
+        if cipher == "none" { b"none" } else { b"bcrypt" },
+    );
     put(&mut blob, b"");
     blob.extend_from_slice(&1u32.to_be_bytes());
     put(&mut blob, &public);
     put(&mut blob, b"FAKE-PRIVATE-SECTION");
     let b64 = STANDARD.encode(&blob);
-    let lines: Vec<&str> = b64.as_bytes().chunks(70).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n", lines.join("\n"))
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(70)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\n{}\n-----END OPENSSH PRIVATE KEY-----\n",
+        lines.join("\n")
+    )
 }
 
 #[test]
@@ -287,7 +366,10 @@ fn ssh_private_keys() {
     assert_eq!(creds[0].fingerprint, key().fingerprint(k.trim().as_bytes()));
     // CRLF line endings do not change the fingerprint.
     let crlf = k.replace('\n', "\r\n");
-    assert_eq!(scan_file("/root/.ssh/id_x", crlf.as_bytes(), &key())[0].fingerprint, creds[0].fingerprint);
+    assert_eq!(
+        scan_file("/root/.ssh/id_x", crlf.as_bytes(), &key())[0].fingerprint,
+        creds[0].fingerprint
+    );
 
     let enc = openssh_key("ssh-rsa", "aes256-ctr");
     let creds = scan_file("/home/u/.ssh/id_rsa", enc.as_bytes(), &key());
@@ -322,7 +404,13 @@ fn garbage_yields_nothing() {
         "/root/.ssh/id_rsa",
     ];
     for p in paths {
-        for junk in [&b""[..], b"\xff\xfe\x00garbage", b"{not json", b"[[[", b"\n\n   \n"] {
+        for junk in [
+            &b""[..],
+            b"\xff\xfe\x00garbage",
+            b"{not json",
+            b"[[[",
+            b"\n\n   \n",
+        ] {
             let creds = scan_file(p, junk, &key());
             // A non-JWT service-account token is still a token.
             if p.ends_with("/token") && !junk.trim_ascii().is_empty() {

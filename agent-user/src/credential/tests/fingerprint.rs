@@ -22,7 +22,11 @@ fn fingerprint_format_stability_and_key_dependence() {
     let fp = k1.fingerprint(b"secret-a");
     let hexpart = fp.strip_prefix("hmac-sha256:").expect("prefix");
     assert_eq!(hexpart.len(), 32);
-    assert!(hexpart.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(
+        hexpart
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
     assert_eq!(fp, k1.fingerprint(b"secret-a"));
     assert_eq!(fp, k1.clone().fingerprint(b"secret-a"));
     assert_ne!(fp, k1.fingerprint(b"secret-b"));
@@ -66,7 +70,10 @@ fn loads_raw_and_hex_keys() {
 
     let raw = dir.path().join("raw.key");
     write_key(&raw, &[0x5a; 32], 0o600);
-    assert_eq!(FleetKey::load_or_create(&raw).unwrap().fingerprint(b"s"), expected);
+    assert_eq!(
+        FleetKey::load_or_create(&raw).unwrap().fingerprint(b"s"),
+        expected
+    );
 
     for (name, text) in [
         ("hex.key", "5a".repeat(32)),
@@ -75,7 +82,11 @@ fn loads_raw_and_hex_keys() {
     ] {
         let p = dir.path().join(name);
         write_key(&p, text.as_bytes(), 0o400);
-        assert_eq!(FleetKey::load_or_create(&p).unwrap().fingerprint(b"s"), expected, "{name}");
+        assert_eq!(
+            FleetKey::load_or_create(&p).unwrap().fingerprint(b"s"),
+            expected,
+            "{name}"
+        );
     }
 }
 
@@ -91,7 +102,10 @@ fn rejects_wrong_length_and_bad_hex_naming_the_path() {
     let bad = dir.path().join("bad.key");
     write_key(&bad, "zz".repeat(32).as_bytes(), 0o600);
     let err = format!("{:#}", FleetKey::load_or_create(&bad).unwrap_err());
-    assert!(err.contains(&bad.display().to_string()) && err.contains("hex"), "{err}");
+    assert!(
+        err.contains(&bad.display().to_string()) && err.contains("hex"),
+        "{err}"
+    );
 }
 
 #[test]

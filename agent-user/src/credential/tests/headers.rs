@@ -6,7 +6,10 @@ use super::super::{Source, scan_headers};
 use super::{fake, fake_key_id, key, make_jwt, meta};
 
 fn h(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -34,9 +37,15 @@ fn bearer_vendor_and_opaque_tokens() {
     assert_eq!(meta(&creds[0], "prefix"), Some("sk-proj"));
     assert_eq!(creds[0].fingerprint, key().fingerprint(oa.as_bytes()));
 
-    let creds = scan_headers(&h(&[("AUTHORIZATION", "bearer some-opaque-session-id")]), &key());
+    let creds = scan_headers(
+        &h(&[("AUTHORIZATION", "bearer some-opaque-session-id")]),
+        &key(),
+    );
     assert_eq!(creds[0].kind, "bearer_token");
-    assert_eq!(creds[0].fingerprint, key().fingerprint(b"some-opaque-session-id"));
+    assert_eq!(
+        creds[0].fingerprint,
+        key().fingerprint(b"some-opaque-session-id")
+    );
 
     let gh = fake("gho_", 36);
     let creds = scan_headers(&h(&[("Authorization", &format!("token {gh}"))]), &key());
@@ -47,7 +56,13 @@ fn bearer_vendor_and_opaque_tokens() {
 #[test]
 fn basic_auth_fingerprints_the_password() {
     let v = format!("Basic {}", STANDARD.encode("alice:open-sesame"));
-    let creds = scan_headers(&h(&[("Authorization", &v), ("Proxy-Authorization", &v.replace("alice", "proxyuser"))]), &key());
+    let creds = scan_headers(
+        &h(&[
+            ("Authorization", &v),
+            ("Proxy-Authorization", &v.replace("alice", "proxyuser")),
+        ]),
+        &key(),
+    );
     assert_eq!(creds.len(), 1, "same password, deduped: {creds:#?}");
     assert_eq!(creds[0].kind, "password");
     assert_eq!(creds[0].fingerprint, key().fingerprint(b"open-sesame"));
@@ -73,7 +88,10 @@ fn api_key_headers() {
         ]),
         &key(),
     );
-    let kinds: Vec<(&str, &str)> = creds.iter().map(|c| (c.location.as_str(), c.kind.as_str())).collect();
+    let kinds: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|c| (c.location.as_str(), c.kind.as_str()))
+        .collect();
     assert_eq!(
         kinds,
         vec![

@@ -58,8 +58,8 @@ fn rejects_non_jwts() {
         "a.b.c".into(),
         h.to_string(),
         format!("{h}.{rest}.extra.parts"),
-        format!("{h}.bm90IGpzb24.sig"),          // payload "not json"
-        format!("{h}.WzEsMl0.sig"),              // payload is an array
+        format!("{h}.bm90IGpzb24.sig"), // payload "not json"
+        format!("{h}.WzEsMl0.sig"),     // payload is an array
         format!("{h}.{}", rest.replace('.', "!")), // two parts
         format!("{}.{rest}", "eyJub3RoaW5nIjoxfQ"), // header without alg/typ
     ] {

@@ -27,7 +27,16 @@ fn http_request_headers() {
          Proxy-Authorization: Basic {basic}\r\nContent-Type: application/json\r\n\r\n{{\"model\":\"m\"}}"
     );
     let out = redact(&text);
-    assert_gone(&out, &[&jwt, "s3ss10n-value", "opaque-key-value", &basic, "theme=dark"]);
+    assert_gone(
+        &out,
+        &[
+            &jwt,
+            "s3ss10n-value",
+            "opaque-key-value",
+            &basic,
+            "theme=dark",
+        ],
+    );
     assert_kept(
         &out,
         &[
@@ -68,7 +77,9 @@ fn every_token_format_in_prose() {
         assert_gone(&out, &[tok]);
         assert_eq!(
             out,
-            format!("the value ([REDACTED:{kind}]) was printed, then \"[REDACTED:{kind}]\" again; end")
+            format!(
+                "the value ([REDACTED:{kind}]) was printed, then \"[REDACTED:{kind}]\" again; end"
+            )
         );
     }
 }
@@ -94,10 +105,31 @@ fn json_secret_keys() {
     let out = redact(&body);
     assert_gone(
         &out,
-        &["pw-value-1", "api-value-2", "api-value-3", "at-value-4", "rt-value-5", "cs-value-6", "s-value-7", "t-value-8", "value-9"],
+        &[
+            "pw-value-1",
+            "api-value-2",
+            "api-value-3",
+            "at-value-4",
+            "rt-value-5",
+            "cs-value-6",
+            "s-value-7",
+            "t-value-8",
+            "value-9",
+        ],
     );
-    assert_kept(&out, &["\"model\":\"gpt-4o\"", "\"max_tokens\":1024", "\"token_type\":\"Bearer\"", "\"user\":\"alice\""]);
-    assert!(out.contains("\"password\":\"[REDACTED:password]\""), "{out}");
+    assert_kept(
+        &out,
+        &[
+            "\"model\":\"gpt-4o\"",
+            "\"max_tokens\":1024",
+            "\"token_type\":\"Bearer\"",
+            "\"user\":\"alice\"",
+        ],
+    );
+    assert!(
+        out.contains("\"password\":\"[REDACTED:password]\""),
+        "{out}"
+    );
     // Still valid JSON.
     serde_json::from_str::<serde_json::Value>(&out).expect("valid json");
     let py = "{'password': 'py-secret-1', 'name': 'bob'}";
@@ -111,7 +143,15 @@ fn url_userinfo_passwords() {
     let text = "connect postgres://admin:S3cret%2Fpw@db.internal:5432/app and redis://:r3dis-pw@cache:6379 now";
     let out = redact(text);
     assert_gone(&out, &["S3cret%2Fpw", "r3dis-pw"]);
-    assert_kept(&out, &["postgres://admin:", "@db.internal:5432/app", "redis://:", "@cache:6379 now"]);
+    assert_kept(
+        &out,
+        &[
+            "postgres://admin:",
+            "@db.internal:5432/app",
+            "redis://:",
+            "@cache:6379 now",
+        ],
+    );
 }
 
 #[test]
@@ -139,17 +179,36 @@ fn key_value_pairs_and_argv() {
     );
     let out = redact(&text);
     assert_gone(&out, &[&secret, "quoted pw", "tok-123", "yaml-pw"]);
-    assert_kept(&out, &["HOME=/root", "MAX_TOKENS=4096", "code=abc&", "&state=xyz", "DB_PASSWORD=\"[REDACTED:password]\""]);
+    assert_kept(
+        &out,
+        &[
+            "HOME=/root",
+            "MAX_TOKENS=4096",
+            "code=abc&",
+            "&state=xyz",
+            "DB_PASSWORD=\"[REDACTED:password]\"",
+        ],
+    );
 
-    let argv = "curl -s -H \"Authorization: Bearer opaque-tok-123\" https://api.example.com/v1 --data x";
+    let argv =
+        "curl -s -H \"Authorization: Bearer opaque-tok-123\" https://api.example.com/v1 --data x";
     let out = redact(argv);
     assert_gone(&out, &["opaque-tok-123"]);
-    assert_kept(&out, &["curl -s -H \"Authorization: ", "\" https://api.example.com/v1 --data x"]);
+    assert_kept(
+        &out,
+        &[
+            "curl -s -H \"Authorization: ",
+            "\" https://api.example.com/v1 --data x",
+        ],
+    );
 
     let argv = "mysql --password hunter22 -h db.internal --api-key=k3y-value app";
     let out = redact(argv);
     assert_gone(&out, &["hunter22", "k3y-value"]);
-    assert_kept(&out, &["mysql --password ", " -h db.internal --api-key=", " app"]);
+    assert_kept(
+        &out,
+        &["mysql --password ", " -h db.internal --api-key=", " app"],
+    );
 }
 
 #[test]
@@ -204,5 +263,15 @@ fn redact_bytes_escapes_invalid_utf8() {
     data.extend_from_slice(b" tail \\x41 \xc3");
     let out = redact_bytes(&data);
     assert_gone(&out, &[&tok]);
-    assert_eq!(out, "\\xff\\xfebinary [REDACTED:github_token] tail \\\\x41 \\xc3");
+    assert_eq!(
+        out,
+        "\\xff\\xfebinary [REDACTED:github_token] tail \\\\x41 \\xc3"
+    );
+}
+
+#[test]
+fn repeated_scheme_word_does_not_hide_the_token() {
+    let out = redact("note: Bearer Bearer opaque-Tok3n-value here");
+    assert_gone(&out, &["opaque-Tok3n-value"]);
+    assert_kept(&out, &["note: Bearer Bearer ", " here"]);
 }

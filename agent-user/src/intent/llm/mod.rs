@@ -14,7 +14,9 @@ use super::text::Excerpt;
 
 /// LLM provider serving a host name (port and trailing dot ignored, case-insensitive).
 pub fn llm_provider_for_host(host: &str) -> Option<&'static str> {
-    let host = strip_port(host.trim()).trim_end_matches('.').to_ascii_lowercase();
+    let host = strip_port(host.trim())
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     let exact = match host.as_str() {
         "api.openai.com" => Some("openai"),
         "api.anthropic.com" => Some("anthropic"),

@@ -58,7 +58,12 @@ pub fn parse_llm_request(req: &HttpRequest) -> Option<LlmRequest> {
     if !req.method.eq_ignore_ascii_case("POST") {
         return None;
     }
-    let path = req.path.split(['?', '#']).next().unwrap_or_default().trim_end_matches('/');
+    let path = req
+        .path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/');
     let body = match first_byte(&req.body) {
         Some(b'{') => parse_lenient(&req.body).filter(|(v, _)| v.is_object()),
         None if !req.body_complete => None,
@@ -85,10 +90,15 @@ pub fn parse_llm_request(req: &HttpRequest) -> Option<LlmRequest> {
         ..Default::default()
     };
     if out.model.is_empty() {
-        out.model = model_from_path(path).map(|m| name(&percent_decode(m))).unwrap_or_default();
+        out.model = model_from_path(path)
+            .map(|m| name(&percent_decode(m)))
+            .unwrap_or_default();
     }
     let (system, user) = match shape {
-        Shape::OpenAiChat => (role_text(get_arr(v, "messages"), &["system", "developer"]), last_user(get_arr(v, "messages"), false)),
+        Shape::OpenAiChat => (
+            role_text(get_arr(v, "messages"), &["system", "developer"]),
+            last_user(get_arr(v, "messages"), false),
+        ),
         Shape::OpenAiResponses => responses_text(v),
         Shape::Anthropic | Shape::Bedrock => {
             let mut sys = Excerpt::new();
@@ -99,7 +109,10 @@ pub fn parse_llm_request(req: &HttpRequest) -> Option<LlmRequest> {
         }
         Shape::Gemini => {
             let mut sys = Excerpt::new();
-            if let Some(s) = v.get("systemInstruction").or_else(|| v.get("system_instruction")) {
+            if let Some(s) = v
+                .get("systemInstruction")
+                .or_else(|| v.get("system_instruction"))
+            {
                 push_content(s, &mut sys);
             }
             (sys.finish(), last_user(get_arr(v, "contents"), true))
@@ -122,7 +135,10 @@ fn shape_from_path(path: &str) -> Option<Shape> {
     } else if path.ends_with("/messages") {
         Some(Shape::Anthropic)
     } else if path.starts_with("/model/")
-        && matches!(last, "invoke" | "invoke-with-response-stream" | "converse" | "converse-stream")
+        && matches!(
+            last,
+            "invoke" | "invoke-with-response-stream" | "converse" | "converse-stream"
+        )
     {
         Some(Shape::Bedrock)
     } else {
@@ -134,7 +150,9 @@ fn body_matches(shape: Shape, v: &Value) -> bool {
     let has = |k: &str| v.get(k).is_some();
     match shape {
         Shape::OpenAiChat | Shape::Anthropic => v.get("messages").is_some_and(Value::is_array),
-        Shape::OpenAiResponses => has("input") || has("instructions") || has("previous_response_id"),
+        Shape::OpenAiResponses => {
+            has("input") || has("instructions") || has("previous_response_id")
+        }
         Shape::Gemini => has("contents"),
         Shape::Bedrock => has("messages") || has("prompt") || has("inputText"),
     }
@@ -148,17 +166,33 @@ fn shape_from_body(req: &HttpRequest, v: &Value) -> Option<Shape> {
     if v.get("messages").is_some_and(Value::is_array) {
         let anthropic = req.header("anthropic-version").is_some()
             || v.get("anthropic_version").is_some()
-            || v.get("system").is_some_and(|s| s.is_string() || s.is_array());
-        return Some(if anthropic { Shape::Anthropic } else { Shape::OpenAiChat });
+            || v.get("system")
+                .is_some_and(|s| s.is_string() || s.is_array());
+        return Some(if anthropic {
+            Shape::Anthropic
+        } else {
+            Shape::OpenAiChat
+        });
     }
-    if v.get("model").is_some() && v.get("input").is_some_and(|i| i.is_string() || i.is_array()) {
+    // Embeddings and moderation requests also have "model" and "input": demand what
+    // only the Responses API has, conversation items or its own parameters.
+    let items = get_arr(v, "input")
+        .iter()
+        .any(|i| i.get("role").is_some() || i.get("type").is_some());
+    let own_params = ["instructions", "previous_response_id", "tools", "reasoning"]
+        .iter()
+        .any(|k| v.get(k).is_some());
+    let text_input = v.get("input").is_some_and(Value::is_string);
+    if v.get("model").is_some() && (items || (text_input && own_params)) {
         return Some(Shape::OpenAiResponses);
     }
     None
 }
 
 fn path_streams(path: &str) -> bool {
-    path.contains(":streamGenerateContent") || path.ends_with("-stream") || path.ends_with("/invoke-with-response-stream")
+    path.contains(":streamGenerateContent")
+        || path.ends_with("-stream")
+        || path.ends_with("/invoke-with-response-stream")
 }
 
 /// Model named in the path: Gemini ".../models/<m>:generateContent", Azure OpenAI
@@ -183,7 +217,9 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(byte)) => {
                 out.push(byte);
@@ -240,7 +276,10 @@ fn responses_text(v: &Value) -> (String, String) {
     }
     let (system_items, user) = match v.get("input") {
         Some(Value::String(s)) => (String::new(), excerpt(s)),
-        Some(Value::Array(items)) => (role_text(items, &["system", "developer"]), last_user(items, false)),
+        Some(Value::Array(items)) => (
+            role_text(items, &["system", "developer"]),
+            last_user(items, false),
+        ),
         _ => (String::new(), String::new()),
     };
     sys.gap();
@@ -259,11 +298,19 @@ fn tool_names(v: &Value) -> Vec<String> {
             out.push(excerpt_n(s, NAME_CHARS));
         }
     };
-    let bedrock = v.get("toolConfig").map(|c| get_arr(c, "tools")).unwrap_or(&[]);
+    let bedrock = v
+        .get("toolConfig")
+        .map(|c| get_arr(c, "tools"))
+        .unwrap_or(&[]);
     for t in get_arr(v, "tools").iter().chain(bedrock) {
-        let decls = t.get("functionDeclarations").or_else(|| t.get("function_declarations"));
+        let decls = t
+            .get("functionDeclarations")
+            .or_else(|| t.get("function_declarations"));
         if let Some(Value::Array(decls)) = decls {
-            decls.iter().filter_map(|d| get_str(d, "name")).for_each(&mut add);
+            decls
+                .iter()
+                .filter_map(|d| get_str(d, "name"))
+                .for_each(&mut add);
         } else if let Some(n) = get_str(t, "name") {
             add(n);
         } else if let Some(n) = t.get("function").and_then(|f| get_str(f, "name")) {
@@ -279,6 +326,9 @@ fn tool_names(v: &Value) -> Vec<String> {
             map.keys().for_each(|k| add(k.as_str()));
         }
     }
-    get_arr(v, "functions").iter().filter_map(|f| get_str(f, "name")).for_each(&mut add);
+    get_arr(v, "functions")
+        .iter()
+        .filter_map(|f| get_str(f, "name"))
+        .for_each(&mut add);
     out
 }

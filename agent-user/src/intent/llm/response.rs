@@ -45,11 +45,16 @@ pub struct LlmResponse {
 /// Anthropic messages, Gemini, Bedrock Converse; plain or streamed). None when the body
 /// is none of these.
 pub fn parse_llm_response(provider: &str, resp: &HttpResponse) -> Option<LlmResponse> {
-    if resp.header("content-encoding").is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity")) {
+    if resp
+        .header("content-encoding")
+        .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"))
+    {
         return None;
     }
     let mut acc = Acc::new(provider);
-    let event_stream = resp.header("content-type").is_some_and(|ct| ct.to_ascii_lowercase().contains("event-stream"));
+    let event_stream = resp
+        .header("content-type")
+        .is_some_and(|ct| ct.to_ascii_lowercase().contains("event-stream"));
     if event_stream || sse::looks_like_sse(&resp.body) {
         sse::for_each_data(&resp.body, |data| {
             if data.trim() != "[DONE]" {
@@ -70,8 +75,15 @@ pub fn parse_llm_response(provider: &str, resp: &HttpResponse) -> Option<LlmResp
             Err(_) => {
                 let text = utf8_prefix(&resp.body);
                 let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-                let ndjson = lines.clone().next().is_some_and(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object()));
-                let docs: Vec<&str> = if ndjson { lines.by_ref().collect() } else { vec![text.trim()] };
+                let ndjson = lines
+                    .clone()
+                    .next()
+                    .is_some_and(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v.is_object()));
+                let docs: Vec<&str> = if ndjson {
+                    lines.by_ref().collect()
+                } else {
+                    vec![text.trim()]
+                };
                 for doc in docs {
                     match parse_lenient(doc.as_bytes()) {
                         Some((Value::Array(items), _)) => items.iter().for_each(|v| acc.chunk(v)),
@@ -125,7 +137,12 @@ impl<'p> Acc<'p> {
         if self.calls.len() >= MAX_CALLS {
             return None;
         }
-        self.calls.push(CallAcc { key, id: String::new(), name: String::new(), args: String::new() });
+        self.calls.push(CallAcc {
+            key,
+            id: String::new(),
+            name: String::new(),
+            args: String::new(),
+        });
         self.calls.last_mut()
     }
 
@@ -158,7 +175,9 @@ impl<'p> Acc<'p> {
             self.openai_choices(choices);
         } else if ty.starts_with("response.") {
             self.responses_event(ty, v);
-        } else if get_str(v, "object") == Some("response") || v.get("output").is_some_and(Value::is_array) {
+        } else if get_str(v, "object") == Some("response")
+            || v.get("output").is_some_and(Value::is_array)
+        {
             self.responses_full(v);
         } else if ty.starts_with("message_") || ty.starts_with("content_block_") || ty == "ping" {
             self.anthropic_event(ty, v);
@@ -186,7 +205,9 @@ impl<'p> Acc<'p> {
     }
 
     fn error(&mut self, err: &Value) {
-        let msg = get_str(err, "message").or_else(|| err.as_str()).unwrap_or_default();
+        let msg = get_str(err, "message")
+            .or_else(|| err.as_str())
+            .unwrap_or_default();
         self.content.gap();
         self.content.push(msg);
         self.finish = "error".to_string();
@@ -196,8 +217,16 @@ impl<'p> Acc<'p> {
     fn openai_choices(&mut self, choices: &[Value]) {
         self.recognized = true;
         for (pos, ch) in choices.iter().enumerate() {
-            let idx = ch.get("index").and_then(Value::as_u64).unwrap_or(pos as u64).min(1 << 20);
-            if let Some(msg) = ch.get("message").or_else(|| ch.get("delta")).filter(|m| m.is_object()) {
+            let idx = ch
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(pos as u64)
+                .min(1 << 20);
+            if let Some(msg) = ch
+                .get("message")
+                .or_else(|| ch.get("delta"))
+                .filter(|m| m.is_object())
+            {
                 self.openai_message(idx, msg);
             } else if let Some(t) = get_str(ch, "text") {
                 self.content.push(t);
@@ -217,12 +246,26 @@ impl<'p> Acc<'p> {
             _ => {}
         }
         for (pos, tc) in get_arr(msg, "tool_calls").iter().enumerate() {
-            let idx = tc.get("index").and_then(Value::as_u64).unwrap_or(pos as u64) & 0xFFFFF;
+            let idx = tc
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(pos as u64)
+                & 0xFFFFF;
             let f = tc.get("function").unwrap_or(tc);
-            self.merge_call(choice << 20 | idx, get_str(tc, "id"), get_str(f, "name"), f.get("arguments"));
+            self.merge_call(
+                choice << 20 | idx,
+                get_str(tc, "id"),
+                get_str(f, "name"),
+                f.get("arguments"),
+            );
         }
         if let Some(f) = msg.get("function_call") {
-            self.merge_call(choice << 20 | 0xFFFFF, None, get_str(f, "name"), f.get("arguments"));
+            self.merge_call(
+                choice << 20 | 0xFFFFF,
+                None,
+                get_str(f, "name"),
+                f.get("arguments"),
+            );
         }
     }
 
@@ -245,7 +288,11 @@ impl<'p> Acc<'p> {
 
     fn responses_event(&mut self, ty: &str, v: &Value) {
         self.recognized = true;
-        let key = v.get("output_index").and_then(Value::as_u64).unwrap_or(0).min(UNINDEXED - 1);
+        let key = v
+            .get("output_index")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(UNINDEXED - 1);
         match ty {
             "response.created" | "response.in_progress" => {
                 if let Some(r) = v.get("response") {
@@ -267,7 +314,9 @@ impl<'p> Acc<'p> {
                     self.responses_item(key, item, false);
                 }
             }
-            "response.output_text.delta" => self.content.push(get_str(v, "delta").unwrap_or_default()),
+            "response.output_text.delta" => {
+                self.content.push(get_str(v, "delta").unwrap_or_default())
+            }
             _ if ty.ends_with(".delta") && (ty.contains("arguments") || ty.contains("input")) => {
                 if let (Some(d), Some(call)) = (get_str(v, "delta"), self.call(key)) {
                     push_bounded(&mut call.args, d);
@@ -289,7 +338,9 @@ impl<'p> Acc<'p> {
         for (i, item) in get_arr(r, "output").iter().enumerate() {
             self.responses_item(i as u64, item, true);
         }
-        let reason = r.get("incomplete_details").and_then(|d| get_str(d, "reason"));
+        let reason = r
+            .get("incomplete_details")
+            .and_then(|d| get_str(d, "reason"));
         self.set_finish(reason.or_else(|| get_str(r, "status")));
         if let Some(err) = r.get("error").filter(|e| e.is_object()) {
             self.error(err);
@@ -305,21 +356,34 @@ impl<'p> Acc<'p> {
             if with_text {
                 for c in get_arr(item, "content") {
                     self.content.gap();
-                    self.content.push(get_str(c, "text").or_else(|| get_str(c, "refusal")).unwrap_or_default());
+                    self.content.push(
+                        get_str(c, "text")
+                            .or_else(|| get_str(c, "refusal"))
+                            .unwrap_or_default(),
+                    );
                 }
             }
             return;
         }
-        let Some(kind) = ty.strip_suffix("_call") else { return };
+        let Some(kind) = ty.strip_suffix("_call") else {
+            return;
+        };
         let Some(call) = self.call(key) else { return };
-        if let Some(id) = get_str(item, "call_id").or_else(|| get_str(item, "id")).filter(|s| !s.is_empty()) {
+        if let Some(id) = get_str(item, "call_id")
+            .or_else(|| get_str(item, "id"))
+            .filter(|s| !s.is_empty())
+        {
             call.id = id.to_string();
         }
         let n = get_str(item, "name").unwrap_or(if kind == "function" { "" } else { kind });
         if !n.is_empty() {
             call.name = n.to_string();
         }
-        match item.get("arguments").or_else(|| item.get("input")).or_else(|| item.get("action")) {
+        match item
+            .get("arguments")
+            .or_else(|| item.get("input"))
+            .or_else(|| item.get("action"))
+        {
             Some(Value::String(s)) if !s.is_empty() => {
                 call.args.clear();
                 push_bounded(&mut call.args, s);
@@ -331,7 +395,11 @@ impl<'p> Acc<'p> {
 
     fn anthropic_event(&mut self, ty: &str, v: &Value) {
         self.recognized = true;
-        let key = v.get("index").and_then(Value::as_u64).unwrap_or(0).min(UNINDEXED - 1);
+        let key = v
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(UNINDEXED - 1);
         match ty {
             "message_start" => {
                 if let Some(m) = v.get("message") {
@@ -348,7 +416,8 @@ impl<'p> Acc<'p> {
                 match get_str(d, "type") {
                     Some("text_delta") => self.content.push(get_str(d, "text").unwrap_or_default()),
                     Some("input_json_delta") => {
-                        if let (Some(p), Some(call)) = (get_str(d, "partial_json"), self.call(key)) {
+                        if let (Some(p), Some(call)) = (get_str(d, "partial_json"), self.call(key))
+                        {
                             push_bounded(&mut call.args, p);
                         }
                     }
@@ -390,7 +459,9 @@ impl<'p> Acc<'p> {
         } else if ty.ends_with("tool_use") {
             let id = get_str(call, "id").or_else(|| get_str(call, "toolUseId"));
             // A streamed block starts with empty input; its JSON follows as deltas.
-            let input = call.get("input").filter(|i| !streaming || i.as_object().is_some_and(|o| !o.is_empty()));
+            let input = call
+                .get("input")
+                .filter(|i| !streaming || i.as_object().is_some_and(|o| !o.is_empty()));
             self.merge_call(key, id, get_str(call, "name"), input);
         }
     }
@@ -419,7 +490,11 @@ impl<'p> Acc<'p> {
             .calls
             .into_iter()
             .filter(|c| !c.name.is_empty() || !c.id.is_empty())
-            .map(|c| ToolCall { id: name(&c.id), name: name(&c.name), arguments_excerpt: excerpt(&c.args) })
+            .map(|c| ToolCall {
+                id: name(&c.id),
+                name: name(&c.name),
+                arguments_excerpt: excerpt(&c.args),
+            })
             .collect();
         Some(LlmResponse {
             model: self.model,

@@ -1,0 +1,254 @@
+//! Enrollment and channel security over real mTLS.
+
+mod common;
+
+use std::time::Duration;
+
+use agent_user::shipper::{self, Shipper};
+use common::*;
+use custody_collector::auth::Role;
+use custody_proto::admin::v1::{ListEventsRequest, ListHostsRequest, EventFilter};
+use custody_proto::sensor::v1::{
+    EventBatch, Hello, SensorMessage, collector_message, sensor_message,
+    sensor_service_client::SensorServiceClient,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_then_stream_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_collector(dir.path()).await;
+    let addr = c.addr.to_string();
+    let state = tempfile::tempdir().unwrap();
+    let paths = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-a", state.path()).await;
+    for p in [&paths.ca_pem, &paths.cert_pem, &paths.key_pem] {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+    }
+    let spool = tempfile::tempdir().unwrap();
+    let (ship, _cmds) = Shipper::start(shipper_config(&addr, &paths, spool.path(), "host-a")).unwrap();
+    let p = custody_collector::synth::process("host-a", 42, 1, "/usr/bin/agent", "agent-1");
+    for i in 0..500u64 {
+        ship.send(custody_collector::synth::file_open(&p, "host-a", 1_700_000_000_000_000_000 + i, "/etc/hosts"))
+            .unwrap();
+    }
+    wait_for(20, "all events acked", || {
+        let s = ship.stats();
+        async move { s.last_acked_seq == 500 && s.spool_depth == 0 }
+    })
+    .await;
+    let viewer = operator(dir.path(), Role::Viewer);
+    let mut adm = admin(&addr, &c.ca_pem).await;
+    let hosts = adm.list_hosts(authed(ListHostsRequest {}, &viewer)).await.unwrap().into_inner().hosts;
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].host_id, "host-a");
+    assert_eq!(hosts[0].events_stored, 500);
+    assert!(hosts[0].connected);
+    assert!(hosts[0].enrolled_at_ns > 0);
+    let evs = adm
+        .list_events(authed(
+            ListEventsRequest {
+                filter: Some(EventFilter { host: "host-a".into(), ..Default::default() }),
+                limit: 1000,
+                ..Default::default()
+            },
+            &viewer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(evs.len(), 500);
+    ship.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_expired_and_mispinned_tokens_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_collector(dir.path()).await;
+    let addr = c.addr.to_string();
+    let state = tempfile::tempdir().unwrap();
+
+    let token = enroll_token(&c, Duration::from_secs(60));
+    enroll_host(&addr, &token, "host-a", state.path()).await;
+    let err = shipper::enroll(&addr, &token, "host-a", state.path()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("already used"), "{err:#}");
+
+    let expired = enroll_token(&c, Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let err = shipper::enroll(&addr, &expired, "host-b", state.path()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("expired"), "{err:#}");
+
+    // A token pinning another CA never reaches the collector's Enroll.
+    let good = enroll_token(&c, Duration::from_secs(60));
+    let secret = good.rsplit('.').next().unwrap();
+    let wrong = format!("cst1.{}.{secret}", "00".repeat(32));
+    let err = shipper::enroll(&addr, &wrong, "host-c", state.path()).await.unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("does not match the token"), "{msg}");
+    // ...and the good token is still unused.
+    enroll_host(&addr, &good, "host-c", state.path()).await;
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_without_client_cert_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_collector(dir.path()).await;
+    let addr = c.addr.to_string();
+    let ch = shipper::tls::channel(&addr, &c.ca_pem, None).await.unwrap();
+    let hello = SensorMessage {
+        msg: Some(sensor_message::Msg::Hello(Hello { host_id: "host-a".into(), ..Default::default() })),
+    };
+    let err = SensorServiceClient::new(ch)
+        .stream(tokio_stream::iter(vec![hello]))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    assert!(err.message().contains("no client certificate"), "{}", err.message());
+    c.shutdown().await.unwrap();
+}
+
+/// Raw sensor stream with a host's enrolled identity.
+async fn raw_stream(
+    addr: &str,
+    paths: &agent_user::shipper::EnrolledPaths,
+    msgs: Vec<SensorMessage>,
+) -> Vec<Result<collector_message::Msg, tonic::Status>> {
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    let ch = shipper::tls::channel(
+        addr,
+        &read(&paths.ca_pem),
+        Some((&read(&paths.cert_pem), &read(&paths.key_pem))),
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut inbound = SensorServiceClient::new(ch)
+        .max_encoding_message_size(64 << 20)
+        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let n = msgs.len();
+    for m in msgs {
+        tx.send(m).await.unwrap();
+    }
+    let mut out = vec![];
+    // Hello -> HelloAck, then one or two answers per batch; stop at an error.
+    while out.len() < 1 + 2 * (n - 1) {
+        match tokio::time::timeout(Duration::from_secs(5), inbound.message()).await {
+            Ok(Ok(Some(m))) => out.push(Ok(m.msg.unwrap())),
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(s)) => {
+                out.push(Err(s));
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn hello(host: &str) -> SensorMessage {
+    SensorMessage {
+        msg: Some(sensor_message::Msg::Hello(Hello { host_id: host.into(), ..Default::default() })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sensor_cannot_speak_for_another_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_collector(dir.path()).await;
+    let addr = c.addr.to_string();
+    let state = tempfile::tempdir().unwrap();
+    let paths = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-a", state.path()).await;
+
+    // Events claiming host B, and events naming B's processes, are rejected.
+    let pb = custody_collector::synth::process("host-b", 7, 1, "/bin/x", "");
+    let mut forged = custody_collector::synth::file_open(&pb, "host-b", 1, "/etc/shadow");
+    forged.seq = 1;
+    let mut grafted = custody_collector::synth::file_open(&pb, "host-a", 1, "/etc/shadow");
+    grafted.seq = 2;
+    let batch = |e| SensorMessage {
+        msg: Some(sensor_message::Msg::Batch(EventBatch { first_seq: 0, events: vec![e] })),
+    };
+    let out = raw_stream(&addr, &paths, vec![hello("host-a"), batch(forged), batch(grafted)]).await;
+    let rejected: Vec<_> = out
+        .iter()
+        .filter_map(|m| match m {
+            Ok(collector_message::Msg::Rejected(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected.len(), 2, "{out:?}");
+    assert!(rejected.iter().all(|r| r.code == "host_mismatch"));
+    assert!(rejected[0].reason.contains("host-b"), "{}", rejected[0].reason);
+
+    // A hello for another host ends the stream.
+    let out = raw_stream(&addr, &paths, vec![hello("host-b")]).await;
+    match &out[0] {
+        Err(s) => {
+            assert_eq!(s.code(), tonic::Code::PermissionDenied);
+            assert!(s.message().contains("certificate is for \"host-a\""), "{}", s.message());
+        }
+        other => panic!("expected refusal, got {other:?}"),
+    }
+
+    let viewer = operator(dir.path(), Role::Viewer);
+    let mut adm = admin(&addr, &c.ca_pem).await;
+    let hosts = adm.list_hosts(authed(ListHostsRequest {}, &viewer)).await.unwrap().into_inner().hosts;
+    let a = hosts.iter().find(|h| h.host_id == "host-a").unwrap();
+    assert_eq!(a.events_stored, 0);
+    assert_eq!(a.batches_rejected, 2);
+    assert!(hosts.iter().all(|h| h.host_id != "host-b" || h.events_stored == 0));
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_malformed_batches_do_not_hurt_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_collector(dir.path()).await;
+    let addr = c.addr.to_string();
+    let state = tempfile::tempdir().unwrap();
+    let pa = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-a", state.path()).await;
+    let state_b = tempfile::tempdir().unwrap();
+    let pb = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-b", state_b.path()).await;
+
+    // Host A: a batch with decreasing seqs, then one far beyond the size limit.
+    let p = custody_collector::synth::process("host-a", 7, 1, "/bin/x", "");
+    let mut e1 = custody_collector::synth::file_open(&p, "host-a", 1, "/a");
+    e1.seq = 5;
+    let mut e2 = e1.clone();
+    e2.seq = 4;
+    let bad = SensorMessage {
+        msg: Some(sensor_message::Msg::Batch(EventBatch { first_seq: 5, events: vec![e1.clone(), e2] })),
+    };
+    let mut huge = e1.clone();
+    huge.process.as_mut().unwrap().argv = vec!["x".repeat(9 << 20)];
+    let huge = SensorMessage {
+        msg: Some(sensor_message::Msg::Batch(EventBatch { first_seq: 5, events: vec![huge] })),
+    };
+    let out = raw_stream(&addr, &pa, vec![hello("host-a"), bad, huge]).await;
+    assert!(
+        out.iter().any(|m| matches!(m, Ok(collector_message::Msg::Rejected(r)) if r.code == "malformed")),
+        "{out:?}"
+    );
+    let last = out.last().unwrap();
+    assert!(matches!(last, Err(s) if s.code() == tonic::Code::OutOfRange || s.message().contains("too large")),
+        "{last:?}");
+
+    // Host B is unaffected.
+    let spool = tempfile::tempdir().unwrap();
+    let (ship, _cmds) = Shipper::start(shipper_config(&addr, &pb, spool.path(), "host-b")).unwrap();
+    let q = custody_collector::synth::process("host-b", 9, 1, "/bin/y", "");
+    for i in 0..10 {
+        ship.send(custody_collector::synth::file_open(&q, "host-b", 1_700_000_000_000_000_000 + i, "/b")).unwrap();
+    }
+    wait_for(20, "host-b acked", || {
+        let s = ship.stats();
+        async move { s.last_acked_seq == 10 }
+    })
+    .await;
+    ship.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+}
