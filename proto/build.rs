@@ -13,7 +13,10 @@ fn main() -> anyhow::Result<()> {
     let fds = protox::compile(files, ["."])?;
     tonic_prost_build::configure()
         // Events double as the daemon's JSON lines.
-        .type_attribute(".custody", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .type_attribute(
+            ".custody",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
         .type_attribute(".custody", "#[serde(rename_all = \"snake_case\")]")
         .message_attribute(".custody", "#[serde(default)]")
         .compile_fds(fds)?;

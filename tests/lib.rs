@@ -24,7 +24,9 @@ pub fn bpf_available(test: &str) -> bool {
     if required {
         panic!("{test}: needs root to load eBPF, and CUSTODY_REQUIRE_BPF=1 forbids skipping");
     }
-    eprintln!("skipping {test}: needs root to load eBPF (CUSTODY_REQUIRE_BPF=1 turns this into a failure)");
+    eprintln!(
+        "skipping {test}: needs root to load eBPF (CUSTODY_REQUIRE_BPF=1 turns this into a failure)"
+    );
     false
 }
 
@@ -33,7 +35,11 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo build --workspace --bins` first (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
@@ -77,16 +83,29 @@ impl Daemon {
         });
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if stderr.lock().unwrap().iter().any(|l| l.starts_with("custodyd: ready")) {
+            if stderr
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with("custodyd: ready"))
+            {
                 break;
             }
             if let Ok(Some(st)) = child.try_wait() {
                 panic!("custodyd exited early ({st}): {:?}", stderr.lock().unwrap());
             }
-            assert!(Instant::now() < deadline, "custodyd not ready in 60 s: {:?}", stderr.lock().unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "custodyd not ready in 60 s: {:?}",
+                stderr.lock().unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Daemon { child, output, stderr }
+        Daemon {
+            child,
+            output,
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -99,14 +118,23 @@ impl Daemon {
     }
 
     /// Wait until `pred` holds for some event (bounded), returning all events.
-    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let evs = self.events();
             if evs.iter().any(&pred) {
                 return evs;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; {} events so far", evs.len());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; {} events so far",
+                evs.len()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -115,7 +143,11 @@ impl Daemon {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let st = self.child.wait().unwrap();
-        assert!(st.success(), "custodyd exited with {st}: {:?}", self.stderr.lock().unwrap());
+        assert!(
+            st.success(),
+            "custodyd exited with {st}: {:?}",
+            self.stderr.lock().unwrap()
+        );
         read_jsonl(&self.output)
     }
 }
@@ -137,7 +169,10 @@ pub fn read_jsonl(p: &Path) -> Vec<Value> {
 
 /// The event's kind name (the key inside "kind").
 pub fn kind(ev: &Value) -> &str {
-    ev["kind"].as_object().and_then(|o| o.keys().next()).map_or("", String::as_str)
+    ev["kind"]
+        .as_object()
+        .and_then(|o| o.keys().next())
+        .map_or("", String::as_str)
 }
 
 /// Writes ca.pem, server.pem and server.key for "localhost"/127.0.0.1 into `dir`.
@@ -145,12 +180,14 @@ pub fn write_tls_files(dir: &Path) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "custody test CA");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "custody test CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
     let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    leaf.subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
     let cert = leaf.signed_by(&key, &issuer).unwrap();
     std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
     std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
@@ -167,8 +204,13 @@ impl Server {
     pub fn start(cmd: &mut Command) -> Server {
         let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        Server { child, first_line: line.trim().to_string() }
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        Server {
+            child,
+            first_line: line.trim().to_string(),
+        }
     }
 }
 
@@ -188,13 +230,16 @@ pub struct DnsStub {
 impl DnsStub {
     pub fn start(ip: &str) -> DnsStub {
         let sock = UdpSocket::bind((ip, 53)).expect("bind DNS stub (needs root)");
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 if n < 12 {
                     continue;
                 }
@@ -206,7 +251,10 @@ impl DnsStub {
                 let _ = sock.send_to(&r, from);
             }
         });
-        DnsStub { stop, thread: Some(thread) }
+        DnsStub {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

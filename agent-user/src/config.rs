@@ -59,7 +59,6 @@ pub struct Selectors {
     pub exe: Option<String>,
     pub sha256: Option<String>,
     pub argv: Option<GlobMatcher>,
-    pub argv_pattern: Option<String>,
     pub uid: Option<u32>,
     /// cgroup v2 path prefix, e.g. `/system.slice/agent.service`.
     pub cgroup: Option<String>,
@@ -171,7 +170,6 @@ impl Config {
             let selectors = Selectors {
                 exe: s.exe,
                 sha256: s.sha256.map(|h| h.to_ascii_lowercase()),
-                argv_pattern: s.argv,
                 argv,
                 uid: s.uid,
                 cgroup: s.cgroup,

@@ -74,20 +74,6 @@ pub fn decode(buf: &[u8]) -> Result<Raw, DecodeError> {
     })
 }
 
-impl Raw {
-    pub fn header(&self) -> &EventHeader {
-        match self {
-            Raw::Exec(e) => &e.hdr,
-            Raw::Fork(e) => &e.hdr,
-            Raw::Exit(e) => &e.hdr,
-            Raw::File(e) => &e.hdr,
-            Raw::Net(e) => &e.hdr,
-            Raw::Dns(e) => &e.hdr,
-            Raw::Tls(e) => &e.hdr,
-            Raw::Pipe(e) => &e.hdr,
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

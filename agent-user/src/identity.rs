@@ -101,10 +101,6 @@ impl Identity {
         self.by_slot.get(&slot).cloned()
     }
 
-    pub fn declared(&self) -> &[AgentDecl] {
-        &self.decls
-    }
-
     /// A discovered (undeclared) agent for this program, created on first sight.
     pub fn discovered(&mut self, exe: &str, argv: &[String]) -> Arc<AgentInfo> {
         let base = exe.rsplit('/').next().unwrap_or(exe);

@@ -225,7 +225,8 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     let mut features = Vec::new();
 
     if opts.floor {
-        for (cat, names) in [("sched", &["sched_process_exec", "sched_process_exit"][..])] {
+        {
+            let (cat, names) = ("sched", &["sched_process_exec", "sched_process_exit"][..]);
             feature(
                 &mut features,
                 "process",

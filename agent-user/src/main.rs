@@ -239,6 +239,7 @@ async fn run(args: RunArgs) -> Result<()> {
         started_unix: started,
         features: features.iter().map(Into::into).collect(),
         declared_agents: declared,
+        state_dir: cfg.state_dir.display().to_string(),
         ..Default::default()
     };
     eprintln!(
@@ -248,7 +249,9 @@ async fn run(args: RunArgs) -> Result<()> {
         features.iter().filter(|f| f.active).count()
     );
 
-    let mut ring = AsyncFd::with_interest(events, Interest::READABLE)?;
+    // SAFETY: the ring buffer owns its fd and lives as long as the AsyncFd, which is
+    // dropped (deregistered) before the map at the end of this function.
+    let mut ring = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }?;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -321,6 +321,8 @@ impl ProcTable {
             cwd: p.cwd.clone(),
             principal: Some(self.principal(p.tgid, users)),
             cgroup_path: p.cgroup_path.clone(),
+            agent_owner: agent.map(|a| a.owner.clone()).unwrap_or_default(),
+            agent_scope: agent.map(|a| a.scope.clone()).unwrap_or_default(),
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct Status {
     pub processes_known: usize,
     pub discovered_agents: u64,
     pub declared_agents: usize,
+    pub state_dir: String,
 }
 
 #[derive(Serialize, Deserialize, Default)]

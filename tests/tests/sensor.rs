@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use custody_tests::{DnsStub, Daemon, Server, agents_dir, bpf_available, kind, write_tls_files};
+use custody_tests::{Daemon, DnsStub, Server, agents_dir, bpf_available, kind, write_tls_files};
 use serde_json::Value;
 
 fn b64url(s: &str) -> String {
@@ -13,7 +13,9 @@ fn b64url(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::new();
     for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
         for i in 0..=c.len() {
             out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -25,19 +27,27 @@ fn b64url(s: &str) -> String {
 fn fake(prefix: &str, len: usize) -> String {
     let seed = std::process::id() as u64 * 2_654_435_761;
     let alphabet = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    let body: String = (0..len).map(|i| alphabet[((seed >> (i % 13)) as usize + i * 7) % alphabet.len()] as char).collect();
+    let body: String = (0..len)
+        .map(|i| alphabet[((seed >> (i % 13)) as usize + i * 7) % alphabet.len()] as char)
+        .collect();
     format!("{prefix}{body}")
 }
 
 fn steps(out: &str) -> Vec<(String, String)> {
     out.lines()
         .filter_map(|l| l.strip_prefix("STEP "))
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+        .filter_map(|l| {
+            l.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
         .collect()
 }
 
 fn step<'a>(s: &'a [(String, String)], name: &str) -> &'a str {
-    s.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("scenario step {name} missing: {s:?}"))
+    s.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("scenario step {name} missing: {s:?}"))
 }
 
 fn of_kind<'a>(evs: &'a [Value], k: &str) -> Vec<&'a Value> {
@@ -59,7 +69,12 @@ fn sensor_reports_agent_activity_end_to_end() {
     );
     let daemon = Daemon::start(work, &config, &[]);
 
-    let tls = Server::start(Command::new("python3").arg(agents_dir().join("tls_server.py")).arg(work.join("server.pem")).arg(work.join("server.key")));
+    let tls = Server::start(
+        Command::new("python3")
+            .arg(agents_dir().join("tls_server.py"))
+            .arg(work.join("server.pem"))
+            .arg(work.join("server.key")),
+    );
     let tls_port = tls.first_line.clone();
     let dns_ip = format!("127.77.{}.1", std::process::id() % 200 + 1);
     let _dns = DnsStub::start(&dns_ip);
@@ -69,7 +84,9 @@ fn sensor_reports_agent_activity_end_to_end() {
     let jwt = format!(
         "{}.{}.{}",
         b64url(r#"{"alg":"none","typ":"JWT"}"#),
-        b64url(r#"{"iss":"https://idp.example.com","sub":"alice@example.com","scope":"reports:read","act":{"sub":"finance-supervisor"}}"#),
+        b64url(
+            r#"{"iss":"https://idp.example.com","sub":"alice@example.com","scope":"reports:read","act":{"sub":"finance-supervisor"}}"#
+        ),
         b64url("not-a-real-signature")
     );
     let marker = format!("custody-argv-marker-{}", std::process::id());
@@ -85,7 +102,11 @@ fn sensor_reports_agent_activity_end_to_end() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "scenario failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scenario failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = steps(&stdout);
 
     // An undeclared agent: talks to an OpenAI-shaped API.
@@ -95,7 +116,11 @@ fn sensor_reports_agent_activity_end_to_end() {
         .env("OPENAI_API_KEY", &openai_key)
         .output()
         .unwrap();
-    assert!(llm.status.success(), "llm client failed: {}", String::from_utf8_lossy(&llm.stderr));
+    assert!(
+        llm.status.success(),
+        "llm client failed: {}",
+        String::from_utf8_lossy(&llm.stderr)
+    );
 
     // An untracked process doing ordinary work.
     let untracked_marker = work.join("untracked-marker-file");
@@ -110,19 +135,36 @@ fn sensor_reports_agent_activity_end_to_end() {
     daemon.wait_for("node https request", Duration::from_secs(15), |e| {
         kind(e) == "http_request" && e["kind"]["http_request"]["path"] == "/node/ping"
     });
-    daemon.wait_for("discovered agent", Duration::from_secs(15), |e| kind(e) == "agent_discovered");
+    daemon.wait_for("discovered agent", Duration::from_secs(15), |e| {
+        kind(e) == "agent_discovered"
+    });
     std::thread::sleep(Duration::from_millis(500));
     let raw = std::fs::read_to_string(&daemon.output).unwrap();
     let daemon_log = daemon.stderr.clone();
     let evs = daemon.stop();
 
     // -- exec ids and parents
-    let by_pid = |pid: u32| -> Vec<&Value> { evs.iter().filter(|e| e["process"]["pid"] == pid).collect() };
+    let by_pid =
+        |pid: u32| -> Vec<&Value> { evs.iter().filter(|e| e["process"]["pid"] == pid).collect() };
     let agent_evs = by_pid(agent_pid);
-    assert!(!agent_evs.is_empty(), "no events from the agent (pid {agent_pid})");
-    let agent_exec_id = agent_evs[0]["process"]["exec_id"].as_str().unwrap().to_string();
-    assert!(agent_exec_id.starts_with(&format!("e2e-host:{agent_pid}:")), "{agent_exec_id}");
-    assert!(agent_evs.iter().all(|e| e["process"]["agent_id"] == agent_id.as_str()), "agent id on every event of the agent");
+    assert!(
+        !agent_evs.is_empty(),
+        "no events from the agent (pid {agent_pid})"
+    );
+    let agent_exec_id = agent_evs[0]["process"]["exec_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        agent_exec_id.starts_with(&format!("e2e-host:{agent_pid}:")),
+        "{agent_exec_id}"
+    );
+    assert!(
+        agent_evs
+            .iter()
+            .all(|e| e["process"]["agent_id"] == agent_id.as_str()),
+        "agent id on every event of the agent"
+    );
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", std::process::id())).unwrap();
     assert!(!stat.is_empty());
 
@@ -130,24 +172,53 @@ fn sensor_reports_agent_activity_end_to_end() {
     let execs = of_kind(&evs, "exec");
     let t = execs
         .iter()
-        .find(|e| e["process"]["argv"][0] == "/bin/true" && e["process"]["argv"].as_array().is_some_and(|a| a.iter().any(|x| x == marker.as_str())))
+        .find(|e| {
+            e["process"]["argv"][0] == "/bin/true"
+                && e["process"]["argv"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == marker.as_str()))
+        })
         .unwrap_or_else(|| panic!("no exec of /bin/true with {marker}"));
-    assert_eq!(t["process"]["argv"], serde_json::json!(["/bin/true", marker, "second-arg", "third arg with spaces"]));
+    assert_eq!(
+        t["process"]["argv"],
+        serde_json::json!(["/bin/true", marker, "second-arg", "third arg with spaces"])
+    );
     assert_eq!(t["process"]["parent_exec_id"], agent_exec_id.as_str());
-    assert_eq!(t["process"]["agent_id"], agent_id.as_str(), "children inherit the agent");
-    assert_eq!(t["process"]["principal"]["login_uid"].as_u64(), evs.iter().find(|e| e["process"]["pid"] == agent_pid).unwrap()["process"]["auid"].as_u64());
+    assert_eq!(
+        t["process"]["agent_id"],
+        agent_id.as_str(),
+        "children inherit the agent"
+    );
+    assert_eq!(
+        t["process"]["principal"]["login_uid"].as_u64(),
+        evs.iter()
+            .find(|e| e["process"]["pid"] == agent_pid)
+            .unwrap()["process"]["auid"]
+            .as_u64()
+    );
 
     // -- files
     let opens = of_kind(&evs, "file_open");
     let ok = step(&s, "opened");
-    let o = opens.iter().find(|e| e["kind"]["file_open"]["path"] == ok).expect("open of agent-notes.txt");
+    let o = opens
+        .iter()
+        .find(|e| e["kind"]["file_open"]["path"] == ok)
+        .expect("open of agent-notes.txt");
     assert!(o["kind"]["file_open"]["result"].as_i64().unwrap() >= 0);
     assert_eq!(o["kind"]["file_open"]["access"], "write");
     assert_eq!(o["process"]["pid"], agent_pid);
     let bad = step(&s, "failed_open");
-    let f = opens.iter().find(|e| e["kind"]["file_open"]["path"] == bad).expect("failed open reported");
+    let f = opens
+        .iter()
+        .find(|e| e["kind"]["file_open"]["path"] == bad)
+        .expect("failed open reported");
     assert_eq!(f["kind"]["file_open"]["result"], -2);
-    assert!(f["kind"]["file_open"]["error"].as_str().unwrap().contains("No such file"));
+    assert!(
+        f["kind"]["file_open"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("No such file")
+    );
 
     // -- TCP, both sides, mirrored 4-tuples
     let lport: u64 = step(&s, "tcp_local_port").parse().unwrap();
@@ -156,32 +227,81 @@ fn sensor_reports_agent_activity_end_to_end() {
     let net = of_kind(&evs, "net");
     let conn = net
         .iter()
-        .find(|e| e["kind"]["net"]["op"] == "connect" && e["kind"]["net"]["conn"]["remote_port"] == rport)
+        .find(|e| {
+            e["kind"]["net"]["op"] == "connect" && e["kind"]["net"]["conn"]["remote_port"] == rport
+        })
         .expect("connect event");
     assert_eq!(conn["process"]["pid"], agent_pid);
     let c = &conn["kind"]["net"]["conn"];
-    assert_eq!((c["protocol"].as_str(), c["local_port"].as_u64(), c["local_addr"].as_str(), c["remote_addr"].as_str()), (Some("tcp"), Some(lport), Some("127.0.0.1"), Some("127.0.0.1")));
-    let acc = net.iter().find(|e| e["kind"]["net"]["op"] == "accept").expect("accept event");
+    assert_eq!(
+        (
+            c["protocol"].as_str(),
+            c["local_port"].as_u64(),
+            c["local_addr"].as_str(),
+            c["remote_addr"].as_str()
+        ),
+        (
+            Some("tcp"),
+            Some(lport),
+            Some("127.0.0.1"),
+            Some("127.0.0.1")
+        )
+    );
+    let acc = net
+        .iter()
+        .find(|e| e["kind"]["net"]["op"] == "accept")
+        .expect("accept event");
     assert_eq!(acc["process"]["pid"], listener_pid);
     let a = &acc["kind"]["net"]["conn"];
-    assert_eq!((a["local_port"].as_u64(), a["remote_port"].as_u64()), (Some(rport), Some(lport)), "accept mirrors connect");
-    assert!(net.iter().any(|e| e["kind"]["net"]["op"] == "listen" && e["process"]["pid"] == listener_pid));
-    assert!(net.iter().any(|e| e["kind"]["net"]["op"] == "bind" && e["process"]["pid"] == listener_pid));
+    assert_eq!(
+        (a["local_port"].as_u64(), a["remote_port"].as_u64()),
+        (Some(rport), Some(lport)),
+        "accept mirrors connect"
+    );
+    assert!(
+        net.iter()
+            .any(|e| e["kind"]["net"]["op"] == "listen" && e["process"]["pid"] == listener_pid)
+    );
+    assert!(
+        net.iter()
+            .any(|e| e["kind"]["net"]["op"] == "bind" && e["process"]["pid"] == listener_pid)
+    );
 
     // -- DNS
-    let dns: Vec<&str> = of_kind(&evs, "dns").iter().filter_map(|e| e["kind"]["dns"]["name"].as_str()).collect();
-    assert!(dns.contains(&"custody-e2e.example"), "sendto query: {dns:?}");
-    assert!(dns.contains(&"second.custody-e2e.example"), "connected-socket query: {dns:?}");
+    let dns: Vec<&str> = of_kind(&evs, "dns")
+        .iter()
+        .filter_map(|e| e["kind"]["dns"]["name"].as_str())
+        .collect();
+    assert!(
+        dns.contains(&"custody-e2e.example"),
+        "sendto query: {dns:?}"
+    );
+    assert!(
+        dns.contains(&"second.custody-e2e.example"),
+        "connected-socket query: {dns:?}"
+    );
 
     // -- HTTPS via Python (libssl) with a bearer JWT carrying a delegation
     let reqs = of_kind(&evs, "http_request");
-    let py = reqs.iter().find(|e| e["kind"]["http_request"]["path"] == "/v1/reports/close?month=2026-10").expect("python https request");
+    let py = reqs
+        .iter()
+        .find(|e| e["kind"]["http_request"]["path"] == "/v1/reports/close?month=2026-10")
+        .expect("python https request");
     let r = &py["kind"]["http_request"];
-    assert_eq!((r["method"].as_str(), r["direction"].as_str()), (Some("GET"), Some("sent")));
+    assert_eq!(
+        (r["method"].as_str(), r["direction"].as_str()),
+        (Some("GET"), Some("sent"))
+    );
     assert!(r["host"].as_str().unwrap().starts_with("localhost"));
-    assert_eq!(r["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    assert_eq!(
+        r["traceparent"],
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    );
     assert_eq!(r["delegation"]["delegated_sub"], "alice@example.com");
-    assert_eq!(r["delegation"]["act"], serde_json::json!(["finance-supervisor"]));
+    assert_eq!(
+        r["delegation"]["act"],
+        serde_json::json!(["finance-supervisor"])
+    );
     assert_eq!(r["credential_fingerprints"].as_array().unwrap().len(), 1);
     let jwt_fp = r["credential_fingerprints"][0].as_str().unwrap();
     assert!(jwt_fp.starts_with("hmac-sha256:"));
@@ -190,43 +310,92 @@ fn sensor_reports_agent_activity_end_to_end() {
         .find(|e| e["kind"]["credential"]["credential"]["fingerprint"] == jwt_fp)
         .expect("credential event for the bearer token");
     assert_eq!(cred["kind"]["credential"]["credential"]["source"], "header");
-    assert_eq!(cred["kind"]["credential"]["credential"]["metadata"]["sub"], "alice@example.com");
+    assert_eq!(
+        cred["kind"]["credential"]["credential"]["metadata"]["sub"],
+        "alice@example.com"
+    );
 
     // -- node (static OpenSSL)
     assert_eq!(step(&s, "node_rc"), "0");
-    let n = reqs.iter().find(|e| e["kind"]["http_request"]["path"] == "/node/ping").expect("node https request");
+    let n = reqs
+        .iter()
+        .find(|e| e["kind"]["http_request"]["path"] == "/node/ping")
+        .expect("node https request");
     assert!(n["process"]["exe"].as_str().unwrap().ends_with("node"));
     assert_eq!(n["process"]["agent_id"], agent_id.as_str());
 
     // -- env credentials at exec
-    let agent_exec = execs.iter().find(|e| e["process"]["pid"] == agent_pid).expect("agent exec event");
-    let env_creds = agent_exec["kind"]["exec"]["env_credentials"].as_array().unwrap();
-    let kinds: Vec<&str> = env_creds.iter().filter_map(|c| c["kind"].as_str()).collect();
+    let agent_exec = execs
+        .iter()
+        .find(|e| e["process"]["pid"] == agent_pid)
+        .expect("agent exec event");
+    let env_creds = agent_exec["kind"]["exec"]["env_credentials"]
+        .as_array()
+        .unwrap();
+    let kinds: Vec<&str> = env_creds
+        .iter()
+        .filter_map(|c| c["kind"].as_str())
+        .collect();
     assert!(kinds.contains(&"openai_api_key"), "{kinds:?}");
-    assert!(env_creds.iter().any(|c| c["metadata"]["key_id"] == "AKIAIOSFODNN7EXAMPLE"), "{env_creds:?}");
+    assert!(
+        env_creds
+            .iter()
+            .any(|c| c["metadata"]["key_id"] == "AKIAIOSFODNN7EXAMPLE"),
+        "{env_creds:?}"
+    );
 
     // -- the undeclared LLM client is discovered, with its request parsed
     let disc = of_kind(&evs, "agent_discovered");
-    let d = disc.iter().find(|e| e["process"]["argv"].to_string().contains("llm_client.py")).expect("llm client discovered");
+    let d = disc
+        .iter()
+        .find(|e| e["process"]["argv"].to_string().contains("llm_client.py"))
+        .expect("llm client discovered");
     assert_eq!(d["kind"]["agent_discovered"]["reason"], "llm_api");
     assert_eq!(d["process"]["agent_kind"], "discovered");
-    let llm_req = of_kind(&evs, "llm_request").into_iter().find(|e| e["process"]["pid"] == d["process"]["pid"]).expect("llm_request");
+    let llm_req = of_kind(&evs, "llm_request")
+        .into_iter()
+        .find(|e| e["process"]["pid"] == d["process"]["pid"])
+        .expect("llm_request");
     assert_eq!(llm_req["kind"]["llm_request"]["model"], "gpt-4o-mini");
-    assert!(llm_req["kind"]["llm_request"]["user_excerpt"].as_str().unwrap().contains("October ledger"));
-    assert_eq!(llm_req["kind"]["llm_request"]["tools"], serde_json::json!(["read_ledger"]));
-    let llm_resp = of_kind(&evs, "llm_response").into_iter().find(|e| e["process"]["pid"] == d["process"]["pid"]).expect("llm_response");
-    assert_eq!(llm_resp["kind"]["llm_response"]["tool_calls"][0]["name"], "read_ledger");
+    assert!(
+        llm_req["kind"]["llm_request"]["user_excerpt"]
+            .as_str()
+            .unwrap()
+            .contains("October ledger")
+    );
+    assert_eq!(
+        llm_req["kind"]["llm_request"]["tools"],
+        serde_json::json!(["read_ledger"])
+    );
+    let llm_resp = of_kind(&evs, "llm_response")
+        .into_iter()
+        .find(|e| e["process"]["pid"] == d["process"]["pid"])
+        .expect("llm_response");
+    assert_eq!(
+        llm_resp["kind"]["llm_response"]["tool_calls"][0]["name"],
+        "read_ledger"
+    );
 
     // -- secrets appear only as fingerprints
     for secret in [&openai_key, &aws_secret, &jwt] {
-        assert!(!raw.contains(secret.as_str()), "raw secret leaked into the output");
+        assert!(
+            !raw.contains(secret.as_str()),
+            "raw secret leaked into the output"
+        );
     }
     let log = daemon_log.lock().unwrap().join("\n");
     for secret in [&openai_key, &aws_secret, &jwt] {
-        assert!(!log.contains(secret.as_str()), "raw secret leaked into the daemon log");
+        assert!(
+            !log.contains(secret.as_str()),
+            "raw secret leaked into the daemon log"
+        );
     }
 
     // -- untracked processes emit nothing
-    assert!(by_pid(untracked_pid).is_empty(), "untracked process reported: {:?}", by_pid(untracked_pid));
+    assert!(
+        by_pid(untracked_pid).is_empty(),
+        "untracked process reported: {:?}",
+        by_pid(untracked_pid)
+    );
     assert!(!raw.contains("untracked-marker-file"));
 }

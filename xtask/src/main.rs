@@ -11,7 +11,10 @@ mod util;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Custody build, test and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "Custody build, test and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

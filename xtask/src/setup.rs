@@ -36,14 +36,26 @@ fn nightly_rust_src() -> Result<()> {
     if nightly_sysroot().is_none() {
         eprintln!("setup: installing the nightly toolchain");
         exec(Command::new("rustup").args([
-            "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
         ]))
         .context("the eBPF programs need a nightly toolchain")?;
     }
     let sysroot = nightly_sysroot().context("nightly toolchain has no sysroot")?;
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         eprintln!("setup: adding rust-src to nightly");
-        exec(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -53,18 +65,27 @@ fn nightly_libllvm(sysroot: &Path) -> Result<PathBuf> {
     let lib = sysroot.join("lib");
     for entry in fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let path = entry?.path();
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         if name.starts_with("libLLVM") && name.contains(".so") {
             return Ok(path);
         }
     }
-    bail!("no libLLVM*.so in {}: is the nightly toolchain complete?", lib.display())
+    bail!(
+        "no libLLVM*.so in {}: is the nightly toolchain complete?",
+        lib.display()
+    )
 }
 
 fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"))
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        })
 }
 
 fn bpf_linker() -> Result<()> {
@@ -95,10 +116,23 @@ fn bpf_linker() -> Result<()> {
         .next()
         .unwrap_or("22")
         .to_string();
-    exec(Command::new("cargo")
-        .args(["+stable", "install", "bpf-linker", "--force", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
-        .env("LLVM_PREFIX", &prefix))
+    exec(
+        Command::new("cargo")
+            .args([
+                "+stable",
+                "install",
+                "bpf-linker",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
     .context("building bpf-linker")?;
     fs::write(&stamp, b"ok")?;
     Ok(())
@@ -107,18 +141,27 @@ fn bpf_linker() -> Result<()> {
 fn debian_tools() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
-        .filter(|(bin, _)| output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none())
+        .filter(|(bin, _)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     if !is_root() {
-        bail!("missing Debian packages {missing:?}; install them as root (apt-get install {})", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}; install them as root (apt-get install {})",
+            missing.join(" ")
+        );
     }
     eprintln!("setup: apt-get install {}", missing.join(" "));
     exec(Command::new("apt-get").arg("update").arg("-q"))?;
-    exec(Command::new("apt-get").args(["install", "-y", "-q"]).args(&missing))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing),
+    )?;
     Ok(())
 }
 
@@ -139,7 +182,9 @@ fn kernel_filesystems() -> Result<()> {
             continue;
         }
         if !is_root() {
-            eprintln!("setup: {fstype} is not mounted at {target} and we are not root; eBPF tests will skip");
+            eprintln!(
+                "setup: {fstype} is not mounted at {target} and we are not root; eBPF tests will skip"
+            );
             continue;
         }
         fs::create_dir_all(target).ok();

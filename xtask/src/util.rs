@@ -14,7 +14,9 @@ pub fn root() -> PathBuf {
 /// Run a command, failing with the command line when it does not succeed.
 pub fn exec(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed with {status}");
     }

@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
+use base64::Engine;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use regex::Regex;
 
 use super::jwt;
@@ -47,12 +50,8 @@ pub(crate) struct Token<'a> {
 pub(crate) fn find_tokens(text: &str) -> Vec<Token<'_>> {
     let mut out = Vec::new();
     for m in TOKEN_RE.find_iter(text) {
-        let preceded_by_word = text[..m.start()]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
         // "task-…" or "files.…" must not read as "sk-…" or a Vault "s.…" token.
-        if preceded_by_word {
+        if preceded_by_word(text, m.start()) {
             continue;
         }
         if let Some((kind, metadata)) = classify_match(m.as_str()) {
@@ -66,6 +65,18 @@ pub(crate) fn find_tokens(text: &str) -> Vec<Token<'_>> {
         }
     }
     out
+}
+
+/// Whether the character before `start` continues a word. An `\xNN` escape (see
+/// `escape_bytes`) ends in hex digits but is a boundary: binary framing right before
+/// a token must not hide it from redaction.
+pub(crate) fn preceded_by_word(text: &str, start: usize) -> bool {
+    let before = &text.as_bytes()[..start];
+    let escaped = before.len() >= 4
+        && before[before.len() - 4] == b'\\'
+        && before[before.len() - 3] == b'x'
+        && before[before.len() - 2..].iter().all(u8::is_ascii_hexdigit);
+    !escaped && before.last().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 /// The token kind if the whole of `value` (surrounding whitespace and quotes aside)
@@ -307,4 +318,19 @@ pub(crate) fn percent_decode(s: &str) -> String {
 
 fn hex_val(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
+}
+
+const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+/// Decodes base64("user:password"); shared with Basic auth headers.
+pub(crate) fn decode_basic(b64: &str) -> Option<(String, String)> {
+    let bytes = B64_LENIENT.decode(b64.trim().as_bytes()).ok()?;
+    let s = String::from_utf8(bytes).ok()?;
+    let (user, pass) = s.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
 }

@@ -1,9 +1,8 @@
 //! Credentials in HTTP request headers seen in TLS plaintext.
 
 use super::formats::{
-    classify_whole, find_tokens, password_credential, token_credential, trim_value,
+    classify_whole, decode_basic, find_tokens, password_credential, token_credential, trim_value,
 };
-use super::json_files::decode_basic;
 use super::jwt::{claims_metadata, decode_jwt};
 use super::{Credential, FleetKey, Source, dedupe};
 

@@ -1,10 +1,8 @@
 //! JSON credential files: Docker's config.json and gcloud's credential files.
 
-use base64::Engine;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Map, Value};
 
+use super::formats::decode_basic;
 use super::pem::{canonical_block, describe, find_private_keys};
 use super::{Credential, FleetKey, Source};
 
@@ -53,21 +51,6 @@ fn registry_host(registry: &str) -> String {
         .split_once("://")
         .map_or(registry, |(_, rest)| rest);
     r.split('/').next().unwrap_or(r).to_ascii_lowercase()
-}
-
-const B64_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new()
-        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
-        .with_decode_allow_trailing_bits(true),
-);
-
-/// Decodes base64("user:password"); shared with Basic auth headers.
-pub(crate) fn decode_basic(b64: &str) -> Option<(String, String)> {
-    let bytes = B64_LENIENT.decode(b64.trim().as_bytes()).ok()?;
-    let s = String::from_utf8(bytes).ok()?;
-    let (user, pass) = s.split_once(':')?;
-    Some((user.to_string(), pass.to_string()))
 }
 
 /// gcloud writes one object per file (service account key, authorized_user ADC,

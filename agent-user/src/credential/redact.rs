@@ -9,9 +9,8 @@ use regex::Regex;
 
 use super::env::secret_name_kind;
 use super::escape::escape_bytes;
-use super::formats::{URL_USERINFO_RE, classify_whole, find_tokens};
+use super::formats::{URL_USERINFO_RE, classify_whole, decode_basic, find_tokens, preceded_by_word};
 use super::headers::COOKIE_HEADERS;
-use super::json_files::decode_basic;
 use super::pem::PEM_RE;
 
 /// Headers whose entire value is secret.
@@ -41,7 +40,7 @@ static HEADER_RE: LazyLock<Regex> = LazyLock::new(|| {
         .map(|h| regex::escape(h))
         .collect();
     Regex::new(&format!(
-        r"(?i)(?:^|[^A-Za-z0-9_\-])({})[ \t]*:[ \t]*",
+        r"(?i)(?:^|[^A-Za-z0-9_\-]|\\x[0-9a-f]{{2}})({})[ \t]*:[ \t]*",
         names.join("|")
     ))
     .expect("header regex")
@@ -385,11 +384,7 @@ fn tokens(text: &str) -> Cow<'_, str> {
         spans.push((m.start(), m.end(), placeholder("jwt")));
     }
     if let Some(m) = TRUNCATED_RE.find(text) {
-        let word_before = text[..m.start()]
-            .chars()
-            .next_back()
-            .is_some_and(|c| c.is_ascii_alphanumeric());
-        if !word_before {
+        if !preceded_by_word(text, m.start()) {
             spans.push((m.start(), m.end(), placeholder("truncated_token")));
         }
     }

@@ -4,7 +4,7 @@
 use agent_ebpf::{EventHeader, PipeEvent, TlsEvent, Tracked, direction, track};
 use agent_user::credential::{self, decode_jwt, redact_bytes, scan_headers};
 use agent_user::intent::{
-    HttpMessage, HttpRequest, HttpResponse, HttpStream, McpMessage as Mcp, is_mcp,
+    HttpMessage, HttpRequest, HttpResponse, McpMessage as Mcp, is_mcp,
     llm_provider_for_host, parse_jsonrpc, parse_llm_request, parse_llm_response,
 };
 use custody_proto::sensor::v1::{
@@ -69,7 +69,7 @@ impl Pipeline {
         let msgs = self
             .streams
             .entry(key)
-            .or_insert_with(HttpStream::new)
+            .or_default()
             .feed(data, u64::from(e.len));
         for m in msgs {
             match m {

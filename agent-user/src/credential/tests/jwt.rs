@@ -41,7 +41,7 @@ fn scp_array_is_space_joined_and_scope_wins_over_scp() {
 fn tolerates_padding_and_surrounding_whitespace() {
     let t = make_jwt(&json!({"sub": "ab"}));
     let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
-    while parts[1].len() % 4 != 0 {
+    while !parts[1].len().is_multiple_of(4) {
         parts[1].push('=');
     }
     let padded = format!("  {}\n", parts.join("."));
