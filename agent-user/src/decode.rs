@@ -74,7 +74,6 @@ pub fn decode(buf: &[u8]) -> Result<Raw, DecodeError> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,7 +48,12 @@ pub fn authenticate<T>(tokens: &TokenStore, req: &Request<T>) -> Result<Operator
 impl AdminSvc {
     /// Authenticates and checks that the operator's role is at least `min`. Denials
     /// of state-changing actions (min above viewer) are audited.
-    pub fn require<T>(&self, req: &Request<T>, min: Role, action: &str) -> Result<Operator, Status> {
+    pub fn require<T>(
+        &self,
+        req: &Request<T>,
+        min: Role,
+        action: &str,
+    ) -> Result<Operator, Status> {
         let op = authenticate(&self.tokens, req)?;
         if op.role < min {
             if min > Role::Viewer {
@@ -127,7 +132,10 @@ impl AdminService for AdminSvc {
         let page = if r.page_token.is_empty() {
             None
         } else {
-            Some(id_to_key(&r.page_token).ok_or_else(|| Status::invalid_argument("bad page_token"))?)
+            Some(
+                id_to_key(&r.page_token)
+                    .ok_or_else(|| Status::invalid_argument("bad page_token"))?,
+            )
         };
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };
         let engine = self.engine.clone();
@@ -219,7 +227,11 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<admin::CreateEnrollTokenResponse>, Status> {
         let op = self.require(&req, Role::Admin, "create enroll token")?;
         let r = req.into_inner();
-        let ttl = std::time::Duration::from_secs(if r.ttl_seconds == 0 { 3600 } else { r.ttl_seconds });
+        let ttl = std::time::Duration::from_secs(if r.ttl_seconds == 0 {
+            3600
+        } else {
+            r.ttl_seconds
+        });
         let (token, expires_at_ns) = self
             .tokens
             .mint_enroll(&self.pki.ca_fingerprint, ttl, Some(&r.host_id))

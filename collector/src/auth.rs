@@ -211,10 +211,7 @@ impl TokenStore {
         if name.is_empty() {
             bail!("operator name must not be empty");
         }
-        let token = format!(
-            "{OPERATOR_PREFIX}.{}",
-            hex::encode(random_bytes::<32>())
-        );
+        let token = format!("{OPERATOR_PREFIX}.{}", hex::encode(random_bytes::<32>()));
         let rec = OperatorRecord {
             name: name.to_owned(),
             role,
@@ -293,7 +290,10 @@ mod tests {
         let s = TokenStore::open(dir.path()).unwrap();
         let (t, _) = s.mint_enroll(FP, std::time::Duration::ZERO, None).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
-        assert_eq!(s.consume_enroll(&t, FP, "h"), Err(EnrollTokenError::Expired));
+        assert_eq!(
+            s.consume_enroll(&t, FP, "h"),
+            Err(EnrollTokenError::Expired)
+        );
         let (t, _) = s
             .mint_enroll(FP, std::time::Duration::from_secs(60), Some("a"))
             .unwrap();

@@ -117,11 +117,29 @@ pub fn is_human(p: &Principal) -> Option<(String, &'static str)> {
 /// is the top of a login session (see `is_login_session`).
 fn is_session_program(p: &Process) -> bool {
     let base = p.exe.rsplit('/').next().unwrap_or("");
-    let name = if base.is_empty() { p.comm.as_str() } else { base };
+    let name = if base.is_empty() {
+        p.comm.as_str()
+    } else {
+        base
+    };
     matches!(
         name,
-        "bash" | "sh" | "zsh" | "fish" | "dash" | "ksh" | "tcsh" | "csh" | "login" | "sshd"
-            | "sshd-session" | "su" | "sudo" | "tmux" | "screen" | "systemd"
+        "bash"
+            | "sh"
+            | "zsh"
+            | "fish"
+            | "dash"
+            | "ksh"
+            | "tcsh"
+            | "csh"
+            | "login"
+            | "sshd"
+            | "sshd-session"
+            | "su"
+            | "sudo"
+            | "tmux"
+            | "screen"
+            | "systemd"
     )
 }
 
@@ -220,7 +238,9 @@ impl ChainIndex {
             .get(chain_id)?
             .iter()
             .filter_map(|m| self.nodes[m].delegation.as_ref())
-            .find_map(|d| (!d.delegated_sub.is_empty()).then(|| (d.delegated_sub.clone(), "delegation")))
+            .find_map(|d| {
+                (!d.delegated_sub.is_empty()).then(|| (d.delegated_sub.clone(), "delegation"))
+            })
     }
 
     fn root_is_human(&self, chain_id: &str) -> bool {
@@ -309,7 +329,10 @@ impl ChainIndex {
                         self.members.remove(&old_chain);
                     }
                 }
-                self.members.entry(chain.clone()).or_default().insert(id.clone());
+                self.members
+                    .entry(chain.clone())
+                    .or_default()
+                    .insert(id.clone());
             }
             if up_changed || chain_changed {
                 self.changes.nodes.insert(id.clone());
@@ -350,7 +373,10 @@ impl ChainIndex {
                     ..Default::default()
                 };
                 self.nodes.insert(id.clone(), node);
-                self.members.entry(id.clone()).or_default().insert(id.clone());
+                self.members
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(id.clone());
                 if !p.parent_exec_id.is_empty() {
                     self.children
                         .entry(p.parent_exec_id.clone())
@@ -369,7 +395,8 @@ impl ChainIndex {
                     || (n.process.principal.is_none() && p.principal.is_some())
                     || (n.process.parent_exec_id.is_empty() && !p.parent_exec_id.is_empty());
                 if refresh {
-                    let parent_new = n.process.parent_exec_id.is_empty() && !p.parent_exec_id.is_empty();
+                    let parent_new =
+                        n.process.parent_exec_id.is_empty() && !p.parent_exec_id.is_empty();
                     let principal_new = n.process.principal.is_none() && p.principal.is_some();
                     n.process = p.clone();
                     self.changes.nodes.insert(id.clone());
@@ -442,15 +469,27 @@ impl ChainIndex {
                 // A failed connect made no connection (EINPROGRESS is a connect
                 // still under way on a non-blocking socket).
                 let ok = s.result >= 0 || s.result == -115;
-                if let Some(c) = s.conn.as_ref().filter(|c| c.local_port != 0 && c.remote_port != 0)
+                if let Some(c) = s
+                    .conn
+                    .as_ref()
+                    .filter(|c| c.local_port != 0 && c.remote_port != 0)
                     && ok
                 {
-                    let (la, ra) = (normalize_addr(&c.local_addr), normalize_addr(&c.remote_addr));
+                    let (la, ra) = (
+                        normalize_addr(&c.local_addr),
+                        normalize_addr(&c.remote_addr),
+                    );
                     // Client -> server 4-tuple, the same string on both hosts.
                     let (client, server) = if s.op == "connect" {
-                        (format!("{la}:{}", c.local_port), format!("{ra}:{}", c.remote_port))
+                        (
+                            format!("{la}:{}", c.local_port),
+                            format!("{ra}:{}", c.remote_port),
+                        )
                     } else {
-                        (format!("{ra}:{}", c.remote_port), format!("{la}:{}", c.local_port))
+                        (
+                            format!("{ra}:{}", c.remote_port),
+                            format!("{la}:{}", c.local_port),
+                        )
                     };
                     // Loopback connections only pair up within one host.
                     let scope = if is_loopback(la) || is_loopback(ra) {
@@ -465,7 +504,15 @@ impl ChainIndex {
                     } else {
                         (format!("a|{tuple}"), format!("c|{tuple}"))
                     };
-                    self.match_net(&mine, &theirs, &id, t, &detail, s.op == "connect", &mut relink);
+                    self.match_net(
+                        &mine,
+                        &theirs,
+                        &id,
+                        t,
+                        &detail,
+                        s.op == "connect",
+                        &mut relink,
+                    );
                 }
             }
             Some(Kind::Mcp(m)) if m.transport == "stdio" => {
@@ -698,7 +745,10 @@ impl ChainIndex {
                     .or_default()
                     .insert(id.clone());
             }
-            ix.members.entry(n.chain.clone()).or_default().insert(id.clone());
+            ix.members
+                .entry(n.chain.clone())
+                .or_default()
+                .insert(id.clone());
             ix.nodes.insert(id, n);
         }
         for e in edges {

@@ -23,13 +23,19 @@ pub type AdminClient = AdminServiceClient<InterceptedService<Channel, BearerToke
 
 /// "host:port" or "https://host:port" -> (uri, host).
 fn parse_addr(addr: &str) -> Result<(String, String)> {
-    let hp = addr.trim().trim_start_matches("https://").trim_end_matches('/');
-    let (host, port) = hp
-        .rsplit_once(':')
-        .ok_or_else(|| anyhow!("collector address {addr:?} needs a port, e.g. collector.example:7443"))?;
+    let hp = addr
+        .trim()
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
+    let (host, port) = hp.rsplit_once(':').ok_or_else(|| {
+        anyhow!("collector address {addr:?} needs a port, e.g. collector.example:7443")
+    })?;
     port.parse::<u16>()
         .map_err(|_| anyhow!("bad port in collector address {addr:?}"))?;
-    Ok((format!("https://{hp}"), host.trim_matches(['[', ']']).to_owned()))
+    Ok((
+        format!("https://{hp}"),
+        host.trim_matches(['[', ']']).to_owned(),
+    ))
 }
 
 pub async fn connect_admin(addr: &str, ca_pem: &str, token: &str) -> Result<AdminClient> {

@@ -99,13 +99,19 @@ impl Engine {
             .collect();
         let mut fleet = Fleet::default();
         for (k, h) in store.load_json::<HostRecord>(store::HOST)? {
-            fleet.hosts.insert(String::from_utf8_lossy(&k).into_owned(), h);
+            fleet
+                .hosts
+                .insert(String::from_utf8_lossy(&k).into_owned(), h);
         }
         for (k, a) in store.load_json::<AgentRecord>(store::AGENT)? {
-            fleet.agents.insert(String::from_utf8_lossy(&k).into_owned(), a);
+            fleet
+                .agents
+                .insert(String::from_utf8_lossy(&k).into_owned(), a);
         }
         for (k, c) in store.load_json::<CredentialRecord>(store::CREDENTIAL)? {
-            fleet.creds.insert(String::from_utf8_lossy(&k).into_owned(), c);
+            fleet
+                .creds
+                .insert(String::from_utf8_lossy(&k).into_owned(), c);
         }
         let state = State {
             chains: ChainIndex::restore(nodes, edges, pending),
@@ -195,12 +201,18 @@ impl Engine {
                 if p.argv.iter().map(String::len).sum::<usize>() > MAX_STRING_BYTES * 4
                     || p.exe.len() > MAX_STRING_BYTES
                 {
-                    return Err(malformed(format!("event seq {} has oversized process fields", ev.seq)));
+                    return Err(malformed(format!(
+                        "event seq {} has oversized process fields",
+                        ev.seq
+                    )));
                 }
             }
         }
         if batch.first_seq != 0
-            && batch.events.first().is_some_and(|e| e.seq != batch.first_seq)
+            && batch
+                .events
+                .first()
+                .is_some_and(|e| e.seq != batch.first_seq)
         {
             return Err(malformed(format!(
                 "first_seq {} does not match the first event's seq",
@@ -233,7 +245,9 @@ impl Engine {
                 if let Err(r) = Self::validate(&host, &mut eb) {
                     let h = st.fleet.host_mut(&host);
                     h.batches_rejected += 1;
-                    self.metrics.batches_rejected.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .batches_rejected
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(host, code = r.code, reason = %r.reason, "rejected event batch");
                     let up_to = last.max(eb.first_seq);
                     outcomes.push(IngestOutcome {
@@ -266,7 +280,11 @@ impl Engine {
                     st.stored_bytes += bytes.len() as u64;
                     st.stored_events += 1;
                     batch.insert(store::s_key(&host, ev.seq), &key[..]);
-                    let exec_id = ev.process.as_ref().map(|p| p.exec_id.as_str()).unwrap_or("");
+                    let exec_id = ev
+                        .process
+                        .as_ref()
+                        .map(|p| p.exec_id.as_str())
+                        .unwrap_or("");
                     let new_process = !exec_id.is_empty() && st.chains.node(exec_id).is_none();
                     if !exec_id.is_empty() {
                         batch.insert(store::x_key(exec_id, &key), &[][..]);
@@ -300,7 +318,12 @@ impl Engine {
             }
             Self::persist_changes(&mut st, &mut batch);
             for se in &mut published {
-                let exec_id = se.event.process.as_ref().map(|p| p.exec_id.as_str()).unwrap_or("");
+                let exec_id = se
+                    .event
+                    .process
+                    .as_ref()
+                    .map(|p| p.exec_id.as_str())
+                    .unwrap_or("");
                 se.chain_id = st.chains.chain_of(exec_id).unwrap_or("").to_owned();
             }
         }
@@ -324,7 +347,10 @@ impl Engine {
             batch.remove(store::prefixed(store::PROCESS, &[id.as_bytes()]));
         }
         for e in &ch.new_edges {
-            batch.insert(store::edge_key(e), serde_json::to_vec(e).expect("edge serializes"));
+            batch.insert(
+                store::edge_key(e),
+                serde_json::to_vec(e).expect("edge serializes"),
+            );
         }
         for e in &ch.removed_edges {
             batch.remove(store::edge_key(e));

@@ -111,18 +111,25 @@ impl Fleet {
         };
         if !agent_id.is_empty() {
             let known = self.agents.contains_key(&agent_id);
-            let a = self.agents.entry(agent_id.clone()).or_insert_with(|| AgentRecord {
-                agent_id: agent_id.clone(),
-                name: if p.agent_name.is_empty() { p.comm.clone() } else { p.agent_name.clone() },
-                kind: p.agent_kind.clone(),
-                origin: if p.agent_kind == "discovered" || discovered.is_some() {
-                    "discovered".into()
-                } else {
-                    "declared".into()
-                },
-                first_seen_ns: t,
-                ..Default::default()
-            });
+            let a = self
+                .agents
+                .entry(agent_id.clone())
+                .or_insert_with(|| AgentRecord {
+                    agent_id: agent_id.clone(),
+                    name: if p.agent_name.is_empty() {
+                        p.comm.clone()
+                    } else {
+                        p.agent_name.clone()
+                    },
+                    kind: p.agent_kind.clone(),
+                    origin: if p.agent_kind == "discovered" || discovered.is_some() {
+                        "discovered".into()
+                    } else {
+                        "declared".into()
+                    },
+                    first_seen_ns: t,
+                    ..Default::default()
+                });
             let mut dirty = !known || new_process;
             if new_process {
                 a.processes += 1;
@@ -167,7 +174,11 @@ impl Fleet {
             if !agent_id.is_empty() {
                 bounded_insert(&mut r.agents, &agent_id);
             }
-            let set = if usage == "used" { &mut r.used_by } else { &mut r.held_by };
+            let set = if usage == "used" {
+                &mut r.used_by
+            } else {
+                &mut r.held_by
+            };
             bounded_insert(set, &p.exec_id);
             r.last_seen_ns = r.last_seen_ns.max(t);
             self.dirty_creds.insert(c.fingerprint.clone());

@@ -16,7 +16,12 @@ use custody_collector::{Collector, CollectorConfig};
 #[command(name = "custody-collector", version, about = "Custody collector")]
 struct Cli {
     /// Data directory: CA, token records and the sled store.
-    #[arg(long, global = true, env = "CUSTODY_DATA_DIR", default_value = "/var/lib/custody-collector")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODY_DATA_DIR",
+        default_value = "/var/lib/custody-collector"
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -61,8 +66,7 @@ enum Cmd {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -80,7 +84,10 @@ async fn main() -> Result<()> {
             cfg.sans = sans;
             cfg.retention = Retention {
                 max_age: (!age.is_zero()).then_some(age),
-                max_bytes: retention_max_bytes.as_deref().map(parse_bytes).transpose()?,
+                max_bytes: retention_max_bytes
+                    .as_deref()
+                    .map(parse_bytes)
+                    .transpose()?,
             };
             cfg.retention_interval = parse_duration(&retention_interval)?;
             let mut c = Collector::start(cfg).await?;

@@ -211,7 +211,10 @@ mod tests {
         params.distinguished_name.push(DnType::CommonName, "evil");
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
         let (pem, _) = p1.sign_client("host-a", &csr).unwrap();
-        assert_eq!(host_from_cert_der(&pem_to_der(&pem).unwrap()).unwrap(), "host-a");
+        assert_eq!(
+            host_from_cert_der(&pem_to_der(&pem).unwrap()).unwrap(),
+            "host-a"
+        );
         assert!(p1.sign_client("host-a", "garbage").is_err());
     }
 

@@ -43,7 +43,11 @@ pub fn kind_name(k: &Option<Kind>) -> &'static str {
 pub fn describe(ev: &Event) -> String {
     match &ev.kind {
         Some(Kind::Exec(_)) => {
-            let argv = ev.process.as_ref().map(|p| p.argv.join(" ")).unwrap_or_default();
+            let argv = ev
+                .process
+                .as_ref()
+                .map(|p| p.argv.join(" "))
+                .unwrap_or_default();
             format!("exec {argv}")
         }
         Some(Kind::Fork(f)) => format!("fork {}", f.child_exec_id),
@@ -60,13 +64,18 @@ pub fn describe(ev: &Event) -> String {
         },
         Some(Kind::Dns(d)) => format!("dns {} {}", d.qtype, d.name),
         Some(Kind::Credential(c)) => match &c.credential {
-            Some(c) => format!("credential {} {} ({} {})", c.kind, c.fingerprint, c.source, c.location),
+            Some(c) => format!(
+                "credential {} {} ({} {})",
+                c.kind, c.fingerprint, c.source, c.location
+            ),
             None => "credential".into(),
         },
         Some(Kind::HttpRequest(h)) => format!("http {} {}{}", h.method, h.host, h.path),
         Some(Kind::HttpResponse(h)) => format!("http response {}", h.status),
         Some(Kind::LlmRequest(l)) => format!("llm {} {}", l.provider, l.model),
-        Some(Kind::LlmResponse(l)) => format!("llm response {} {} tool calls", l.model, l.tool_calls.len()),
+        Some(Kind::LlmResponse(l)) => {
+            format!("llm response {} {} tool calls", l.model, l.tool_calls.len())
+        }
         Some(Kind::Mcp(m)) => format!("mcp {} {} {}", m.transport, m.method, m.tool_name),
         Some(Kind::AgentDiscovered(a)) => format!("agent discovered ({}) {}", a.reason, a.evidence),
         Some(Kind::Warning(w)) => format!("warning {}", w.message),
@@ -242,17 +251,27 @@ impl Engine {
                         .and_then(|p| st.chains.chain_of(&p.exec_id))
                         .unwrap_or("")
                         .to_owned();
-                    if accept(StoredEvent { key: k, chain_id, event }) {
+                    if accept(StoredEvent {
+                        key: k,
+                        chain_id,
+                        event,
+                    }) {
                         break;
                     }
                 }
             }
         }
-        let next = (out.len() >= limit).then(|| out.last().map(|e| e.key)).flatten();
+        let next = (out.len() >= limit)
+            .then(|| out.last().map(|e| e.key))
+            .flatten();
         Ok((out, next))
     }
 
-    pub fn chain_summary(&self, chains: &ChainIndex, chain_id: &str) -> Option<admin::ChainSummary> {
+    pub fn chain_summary(
+        &self,
+        chains: &ChainIndex,
+        chain_id: &str,
+    ) -> Option<admin::ChainSummary> {
         let members = chains.members(chain_id)?;
         let (mut hosts, mut agents) = (BTreeSet::new(), BTreeSet::new());
         let (mut first, mut last) = (u64::MAX, 0);
@@ -288,8 +307,16 @@ impl Engine {
             .filter(|s| req.human.is_empty() || s.human == req.human)
             .filter(|s| req.host.is_empty() || s.hosts.contains(&req.host))
             .collect();
-        out.sort_by(|a, b| b.last_seen_ns.cmp(&a.last_seen_ns).then(a.chain_id.cmp(&b.chain_id)));
-        let limit = if req.limit == 0 { 100 } else { req.limit as usize };
+        out.sort_by(|a, b| {
+            b.last_seen_ns
+                .cmp(&a.last_seen_ns)
+                .then(a.chain_id.cmp(&b.chain_id))
+        });
+        let limit = if req.limit == 0 {
+            100
+        } else {
+            req.limit as usize
+        };
         out.truncate(limit);
         out
     }
@@ -303,8 +330,12 @@ impl Engine {
             Some(Target::ChainId(_)) | None => None,
             Some(Target::ExecId(e)) => Some(e.clone()),
             Some(Target::EventId(id)) => {
-                let Some(k) = id_to_key(id) else { return Ok(None) };
-                let Some(ev) = self.store.get_event(&k)? else { return Ok(None) };
+                let Some(k) = id_to_key(id) else {
+                    return Ok(None);
+                };
+                let Some(ev) = self.store.get_event(&k)? else {
+                    return Ok(None);
+                };
                 ev.process.map(|p| p.exec_id)
             }
         };
@@ -320,15 +351,16 @@ impl Engine {
             return Ok(None);
         };
         let members = st.chains.members(&chain_id).cloned().unwrap_or_default();
-        let event_limit = if req.event_limit == 0 { 1000 } else { req.event_limit as usize };
+        let event_limit = if req.event_limit == 0 {
+            1000
+        } else {
+            req.event_limit as usize
+        };
         let mut nodes = vec![];
         let mut all_keys = vec![];
         for id in &members {
             let n = st.chains.node(id).expect("member exists");
-            let keys = self
-                .store
-                .exec_event_keys(id)
-                .collect::<Result<Vec<_>>>()?;
+            let keys = self.store.exec_event_keys(id).collect::<Result<Vec<_>>>()?;
             let mut actions = vec![];
             for k in keys.iter().take(MAX_ACTIONS_PER_NODE) {
                 if let Some(ev) = self.store.get_event(k)? {
@@ -362,13 +394,19 @@ impl Engine {
                     .collect(),
                 start_time_ns: p.start_time_ns,
                 depth,
-                upstream: n.upstream.as_ref().map(|u| u.exec_id.clone()).unwrap_or_default(),
+                upstream: n
+                    .upstream
+                    .as_ref()
+                    .map(|u| u.exec_id.clone())
+                    .unwrap_or_default(),
                 event_count: keys.len() as u64,
                 actions,
             });
             all_keys.extend(keys);
         }
-        nodes.sort_by(|a, b| (a.depth, a.start_time_ns, &a.exec_id).cmp(&(b.depth, b.start_time_ns, &b.exec_id)));
+        nodes.sort_by(|a, b| {
+            (a.depth, a.start_time_ns, &a.exec_id).cmp(&(b.depth, b.start_time_ns, &b.exec_id))
+        });
         all_keys.sort_unstable();
         let truncated = all_keys.len() > event_limit;
         let mut events = vec![];
@@ -393,7 +431,9 @@ impl Engine {
             summary: Some(summary),
             nodes,
             edges,
-            path_from_root: focus.map(|f| st.chains.path_from_root(&f)).unwrap_or_default(),
+            path_from_root: focus
+                .map(|f| st.chains.path_from_root(&f))
+                .unwrap_or_default(),
             events,
             events_truncated: truncated,
         }))
@@ -422,7 +462,11 @@ impl Engine {
                 spool_dropped: h.spool_dropped,
                 spool_depth: h.spool_depth,
                 counters: h.counters.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                lag_ns: if h.newest_event_ns == 0 { 0 } else { now.saturating_sub(h.newest_event_ns) },
+                lag_ns: if h.newest_event_ns == 0 {
+                    0
+                } else {
+                    now.saturating_sub(h.newest_event_ns)
+                },
                 clock_skewed: h.clock_skewed,
             })
             .collect();
@@ -461,7 +505,11 @@ impl Engine {
             .map(|c| admin::CredentialSummary {
                 fingerprint: c.fingerprint.clone(),
                 kind: c.kind.clone(),
-                metadata: c.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                metadata: c
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
                 hosts: c.hosts.iter().cloned().collect(),
                 agents: c.agents.iter().cloned().collect(),
                 held_by: c.held_by.iter().cloned().collect(),

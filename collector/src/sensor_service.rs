@@ -163,8 +163,8 @@ impl SensorService for SensorSvc {
         let der = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-        let host = host_from_cert_der(der)
-            .map_err(|e| Status::unauthenticated(format!("{e:#}")))?;
+        let host =
+            host_from_cert_der(der).map_err(|e| Status::unauthenticated(format!("{e:#}")))?;
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let session = Session {
@@ -197,9 +197,26 @@ impl Session {
             Ok(Ok(Some(SensorMessage {
                 msg: Some(sensor_message::Msg::Hello(h)),
             }))) => h,
-            Ok(Err(e)) => return self.fail(Status::invalid_argument(format!("bad message: {}", e.message()))).await,
-            Err(_) => return self.fail(Status::deadline_exceeded("no hello within 30 s")).await,
-            _ => return self.fail(Status::invalid_argument("the first message must be a hello")).await,
+            Ok(Err(e)) => {
+                return self
+                    .fail(Status::invalid_argument(format!(
+                        "bad message: {}",
+                        e.message()
+                    )))
+                    .await;
+            }
+            Err(_) => {
+                return self
+                    .fail(Status::deadline_exceeded("no hello within 30 s"))
+                    .await;
+            }
+            _ => {
+                return self
+                    .fail(Status::invalid_argument(
+                        "the first message must be a hello",
+                    ))
+                    .await;
+            }
         };
         if !hello.host_id.is_empty() && hello.host_id != host {
             return self
@@ -261,7 +278,11 @@ impl Session {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     // Oversized or undecodable messages end this stream only.
                     return Err(Status::new(
-                        if e.code() == tonic::Code::Unknown { tonic::Code::InvalidArgument } else { e.code() },
+                        if e.code() == tonic::Code::Unknown {
+                            tonic::Code::InvalidArgument
+                        } else {
+                            e.code()
+                        },
                         format!("rejected message from {}: {}", self.host, e.message()),
                     ));
                 }

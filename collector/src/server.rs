@@ -96,7 +96,10 @@ impl Collector {
             pki: pki.clone(),
         };
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&pki.server_chain_pem, &pki.server_key_pem))
+            .identity(Identity::from_pem(
+                &pki.server_chain_pem,
+                &pki.server_key_pem,
+            ))
             .client_ca_root(Certificate::from_pem(&pki.ca_pem))
             .client_auth_optional(true)
             .timeout(Duration::from_secs(10));
@@ -104,15 +107,15 @@ impl Collector {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = shutdown_rx.clone();
         let router = Server::builder()
             .tls_config(tls)
             .context("TLS configuration")?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(
-                SensorServiceServer::new(sensor)
-                    .max_decoding_message_size(cfg.max_message_bytes),
+                SensorServiceServer::new(sensor).max_decoding_message_size(cfg.max_message_bytes),
             )
             .add_service(
                 AdminServiceServer::new(admin).max_decoding_message_size(cfg.max_message_bytes),
@@ -131,7 +134,9 @@ impl Collector {
                 loop {
                     tick.tick().await;
                     let (e, p) = (engine.clone(), policy.clone());
-                    match tokio::task::spawn_blocking(move || e.enforce_retention(&p, now_ns())).await {
+                    match tokio::task::spawn_blocking(move || e.enforce_retention(&p, now_ns()))
+                        .await
+                    {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => tracing::error!("retention failed: {e:#}"),
                         Err(e) => tracing::error!("retention task failed: {e}"),
@@ -175,7 +180,10 @@ impl Collector {
         let joined = tokio::task::spawn_blocking(move || {
             let _ = writer.join();
         });
-        if tokio::time::timeout(Duration::from_secs(10), joined).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), joined)
+            .await
+            .is_err()
+        {
             tracing::warn!("ingest writer did not stop within 10 s");
         }
         // Session tasks may still hold the engine for a moment.

@@ -72,7 +72,10 @@ pub fn x_key(exec_id: &str, k: &EventKey) -> Vec<u8> {
     prefixed(EXEC, &[exec_id.as_bytes(), k])
 }
 pub fn edge_key(e: &crate::chain::Edge) -> Vec<u8> {
-    prefixed(EDGE, &[e.to.as_bytes(), e.from.as_bytes(), e.kind.as_bytes()])
+    prefixed(
+        EDGE,
+        &[e.to.as_bytes(), e.from.as_bytes(), e.kind.as_bytes()],
+    )
 }
 
 pub struct Store {
@@ -93,8 +96,9 @@ impl Store {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
                 let hint = match &e {
-                    sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("lock") =>
+                    sled::Error::Io(io)
+                        if io.kind() == std::io::ErrorKind::WouldBlock
+                            || io.to_string().contains("lock") =>
                     {
                         "it is locked: is another custody-collector running with this data dir?"
                     }
@@ -155,7 +159,9 @@ impl Store {
         let iter = match (start, ascending) {
             (Some(k), true) => self.db.range(e_key(k)..prefixed(EVENT + 1, &[])),
             (Some(k), false) => self.db.range(prefixed(EVENT, &[])..=e_key(k)),
-            (None, _) => self.db.range(prefixed(EVENT, &[])..prefixed(EVENT + 1, &[])),
+            (None, _) => self
+                .db
+                .range(prefixed(EVENT, &[])..prefixed(EVENT + 1, &[])),
         };
         let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if ascending {
             Box::new(iter)
@@ -174,7 +180,7 @@ impl Store {
         let plen = p.len();
         self.db.scan_prefix(p).map(move |r| {
             let (k, _) = r?;
-            Ok(k[plen..plen + 16].try_into().context("bad exec index key")?)
+            k[plen..plen + 16].try_into().context("bad exec index key")
         })
     }
 
@@ -184,7 +190,7 @@ impl Store {
             .scan_prefix(prefixed(HOST_SEQ, &[host.as_bytes(), &[]]))
             .map(|r| {
                 let (_, v) = r?;
-                Ok(v[..16].try_into().context("bad host index value")?)
+                v[..16].try_into().context("bad host index value")
             })
     }
 
@@ -235,7 +241,11 @@ impl Store {
         reverse: bool,
     ) -> Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_> {
         let it = self.db.scan_prefix([prefix]);
-        if reverse { Box::new(it.rev()) } else { Box::new(it) }
+        if reverse {
+            Box::new(it.rev())
+        } else {
+            Box::new(it)
+        }
     }
 }
 
@@ -247,7 +257,9 @@ mod tests {
     fn locked_store_names_directory() {
         let dir = tempfile::tempdir().unwrap();
         let _a = Store::open(dir.path()).unwrap();
-        let err = Store::open(dir.path()).err().expect("second open must fail");
+        let err = Store::open(dir.path())
+            .err()
+            .expect("second open must fail");
         let msg = format!("{err:#}");
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
         assert!(msg.contains("locked") || msg.contains("lock"), "{msg}");
@@ -268,7 +280,9 @@ mod tests {
                 std::fs::write(&p, vec![0xAB; 4096]).unwrap();
             }
         }
-        let err = Store::open(dir.path()).err().expect("corrupt store must not open");
+        let err = Store::open(dir.path())
+            .err()
+            .expect("corrupt store must not open");
         let msg = format!("{err:#}");
         assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
     }

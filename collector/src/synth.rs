@@ -21,7 +21,13 @@ pub fn process(host: &str, pid: u32, parent_pid: u32, exe: &str, agent: &str) ->
         ppid: parent_pid,
         tid: pid,
         exe: exe.into(),
-        comm: exe.rsplit('/').next().unwrap_or(exe).chars().take(15).collect(),
+        comm: exe
+            .rsplit('/')
+            .next()
+            .unwrap_or(exe)
+            .chars()
+            .take(15)
+            .collect(),
         argv: vec![exe.into()],
         agent_id: agent.into(),
         agent_name: agent.into(),
@@ -69,7 +75,14 @@ pub fn exec(p: &Process, host: &str, t: u64, creds: Vec<Credential>) -> Event {
     )
 }
 
-pub fn net(p: &Process, host: &str, t: u64, op: &str, local: (&str, u32), remote: (&str, u32)) -> Event {
+pub fn net(
+    p: &Process,
+    host: &str,
+    t: u64,
+    op: &str,
+    local: (&str, u32),
+    remote: (&str, u32),
+) -> Event {
     event(
         p,
         host,
@@ -131,7 +144,11 @@ pub struct Scenario {
 pub fn three_hosts(hosts: [&str; 3], t0: u64) -> Scenario {
     let [ha, hb, hc] = hosts;
     let s = 1_000_000_000;
-    let a1 = with_login(process(ha, 4100, 4000, "/usr/bin/python3", ""), 1000, "alice");
+    let a1 = with_login(
+        process(ha, 4100, 4000, "/usr/bin/python3", ""),
+        1000,
+        "alice",
+    );
     let b1 = process(hb, 5100, 1, "/opt/agent/bin/agent-svc", "research-agent");
     let mut b2 = process(hb, 5200, 5100, "/usr/local/bin/mcp-files", "");
     b2.argv = vec!["mcp-files".into(), "--stdio".into()];
@@ -139,11 +156,25 @@ pub fn three_hosts(hosts: [&str; 3], t0: u64) -> Scenario {
 
     let a = vec![
         exec(&a1, ha, t0, vec![api_key("aa11")]),
-        net(&a1, ha, t0 + s, "connect", ("10.0.0.1", 40000), ("10.0.0.2", 8080)),
+        net(
+            &a1,
+            ha,
+            t0 + s,
+            "connect",
+            ("10.0.0.1", 40000),
+            ("10.0.0.2", 8080),
+        ),
     ];
     let b = vec![
         exec(&b1, hb, t0 - 60 * s, vec![api_key("bb22")]),
-        net(&b1, hb, t0 + s + 1000, "accept", ("10.0.0.2", 8080), ("10.0.0.1", 40000)),
+        net(
+            &b1,
+            hb,
+            t0 + s + 1000,
+            "accept",
+            ("10.0.0.2", 8080),
+            ("10.0.0.1", 40000),
+        ),
         event(
             &b1,
             hb,
@@ -166,11 +197,25 @@ pub fn three_hosts(hosts: [&str; 3], t0: u64) -> Scenario {
                 ..Default::default()
             }),
         ),
-        net(&b2, hb, t0 + 3 * s, "connect", ("10.0.0.2", 50000), ("10.0.0.3", 9000)),
+        net(
+            &b2,
+            hb,
+            t0 + 3 * s,
+            "connect",
+            ("10.0.0.2", 50000),
+            ("10.0.0.3", 9000),
+        ),
     ];
     let c = vec![
         exec(&c1, hc, t0 - 120 * s, vec![]),
-        net(&c1, hc, t0 + 3 * s + 500, "accept", ("10.0.0.3", 9000), ("10.0.0.2", 50000)),
+        net(
+            &c1,
+            hc,
+            t0 + 3 * s + 500,
+            "accept",
+            ("10.0.0.3", 9000),
+            ("10.0.0.2", 50000),
+        ),
         file_open(&c1, hc, t0 + 3 * s + 900, "/srv/data/report.csv"),
     ];
     Scenario {

@@ -7,7 +7,9 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| anyhow::anyhow!("bad duration {s:?}: expected e.g. 90s, 15m, 1h, 30d"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad duration {s:?}: expected e.g. 90s, 15m, 1h, 30d"))?;
     let secs = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => n,
@@ -24,7 +26,9 @@ pub fn parse_bytes(s: &str) -> Result<u64> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| anyhow::anyhow!("bad size {s:?}: expected e.g. 512MiB or 10GB"))?;
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad size {s:?}: expected e.g. 512MiB or 10GB"))?;
     let mul: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1000,
@@ -46,7 +50,10 @@ mod tests {
     #[test]
     fn units() {
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("30d").unwrap(), Duration::from_secs(30 * 86400));
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("1y").is_err());
         assert_eq!(parse_bytes("2MiB").unwrap(), 2 << 20);

@@ -9,8 +9,7 @@ use custody_collector::auth::Role;
 use custody_collector::retention::Retention;
 use custody_collector::{Collector, CollectorConfig, synth};
 use custody_proto::admin::v1::{
-    CreateEnrollTokenRequest, EventFilter, GetAuditRequest, ListHostsRequest,
-    WhoAmIRequest,
+    CreateEnrollTokenRequest, EventFilter, GetAuditRequest, ListHostsRequest, WhoAmIRequest,
 };
 use custody_proto::sensor::v1::EventBatch;
 
@@ -23,41 +22,91 @@ async fn admin_api_requires_tokens_and_roles() {
 
     let err = adm.list_hosts(ListHostsRequest {}).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    assert!(err.message().contains("missing operator token"), "{}", err.message());
-    let err = adm.list_hosts(authed(ListHostsRequest {}, "cso1.bogus")).await.unwrap_err();
+    assert!(
+        err.message().contains("missing operator token"),
+        "{}",
+        err.message()
+    );
+    let err = adm
+        .list_hosts(authed(ListHostsRequest {}, "cso1.bogus"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     let viewer = operator(dir.path(), Role::Viewer);
     let responder = operator(dir.path(), Role::Responder);
     let admin_t = operator(dir.path(), Role::Admin);
-    let me = adm.who_am_i(authed(WhoAmIRequest {}, &viewer)).await.unwrap().into_inner();
+    let me = adm
+        .who_am_i(authed(WhoAmIRequest {}, &viewer))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(me.role, "viewer");
-    adm.list_hosts(authed(ListHostsRequest {}, &viewer)).await.unwrap();
+    adm.list_hosts(authed(ListHostsRequest {}, &viewer))
+        .await
+        .unwrap();
 
     for t in [&viewer, &responder] {
         let err = adm
-            .create_enroll_token(authed(CreateEnrollTokenRequest { ttl_seconds: 60, host_id: String::new() }, t))
+            .create_enroll_token(authed(
+                CreateEnrollTokenRequest {
+                    ttl_seconds: 60,
+                    host_id: String::new(),
+                },
+                t,
+            ))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
-        assert!(err.message().contains("needs role admin"), "{}", err.message());
+        assert!(
+            err.message().contains("needs role admin"),
+            "{}",
+            err.message()
+        );
     }
     let tok = adm
-        .create_enroll_token(authed(CreateEnrollTokenRequest { ttl_seconds: 60, host_id: "host-z".into() }, &admin_t))
+        .create_enroll_token(authed(
+            CreateEnrollTokenRequest {
+                ttl_seconds: 60,
+                host_id: "host-z".into(),
+            },
+            &admin_t,
+        ))
         .await
         .unwrap()
         .into_inner()
         .token;
     // The minted token really enrolls (and only host-z).
     let state = tempfile::tempdir().unwrap();
-    let err = agent_user::shipper::enroll(&addr, &tok, "host-y", state.path()).await.unwrap_err();
+    let err = agent_user::shipper::enroll(&addr, &tok, "host-y", state.path())
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("bound to host"), "{err:#}");
     enroll_host(&addr, &tok, "host-z", state.path()).await;
 
-    let audit = adm.get_audit(authed(GetAuditRequest { limit: 100, since_ns: 0 }, &viewer)).await.unwrap().into_inner();
-    let denied = audit.entries.iter().filter(|e| e.result.starts_with("denied: needs role")).count();
+    let audit = adm
+        .get_audit(authed(
+            GetAuditRequest {
+                limit: 100,
+                since_ns: 0,
+            },
+            &viewer,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let denied = audit
+        .entries
+        .iter()
+        .filter(|e| e.result.starts_with("denied: needs role"))
+        .count();
     assert_eq!(denied, 2, "{:?}", audit.entries);
-    assert!(audit.entries.iter().any(|e| e.action == "enroll" && e.target == "host-z" && e.result == "ok"));
+    assert!(
+        audit
+            .entries
+            .iter()
+            .any(|e| e.action == "enroll" && e.target == "host-z" && e.result == "ok")
+    );
     c.shutdown().await.unwrap();
 }
 
@@ -77,25 +126,69 @@ fn retention_by_age_and_size() {
         evs.push(synth::file_open(&new, "h", now - hour + i, "/new"));
     }
     synth::number(&mut evs);
-    e.ingest("h", EventBatch { first_seq: 1, events: evs.clone() }).unwrap();
+    e.ingest(
+        "h",
+        EventBatch {
+            first_seq: 1,
+            events: evs.clone(),
+        },
+    )
+    .unwrap();
     let r = e
-        .enforce_retention(&Retention { max_age: Some(Duration::from_secs(24 * 3600)), max_bytes: None }, now)
+        .enforce_retention(
+            &Retention {
+                max_age: Some(Duration::from_secs(24 * 3600)),
+                max_bytes: None,
+            },
+            now,
+        )
         .unwrap();
     assert_eq!(r.events_deleted, 100);
     assert_eq!(r.processes_removed, 1);
-    let (left, _) = e.list_events(&EventFilter::default(), 1000, None, true).unwrap();
+    let (left, _) = e
+        .list_events(&EventFilter::default(), 1000, None, true)
+        .unwrap();
     assert_eq!(left.len(), 100);
-    assert!(left.iter().all(|s| s.event.process.as_ref().unwrap().exe == "/bin/new"));
+    assert!(
+        left.iter()
+            .all(|s| s.event.process.as_ref().unwrap().exe == "/bin/new")
+    );
     // Re-sent old events are still duplicates after their index entries are gone.
-    let out = e.ingest("h", EventBatch { first_seq: 1, events: evs[..100].to_vec() }).unwrap();
+    let out = e
+        .ingest(
+            "h",
+            EventBatch {
+                first_seq: 1,
+                events: evs[..100].to_vec(),
+            },
+        )
+        .unwrap();
     assert_eq!((out.stored, out.duplicates), (0, 100));
 
     // Size: keep roughly the newest half.
     let bytes = e.read().stored_bytes;
-    let r = e.enforce_retention(&Retention { max_age: None, max_bytes: Some(bytes / 2) }, now).unwrap();
+    let r = e
+        .enforce_retention(
+            &Retention {
+                max_age: None,
+                max_bytes: Some(bytes / 2),
+            },
+            now,
+        )
+        .unwrap();
     assert!((49..=51).contains(&r.events_deleted), "{r:?}");
     assert!(e.read().stored_bytes <= bytes / 2);
-    let (left, _) = e.list_events(&EventFilter { host: "h".into(), ..Default::default() }, 1000, None, true).unwrap();
+    let (left, _) = e
+        .list_events(
+            &EventFilter {
+                host: "h".into(),
+                ..Default::default()
+            },
+            1000,
+            None,
+            true,
+        )
+        .unwrap();
     assert_eq!(left.len() as u64, 100 - r.events_deleted);
 }
 
@@ -104,14 +197,27 @@ async fn retention_task_runs_periodically() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = CollectorConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
-    cfg.retention = Retention { max_age: Some(Duration::from_secs(3600)), max_bytes: None };
+    cfg.retention = Retention {
+        max_age: Some(Duration::from_secs(3600)),
+        max_bytes: None,
+    };
     cfg.retention_interval = Duration::from_millis(100);
     let c = Collector::start(cfg).await.unwrap();
     let now = custody_collector::auth::now_ns();
     let p = synth::process("h", 1, 0, "/bin/x", "");
-    let mut evs: Vec<_> = (0..10).map(|i| synth::file_open(&p, "h", now - 7_200_000_000_000 + i, "/x")).collect();
+    let mut evs: Vec<_> = (0..10)
+        .map(|i| synth::file_open(&p, "h", now - 7_200_000_000_000 + i, "/x"))
+        .collect();
     synth::number(&mut evs);
-    c.engine.ingest("h", EventBatch { first_seq: 1, events: evs }).unwrap();
+    c.engine
+        .ingest(
+            "h",
+            EventBatch {
+                first_seq: 1,
+                events: evs,
+            },
+        )
+        .unwrap();
     let engine = c.engine.clone();
     wait_for(10, "retention task", || {
         let n = engine.read().stored_events;

@@ -11,7 +11,7 @@ use common::*;
 use custody_collector::auth::Role;
 use custody_collector::synth;
 use custody_proto::admin::v1::{
-    GetChainRequest, ListChainsRequest, ListCredentialsRequest, ListAgentsRequest,
+    GetChainRequest, ListAgentsRequest, ListChainsRequest, ListCredentialsRequest,
     get_chain_request::Target,
 };
 use custody_proto::sensor::v1::Event;
@@ -38,7 +38,13 @@ async fn run(accept_first: bool) {
     for h in hosts {
         let state = tempfile::tempdir().unwrap();
         let spool = tempfile::tempdir().unwrap();
-        let paths = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), h, state.path()).await;
+        let paths = enroll_host(
+            &addr,
+            &enroll_token(&c, Duration::from_secs(60)),
+            h,
+            state.path(),
+        )
+        .await;
         let (ship, _cmds) = Shipper::start(shipper_config(&addr, &paths, spool.path(), h)).unwrap();
         ships.push(ship);
         keep.push((state, spool, _cmds));
@@ -79,7 +85,10 @@ async fn run(accept_first: bool) {
     assert_eq!(evs[0].chain_id, s.a1);
     let chain = adm
         .get_chain(authed(
-            GetChainRequest { target: Some(Target::EventId(evs[0].event_id.clone())), event_limit: 100 },
+            GetChainRequest {
+                target: Some(Target::EventId(evs[0].event_id.clone())),
+                event_limit: 100,
+            },
             &viewer,
         ))
         .await
@@ -87,16 +96,27 @@ async fn run(accept_first: bool) {
         .into_inner();
     let sum = chain.summary.as_ref().unwrap();
     assert_eq!(sum.chain_id, s.a1);
-    assert_eq!((sum.human.as_str(), sum.human_source.as_str()), ("alice", "login"));
+    assert_eq!(
+        (sum.human.as_str(), sum.human_source.as_str()),
+        ("alice", "login")
+    );
     assert_eq!(sum.hosts, vec!["host-a", "host-b", "host-c"]);
-    assert_eq!(chain.path_from_root, vec![s.a1.clone(), s.b1.clone(), s.b2.clone(), s.c1.clone()]);
+    assert_eq!(
+        chain.path_from_root,
+        vec![s.a1.clone(), s.b1.clone(), s.b2.clone(), s.c1.clone()]
+    );
     let node = |id: &str| chain.nodes.iter().find(|n| n.exec_id == id).unwrap();
     assert_eq!(node(&s.a1).host, "host-a");
     assert_eq!(node(&s.b1).host, "host-b");
     assert_eq!(node(&s.b1).agent_id, "research-agent");
     assert_eq!(node(&s.b2).upstream, s.b1);
     assert_eq!(node(&s.c1).depth, 3);
-    assert!(node(&s.c1).actions.iter().any(|a| a.contains("open /srv/data/report.csv")));
+    assert!(
+        node(&s.c1)
+            .actions
+            .iter()
+            .any(|a| a.contains("open /srv/data/report.csv"))
+    );
     assert_eq!(node(&s.a1).credentials[0].fingerprint, "hmac-sha256:aa11");
     assert_eq!(node(&s.b1).credentials[0].usage, "held");
     let mut kinds: Vec<(String, String, String)> = chain
@@ -114,11 +134,24 @@ async fn run(accept_first: bool) {
     assert_eq!(kinds, want);
     assert_eq!(chain.events.len(), s.a.len() + s.b.len() + s.c.len());
 
-    let chains = adm.list_chains(authed(ListChainsRequest::default(), &viewer)).await.unwrap().into_inner().chains;
+    let chains = adm
+        .list_chains(authed(ListChainsRequest::default(), &viewer))
+        .await
+        .unwrap()
+        .into_inner()
+        .chains;
     assert_eq!(chains.len(), 1, "{chains:?}");
-    let creds = adm.list_credentials(authed(ListCredentialsRequest {}, &viewer)).await.unwrap().into_inner();
+    let creds = adm
+        .list_credentials(authed(ListCredentialsRequest {}, &viewer))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(creds.credentials.len(), 2);
-    let agents = adm.list_agents(authed(ListAgentsRequest {}, &viewer)).await.unwrap().into_inner();
+    let agents = adm
+        .list_agents(authed(ListAgentsRequest {}, &viewer))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(agents.agents[0].agent_id, "research-agent");
     for s in &ships {
         s.shutdown().await.unwrap();
@@ -146,17 +179,37 @@ async fn chain_survives_collector_restart() {
         for (h, evs) in [("c", &s.c), ("b", &s.b)] {
             let mut evs = evs.clone();
             synth::number(&mut evs);
-            e.ingest(h, custody_proto::sensor::v1::EventBatch { first_seq: 1, events: evs }).unwrap();
+            e.ingest(
+                h,
+                custody_proto::sensor::v1::EventBatch {
+                    first_seq: 1,
+                    events: evs,
+                },
+            )
+            .unwrap();
         }
     }
     let e = custody_collector::Engine::open(&dir.path().join("store")).unwrap();
     let mut a = s.a.clone();
     synth::number(&mut a);
-    e.ingest("a", custody_proto::sensor::v1::EventBatch { first_seq: 1, events: a }).unwrap();
+    e.ingest(
+        "a",
+        custody_proto::sensor::v1::EventBatch {
+            first_seq: 1,
+            events: a,
+        },
+    )
+    .unwrap();
     let chain = e
-        .get_chain(&GetChainRequest { target: Some(Target::ExecId(s.c1.clone())), event_limit: 10 })
+        .get_chain(&GetChainRequest {
+            target: Some(Target::ExecId(s.c1.clone())),
+            event_limit: 10,
+        })
         .unwrap()
         .unwrap();
-    assert_eq!(chain.path_from_root, vec![s.a1.clone(), s.b1.clone(), s.b2.clone(), s.c1.clone()]);
+    assert_eq!(
+        chain.path_from_root,
+        vec![s.a1.clone(), s.b1.clone(), s.b2.clone(), s.c1.clone()]
+    );
     assert_eq!(chain.summary.unwrap().human, "alice");
 }

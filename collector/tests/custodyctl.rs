@@ -9,7 +9,12 @@ use custody_collector::auth::Role;
 use custody_collector::synth;
 use custody_proto::sensor::v1::EventBatch;
 
-fn ctl(addr: &str, ca: &std::path::Path, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+fn ctl(
+    addr: &str,
+    ca: &std::path::Path,
+    token: Option<&str>,
+    args: &[&str],
+) -> (bool, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodyctl"));
     cmd.args(args)
         .env("CUSTODY_COLLECTOR", addr)
@@ -36,7 +41,15 @@ async fn custodyctl_reads_fleet_and_chains() {
     for (h, evs) in [("host-a", &s.a), ("host-b", &s.b), ("host-c", &s.c)] {
         let mut evs = evs.clone();
         synth::number(&mut evs);
-        c.engine.ingest(h, EventBatch { first_seq: 1, events: evs }).unwrap();
+        c.engine
+            .ingest(
+                h,
+                EventBatch {
+                    first_seq: 1,
+                    events: evs,
+                },
+            )
+            .unwrap();
     }
     let addr = c.addr.to_string();
     let ca = dir.path().join("ca.pem");
@@ -44,9 +57,13 @@ async fn custodyctl_reads_fleet_and_chains() {
 
     let (ok, out, err) = tokio::task::block_in_place(|| ctl(&addr, &ca, None, &["hosts"]));
     assert!(!ok);
-    assert!(err.contains("no operator token") && err.contains("CUSTODY_TOKEN"), "{err}");
+    assert!(
+        err.contains("no operator token") && err.contains("CUSTODY_TOKEN"),
+        "{err}"
+    );
 
-    let (ok, out2, err) = tokio::task::block_in_place(|| ctl(&addr, &ca, Some("cso1.nope"), &["hosts"]));
+    let (ok, out2, err) =
+        tokio::task::block_in_place(|| ctl(&addr, &ca, Some("cso1.nope"), &["hosts"]));
     assert!(!ok, "{out2}");
     assert!(err.contains("refused the operator token"), "{err}");
     let _ = out;
@@ -55,20 +72,34 @@ async fn custodyctl_reads_fleet_and_chains() {
     assert!(ok, "{err}");
     assert!(out.starts_with("HOST") && out.contains("host-b"), "{out}");
 
-    let (ok, out, err) = tokio::task::block_in_place(|| ctl(&addr, &ca, Some(&viewer), &["chains", "--json"]));
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| ctl(&addr, &ca, Some(&viewer), &["chains", "--json"]));
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["human"], "alice");
 
-    let (ok, out, err) = tokio::task::block_in_place(|| ctl(&addr, &ca, Some(&viewer), &["chain", &s.c1]));
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| ctl(&addr, &ca, Some(&viewer), &["chain", &s.c1]));
     assert!(ok, "{err}");
-    for want in ["human: alice (login)", "[net 10.0.0.1:40000 -> 10.0.0.2:8080 (tcp)]", "[stdio]", "open /srv/data/report.csv", "agent=research-agent", "credential openai_api_key hmac-sha256:aa11"] {
+    for want in [
+        "human: alice (login)",
+        "[net 10.0.0.1:40000 -> 10.0.0.2:8080 (tcp)]",
+        "[stdio]",
+        "open /srv/data/report.csv",
+        "agent=research-agent",
+        "credential openai_api_key hmac-sha256:aa11",
+    ] {
         assert!(out.contains(want), "missing {want:?} in\n{out}");
     }
 
     let (ok, out, err) = tokio::task::block_in_place(|| {
-        ctl(&addr, &ca, Some(&viewer), &["events", "--host", "host-c", "--kind", "file_open"])
+        ctl(
+            &addr,
+            &ca,
+            Some(&viewer),
+            &["events", "--host", "host-c", "--kind", "file_open"],
+        )
     });
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");

@@ -16,7 +16,13 @@ use custody_proto::admin::v1::{EventFilter, ListEventsRequest, ListHostsRequest}
 
 fn spawn_collector(dir: &Path, listen: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_custody-collector"))
-        .args(["--data-dir", dir.to_str().unwrap(), "serve", "--listen", listen])
+        .args([
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "serve",
+            "--listen",
+            listen,
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -24,7 +30,10 @@ fn spawn_collector(dir: &Path, listen: &str) -> (Child, String) {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    let addr = first.strip_prefix("listening on ").expect(&first).to_owned();
+    let addr = first
+        .strip_prefix("listening on ")
+        .expect(&first)
+        .to_owned();
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
@@ -45,9 +54,13 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn_collector(dir.path(), "127.0.0.1:0");
     let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-    let fp = custody_collector::pki::sha256_hex(&custody_collector::pki::pem_to_der(&ca_pem).unwrap());
+    let fp =
+        custody_collector::pki::sha256_hex(&custody_collector::pki::pem_to_der(&ca_pem).unwrap());
     let tokens = TokenStore::open(dir.path()).unwrap();
-    let token = tokens.mint_enroll(&fp, Duration::from_secs(60), None).unwrap().0;
+    let token = tokens
+        .mint_enroll(&fp, Duration::from_secs(60), None)
+        .unwrap()
+        .0;
     let state = tempfile::tempdir().unwrap();
     let paths = enroll_host(&addr, &token, "host-a", state.path()).await;
     let spool = tempfile::tempdir().unwrap();
@@ -61,7 +74,13 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
         tokio::spawn(async move {
             let p = synth::process("host-a", 100, 1, "/usr/bin/agent", "agent-1");
             for i in 0..N {
-                ship.send(synth::file_open(&p, "host-a", synth::T0 + i, &format!("/data/{i}"))).unwrap();
+                ship.send(synth::file_open(
+                    &p,
+                    "host-a",
+                    synth::T0 + i,
+                    &format!("/data/{i}"),
+                ))
+                .unwrap();
                 if i % 500 == 0 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -94,7 +113,12 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
 
     let viewer = tokens.mint_operator("t", Role::Viewer).unwrap();
     let mut adm = admin(&addr, &ca_pem).await;
-    let hosts = adm.list_hosts(authed(ListHostsRequest {}, &viewer)).await.unwrap().into_inner().hosts;
+    let hosts = adm
+        .list_hosts(authed(ListHostsRequest {}, &viewer))
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
     assert_eq!(hosts[0].events_stored, N);
     assert_eq!(hosts[0].last_seq, N);
     // Page through everything stored: each seq exactly once.
@@ -104,7 +128,10 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
         let r = adm
             .list_events(authed(
                 ListEventsRequest {
-                    filter: Some(EventFilter { host: "host-a".into(), ..Default::default() }),
+                    filter: Some(EventFilter {
+                        host: "host-a".into(),
+                        ..Default::default()
+                    }),
                     limit: 5000,
                     page_token: page.clone(),
                     ascending: true,

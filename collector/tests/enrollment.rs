@@ -7,7 +7,7 @@ use std::time::Duration;
 use agent_user::shipper::{self, Shipper};
 use common::*;
 use custody_collector::auth::Role;
-use custody_proto::admin::v1::{ListEventsRequest, ListHostsRequest, EventFilter};
+use custody_proto::admin::v1::{EventFilter, ListEventsRequest, ListHostsRequest};
 use custody_proto::sensor::v1::{
     EventBatch, Hello, SensorMessage, collector_message, sensor_message,
     sensor_service_client::SensorServiceClient,
@@ -19,16 +19,28 @@ async fn enroll_then_stream_events() {
     let c = start_collector(dir.path()).await;
     let addr = c.addr.to_string();
     let state = tempfile::tempdir().unwrap();
-    let paths = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-a", state.path()).await;
+    let paths = enroll_host(
+        &addr,
+        &enroll_token(&c, Duration::from_secs(60)),
+        "host-a",
+        state.path(),
+    )
+    .await;
     for p in [&paths.ca_pem, &paths.cert_pem, &paths.key_pem] {
         assert_eq!(mode(p), 0o600, "{}", p.display());
     }
     let spool = tempfile::tempdir().unwrap();
-    let (ship, _cmds) = Shipper::start(shipper_config(&addr, &paths, spool.path(), "host-a")).unwrap();
+    let (ship, _cmds) =
+        Shipper::start(shipper_config(&addr, &paths, spool.path(), "host-a")).unwrap();
     let p = custody_collector::synth::process("host-a", 42, 1, "/usr/bin/agent", "agent-1");
     for i in 0..500u64 {
-        ship.send(custody_collector::synth::file_open(&p, "host-a", 1_700_000_000_000_000_000 + i, "/etc/hosts"))
-            .unwrap();
+        ship.send(custody_collector::synth::file_open(
+            &p,
+            "host-a",
+            1_700_000_000_000_000_000 + i,
+            "/etc/hosts",
+        ))
+        .unwrap();
     }
     wait_for(20, "all events acked", || {
         let s = ship.stats();
@@ -37,7 +49,12 @@ async fn enroll_then_stream_events() {
     .await;
     let viewer = operator(dir.path(), Role::Viewer);
     let mut adm = admin(&addr, &c.ca_pem).await;
-    let hosts = adm.list_hosts(authed(ListHostsRequest {}, &viewer)).await.unwrap().into_inner().hosts;
+    let hosts = adm
+        .list_hosts(authed(ListHostsRequest {}, &viewer))
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
     assert_eq!(hosts.len(), 1);
     assert_eq!(hosts[0].host_id, "host-a");
     assert_eq!(hosts[0].events_stored, 500);
@@ -46,7 +63,10 @@ async fn enroll_then_stream_events() {
     let evs = adm
         .list_events(authed(
             ListEventsRequest {
-                filter: Some(EventFilter { host: "host-a".into(), ..Default::default() }),
+                filter: Some(EventFilter {
+                    host: "host-a".into(),
+                    ..Default::default()
+                }),
                 limit: 1000,
                 ..Default::default()
             },
@@ -70,19 +90,25 @@ async fn reused_expired_and_mispinned_tokens_fail() {
 
     let token = enroll_token(&c, Duration::from_secs(60));
     enroll_host(&addr, &token, "host-a", state.path()).await;
-    let err = shipper::enroll(&addr, &token, "host-a", state.path()).await.unwrap_err();
+    let err = shipper::enroll(&addr, &token, "host-a", state.path())
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("already used"), "{err:#}");
 
     let expired = enroll_token(&c, Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let err = shipper::enroll(&addr, &expired, "host-b", state.path()).await.unwrap_err();
+    let err = shipper::enroll(&addr, &expired, "host-b", state.path())
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("expired"), "{err:#}");
 
     // A token pinning another CA never reaches the collector's Enroll.
     let good = enroll_token(&c, Duration::from_secs(60));
     let secret = good.rsplit('.').next().unwrap();
     let wrong = format!("cst1.{}.{secret}", "00".repeat(32));
-    let err = shipper::enroll(&addr, &wrong, "host-c", state.path()).await.unwrap_err();
+    let err = shipper::enroll(&addr, &wrong, "host-c", state.path())
+        .await
+        .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("does not match the token"), "{msg}");
     // ...and the good token is still unused.
@@ -97,15 +123,21 @@ async fn stream_without_client_cert_is_refused() {
     let addr = c.addr.to_string();
     let ch = shipper::tls::channel(&addr, &c.ca_pem, None).await.unwrap();
     let hello = SensorMessage {
-        msg: Some(sensor_message::Msg::Hello(Hello { host_id: "host-a".into(), ..Default::default() })),
+        msg: Some(sensor_message::Msg::Hello(Hello {
+            host_id: "host-a".into(),
+            ..Default::default()
+        })),
     };
     let err = SensorServiceClient::new(ch)
         .stream(tokio_stream::iter(vec![hello]))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    assert!(err.message().contains("no client certificate"), "{}", err.message());
+    assert!(
+        err.message().contains("no client certificate"),
+        "{}",
+        err.message()
+    );
     c.shutdown().await.unwrap();
 }
 
@@ -151,7 +183,10 @@ async fn raw_stream(
 
 fn hello(host: &str) -> SensorMessage {
     SensorMessage {
-        msg: Some(sensor_message::Msg::Hello(Hello { host_id: host.into(), ..Default::default() })),
+        msg: Some(sensor_message::Msg::Hello(Hello {
+            host_id: host.into(),
+            ..Default::default()
+        })),
     }
 }
 
@@ -161,7 +196,13 @@ async fn sensor_cannot_speak_for_another_host() {
     let c = start_collector(dir.path()).await;
     let addr = c.addr.to_string();
     let state = tempfile::tempdir().unwrap();
-    let paths = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-a", state.path()).await;
+    let paths = enroll_host(
+        &addr,
+        &enroll_token(&c, Duration::from_secs(60)),
+        "host-a",
+        state.path(),
+    )
+    .await;
 
     // Events claiming host B, and events naming B's processes, are rejected.
     let pb = custody_collector::synth::process("host-b", 7, 1, "/bin/x", "");
@@ -170,9 +211,17 @@ async fn sensor_cannot_speak_for_another_host() {
     let mut grafted = custody_collector::synth::file_open(&pb, "host-a", 1, "/etc/shadow");
     grafted.seq = 2;
     let batch = |e| SensorMessage {
-        msg: Some(sensor_message::Msg::Batch(EventBatch { first_seq: 0, events: vec![e] })),
+        msg: Some(sensor_message::Msg::Batch(EventBatch {
+            first_seq: 0,
+            events: vec![e],
+        })),
     };
-    let out = raw_stream(&addr, &paths, vec![hello("host-a"), batch(forged), batch(grafted)]).await;
+    let out = raw_stream(
+        &addr,
+        &paths,
+        vec![hello("host-a"), batch(forged), batch(grafted)],
+    )
+    .await;
     let rejected: Vec<_> = out
         .iter()
         .filter_map(|m| match m {
@@ -182,25 +231,42 @@ async fn sensor_cannot_speak_for_another_host() {
         .collect();
     assert_eq!(rejected.len(), 2, "{out:?}");
     assert!(rejected.iter().all(|r| r.code == "host_mismatch"));
-    assert!(rejected[0].reason.contains("host-b"), "{}", rejected[0].reason);
+    assert!(
+        rejected[0].reason.contains("host-b"),
+        "{}",
+        rejected[0].reason
+    );
 
     // A hello for another host ends the stream.
     let out = raw_stream(&addr, &paths, vec![hello("host-b")]).await;
     match &out[0] {
         Err(s) => {
             assert_eq!(s.code(), tonic::Code::PermissionDenied);
-            assert!(s.message().contains("certificate is for \"host-a\""), "{}", s.message());
+            assert!(
+                s.message().contains("certificate is for \"host-a\""),
+                "{}",
+                s.message()
+            );
         }
         other => panic!("expected refusal, got {other:?}"),
     }
 
     let viewer = operator(dir.path(), Role::Viewer);
     let mut adm = admin(&addr, &c.ca_pem).await;
-    let hosts = adm.list_hosts(authed(ListHostsRequest {}, &viewer)).await.unwrap().into_inner().hosts;
+    let hosts = adm
+        .list_hosts(authed(ListHostsRequest {}, &viewer))
+        .await
+        .unwrap()
+        .into_inner()
+        .hosts;
     let a = hosts.iter().find(|h| h.host_id == "host-a").unwrap();
     assert_eq!(a.events_stored, 0);
     assert_eq!(a.batches_rejected, 2);
-    assert!(hosts.iter().all(|h| h.host_id != "host-b" || h.events_stored == 0));
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h.host_id != "host-b" || h.events_stored == 0)
+    );
     c.shutdown().await.unwrap();
 }
 
@@ -210,9 +276,21 @@ async fn oversized_and_malformed_batches_do_not_hurt_others() {
     let c = start_collector(dir.path()).await;
     let addr = c.addr.to_string();
     let state = tempfile::tempdir().unwrap();
-    let pa = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-a", state.path()).await;
+    let pa = enroll_host(
+        &addr,
+        &enroll_token(&c, Duration::from_secs(60)),
+        "host-a",
+        state.path(),
+    )
+    .await;
     let state_b = tempfile::tempdir().unwrap();
-    let pb = enroll_host(&addr, &enroll_token(&c, Duration::from_secs(60)), "host-b", state_b.path()).await;
+    let pb = enroll_host(
+        &addr,
+        &enroll_token(&c, Duration::from_secs(60)),
+        "host-b",
+        state_b.path(),
+    )
+    .await;
 
     // Host A: a batch with decreasing seqs, then one far beyond the size limit.
     let p = custody_collector::synth::process("host-a", 7, 1, "/bin/x", "");
@@ -221,28 +299,43 @@ async fn oversized_and_malformed_batches_do_not_hurt_others() {
     let mut e2 = e1.clone();
     e2.seq = 4;
     let bad = SensorMessage {
-        msg: Some(sensor_message::Msg::Batch(EventBatch { first_seq: 5, events: vec![e1.clone(), e2] })),
+        msg: Some(sensor_message::Msg::Batch(EventBatch {
+            first_seq: 5,
+            events: vec![e1.clone(), e2],
+        })),
     };
     let mut huge = e1.clone();
     huge.process.as_mut().unwrap().argv = vec!["x".repeat(9 << 20)];
     let huge = SensorMessage {
-        msg: Some(sensor_message::Msg::Batch(EventBatch { first_seq: 5, events: vec![huge] })),
+        msg: Some(sensor_message::Msg::Batch(EventBatch {
+            first_seq: 5,
+            events: vec![huge],
+        })),
     };
     let out = raw_stream(&addr, &pa, vec![hello("host-a"), bad, huge]).await;
     assert!(
-        out.iter().any(|m| matches!(m, Ok(collector_message::Msg::Rejected(r)) if r.code == "malformed")),
+        out.iter()
+            .any(|m| matches!(m, Ok(collector_message::Msg::Rejected(r)) if r.code == "malformed")),
         "{out:?}"
     );
     let last = out.last().unwrap();
-    assert!(matches!(last, Err(s) if s.code() == tonic::Code::OutOfRange || s.message().contains("too large")),
-        "{last:?}");
+    assert!(
+        matches!(last, Err(s) if s.code() == tonic::Code::OutOfRange || s.message().contains("too large")),
+        "{last:?}"
+    );
 
     // Host B is unaffected.
     let spool = tempfile::tempdir().unwrap();
     let (ship, _cmds) = Shipper::start(shipper_config(&addr, &pb, spool.path(), "host-b")).unwrap();
     let q = custody_collector::synth::process("host-b", 9, 1, "/bin/y", "");
     for i in 0..10 {
-        ship.send(custody_collector::synth::file_open(&q, "host-b", 1_700_000_000_000_000_000 + i, "/b")).unwrap();
+        ship.send(custody_collector::synth::file_open(
+            &q,
+            "host-b",
+            1_700_000_000_000_000_000 + i,
+            "/b",
+        ))
+        .unwrap();
     }
     wait_for(20, "host-b acked", || {
         let s = ship.stats();

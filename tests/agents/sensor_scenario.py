@@ -91,3 +91,19 @@ node = subprocess.run(
     capture_output=True, text=True)
 step("node_rc", node.returncode)
 step("node_out", node.stdout.strip().replace(" ", "_"))
+
+# 7. MCP over stdio: a child answering `initialize` on its stdout pipe.
+server_code = (
+    "import sys, json\n"
+    "req = json.loads(sys.stdin.readline())\n"
+    "sys.stdout.write(json.dumps({'jsonrpc': '2.0', 'id': req['id'], 'result': {"
+    "'protocolVersion': '2025-06-18', 'capabilities': {'tools': {}},"
+    "'serverInfo': {'name': 'e2e-ledger-tools', 'version': '1.0'}}}) + '\\n')\n"
+    "sys.stdout.flush()\n")
+mcp = subprocess.Popen([sys.executable, "-c", server_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+step("mcp_server_pid", mcp.pid)
+mcp.stdin.write(json.dumps({"method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                            "clientInfo": {"name": "e2e-agent", "version": "1"}}, "jsonrpc": "2.0", "id": 0}) + "\n")
+mcp.stdin.flush()
+step("mcp_reply", json.loads(mcp.stdout.readline())["result"]["serverInfo"]["name"])
+mcp.wait()

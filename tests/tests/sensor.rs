@@ -376,6 +376,25 @@ fn sensor_reports_agent_activity_end_to_end() {
         "read_ledger"
     );
 
+    // -- MCP over stdio: the agent's initialize and the server's reply
+    let mcp_pid: u32 = step(&s, "mcp_server_pid").parse().unwrap();
+    let mcp = of_kind(&evs, "mcp");
+    let init = mcp
+        .iter()
+        .find(|e| e["kind"]["mcp"]["method"] == "initialize")
+        .expect("initialize request seen on the pipe");
+    assert_eq!(init["process"]["pid"], agent_pid);
+    assert_eq!(init["kind"]["mcp"]["transport"], "stdio");
+    let reply = mcp
+        .iter()
+        .find(|e| e["process"]["pid"] == mcp_pid)
+        .expect("MCP server reply seen");
+    assert_eq!(reply["kind"]["mcp"]["peer_name"], "e2e-ledger-tools");
+    assert_eq!(reply["process"]["agent_id"], "mcp:e2e-ledger-tools");
+    assert_eq!(reply["process"]["parent_exec_id"], agent_exec_id.as_str());
+    assert!(disc.iter().any(|e| e["process"]["pid"] == mcp_pid
+        && e["kind"]["agent_discovered"]["reason"] == "mcp_server"));
+
     // -- secrets appear only as fingerprints
     for secret in [&openai_key, &aws_secret, &jwt] {
         assert!(

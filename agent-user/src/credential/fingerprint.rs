@@ -152,7 +152,8 @@ fn parse_key(buf: &[u8]) -> anyhow::Result<FleetKey> {
 
 fn zero(buf: &mut [u8]) {
     for b in buf.iter_mut() {
-        // Volatile so the compiler cannot drop the wipe of memory about to be freed.
+        // Volatile so the compiler cannot elide the wipe of memory about to be freed.
+        // SAFETY: `b` is a valid, aligned, exclusive reference to an initialised u8.
         unsafe { std::ptr::write_volatile(b, 0) };
     }
 }

@@ -4,8 +4,8 @@
 use agent_ebpf::{EventHeader, PipeEvent, TlsEvent, Tracked, direction, track};
 use agent_user::credential::{self, decode_jwt, redact_bytes, scan_headers};
 use agent_user::intent::{
-    HttpMessage, HttpRequest, HttpResponse, McpMessage as Mcp, is_mcp,
-    llm_provider_for_host, parse_jsonrpc, parse_llm_request, parse_llm_response,
+    HttpMessage, HttpRequest, HttpResponse, McpMessage as Mcp, is_mcp, llm_provider_for_host,
+    parse_jsonrpc, parse_llm_request, parse_llm_response,
 };
 use custody_proto::sensor::v1::{
     self as pb, AgentDiscovered, CredentialSeen, Event, LlmRequest, LlmResponse, McpMessage,
@@ -34,6 +34,37 @@ fn response_text(r: &HttpResponse) -> Vec<u8> {
     t.extend_from_slice(b"\r\n");
     t.extend_from_slice(&r.body[..r.body.len().min(EXCERPT)]);
     t
+}
+
+/// The response with its body decompressed when it was sent gzip/deflate-encoded
+/// (HTTP clients such as the OpenAI SDK ask for it). A body cut by the capture bound
+/// decodes as far as it goes; output is capped at 1 MiB.
+fn decoded(r: &HttpResponse) -> std::borrow::Cow<'_, HttpResponse> {
+    use std::io::Read;
+    let enc = r
+        .header("content-encoding")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let mut out = Vec::new();
+    let reader: Box<dyn Read + '_> = match enc.as_str() {
+        "gzip" | "x-gzip" => Box::new(flate2::read::GzDecoder::new(&r.body[..])),
+        "deflate" => Box::new(flate2::read::ZlibDecoder::new(&r.body[..])),
+        _ => return std::borrow::Cow::Borrowed(r),
+    };
+    let mut limited = reader.take(1 << 20);
+    let mut buf = [0u8; 8192];
+    loop {
+        match limited.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    let mut d = r.clone();
+    d.body = out;
+    d.headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case("content-encoding"));
+    std::borrow::Cow::Owned(d)
 }
 
 /// Cut to at most `n` bytes on a char boundary.
@@ -266,13 +297,14 @@ impl Pipeline {
         {
             return;
         }
+        let r = decoded(&r);
         let conn_id = format!("{tgid}:{conn:x}");
         let ev = self.event(
             h,
             Kind::HttpResponse(pb::HttpResponse {
                 conn_id: conn_id.clone(),
                 status: r.status.into(),
-                excerpt: cut(redact_bytes(&response_text(&r)), EXCERPT),
+                excerpt: cut(redact_bytes(&response_text(r.as_ref())), EXCERPT),
                 direction: if dir == direction::READ {
                     "received"
                 } else {
@@ -283,7 +315,7 @@ impl Pipeline {
         );
         out.push(ev);
         if let Some(provider) = self.conn_llm.get(&(tgid, conn)).cloned() {
-            if let Some(l) = parse_llm_response(&provider, &r) {
+            if let Some(l) = parse_llm_response(&provider, r.as_ref()) {
                 let ev = self.event(
                     h,
                     Kind::LlmResponse(LlmResponse {

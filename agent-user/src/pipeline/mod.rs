@@ -283,7 +283,21 @@ impl Pipeline {
             uid: e.hdr.uid,
             env_agent: env_agent(env),
         };
-        let matched = self.identity.match_exec(&facts);
+        let mut matched = self.identity.match_exec(&facts);
+        // Descendants inherit their ancestors' environment, CUSTODY_AGENT included: a
+        // match on the same agent as the parent is inheritance, not a new identity
+        // (so an MCP server spawned by the agent can still become a hop of its own).
+        let parent_slot = self
+            .table
+            .get(e.hdr.ppid)
+            .and_then(|p| p.agent.as_ref())
+            .map(|a| a.slot);
+        if matched
+            .as_ref()
+            .is_some_and(|a| Some(a.slot) == parent_slot)
+        {
+            matched = None;
+        }
         let mut tracked = is_tracked(&e.hdr);
         {
             let p = self.table.get_mut(tgid).expect("touched");
@@ -381,3 +395,6 @@ pub fn to_pb(c: Credential) -> pb::Credential {
         location: c.location,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -100,7 +100,14 @@ impl HostGen {
             let me = format!("10.0.{}.{}", self.idx / 250, self.idx % 250 + 1);
             let peer = (self.idx + 1) % hosts;
             let them = format!("10.0.{}.{}", peer / 250, peer % 250 + 1);
-            synth::net(&parent, &self.host, t, "connect", (&me, 20000 + self.port % 40000), (&them, 8080))
+            synth::net(
+                &parent,
+                &self.host,
+                t,
+                "connect",
+                (&me, 20000 + self.port % 40000),
+                (&them, 8080),
+            )
         } else if r < 10 {
             synth::event(
                 &parent,
@@ -163,13 +170,20 @@ fn main() -> Result<()> {
                 break;
             }
             let n = (a.batch as u64).min(a.events - produced) as usize;
-            let g = &mut gens[h % gens.len()];
+            let ng = gens.len();
+            let g = &mut gens[h % ng];
             h += 1;
             let events: Vec<Event> = (0..n)
                 .map(|i| g.event(&mut rng, a.hosts, t0 + (produced + i as u64) * 1000))
                 .collect();
             produced += n as u64;
-            group.push((g.host.clone(), EventBatch { first_seq: events[0].seq, events }));
+            group.push((
+                g.host.clone(),
+                EventBatch {
+                    first_seq: events[0].seq,
+                    events,
+                },
+            ));
         }
         // Only the engine's work is timed, not event generation.
         let start = Instant::now();
@@ -179,11 +193,18 @@ fn main() -> Result<()> {
     let rate = produced as f64 / ingest_secs;
 
     // Chain query for one event: sample processes, take one of their events.
-    let execs: Vec<String> = engine.read().chains.nodes().map(|(k, _)| k.clone()).collect();
+    let execs: Vec<String> = engine
+        .read()
+        .chains
+        .nodes()
+        .map(|(k, _)| k.clone())
+        .collect();
     let mut lat = Vec::with_capacity(a.queries);
     for _ in 0..a.queries {
         let exec = &execs[rng.below(execs.len() as u64) as usize];
-        let Some(k) = engine.store().exec_event_keys(exec).next().transpose()? else { continue };
+        let Some(k) = engine.store().exec_event_keys(exec).next().transpose()? else {
+            continue;
+        };
         let req = GetChainRequest {
             target: Some(Target::EventId(key_to_id(&k))),
             event_limit: a.event_limit,

@@ -98,7 +98,10 @@ fn ts(ns: u64) -> String {
     }
     time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .map(|s| s.chars().take(19).collect::<String>().replace('T', " "))
         .unwrap_or_else(|| ns.to_string())
 }
@@ -144,7 +147,9 @@ async fn connect(cli: &Cli) -> Result<AdminClient> {
         Some(p) if cli.config.is_some() => bail!("config file {} does not exist", p.display()),
         _ => FileConfig::default(),
     };
-    let where_ = cfg_path.map(|p| p.display().to_string()).unwrap_or_else(|| "the config file".into());
+    let where_ = cfg_path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "the config file".into());
     let collector = cli.collector.clone().or(file.collector).ok_or_else(|| {
         anyhow!("no collector address: pass --collector HOST:PORT, set CUSTODY_COLLECTOR, or add `collector = \"HOST:PORT\"` to {where_}")
     })?;
@@ -164,7 +169,8 @@ async fn connect(cli: &Cli) -> Result<AdminClient> {
     let ca = cli.ca.clone().or(file.ca).ok_or_else(|| {
         anyhow!("no collector CA: pass --ca PATH, set CUSTODY_CA, or add `ca = \"PATH\"` to {where_} (it is ca.pem in the collector's data dir)")
     })?;
-    let ca_pem = std::fs::read_to_string(&ca).with_context(|| format!("cannot read CA file {}", ca.display()))?;
+    let ca_pem = std::fs::read_to_string(&ca)
+        .with_context(|| format!("cannot read CA file {}", ca.display()))?;
     connect_admin(&collector, &ca_pem, &token).await
 }
 
@@ -193,7 +199,11 @@ fn event_row(e: &admin::StoredEvent) -> Vec<String> {
         ev.host.clone(),
         ev.seq.to_string(),
         custody_collector::query::kind_name(&ev.kind).to_owned(),
-        if p.agent_id.is_empty() { p.comm.clone() } else { format!("{} ({})", p.comm, p.agent_id) },
+        if p.agent_id.is_empty() {
+            p.comm.clone()
+        } else {
+            format!("{} ({})", p.comm, p.agent_id)
+        },
         custody_collector::query::describe(&ev),
         e.chain_id.clone(),
     ]
@@ -214,12 +224,28 @@ async fn run() -> Result<()> {
     let mut c = connect(&cli).await?;
     match &cli.cmd {
         Cmd::Hosts => {
-            let hosts = c.list_hosts(admin::ListHostsRequest {}).await.map_err(explain)?.into_inner().hosts;
+            let hosts = c
+                .list_hosts(admin::ListHostsRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .hosts;
             if cli.json {
                 return json(&hosts);
             }
             table(
-                &["host", "connected", "last seen", "events", "last seq", "lag s", "spool", "dropped", "rejected", "version"],
+                &[
+                    "host",
+                    "connected",
+                    "last seen",
+                    "events",
+                    "last seq",
+                    "lag s",
+                    "spool",
+                    "dropped",
+                    "rejected",
+                    "version",
+                ],
                 hosts
                     .iter()
                     .map(|h| {
@@ -240,12 +266,25 @@ async fn run() -> Result<()> {
             );
         }
         Cmd::Agents => {
-            let agents = c.list_agents(admin::ListAgentsRequest {}).await.map_err(explain)?.into_inner().agents;
+            let agents = c
+                .list_agents(admin::ListAgentsRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .agents;
             if cli.json {
                 return json(&agents);
             }
             table(
-                &["agent", "name", "origin", "hosts", "processes", "last seen", "evidence"],
+                &[
+                    "agent",
+                    "name",
+                    "origin",
+                    "hosts",
+                    "processes",
+                    "last seen",
+                    "evidence",
+                ],
                 agents
                     .iter()
                     .map(|a| {
@@ -273,7 +312,15 @@ async fn run() -> Result<()> {
                 return json(&creds);
             }
             table(
-                &["fingerprint", "kind", "hosts", "agents", "held by", "used by", "last seen"],
+                &[
+                    "fingerprint",
+                    "kind",
+                    "hosts",
+                    "agents",
+                    "held by",
+                    "used by",
+                    "last seen",
+                ],
                 creds
                     .iter()
                     .map(|k| {
@@ -290,7 +337,16 @@ async fn run() -> Result<()> {
                     .collect(),
             );
         }
-        Cmd::Events { host, agent, chain, exec, kind, since, limit, follow } => {
+        Cmd::Events {
+            host,
+            agent,
+            chain,
+            exec,
+            kind,
+            since,
+            limit,
+            follow,
+        } => {
             let since_ns = match since {
                 Some(s) => custody_collector::auth::now_ns()
                     .saturating_sub(custody_collector::units::parse_duration(s)?.as_nanos() as u64),
@@ -307,10 +363,12 @@ async fn run() -> Result<()> {
             };
             let mut tail = if *follow {
                 Some(
-                    c.tail_events(admin::TailEventsRequest { filter: Some(filter.clone()) })
-                        .await
-                        .map_err(explain)?
-                        .into_inner(),
+                    c.tail_events(admin::TailEventsRequest {
+                        filter: Some(filter.clone()),
+                    })
+                    .await
+                    .map_err(explain)?
+                    .into_inner(),
                 )
             } else {
                 None
@@ -359,13 +417,24 @@ async fn run() -> Result<()> {
                 return json(&chains);
             }
             table(
-                &["chain", "human", "hosts", "agents", "processes", "last active"],
+                &[
+                    "chain",
+                    "human",
+                    "hosts",
+                    "agents",
+                    "processes",
+                    "last active",
+                ],
                 chains
                     .iter()
                     .map(|s| {
                         vec![
                             s.chain_id.clone(),
-                            if s.human.is_empty() { "?".into() } else { format!("{} ({})", s.human, s.human_source) },
+                            if s.human.is_empty() {
+                                "?".into()
+                            } else {
+                                format!("{} ({})", s.human, s.human_source)
+                            },
                             s.hosts.join(","),
                             s.agents.join(","),
                             s.process_count.to_string(),
@@ -383,7 +452,10 @@ async fn run() -> Result<()> {
             };
             // Chain ids are root exec ids, so the exec-id lookup finds both.
             let chain = c
-                .get_chain(admin::GetChainRequest { target: Some(target), event_limit: 1000 })
+                .get_chain(admin::GetChainRequest {
+                    target: Some(target),
+                    event_limit: 1000,
+                })
                 .await
                 .map_err(explain)?
                 .into_inner();
@@ -394,7 +466,10 @@ async fn run() -> Result<()> {
         }
         Cmd::Audit { limit } => {
             let entries = c
-                .get_audit(admin::GetAuditRequest { limit: *limit, since_ns: 0 })
+                .get_audit(admin::GetAuditRequest {
+                    limit: *limit,
+                    since_ns: 0,
+                })
                 .await
                 .map_err(explain)?
                 .into_inner()
@@ -403,7 +478,9 @@ async fn run() -> Result<()> {
                 return json(&entries);
             }
             table(
-                &["time", "actor", "role", "action", "target", "result", "reason"],
+                &[
+                    "time", "actor", "role", "action", "target", "result", "reason",
+                ],
                 entries
                     .iter()
                     .map(|e| {
@@ -421,7 +498,11 @@ async fn run() -> Result<()> {
             );
         }
         Cmd::Whoami => {
-            let me = c.who_am_i(admin::WhoAmIRequest {}).await.map_err(explain)?.into_inner();
+            let me = c
+                .who_am_i(admin::WhoAmIRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
             if cli.json {
                 return json(&me);
             }
@@ -438,9 +519,17 @@ fn print_tree(chain: &admin::Chain) {
     println!(
         "chain {}\n  human: {}\n  hosts: {}\n  agents: {}",
         s.chain_id,
-        if s.human.is_empty() { "unknown".into() } else { format!("{} ({})", s.human, s.human_source) },
+        if s.human.is_empty() {
+            "unknown".into()
+        } else {
+            format!("{} ({})", s.human, s.human_source)
+        },
         s.hosts.join(", "),
-        if s.agents.is_empty() { "-".into() } else { s.agents.join(", ") },
+        if s.agents.is_empty() {
+            "-".into()
+        } else {
+            s.agents.join(", ")
+        },
     );
     if !chain.path_from_root.is_empty() {
         println!("  path: {}", chain.path_from_root.join(" -> "));
@@ -454,7 +543,13 @@ fn print_tree(chain: &admin::Chain) {
             .edges
             .iter()
             .find(|e| e.from_exec_id == from && e.to_exec_id == to)
-            .map(|e| if e.detail.is_empty() { e.kind.clone() } else { format!("{} {}", e.kind, e.detail) })
+            .map(|e| {
+                if e.detail.is_empty() {
+                    e.kind.clone()
+                } else {
+                    format!("{} {}", e.kind, e.detail)
+                }
+            })
             .unwrap_or_default()
     };
     fn walk(
@@ -465,18 +560,32 @@ fn print_tree(chain: &admin::Chain) {
         edge: &dyn Fn(&str, &str) -> String,
     ) {
         let branch = if last { "└─" } else { "├─" };
-        let via = if n.upstream.is_empty() { String::new() } else { format!("[{}] ", edge(&n.upstream, &n.exec_id)) };
-        let agent = if n.agent_id.is_empty() { String::new() } else { format!(" agent={}", n.agent_id) };
+        let via = if n.upstream.is_empty() {
+            String::new()
+        } else {
+            format!("[{}] ", edge(&n.upstream, &n.exec_id))
+        };
+        let agent = if n.agent_id.is_empty() {
+            String::new()
+        } else {
+            format!(" agent={}", n.agent_id)
+        };
         let who = n
             .principal
             .as_ref()
             .filter(|p| !p.login_user.is_empty())
             .map(|p| format!(" user={}", p.login_user))
             .unwrap_or_default();
-        println!("{prefix}{branch}{via}{} {} {}{agent}{who}", n.host, n.exec_id, n.exe);
+        println!(
+            "{prefix}{branch}{via}{} {} {}{agent}{who}",
+            n.host, n.exec_id, n.exe
+        );
         let inner = format!("{prefix}{}", if last { "   " } else { "│  " });
         for c in &n.credentials {
-            println!("{inner}  credential {} {} ({} {} {})", c.kind, c.fingerprint, c.usage, c.source, c.location);
+            println!(
+                "{inner}  credential {} {} ({} {} {})",
+                c.kind, c.fingerprint, c.usage, c.source, c.location
+            );
         }
         for a in &n.actions {
             println!("{inner}  · {a}");

@@ -64,11 +64,10 @@ fn child_before_parent() {
     let mut ix = ChainIndex::default();
     feed(&mut ix, &s.a);
     // b2's events, then C, then b1's.
-    let (b1_evs, b2_evs): (Vec<Event>, Vec<Event>) = s
-        .b
-        .iter()
-        .cloned()
-        .partition(|e| e.process.as_ref().unwrap().exec_id == s.b1);
+    let (b1_evs, b2_evs): (Vec<Event>, Vec<Event>) =
+        s.b.iter()
+            .cloned()
+            .partition(|e| e.process.as_ref().unwrap().exec_id == s.b1);
     feed(&mut ix, &b2_evs);
     feed(&mut ix, &s.c);
     assert_eq!(ix.chain_of(&s.c1), Some(s.b2.as_str()));
@@ -92,19 +91,48 @@ fn loopback_does_not_pair_across_hosts() {
     let p1 = synth::process("x", 10, 0, "/bin/client", "");
     let p2 = synth::process("y", 20, 0, "/bin/server", "");
     let mut ix = ChainIndex::default();
-    ix.observe(&synth::net(&p1, "x", T0, "connect", ("127.0.0.1", 5000), ("127.0.0.1", 80)));
-    ix.observe(&synth::net(&p2, "y", T0, "accept", ("127.0.0.1", 80), ("127.0.0.1", 5000)));
+    ix.observe(&synth::net(
+        &p1,
+        "x",
+        T0,
+        "connect",
+        ("127.0.0.1", 5000),
+        ("127.0.0.1", 80),
+    ));
+    ix.observe(&synth::net(
+        &p2,
+        "y",
+        T0,
+        "accept",
+        ("127.0.0.1", 80),
+        ("127.0.0.1", 5000),
+    ));
     assert_eq!(ix.chain_of(&p2.exec_id), Some(p2.exec_id.as_str()));
     let p3 = synth::process("x", 30, 0, "/bin/server", "");
-    ix.observe(&synth::net(&p3, "x", T0, "accept", ("127.0.0.1", 80), ("127.0.0.1", 5000)));
+    ix.observe(&synth::net(
+        &p3,
+        "x",
+        T0,
+        "accept",
+        ("127.0.0.1", 80),
+        ("127.0.0.1", 5000),
+    ));
     assert_eq!(ix.chain_of(&p3.exec_id), Some(p1.exec_id.as_str()));
 }
 
 #[test]
 fn login_shell_is_not_the_root() {
     let shell = synth::with_login(synth::process("a", 50, 0, "/bin/bash", ""), 1000, "alice");
-    let t1 = synth::with_login(synth::process("a", 60, 50, "/usr/bin/claude", "claude"), 1000, "alice");
-    let t2 = synth::with_login(synth::process("a", 70, 50, "/usr/bin/codex", "codex"), 1000, "alice");
+    let t1 = synth::with_login(
+        synth::process("a", 60, 50, "/usr/bin/claude", "claude"),
+        1000,
+        "alice",
+    );
+    let t2 = synth::with_login(
+        synth::process("a", 70, 50, "/usr/bin/codex", "codex"),
+        1000,
+        "alice",
+    );
     let mut ix = ChainIndex::default();
     for p in [&shell, &t1, &t2] {
         ix.observe(&synth::exec(p, "a", T0, vec![]));
@@ -140,7 +168,10 @@ fn traceparent_links_sender_to_receiver() {
     ix.observe(&req(&s, "b", T0 + 5));
     ix.observe(&req(&c, "a", T0));
     assert_eq!(ix.chain_of(&s.exec_id), Some(c.exec_id.as_str()));
-    assert_eq!(ix.node(&s.exec_id).unwrap().upstream.as_ref().unwrap().kind, "http");
+    assert_eq!(
+        ix.node(&s.exec_id).unwrap().upstream.as_ref().unwrap().kind,
+        "http"
+    );
 }
 
 #[test]

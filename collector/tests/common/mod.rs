@@ -28,18 +28,31 @@ pub async fn start_collector(dir: &Path) -> Collector {
 }
 
 pub fn enroll_token(c: &Collector, ttl: Duration) -> String {
-    c.tokens.mint_enroll(&c.ca_fingerprint, ttl, None).unwrap().0
+    c.tokens
+        .mint_enroll(&c.ca_fingerprint, ttl, None)
+        .unwrap()
+        .0
 }
 
 pub fn operator(dir: &Path, role: Role) -> String {
-    TokenStore::open(dir).unwrap().mint_operator(role.as_str(), role).unwrap()
+    TokenStore::open(dir)
+        .unwrap()
+        .mint_operator(role.as_str(), role)
+        .unwrap()
 }
 
 pub async fn enroll_host(addr: &str, token: &str, host: &str, state: &Path) -> EnrolledPaths {
-    shipper::enroll(addr, token, host, state).await.expect("enrollment succeeds")
+    shipper::enroll(addr, token, host, state)
+        .await
+        .expect("enrollment succeeds")
 }
 
-pub fn shipper_config(addr: &str, paths: &EnrolledPaths, spool: &Path, host: &str) -> ShipperConfig {
+pub fn shipper_config(
+    addr: &str,
+    paths: &EnrolledPaths,
+    spool: &Path,
+    host: &str,
+) -> ShipperConfig {
     let mut cfg = ShipperConfig::from_enrollment(addr, paths, spool, host, "boot-1");
     cfg.heartbeat_every = Duration::from_millis(200);
     cfg

@@ -275,3 +275,19 @@ fn repeated_scheme_word_does_not_hide_the_token() {
     assert_gone(&out, &["opaque-Tok3n-value"]);
     assert_kept(&out, &["note: Bearer Bearer ", " here"]);
 }
+
+#[test]
+fn binary_bytes_glued_to_secrets_do_not_hide_them() {
+    let tok = fake("ghp_", 36);
+    let mut data = b"\x00\x8f".to_vec();
+    data.extend_from_slice(tok.as_bytes());
+    data.extend_from_slice(
+        b"\x9fCookie: sid=c00kie-value\r\n\xa0Authorization: Bearer opaque-value-1\r\n",
+    );
+    let out = redact_bytes(&data);
+    assert_gone(&out, &[&tok, "c00kie-value", "opaque-value-1"]);
+    assert!(
+        out.starts_with("\0\\x8f[REDACTED:github_token]\\x9fCookie: "),
+        "{out}"
+    );
+}

@@ -1,0 +1,310 @@
+//! Pipeline behaviour on synthetic kernel records (no kernel needed): discovery,
+//! MCP over stdio, credentials only as fingerprints, lossless escaping.
+
+use std::io::Write;
+
+use agent_ebpf::{
+    EventHeader, ExecEvent, FileEvent, PipeEvent, TlsEvent, Tracked, direction, flag, kind, track,
+};
+use agent_user::credential::FleetKey;
+use custody_proto::sensor::v1::{Event, event::Kind};
+
+use super::{Pipeline, Tracker};
+use crate::config::Config;
+use crate::decode::Raw;
+use crate::identity::Identity;
+
+#[derive(Default)]
+struct Recorder(Vec<(u32, Tracked)>);
+impl Tracker for Recorder {
+    fn track(&mut self, tgid: u32, t: Tracked) {
+        self.0.push((tgid, t));
+    }
+}
+
+/// A pid that does not exist, so the pipeline builds the entry from headers alone.
+const PID: u32 = 3_999_001;
+
+fn hdr(k: u32, tracked: bool, agent: u32) -> EventHeader {
+    EventHeader {
+        kind: k,
+        flags: if tracked { flag::TRACKED } else { 0 },
+        ktime_ns: 5_000_000_000,
+        tgid: PID,
+        pid: PID,
+        ppid: 1,
+        uid: 1000,
+        gid: 1000,
+        auid: 1000,
+        netns: 4026531840,
+        agent,
+        cgroup_id: 1,
+        start_boottime: 4_000_000_000,
+        parent_start_boottime: 0,
+        comm: *b"python3\0\0\0\0\0\0\0\0\0",
+    }
+}
+
+fn pipeline(cfg: &str) -> Pipeline {
+    Pipeline::new(
+        "t-host".into(),
+        Identity::new(Config::parse(cfg, "t").unwrap().agents),
+        FleetKey::from_bytes([1; 32]),
+        false,
+    )
+}
+
+fn zeroed<T>() -> Box<T> {
+    // SAFETY: the kernel record types are plain integers and byte arrays.
+    Box::new(unsafe { std::mem::zeroed() })
+}
+
+fn tls(dir: u32, tracked: bool, data: &[u8]) -> Raw {
+    let mut e = zeroed::<TlsEvent>();
+    e.hdr = hdr(kind::TLS_DATA, tracked, 0);
+    e.conn = 0xabc;
+    e.direction = dir;
+    e.len = data.len() as u32;
+    e.captured = data.len() as u32;
+    e.data[..data.len()].copy_from_slice(data);
+    Raw::Tls(e)
+}
+
+fn kinds(evs: &[Event]) -> Vec<&'static str> {
+    evs.iter()
+        .map(|e| match e.kind.as_ref().unwrap() {
+            Kind::AgentDiscovered(_) => "agent_discovered",
+            Kind::HttpRequest(_) => "http_request",
+            Kind::HttpResponse(_) => "http_response",
+            Kind::LlmRequest(_) => "llm_request",
+            Kind::LlmResponse(_) => "llm_response",
+            Kind::Mcp(_) => "mcp",
+            Kind::Exec(_) => "exec",
+            Kind::FileOpen(_) => "file_open",
+            Kind::Credential(_) => "credential",
+            _ => "other",
+        })
+        .collect()
+}
+
+#[test]
+fn untracked_llm_client_is_discovered_with_request_and_gzip_response() {
+    let mut p = pipeline("");
+    let mut rec = Recorder::default();
+    let mut out = Vec::new();
+    let body = r#"{"messages":[{"role":"user","content":"close the books"}],"model":"gpt-4o","tools":[{"type":"function","function":{"name":"read_ledger"}}]}"#;
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: llm.internal:8443\r\nAuthorization: Bearer sk-proj-AAAAbbbbCCCCddddEEEEffff0000\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    p.handle(
+        tls(direction::WRITE, false, req.as_bytes()),
+        &mut rec,
+        &mut out,
+    );
+    assert_eq!(
+        kinds(&out),
+        [
+            "agent_discovered",
+            "credential",
+            "http_request",
+            "llm_request"
+        ]
+    );
+    assert_eq!(rec.0.len(), 1);
+    assert_eq!(rec.0[0].0, PID);
+    assert_eq!(rec.0[0].1.flags, track::DISCOVERED);
+    let json = serde_json::to_string(&out).unwrap();
+    assert!(!json.contains("sk-proj-AAAAbbbb"), "bearer token leaked");
+    let proc_ = out[0].process.as_ref().unwrap();
+    assert_eq!(proc_.agent_kind, "discovered");
+    assert_eq!(
+        proc_.exec_id,
+        format!("t-host:{PID}:{}", 4_000_000_000u64 / (1_000_000_000 / 100))
+    );
+
+    let reply = r#"{"model":"gpt-4o","choices":[{"index":0,"finish_reason":"tool_calls","message":{"role":"assistant","tool_calls":[{"id":"c1","type":"function","function":{"name":"read_ledger","arguments":"{\"month\":\"10\"}"}}]}}]}"#;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(reply.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", gz.len()).into_bytes();
+    resp.extend_from_slice(&gz);
+    out.clear();
+    // Still flagged untracked by the kernel: the reply raced the tracking update.
+    p.handle(tls(direction::READ, false, &resp), &mut rec, &mut out);
+    assert_eq!(kinds(&out), ["http_response", "llm_response"]);
+    match out[1].kind.as_ref().unwrap() {
+        Kind::LlmResponse(l) => assert_eq!(l.tool_calls[0].name, "read_ledger"),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn ordinary_untracked_https_reports_nothing() {
+    let mut p = pipeline("");
+    let mut rec = Recorder::default();
+    let mut out = Vec::new();
+    p.handle(
+        tls(
+            direction::WRITE,
+            false,
+            b"GET /index.html HTTP/1.1\r\nHost: example.org\r\n\r\n",
+        ),
+        &mut rec,
+        &mut out,
+    );
+    p.handle(
+        tls(
+            direction::READ,
+            false,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi",
+        ),
+        &mut rec,
+        &mut out,
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert!(rec.0.is_empty());
+}
+
+#[test]
+fn mcp_server_over_stdio_becomes_its_own_hop() {
+    let mut p = pipeline("");
+    let mut rec = Recorder::default();
+    let mut out = Vec::new();
+    let line = br#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"ledger-tools","version":"1.0"}}}
+"#;
+    let mut e = zeroed::<PipeEvent>();
+    e.hdr = hdr(kind::PIPE_WRITE, true, 0);
+    e.fd = 1;
+    e.len = line.len() as u32;
+    e.captured = line.len() as u32;
+    e.data[..line.len()].copy_from_slice(line);
+    p.handle(Raw::Pipe(e), &mut rec, &mut out);
+    assert_eq!(kinds(&out), ["agent_discovered", "mcp"]);
+    let pr = out[1].process.as_ref().unwrap();
+    assert_eq!(pr.agent_id, "mcp:ledger-tools");
+    match out[0].kind.as_ref().unwrap() {
+        Kind::AgentDiscovered(d) => assert_eq!(d.reason, "mcp_server"),
+        _ => unreachable!(),
+    }
+    match out[1].kind.as_ref().unwrap() {
+        Kind::Mcp(m) => assert_eq!(
+            (m.transport.as_str(), m.peer_name.as_str()),
+            ("stdio", "ledger-tools")
+        ),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn exec_reports_env_secrets_as_fingerprints_and_redacts_argv() {
+    let mut p = pipeline("[[agent]]\nid = \"fin\"\n[agent.match]\nenv = \"fin\"\n");
+    let mut rec = Recorder::default();
+    let mut out = Vec::new();
+    let mut e = zeroed::<ExecEvent>();
+    e.hdr = hdr(kind::EXEC, false, 0);
+    let path = b"/usr/bin/python3";
+    e.path[..path.len()].copy_from_slice(path);
+    e.path_len = path.len() as u32;
+    let secret = "sk-proj-QQQQwwwwEEEErrrrTTTTyyyy1234";
+    let args = format!("python3\0agent.py\0--api-key={secret}\0");
+    e.args[..args.len()].copy_from_slice(args.as_bytes());
+    e.args_len = args.len() as u32;
+    let env = format!("PATH=/usr/bin\0CUSTODY_AGENT=fin\0OPENAI_API_KEY={secret}\0");
+    e.env[..env.len()].copy_from_slice(env.as_bytes());
+    e.env_len = env.len() as u32;
+    p.handle(Raw::Exec(e), &mut rec, &mut out);
+    assert_eq!(
+        rec.0,
+        vec![(
+            PID,
+            Tracked {
+                agent: 1,
+                flags: track::DECLARED
+            }
+        )]
+    );
+    assert_eq!(kinds(&out), ["exec"]);
+    let json = serde_json::to_string(&out[0]).unwrap();
+    assert!(!json.contains(secret), "secret leaked: {json}");
+    let pr = out[0].process.as_ref().unwrap();
+    assert_eq!(pr.agent_id, "fin");
+    assert_eq!(
+        pr.argv[..2],
+        ["python3".to_string(), "agent.py".to_string()]
+    );
+    match out[0].kind.as_ref().unwrap() {
+        Kind::Exec(x) => {
+            assert_eq!(x.env_credentials.len(), 1);
+            assert_eq!(x.env_credentials[0].kind, "openai_api_key");
+            assert!(x.env_credentials[0].fingerprint.starts_with("hmac-sha256:"));
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn open_event(path: &[u8], ret: i64) -> Raw {
+    let mut e = zeroed::<FileEvent>();
+    e.hdr = hdr(kind::FILE_OPEN, true, 0);
+    e.path[..path.len()].copy_from_slice(path);
+    e.path_len = path.len() as u32;
+    e.ret = ret;
+    e.dirfd = -100;
+    Raw::File(e)
+}
+
+#[test]
+fn non_utf8_paths_are_escaped_losslessly() {
+    let mut p = pipeline("");
+    let mut out = Vec::new();
+    p.handle(
+        open_event(b"/tmp/caf\xe9/\xff.txt", -13),
+        &mut Recorder::default(),
+        &mut out,
+    );
+    match out[0].kind.as_ref().unwrap() {
+        Kind::FileOpen(f) => {
+            assert_eq!(f.path, "/tmp/caf\\xe9/\\xff.txt");
+            assert_eq!(f.result, -13);
+            assert!(f.error.contains("Permission denied"));
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn opened_credential_file_is_fingerprinted_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let aws = dir.path().join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzzzSECRET";
+    let file = aws.join("credentials");
+    std::fs::write(&file, format!("[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = {secret}\n")).unwrap();
+    let mut p = pipeline("");
+    let mut out = Vec::new();
+    p.handle(
+        open_event(file.to_str().unwrap().as_bytes(), 3),
+        &mut Recorder::default(),
+        &mut out,
+    );
+    assert_eq!(kinds(&out)[0], "file_open");
+    assert!(
+        kinds(&out)[1..].iter().all(|k| *k == "credential") && out.len() >= 2,
+        "{:?}",
+        kinds(&out)
+    );
+    let json = serde_json::to_string(&out).unwrap();
+    assert!(!json.contains(secret));
+    assert!(
+        json.contains("AKIAIOSFODNN7EXAMPLE"),
+        "the key id is non-secret metadata"
+    );
+    // Seen once per process: opening it again adds no credential event.
+    out.clear();
+    p.handle(
+        open_event(file.to_str().unwrap().as_bytes(), 3),
+        &mut Recorder::default(),
+        &mut out,
+    );
+    assert_eq!(kinds(&out), ["file_open"]);
+}
