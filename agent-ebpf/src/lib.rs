@@ -278,6 +278,10 @@ pub struct Config {
     pub observe_all: u32,
     /// The daemon's own tgid: never traced (its own work would feed back).
     pub self_tgid: u32,
+    /// When non-zero, only processes in this network namespace (inode) exist for this
+    /// sensor: one sensor per "host" when hosts are network namespaces of one kernel.
+    pub netns: u32,
+    pub _pad: u32,
 }
 
 #[cfg(feature = "user")]

@@ -29,6 +29,9 @@ struct RawSensor {
     observe_all: bool,
     #[serde(default)]
     tls_binaries: Vec<PathBuf>,
+    /// "host" (default: every process of the kernel) or "netns" (only processes in
+    /// the daemon's own network namespace, for hosts that are namespaces of one kernel).
+    scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +85,8 @@ pub struct Config {
     pub fleet_key: PathBuf,
     pub observe_all: bool,
     pub tls_binaries: Vec<PathBuf>,
+    /// Report only processes in the daemon's own network namespace.
+    pub netns_scope: bool,
     pub agents: Vec<AgentDecl>,
 }
 
@@ -126,6 +131,11 @@ impl Config {
             .sensor
             .fleet_key
             .unwrap_or_else(|| state_dir.join("fleet.key"));
+        let netns_scope = match raw.sensor.scope.as_deref() {
+            None | Some("host") => false,
+            Some("netns") => true,
+            Some(other) => bail!("config {name}: [sensor] scope = {other:?}: expected \"host\" or \"netns\""),
+        };
         let mut agents = Vec::new();
         for spanned in raw.agent {
             let (line, col) = line_col(src, spanned.span().start);
@@ -201,6 +211,7 @@ impl Config {
             fleet_key,
             observe_all: raw.sensor.observe_all,
             tls_binaries: raw.sensor.tls_binaries,
+            netns_scope,
             agents,
         })
     }

@@ -28,6 +28,8 @@ pub struct Options {
     pub floor: bool,
     /// Binaries that link OpenSSL statically (node), besides libssl.so.3.
     pub tls_binaries: Vec<PathBuf>,
+    /// Only report processes in this network namespace (inode); 0 for all.
+    pub netns: u32,
 }
 
 pub struct Loaded {
@@ -208,6 +210,8 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     let cfg = ProbeConfig {
         observe_all: u32::from(opts.observe_all),
         self_tgid: std::process::id(),
+        netns: opts.netns,
+        _pad: 0,
     };
     let mut ebpf = EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)

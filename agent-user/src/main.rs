@@ -121,6 +121,13 @@ const COUNTER_NAMES: [(u32, &str); 7] = [
     (counter::READ_FAILED, "read_failed"),
 ];
 
+/// Inode of this process's network namespace.
+fn own_netns() -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    Ok(m.ino() as u32)
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -184,11 +191,8 @@ async fn run(args: RunArgs) -> Result<()> {
     let key = FleetKey::load_or_create(&cfg.fleet_key).context("fleet key")?;
     let mut tls_binaries = loader::default_tls_binaries();
     tls_binaries.extend(cfg.tls_binaries.iter().cloned());
-    let loaded = loader::load(&loader::Options {
-        observe_all,
-        floor: args.floor,
-        tls_binaries,
-    })?;
+    let netns = if cfg.netns_scope { own_netns()? } else { 0 };
+    let loaded = loader::load(&loader::Options { observe_all, floor: args.floor, tls_binaries, netns })?;
     for f in &loaded.features {
         if f.active {
             tracing::info!(feature = %f.name, "active");
@@ -218,7 +222,7 @@ async fn run(args: RunArgs) -> Result<()> {
         key,
         observe_all,
     );
-    let seeded = pipe.seed(&mut tracker);
+    let seeded = pipe.seed(&mut tracker, netns);
     let mut sink = match &args.output {
         Some(p) => output::JsonLines::file(p)?,
         None => output::JsonLines::stdout(),

@@ -230,13 +230,21 @@ impl ProcTable {
         Some(p)
     }
 
-    /// Seed the table with every process alive now.
-    pub fn seed_from_proc(&mut self) -> usize {
+    /// Seed the table with every process alive now (in network namespace `netns`
+    /// when non-zero).
+    pub fn seed_from_proc(&mut self, netns: u32) -> usize {
+        use std::os::unix::fs::MetadataExt;
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return 0;
         };
+        let in_ns = |pid: &u32| {
+            netns == 0
+                || std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .is_ok_and(|m| m.ino() as u32 == netns)
+        };
         let pids: Vec<u32> = dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(in_ns)
             .collect();
         pids.into_iter()
             .filter(|&pid| self.scan_one(pid).is_some())

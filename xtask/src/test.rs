@@ -18,8 +18,10 @@ pub fn run(lint: bool, extra: &[String]) -> Result<()> {
     }
     // End-to-end tests run the daemons as separate processes: build them first.
     exec(cargo().args(["build", "--bins"]))?;
-    exec(cargo()
-        .args(["test", "--workspace", "--exclude", "agent-ebpf", "--"])
-        .args(extra))?;
+    exec(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "agent-ebpf", "--"])
+            .args(extra),
+    )?;
     Ok(())
 }

@@ -64,6 +64,8 @@ static OFFSETS: Offsets = Offsets {
 static CONFIG: Config = Config {
     observe_all: 0,
     self_tgid: 0,
+    netns: 0,
+    _pad: 0,
 };
 
 /// Read one patched offset; volatile so the compiler keeps the load (the value is
@@ -114,6 +116,22 @@ fn observe_all() -> bool {
     unsafe { core::ptr::read_volatile(&CONFIG.observe_all) != 0 }
 }
 
+/// Whether the current task belongs to this sensor's host (see `Config::netns`).
+#[inline(always)]
+pub fn in_scope() -> bool {
+    let want = unsafe { core::ptr::read_volatile(&CONFIG.netns) };
+    if want == 0 {
+        return true;
+    }
+    let task = current_task();
+    let netns: u32 = unsafe {
+        let nsproxy: *const u8 = kread(task, off!(task_nsproxy)).unwrap_or(core::ptr::null());
+        let net: *const u8 = kread(nsproxy, off!(nsproxy_net_ns)).unwrap_or(core::ptr::null());
+        kread(net, off!(net_ns_inum)).unwrap_or(0)
+    };
+    netns == want
+}
+
 #[inline(always)]
 fn self_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&CONFIG.self_tgid) }
@@ -126,7 +144,7 @@ pub fn traced(tgid: u32) -> Option<(u32, u32)> {
     if let Some(t) = unsafe { TRACKED.get(&tgid) } {
         return Some((t.agent, flag::TRACKED));
     }
-    if observe_all() && tgid != self_tgid() {
+    if observe_all() && tgid != self_tgid() && in_scope() {
         return Some((0, 0));
     }
     None

@@ -19,7 +19,7 @@ use super::{trace_info,
 #[tracepoint]
 pub fn custody_exec(ctx: TracePointContext) -> u32 {
     let tgid = current_tgid();
-    if tgid == unsafe { core::ptr::read_volatile(&super::CONFIG.self_tgid) } {
+    if tgid == unsafe { core::ptr::read_volatile(&super::CONFIG.self_tgid) } || !super::in_scope() {
         return 0;
     }
     let (agent, tflags) = trace_info(tgid);
@@ -134,6 +134,9 @@ pub fn custody_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (agent, tflags) = trace_info(tgid);
+    if tflags == 0 && !super::in_scope() {
+        return 0;
+    }
     if tflags & flag::TRACKED != 0 {
         let _ = TRACKED.remove(&tgid);
     }

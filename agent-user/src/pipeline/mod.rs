@@ -64,8 +64,8 @@ impl Pipeline {
     }
 
     /// Seed from /proc and track already-running declared agents and their descendants.
-    pub fn seed(&mut self, tracker: &mut dyn Tracker) -> usize {
-        let n = self.table.seed_from_proc();
+    pub fn seed(&mut self, tracker: &mut dyn Tracker, netns: u32) -> usize {
+        let n = self.table.seed_from_proc(netns);
         for tgid in self.table.tgids() {
             let Some(p) = self.table.get(tgid) else {
                 continue;

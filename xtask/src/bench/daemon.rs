@@ -41,7 +41,6 @@ pub struct Status {
     pub ringbuf_full: u64,
     pub tracked_full: u64,
     pub processes_known: u64,
-    pub events_emitted: u64,
 }
 
 impl Daemon {
@@ -50,12 +49,19 @@ impl Daemon {
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let status_file = dir.join(format!("status-{n}.json"));
         let mut cmd = Command::new(bin);
-        cmd.arg("--standalone").arg("--config").arg(config).arg("--status-file").arg(&status_file);
+        cmd.arg("--standalone")
+            .arg("--config")
+            .arg(config)
+            .arg("--status-file")
+            .arg(&status_file);
         match kind {
             Kind::Floor => cmd.arg("--floor"),
             Kind::Sensor => cmd.args(["--output", "/dev/null"]),
         };
-        cmd.env("CUSTODY_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("CUSTODY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut guard = Guard::spawn(&mut cmd, "custodyd", Stop::Term)?;
         let stderr = guard.child_mut().stderr.take().expect("stderr is piped");
         let tail = Arc::new(Mutex::new(VecDeque::new()));
@@ -74,7 +80,11 @@ impl Daemon {
                 t.push_back(line);
             }
         });
-        let mut d = Daemon { guard, status_file, tail };
+        let mut d = Daemon {
+            guard,
+            status_file,
+            tail,
+        };
         d.wait_ready(&ready_rx)?;
         Ok(d)
     }
@@ -87,10 +97,16 @@ impl Daemon {
             }
             if let Some(status) = self.guard.try_wait()? {
                 std::thread::sleep(Duration::from_millis(100)); // let the reader catch the last lines
-                bail!("custodyd exited before it was ready ({status}):\n{}", self.tail());
+                bail!(
+                    "custodyd exited before it was ready ({status}):\n{}",
+                    self.tail()
+                );
             }
         }
-        bail!("custodyd was not ready within {READY_TIMEOUT:?}:\n{}", self.tail())
+        bail!(
+            "custodyd was not ready within {READY_TIMEOUT:?}:\n{}",
+            self.tail()
+        )
     }
 
     pub fn pid(&self) -> u32 {
@@ -98,21 +114,32 @@ impl Daemon {
     }
 
     fn tail(&self) -> String {
-        self.tail.lock().expect("tail lock").iter().cloned().collect::<Vec<_>>().join("\n")
+        self.tail
+            .lock()
+            .expect("tail lock")
+            .iter()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The next status snapshot written after `since`.
     pub fn status_after(&self, since: SystemTime) -> Result<Status> {
         let deadline = Instant::now() + STATUS_TIMEOUT;
         loop {
-            let fresh = std::fs::metadata(&self.status_file).and_then(|m| m.modified()).is_ok_and(|t| t > since);
+            let fresh = std::fs::metadata(&self.status_file)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > since);
             if fresh {
                 if let Ok(s) = self.read_status() {
                     return Ok(s);
                 }
             }
             if Instant::now() >= deadline {
-                bail!("custodyd wrote no status to {} within {STATUS_TIMEOUT:?}", self.status_file.display());
+                bail!(
+                    "custodyd wrote no status to {} within {STATUS_TIMEOUT:?}",
+                    self.status_file.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -129,7 +156,11 @@ impl Daemon {
                 return Ok(next);
             }
             if Instant::now() >= deadline {
-                bail!("custodyd still busy after {limit:?} (records {} → {})", last.records, next.records);
+                bail!(
+                    "custodyd still busy after {limit:?} (records {} → {})",
+                    last.records,
+                    next.records
+                );
             }
             last = next;
         }
@@ -137,7 +168,8 @@ impl Daemon {
 
     fn read_status(&self) -> Result<Status> {
         let text = std::fs::read_to_string(&self.status_file)?;
-        let v: serde_json::Value = serde_json::from_str(&text).context("status file is not JSON")?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).context("status file is not JSON")?;
         let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let counter = |name: &str| num(&v["kernel_counters"][name]);
         Ok(Status {
@@ -145,7 +177,6 @@ impl Daemon {
             ringbuf_full: counter("ringbuf_full"),
             tracked_full: counter("tracked_full"),
             processes_known: num(&v["processes_known"]),
-            events_emitted: num(&v["events_emitted"]),
         })
     }
 
@@ -178,5 +209,9 @@ pub fn memory_kib(pid: u32, field: &str) -> Result<u64> {
         .lines()
         .find(|l| l.starts_with(&format!("{field}:")))
         .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    line.split_whitespace().nth(1).context("malformed status line")?.parse().context("malformed status line")
+    line.split_whitespace()
+        .nth(1)
+        .context("malformed status line")?
+        .parse()
+        .context("malformed status line")
 }

@@ -44,8 +44,14 @@ impl Guard {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("could not start {name} ({cmd:?})"))?;
-        Ok(Guard { child: Some(child), name: name.to_string(), stop })
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("could not start {name} ({cmd:?})"))?;
+        Ok(Guard {
+            child: Some(child),
+            name: name.to_string(),
+            stop,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -53,7 +59,9 @@ impl Guard {
     }
 
     pub fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("guard holds its child until dropped")
+        self.child
+            .as_mut()
+            .expect("guard holds its child until dropped")
     }
 
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
@@ -81,7 +89,10 @@ impl Guard {
             if let Some(status) = poll_exit(self.child_mut(), TERM_GRACE)? {
                 return Ok(status);
             }
-            eprintln!("bench: {} ignored SIGTERM for {TERM_GRACE:?}; killing it", self.name);
+            eprintln!(
+                "bench: {} ignored SIGTERM for {TERM_GRACE:?}; killing it",
+                self.name
+            );
         }
         self.kill_now();
         Ok(self.child_mut().wait()?)

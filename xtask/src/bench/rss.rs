@@ -58,8 +58,16 @@ pub fn run(env: &Env, count: u32) -> Result<Outcome> {
         mib(hwm),
         budget_mark(rss <= RSS_BUDGET_KIB)
     );
-    println!("  idle before the children {:.1} MiB, after they exited {:.1} MiB", mib(idle_rss), mib(rss_after));
-    Ok(Outcome { processes_known: seen.processes_known, rss_kib: rss, hwm_kib: hwm })
+    println!(
+        "  idle before the children {:.1} MiB, after they exited {:.1} MiB",
+        mib(idle_rss),
+        mib(rss_after)
+    );
+    Ok(Outcome {
+        processes_known: seen.processes_known,
+        rss_kib: rss,
+        hwm_kib: hwm,
+    })
 }
 
 pub fn mib(kib: u64) -> f64 {
@@ -67,7 +75,10 @@ pub fn mib(kib: u64) -> f64 {
 }
 
 fn read_u64(path: &str) -> Result<u64> {
-    std::fs::read_to_string(path)?.trim().parse().with_context(|| format!("malformed {path}"))
+    std::fs::read_to_string(path)?
+        .trim()
+        .parse()
+        .with_context(|| format!("malformed {path}"))
 }
 
 /// Fail early and clearly rather than with EAGAIN after thousands of forks.
@@ -81,7 +92,10 @@ fn check_limits(count: u32) -> Result<()> {
         .and_then(|f| f.split('/').nth(1))
         .and_then(|n| n.parse().ok())
         .context("malformed /proc/loadavg")?;
-    for (file, sysctl) in [("/proc/sys/kernel/pid_max", "kernel.pid_max"), ("/proc/sys/kernel/threads-max", "kernel.threads-max")] {
+    for (file, sysctl) in [
+        ("/proc/sys/kernel/pid_max", "kernel.pid_max"),
+        ("/proc/sys/kernel/threads-max", "kernel.threads-max"),
+    ] {
         let limit = read_u64(file)?;
         if limit < tasks + need {
             bail!(
@@ -129,7 +143,10 @@ fn wait_seen(d: &Daemon, want: u64) -> Result<super::daemon::Status> {
             return d.settled_status(SEEN_TIMEOUT);
         }
         if Instant::now() >= deadline {
-            bail!("custodyd knows {} processes after {SEEN_TIMEOUT:?}, expected {want}", s.processes_known);
+            bail!(
+                "custodyd knows {} processes after {SEEN_TIMEOUT:?}, expected {want}",
+                s.processes_known
+            );
         }
     }
 }

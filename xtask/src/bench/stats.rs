@@ -13,8 +13,16 @@ pub fn summarize(values: &[f64]) -> Summary {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
-    let median = if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 };
-    Summary { median, min: v[0], max: v[v.len() - 1] }
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    Summary {
+        median,
+        min: v[0],
+        max: v[v.len() - 1],
+    }
 }
 
 /// Element-wise ratios a[i] / b[i] (same round).

@@ -52,15 +52,29 @@ fn pipeline(env: &Env) -> Result<Summary> {
         } else {
             Command::new(&env.custodyd)
         };
-        cmd.args(["bench-pipeline", "--events", &PIPELINE_EVENTS.to_string()]).stdout(Stdio::piped());
-        let out = super::run_to_end(&mut cmd, "custodyd bench-pipeline", Duration::from_secs(300))?;
-        let v: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("bench-pipeline printed {out:?}"))?;
-        rates.push(v["events_per_sec"].as_f64().with_context(|| format!("no events_per_sec in {out:?}"))?);
+        cmd.args(["bench-pipeline", "--events", &PIPELINE_EVENTS.to_string()])
+            .stdout(Stdio::piped());
+        let out = super::run_to_end(
+            &mut cmd,
+            "custodyd bench-pipeline",
+            Duration::from_secs(300),
+        )?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("bench-pipeline printed {out:?}"))?;
+        rates.push(
+            v["events_per_sec"]
+                .as_f64()
+                .with_context(|| format!("no events_per_sec in {out:?}"))?,
+        );
     }
     let s = summarize(&rates);
     println!(
         "pipeline (bench-pipeline, {PIPELINE_EVENTS} events, {PIPELINE_RUNS} runs{}): median {:.0} k events/s (min–max {:.0}–{:.0} k)   ≥ {:.0} k {}",
-        if pinned { ", taskset -c 0" } else { ", not pinned: no taskset" },
+        if pinned {
+            ", taskset -c 0"
+        } else {
+            ", not pinned: no taskset"
+        },
         s.median / 1e3,
         s.min / 1e3,
         s.max / 1e3,
@@ -88,7 +102,8 @@ fn flood(env: &Env) -> Result<Flood> {
     let after = d.settled_status(Duration::from_secs(60))?;
     let cpu_secs = (daemon::cpu_ms(d.pid())? - cpu_before) / 1e3;
     d.stop()?;
-    let v: serde_json::Value = serde_json::from_str(out.trim()).with_context(|| format!("syscall-loop printed {out:?}"))?;
+    let v: serde_json::Value = serde_json::from_str(out.trim())
+        .with_context(|| format!("syscall-loop printed {out:?}"))?;
     let ops = v["ops"].as_f64().context("no ops")?;
     let secs = v["ns"].as_f64().context("no ns")? / 1e9;
     let f = flood_figures(&before, &after, ops, secs, cpu_secs)?;
@@ -98,7 +113,11 @@ fn flood(env: &Env) -> Result<Flood> {
         f.records,
         f.records_per_sec / 1e3,
         f.lost,
-        if f.lost == 0 { " — no loss".to_string() } else { format!(" = {:.1} %", 100.0 * f.lost as f64 / ops) }
+        if f.lost == 0 {
+            " — no loss".to_string()
+        } else {
+            format!(" = {:.1} %", 100.0 * f.lost as f64 / ops)
+        }
     );
     println!(
         "  daemon CPU {:.0} ms for them = {:.0} k records per CPU-second",
@@ -108,7 +127,13 @@ fn flood(env: &Env) -> Result<Flood> {
     Ok(f)
 }
 
-fn flood_figures(before: &Status, after: &Status, ops: f64, secs: f64, cpu_secs: f64) -> Result<Flood> {
+fn flood_figures(
+    before: &Status,
+    after: &Status,
+    ops: f64,
+    secs: f64,
+    cpu_secs: f64,
+) -> Result<Flood> {
     let records = after.records.saturating_sub(before.records);
     if (records as f64) < ops / 2.0 && after.ringbuf_full == before.ringbuf_full {
         bail!("the flood loop was not tracked: {records} records for {ops} opens, none lost");
@@ -123,5 +148,10 @@ fn flood_figures(before: &Status, after: &Status, ops: f64, secs: f64, cpu_secs:
 }
 
 fn which(tool: &str) -> bool {
-    Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
 }

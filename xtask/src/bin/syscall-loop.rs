@@ -19,13 +19,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
-/// Connections the client may be ahead of the accepting thread. Keeps the listen
-/// backlog from overflowing (an overflow costs a 1 s SYN retransmit) without a
-/// handshake between the threads on every connection.
-const WINDOW: u64 = 256;
+/// Connections the client may be ahead of the accepting thread: well under std's
+/// listen backlog of 128, because an overflow costs a 1 s SYN retransmit (seen with a
+/// window of 256), yet no handshake between the threads on every connection.
+const WINDOW: u64 = 64;
 
 #[derive(Parser)]
-#[command(name = "syscall-loop", about = "Syscall workload for `cargo xtask bench sensor`")]
+#[command(
+    name = "syscall-loop",
+    about = "Syscall workload for `cargo xtask bench sensor`"
+)]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -67,18 +70,34 @@ enum Mode {
 
 fn main() -> Result<()> {
     match Cli::parse().mode {
-        Mode::Run { file, opens, connects, settle_ms } => {
+        Mode::Run {
+            file,
+            opens,
+            connects,
+            settle_ms,
+        } => {
             settle(settle_ms);
             let open_ns = open_close(&file, opens)?;
             let connect_ns = connect_accept(connects)?;
-            println!(r#"{{"open_ns":{open_ns},"connect_ns":{connect_ns},"total_ns":{}}}"#, open_ns + connect_ns);
+            println!(
+                r#"{{"open_ns":{open_ns},"connect_ns":{connect_ns},"total_ns":{}}}"#,
+                open_ns + connect_ns
+            );
         }
-        Mode::Flood { file, secs, settle_ms } => {
+        Mode::Flood {
+            file,
+            secs,
+            settle_ms,
+        } => {
             settle(settle_ms);
             let (ops, ns) = flood(&file, Duration::from_secs_f64(secs))?;
             println!(r#"{{"ops":{ops},"ns":{ns}}}"#);
         }
-        Mode::Hold { count, settle_ms, max_secs } => {
+        Mode::Hold {
+            count,
+            settle_ms,
+            max_secs,
+        } => {
             settle(settle_ms);
             hold(count, Duration::from_secs(max_secs))?;
         }
@@ -150,7 +169,9 @@ fn connect_accept(m: u64) -> Result<u128> {
     }
     wait_accepted(&accepted, m, Duration::from_secs(10))?;
     let ns = t.elapsed().as_nanos();
-    server.join().map_err(|_| anyhow::anyhow!("accept thread panicked"))??;
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("accept thread panicked"))??;
     Ok(ns)
 }
 
@@ -173,7 +194,10 @@ fn serve(listener: TcpListener, m: u64, accepted: &AtomicU64) -> Result<()> {
 /// ephemeral ports or slow the port search between modes.
 fn connect_reset(addr: SocketAddr) -> Result<()> {
     let s = TcpStream::connect(addr).context("connect")?;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: valid socket fd and a correctly sized option value.
     let rc = unsafe {
         libc::setsockopt(
@@ -194,7 +218,10 @@ fn wait_accepted(accepted: &AtomicU64, m: u64, limit: Duration) -> Result<()> {
     let t = Instant::now();
     while accepted.load(Ordering::Acquire) < m {
         if t.elapsed() > limit {
-            bail!("only {} of {m} connections accepted after {limit:?}", accepted.load(Ordering::Acquire));
+            bail!(
+                "only {} of {m} connections accepted after {limit:?}",
+                accepted.load(Ordering::Acquire)
+            );
         }
         std::thread::yield_now();
     }
@@ -224,7 +251,10 @@ fn hold(count: u32, max: Duration) -> Result<()> {
     unsafe { libc::close(wr) };
     reap(forked);
     if forked < count {
-        bail!("fork failed after {forked} of {count} children: {}", std::io::Error::last_os_error());
+        bail!(
+            "fork failed after {forked} of {count} children: {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -251,7 +281,9 @@ fn child(rd: i32, wr: i32, parent: libc::pid_t) -> ! {
         }
         libc::close(wr);
         let mut b = 0u8;
-        while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0 && *libc::__errno_location() == libc::EINTR {}
+        while libc::read(rd, (&mut b as *mut u8).cast(), 1) < 0
+            && *libc::__errno_location() == libc::EINTR
+        {}
         libc::_exit(0)
     }
 }
@@ -261,7 +293,11 @@ fn wait_release(max: Duration) {
     let deadline = Instant::now() + max;
     let mut buf = [0u8; 64];
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let mut pfd = libc::pollfd { fd: 0, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: 0,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         let ms = left.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: one valid pollfd; reading into a buffer we own.
         let ready = unsafe { libc::poll(&mut pfd, 1, ms) };
