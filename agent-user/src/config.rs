@@ -134,7 +134,9 @@ impl Config {
         let netns_scope = match raw.sensor.scope.as_deref() {
             None | Some("host") => false,
             Some("netns") => true,
-            Some(other) => bail!("config {name}: [sensor] scope = {other:?}: expected \"host\" or \"netns\""),
+            Some(other) => {
+                bail!("config {name}: [sensor] scope = {other:?}: expected \"host\" or \"netns\"")
+            }
         };
         let mut agents = Vec::new();
         for spanned in raw.agent {

@@ -9,6 +9,7 @@ mod bench;
 mod btf;
 mod config;
 mod decode;
+mod enrollment;
 mod identity;
 mod loader;
 mod output;
@@ -28,6 +29,9 @@ use clap::{Parser, Subcommand};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
+
+use agent_user::shipper::{Shipper, ShipperConfig, ShipperHandle};
+use custody_proto::sensor::v1::{Command as SensorCommand, CommandResult, Event};
 
 use crate::config::Config;
 use crate::identity::Identity;
@@ -94,6 +98,24 @@ enum Command {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
     },
+    /// Enroll this host with a collector using a one-time token from
+    /// `custody-collector enroll-token`; the collector's CA is pinned by the token.
+    Enroll {
+        /// Collector address, host:port.
+        #[arg(long, value_name = "ADDR")]
+        collector: String,
+        /// One-time enrollment token (cst1.…).
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "CUSTODY_ENROLL_TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+        /// Configuration file (host id and state directory come from it).
+        #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(value_name = "FILE")]
@@ -120,6 +142,43 @@ const COUNTER_NAMES: [(u32, &str); 7] = [
     (counter::TRACKED_FULL, "tracked_full"),
     (counter::READ_FAILED, "read_failed"),
 ];
+
+/// Write an event to the local output and hand it to the collector shipper.
+fn emit(
+    sink: &mut Option<output::JsonLines>,
+    shipper: Option<&ShipperHandle>,
+    ev: Event,
+) -> Result<()> {
+    if let Some(s) = sink.as_mut() {
+        s.write(&ev)?;
+    }
+    if let Some(h) = shipper {
+        // The shipper spools durably and never blocks on the network.
+        h.send(ev)?;
+    }
+    Ok(())
+}
+
+async fn next_command(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<SensorCommand>>,
+) -> Option<SensorCommand> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
 
 /// Inode of this process's network namespace.
 fn own_netns() -> Result<u32> {
@@ -154,6 +213,26 @@ fn run_cli(cli: Cli) -> Result<i32> {
             bench::pipeline(events)?;
             Ok(0)
         }
+        Some(Command::Enroll {
+            collector,
+            token,
+            config,
+        }) => {
+            let cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default_config(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(enrollment::enroll(
+                &collector,
+                &token,
+                &cfg.host_id,
+                &cfg.state_dir,
+            ))?;
+            Ok(0)
+        }
         Some(Command::CheckConfig { file }) => {
             let c = Config::load(&file)?;
             println!(
@@ -175,24 +254,37 @@ fn run_cli(cli: Cli) -> Result<i32> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    if !args.standalone {
-        bail!(
-            "no collector is configured: run with --standalone (enrollment with a collector is `custodyd enroll`)"
-        );
-    }
-    if !args.json && args.output.is_none() && !args.floor {
-        bail!("--standalone needs an output: --json (stdout) or --output FILE");
-    }
-    let cfg = match &args.config {
+    let mut cfg = match &args.config {
         Some(p) => Config::load(p)?,
         None => Config::default_config(),
     };
+    let enrolled = if args.standalone || args.floor {
+        None
+    } else {
+        let e = enrollment::Enrollment::load(&cfg.state_dir)?.with_context(|| {
+            format!(
+                "this host is not enrolled (no {}): run `custodyd enroll --collector ADDR --token TOKEN`, or use --standalone",
+                enrollment::path(&cfg.state_dir).display()
+            )
+        })?;
+        // Exec ids carry the host id, and the collector only accepts this host's own.
+        cfg.host_id = e.host_id.clone();
+        Some(e)
+    };
+    if enrolled.is_none() && !args.json && args.output.is_none() && !args.floor {
+        bail!("--standalone needs an output: --json (stdout) or --output FILE");
+    }
     let observe_all = args.observe_all || cfg.observe_all;
     let key = FleetKey::load_or_create(&cfg.fleet_key).context("fleet key")?;
     let mut tls_binaries = loader::default_tls_binaries();
     tls_binaries.extend(cfg.tls_binaries.iter().cloned());
     let netns = if cfg.netns_scope { own_netns()? } else { 0 };
-    let loaded = loader::load(&loader::Options { observe_all, floor: args.floor, tls_binaries, netns })?;
+    let loaded = loader::load(&loader::Options {
+        observe_all,
+        floor: args.floor,
+        tls_binaries,
+        netns,
+    })?;
     for f in &loaded.features {
         if f.active {
             tracing::info!(feature = %f.name, "active");
@@ -223,23 +315,46 @@ async fn run(args: RunArgs) -> Result<()> {
         observe_all,
     );
     let seeded = pipe.seed(&mut tracker, netns);
-    let mut sink = match &args.output {
-        Some(p) => output::JsonLines::file(p)?,
-        None => output::JsonLines::stdout(),
+    let mut sink = match (&args.output, args.json) {
+        (Some(p), _) => Some(output::JsonLines::file(p)?),
+        (None, true) => Some(output::JsonLines::stdout()),
+        (None, false) => None,
+    };
+    let (shipper, mut commands) = match &enrolled {
+        Some(e) => {
+            let mut sc = ShipperConfig::from_enrollment(
+                &e.collector,
+                &enrollment::Enrollment::paths(&cfg.state_dir),
+                &cfg.state_dir.join("spool"),
+                &e.host_id,
+                &boot_id(),
+            );
+            sc.kernel_release = kernel_release();
+            sc.features = features
+                .iter()
+                .filter(|f| f.active)
+                .map(|f| f.name.clone())
+                .collect();
+            let (h, rx) = Shipper::start(sc)?;
+            (Some(h), Some(rx))
+        }
+        None => (None, None),
     };
     let started = status::now_unix();
     let mut st = status::Status {
         host: cfg.host_id.clone(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").into(),
-        mode: if args.floor {
-            "floor"
-        } else if observe_all {
-            "standalone, observe-all"
-        } else {
-            "standalone"
-        }
-        .into(),
+        mode: match (args.floor, &enrolled, observe_all) {
+            (true, _, _) => "floor".to_string(),
+            (_, Some(e), all) => format!(
+                "collector {}{}",
+                e.collector,
+                if all { ", observe-all" } else { "" }
+            ),
+            (_, None, true) => "standalone, observe-all".to_string(),
+            (_, None, false) => "standalone".to_string(),
+        },
         started_unix: started,
         features: features.iter().map(Into::into).collect(),
         declared_agents: declared,
@@ -279,13 +394,15 @@ async fn run(args: RunArgs) -> Result<()> {
                     }
                     drop(item);
                     for ev in batch.drain(..) {
-                        sink.write(&ev)?;
+                        emit(&mut sink, shipper.as_ref(), ev)?;
                     }
                     if n % 4096 == 0 {
                         break; // let the timer and signals run under a flood
                     }
                 }
-                sink.flush()?;
+                if let Some(s) = sink.as_mut() {
+                    s.flush()?;
+                }
                 if n < 4096 {
                     guard.clear_ready();
                 }
@@ -303,8 +420,7 @@ async fn run(args: RunArgs) -> Result<()> {
                         let msg = format!("kernel lost {} events ({name})", v - before);
                         tracing::warn!("{msg}");
                         let ev = pipe.warning(msg, counters_now.clone().into_iter().collect());
-                        sink.write(&ev)?;
-                        sink.flush()?;
+                        emit(&mut sink, shipper.as_ref(), ev)?;
                     }
                 }
                 pipe.prune();
@@ -315,15 +431,55 @@ async fn run(args: RunArgs) -> Result<()> {
                 st.events_emitted = pipe.stats.emitted;
                 st.processes_known = pipe.table.len();
                 st.discovered_agents = pipe.stats.discovered_agents;
+                if let (Some(h), Some(e)) = (&shipper, &enrolled) {
+                    h.set_counters(st.kernel_counters.iter().map(|(k, v)| (k.clone(), *v)).collect());
+                    let s = h.stats();
+                    st.collector = Some(status::CollectorStatus {
+                        address: e.collector.clone(),
+                        connected: s.connected,
+                        next_seq: s.next_seq,
+                        last_acked_seq: s.last_acked_seq,
+                        spool_depth: s.spool_depth,
+                        spool_bytes: s.spool_bytes,
+                        spool_dropped: s.spool_dropped,
+                        rejected: s.rejected,
+                    });
+                }
                 if let Err(e) = status::write(&args.status_file, &st) {
                     tracing::debug!("status file {}: {e}", args.status_file.display());
+                }
+            }
+            Some(cmd) = next_command(&mut commands) => {
+                // Response actions (kill, quarantine, revoke) arrive here, only ever over
+                // the authenticated collector stream.
+                tracing::info!(id = %cmd.id, kind = %cmd.kind, "command received");
+                if let Some(h) = &shipper {
+                    let now = status::now_ns();
+                    let r = CommandResult {
+                        command_id: cmd.id.clone(),
+                        host: cfg.host_id.clone(),
+                        status: "unsupported".into(),
+                        message: format!("this sensor does not implement {:?} yet", cmd.kind),
+                        affected_exec_ids: Vec::new(),
+                        received_ns: now,
+                        completed_ns: now,
+                        apply_ns: 0,
+                    };
+                    if let Err(e) = h.send_result(r).await {
+                        tracing::warn!("could not answer command {}: {e:#}", cmd.id);
+                    }
                 }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
-    sink.flush()?;
+    if let Some(s) = sink.as_mut() {
+        s.flush()?;
+    }
+    if let Some(h) = &shipper {
+        h.shutdown().await?;
+    }
     let _ = std::fs::remove_file(&args.status_file);
     eprintln!(
         "custodyd: stopped ({} records, {} events)",

@@ -29,6 +29,20 @@ pub struct Status {
     pub discovered_agents: u64,
     pub declared_agents: usize,
     pub state_dir: String,
+    /// Collector shipping (absent in standalone mode).
+    pub collector: Option<CollectorStatus>,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct CollectorStatus {
+    pub address: String,
+    pub connected: bool,
+    pub next_seq: u64,
+    pub last_acked_seq: u64,
+    pub spool_depth: u64,
+    pub spool_bytes: u64,
+    pub spool_dropped: u64,
+    pub rejected: u64,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -52,6 +66,12 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 pub fn write(path: &Path, s: &Status) -> Result<()> {
@@ -117,6 +137,36 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
         "  kernel records {}  events emitted {}  malformed records {}",
         s.records, s.events_emitted, s.decode_errors
     );
+    if let Some(c) = &s.collector {
+        println!(
+            "  collector {}: {}  acked up to seq {} of {}  spool {} events ({} bytes)  dropped {}  rejected {}",
+            c.address,
+            if c.connected {
+                "connected"
+            } else {
+                "NOT CONNECTED"
+            },
+            c.last_acked_seq,
+            c.next_seq.saturating_sub(1),
+            c.spool_depth,
+            c.spool_bytes,
+            c.spool_dropped,
+            c.rejected
+        );
+        if !c.connected {
+            code = code.max(1);
+            println!(
+                "  what to do: events are spooled locally; check that the collector at {} is up and reachable (custodyctl status)",
+                c.address
+            );
+        }
+        if c.spool_dropped > 0 {
+            println!(
+                "  what to do: {} events were dropped because the spool was full during a long outage",
+                c.spool_dropped
+            );
+        }
+    }
     for f in &s.features {
         let mark = if f.active { "active  " } else { "DEGRADED" };
         println!(
