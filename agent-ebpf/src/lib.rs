@@ -291,3 +291,31 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Tracked {}
 }
+
+/// A process to be killed at its next syscall (key: tgid). `start_boottime` guards
+/// against pid reuse (0 matches any process with that tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KillMark {
+    pub start_boottime: u64,
+    /// Daemon-side reference of the command (for confirmation), truncated.
+    pub command: u32,
+    pub _pad: u32,
+}
+
+/// A destination a quarantined process may still reach (the collector): address
+/// (IPv4 in the first 4 bytes), port in host order, family.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+}
+
+#[cfg(feature = "user")]
+mod pod_enforce {
+    // SAFETY: plain-old-data, repr(C), no implicit padding.
+    unsafe impl aya::Pod for super::KillMark {}
+    unsafe impl aya::Pod for super::Endpoint {}
+}

@@ -32,6 +32,8 @@ struct RawSensor {
     /// "host" (default: every process of the kernel) or "netns" (only processes in
     /// the daemon's own network namespace, for hosts that are namespaces of one kernel).
     scope: Option<String>,
+    /// bpffs directory for pinned enforcement state (default /sys/fs/bpf/custody/<host_id>).
+    pin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +89,7 @@ pub struct Config {
     pub tls_binaries: Vec<PathBuf>,
     /// Report only processes in the daemon's own network namespace.
     pub netns_scope: bool,
+    pub pin_dir: PathBuf,
     pub agents: Vec<AgentDecl>,
 }
 
@@ -207,8 +210,14 @@ impl Config {
                 selectors,
             });
         }
+        let host_id = raw.sensor.host_id.unwrap_or_else(hostname);
+        let pin_dir = raw
+            .sensor
+            .pin_dir
+            .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/custody").join(&host_id));
         Ok(Config {
-            host_id: raw.sensor.host_id.unwrap_or_else(hostname),
+            pin_dir,
+            host_id,
             state_dir,
             fleet_key,
             observe_all: raw.sensor.observe_all,

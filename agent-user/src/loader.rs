@@ -30,6 +30,8 @@ pub struct Options {
     pub tls_binaries: Vec<PathBuf>,
     /// Only report processes in this network namespace (inode); 0 for all.
     pub netns: u32,
+    /// bpffs directory for the enforcement maps and links (None: no enforcement).
+    pub pin_dir: Option<PathBuf>,
 }
 
 pub struct Loaded {
@@ -213,7 +215,12 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         netns: opts.netns,
         _pad: 0,
     };
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = &opts.pin_dir {
+        let dir = crate::enforce::prepare_pin_dir(dir)?;
+        loader.default_map_pin_directory(dir);
+    }
+    let mut ebpf = loader
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &cfg, true)
         .load(PROBES)

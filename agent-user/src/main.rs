@@ -9,12 +9,14 @@ mod bench;
 mod btf;
 mod config;
 mod decode;
+mod enforce;
 mod enrollment;
 mod identity;
 mod loader;
 mod output;
 mod pipeline;
 mod proctable;
+mod response;
 mod status;
 mod users;
 
@@ -284,6 +286,7 @@ async fn run(args: RunArgs) -> Result<()> {
         floor: args.floor,
         tls_binaries,
         netns,
+        pin_dir: (!args.floor).then(|| cfg.pin_dir.clone()),
     })?;
     for f in &loaded.features {
         if f.active {
@@ -300,12 +303,45 @@ async fn run(args: RunArgs) -> Result<()> {
         bail!("process tracing could not be attached; nothing would be reported");
     }
     let loader::Loaded {
-        ebpf: _ebpf,
+        mut ebpf,
         events,
         tracked,
         counters,
-        features,
+        mut features,
     } = loaded;
+    // Enforcement (kill, quarantine): pinned in bpffs so it outlives this daemon.
+    let mut enforcer = if args.floor {
+        None
+    } else {
+        match enforce::Enforcer::attach(&mut ebpf, &cfg.pin_dir.join(enforce::PIN_LAYOUT)) {
+            Ok(e) => {
+                features.push(loader::Feature {
+                    name: "enforcement".into(),
+                    active: true,
+                    detail: String::new(),
+                });
+                Some(e)
+            }
+            Err(e) => {
+                tracing::warn!(reason = %format!("{e:#}"), "enforcement degraded");
+                features.push(loader::Feature {
+                    name: "enforcement".into(),
+                    active: false,
+                    detail: format!("{e:#}"),
+                });
+                None
+            }
+        }
+    };
+    if let Some(en) = enforcer.as_mut() {
+        let q = en.quarantined();
+        if !q.is_empty() {
+            tracing::warn!(pids = ?q, "quarantine still in force from before this start");
+        }
+        if let Some(e) = &enrolled {
+            en.allow_collector(&e.collector)?;
+        }
+    }
     let declared = cfg.agents.len();
     let mut tracker = MapTracker(tracked);
     let mut pipe = Pipeline::new(
@@ -424,6 +460,13 @@ async fn run(args: RunArgs) -> Result<()> {
                     }
                 }
                 pipe.prune();
+                if let Some(en) = enforcer.as_mut() {
+                    if let Err(e) = en.sync_kill_hook(&mut ebpf) {
+                        tracing::warn!("kill hook: {e:#}");
+                    }
+                    st.quarantined_pids = en.quarantined();
+                    st.pending_kills = en.pending_kills();
+                }
                 st.updated_unix = status::now_unix();
                 st.kernel_counters = counters_now;
                 st.records = pipe.stats.records;
@@ -452,22 +495,24 @@ async fn run(args: RunArgs) -> Result<()> {
             Some(cmd) = next_command(&mut commands) => {
                 // Response actions (kill, quarantine, revoke) arrive here, only ever over
                 // the authenticated collector stream.
-                tracing::info!(id = %cmd.id, kind = %cmd.kind, "command received");
-                if let Some(h) = &shipper {
-                    let now = status::now_ns();
-                    let r = CommandResult {
-                        command_id: cmd.id.clone(),
-                        host: cfg.host_id.clone(),
-                        status: "unsupported".into(),
-                        message: format!("this sensor does not implement {:?} yet", cmd.kind),
-                        affected_exec_ids: Vec::new(),
-                        received_ns: now,
-                        completed_ns: now,
-                        apply_ns: 0,
-                    };
-                    if let Err(e) = h.send_result(r).await {
-                        tracing::warn!("could not answer command {}: {e:#}", cmd.id);
-                    }
+                tracing::info!(id = %cmd.id, kind = %cmd.kind, reason = %cmd.reason, by = %cmd.issued_by, "command received");
+                let (result, kills) = match enforcer.as_mut() {
+                    Some(en) => response::apply(&pipe.table, en, &mut ebpf, &cmd),
+                    None => (response::unavailable(&cfg.host_id, &cmd, "enforcement is degraded on this host (see custodyd status)"), Vec::new()),
+                };
+                if let Some(h) = shipper.clone() {
+                    // Confirmation waits for the processes to be gone: off the event loop.
+                    tokio::spawn(async move {
+                        let r = if kills.is_empty() {
+                            result
+                        } else {
+                            tokio::task::spawn_blocking(move || response::confirm_kills(result, kills)).await.unwrap_or_else(|e| CommandResult { status: "failed".into(), message: format!("confirmation task failed: {e}"), ..Default::default() })
+                        };
+                        tracing::info!(id = %r.command_id, status = %r.status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
+                        if let Err(e) = h.send_result(r).await {
+                            tracing::warn!("could not answer a command: {e:#}");
+                        }
+                    });
                 }
             }
             _ = term.recv() => break,

@@ -18,6 +18,8 @@ use crate::users::Users;
 pub struct Proc {
     pub tgid: u32,
     pub start_ticks: u64,
+    /// Kernel start time in boot ns (0 when only known from /proc).
+    pub start_boottime: u64,
     pub exec_id: String,
     pub parent_exec_id: String,
     pub ppid: u32,

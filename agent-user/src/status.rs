@@ -29,6 +29,9 @@ pub struct Status {
     pub discovered_agents: u64,
     pub declared_agents: usize,
     pub state_dir: String,
+    /// Processes under network quarantine (enforced in the kernel, pinned).
+    pub quarantined_pids: Vec<u32>,
+    pub pending_kills: usize,
     /// Collector shipping (absent in standalone mode).
     pub collector: Option<CollectorStatus>,
 }
@@ -166,6 +169,18 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
                 c.spool_dropped
             );
         }
+    }
+    if !s.quarantined_pids.is_empty() {
+        println!(
+            "  QUARANTINE in force for pids {:?} (network denied except to the collector)",
+            s.quarantined_pids
+        );
+    }
+    if s.pending_kills > 0 {
+        println!(
+            "  {} processes marked for kill at their next syscall",
+            s.pending_kills
+        );
     }
     for f in &s.features {
         let mark = if f.active { "active  " } else { "DEGRADED" };

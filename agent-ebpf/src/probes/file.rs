@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 
-use super::{trace_info, EVENTS, PENDING, Pending, count, fill_header, traced, uread};
+use super::{EVENTS, PENDING, Pending, count, fill_header, trace_info, traced, uread};
 
 /// Syscall argument `i` of a `syscalls/sys_enter_*` record.
 #[inline(always)]
@@ -31,7 +31,14 @@ pub fn stash(kind: u32, fd: i32, a: u64, b: u64, flags: u32, mode: u32) {
     if traced((pid_tgid >> 32) as u32).is_none() {
         return;
     }
-    let p = Pending { kind, fd, a, b, flags, mode };
+    let p = Pending {
+        kind,
+        fd,
+        a,
+        b,
+        flags,
+        mode,
+    };
     if PENDING.insert(&pid_tgid, &p, 0).is_err() {
         count(counter::PENDING_FULL);
     }
@@ -51,7 +58,14 @@ const AT_FDCWD: i32 = -100;
 
 #[tracepoint]
 pub fn custody_openat_enter(ctx: TracePointContext) -> u32 {
-    stash(kind::FILE_OPEN, arg(&ctx, 0) as i32, arg(&ctx, 1), 0, arg(&ctx, 2) as u32, arg(&ctx, 3) as u32);
+    stash(
+        kind::FILE_OPEN,
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        0,
+        arg(&ctx, 2) as u32,
+        arg(&ctx, 3) as u32,
+    );
     0
 }
 
@@ -61,7 +75,14 @@ pub fn custody_openat2_enter(ctx: TracePointContext) -> u32 {
     let how = arg(&ctx, 2);
     let flags: u64 = unsafe { uread(how) }.unwrap_or(0);
     let mode: u64 = unsafe { uread(how + 8) }.unwrap_or(0);
-    stash(kind::FILE_OPEN, arg(&ctx, 0) as i32, arg(&ctx, 1), 0, flags as u32, mode as u32);
+    stash(
+        kind::FILE_OPEN,
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        0,
+        flags as u32,
+        mode as u32,
+    );
     0
 }
 
@@ -73,13 +94,27 @@ pub fn custody_unlink_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_unlinkat_enter(ctx: TracePointContext) -> u32 {
-    stash(kind::FILE_UNLINK, arg(&ctx, 0) as i32, arg(&ctx, 1), 0, arg(&ctx, 2) as u32, 0);
+    stash(
+        kind::FILE_UNLINK,
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        0,
+        arg(&ctx, 2) as u32,
+        0,
+    );
     0
 }
 
 #[tracepoint]
 pub fn custody_rename_enter(ctx: TracePointContext) -> u32 {
-    stash(kind::FILE_RENAME, AT_FDCWD, arg(&ctx, 0), arg(&ctx, 1), 0, 0);
+    stash(
+        kind::FILE_RENAME,
+        AT_FDCWD,
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        0,
+        0,
+    );
     0
 }
 
@@ -87,7 +122,14 @@ pub fn custody_rename_enter(ctx: TracePointContext) -> u32 {
 pub fn custody_renameat_enter(ctx: TracePointContext) -> u32 {
     // renameat(olddfd, oldname, newdfd, newname[, flags]); newdfd is assumed equal to
     // olddfd for relative names (the common case), and both names are reported.
-    stash(kind::FILE_RENAME, arg(&ctx, 0) as i32, arg(&ctx, 1), arg(&ctx, 3), arg(&ctx, 4) as u32, 0);
+    stash(
+        kind::FILE_RENAME,
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        arg(&ctx, 3),
+        arg(&ctx, 4) as u32,
+        0,
+    );
     0
 }
 
@@ -110,10 +152,20 @@ pub fn custody_file_exit(ctx: TracePointContext) -> u32 {
     ev.flags = p.flags;
     ev.mode = p.mode;
     ev._pad = 0;
-    ev.path_len = read_path(ev.path.as_mut_ptr(), p.a, &mut ev.hdr.flags, flag::PATH_TRUNCATED);
+    ev.path_len = read_path(
+        ev.path.as_mut_ptr(),
+        p.a,
+        &mut ev.hdr.flags,
+        flag::PATH_TRUNCATED,
+    );
     ev.path2_len = 0;
     if p.b != 0 {
-        ev.path2_len = read_path(ev.path2.as_mut_ptr(), p.b, &mut ev.hdr.flags, flag::PATH2_TRUNCATED);
+        ev.path2_len = read_path(
+            ev.path2.as_mut_ptr(),
+            p.b,
+            &mut ev.hdr.flags,
+            flag::PATH2_TRUNCATED,
+        );
     }
     entry.submit(0);
     0
@@ -122,7 +174,11 @@ pub fn custody_file_exit(ctx: TracePointContext) -> u32 {
 #[inline(always)]
 fn read_path(dst: *mut u8, src: u64, flags: &mut u32, trunc: u32) -> u32 {
     let n = unsafe {
-        generated::bpf_probe_read_user_str(dst.cast::<c_void>(), PATH_MAX as u32, src as *const c_void)
+        generated::bpf_probe_read_user_str(
+            dst.cast::<c_void>(),
+            PATH_MAX as u32,
+            src as *const c_void,
+        )
     };
     if n <= 0 {
         *flags |= flag::READ_FAILED;

@@ -5,6 +5,7 @@
 //! processes pay one map lookup per hook and emit nothing; process exec/exit are the
 //! exception, since the daemon's process table and agent matching need them.
 
+pub mod enforce;
 pub mod file;
 pub mod net;
 pub mod pipe;
@@ -274,7 +275,11 @@ pub fn sock_of_fd(fd: i32) -> Option<*const u8> {
 /// Clamp a runtime length to `max` in a form the verifier can follow.
 #[inline(always)]
 pub fn clamp(len: u64, max: usize) -> u32 {
-    if len > max as u64 { max as u32 } else { len as u32 }
+    if len > max as u64 {
+        max as u32
+    } else {
+        len as u32
+    }
 }
 
 /// Floor programs: the same attach points with empty bodies, so benchmarks can

@@ -6,7 +6,10 @@ use agent_ebpf::{DNS_MAX, DnsEvent, NetEvent, counter, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::file::{arg, ret, stash, take};
-use super::{trace_info, EVENTS, clamp, count, current_tgid, fill_header, kread, off, sock_of_fd, traced, uread, uread_into};
+use super::{
+    EVENTS, clamp, count, current_tgid, fill_header, kread, off, sock_of_fd, trace_info, traced,
+    uread, uread_into,
+};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -14,7 +17,14 @@ const SOCK_DGRAM: u16 = 2;
 
 #[tracepoint]
 pub fn custody_connect_enter(ctx: TracePointContext) -> u32 {
-    stash(kind::NET_CONNECT, arg(&ctx, 0) as i32, arg(&ctx, 1), 0, 0, 0);
+    stash(
+        kind::NET_CONNECT,
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        0,
+        0,
+        0,
+    );
     0
 }
 
@@ -26,7 +36,14 @@ pub fn custody_bind_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_listen_enter(ctx: TracePointContext) -> u32 {
-    stash(kind::NET_LISTEN, arg(&ctx, 0) as i32, 0, 0, arg(&ctx, 1) as u32, 0);
+    stash(
+        kind::NET_LISTEN,
+        arg(&ctx, 0) as i32,
+        0,
+        0,
+        arg(&ctx, 1) as u32,
+        0,
+    );
     0
 }
 
@@ -124,7 +141,12 @@ fn emit(kind: u32, fd: i32, result: i64, uaddr: u64) {
 #[tracepoint]
 pub fn custody_sendto_enter(ctx: TracePointContext) -> u32 {
     // sendto(fd, buf, len, flags, addr, addrlen)
-    dns(arg(&ctx, 0) as i32, arg(&ctx, 1), arg(&ctx, 2), arg(&ctx, 4));
+    dns(
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        arg(&ctx, 4),
+    );
     0
 }
 

@@ -5,7 +5,10 @@ use agent_ebpf::{PIPE_MAX, PipeEvent, counter, flag, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::file::{arg, ret, stash, take};
-use super::{trace_info, EVENTS, S_IFIFO, S_IFMT, clamp, count, current_tgid, file_mode, file_of_fd, fill_header, traced, uread, uread_into};
+use super::{
+    EVENTS, S_IFIFO, S_IFMT, clamp, count, current_tgid, file_mode, file_of_fd, fill_header,
+    trace_info, traced, uread, uread_into,
+};
 
 #[tracepoint]
 pub fn custody_write_enter(ctx: TracePointContext) -> u32 {

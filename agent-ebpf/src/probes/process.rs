@@ -2,7 +2,10 @@
 //! kernel, so a 1 ms process still has its arguments), fork (tracking inherited by
 //! children), exit.
 
-use agent_ebpf::{ARGS_MAX, ENV_MAX, ExecEvent, ExitEvent, ForkEvent, PATH_MAX, Tracked, counter, flag, kind, track};
+use agent_ebpf::{
+    ARGS_MAX, ENV_MAX, ExecEvent, ExitEvent, ForkEvent, PATH_MAX, Tracked, counter, flag, kind,
+    track,
+};
 use aya_ebpf::{
     EbpfContext,
     helpers::generated,
@@ -11,9 +14,9 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 
-use super::{trace_info, 
-    EVENTS, TRACKED, clamp, count, current_task, current_tgid, fill_header, kread, off, traced,
-    uread_into,
+use super::{
+    EVENTS, TRACKED, clamp, count, current_task, current_tgid, fill_header, kread, off, trace_info,
+    traced, uread_into,
 };
 
 #[tracepoint]
@@ -98,6 +101,8 @@ pub fn custody_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let tgid = current_tgid();
+    let child_start: u64 = unsafe { kread(child, off!(task_start_boottime)) }.unwrap_or(0);
+    super::enforce::inherit(tgid, child_tgid, child_start);
     let Some((agent, tflags)) = traced(tgid) else {
         return 0;
     };
@@ -118,7 +123,7 @@ pub fn custody_fork(ctx: BtfTracePointContext) -> i32 {
     fill_header(&mut ev.hdr, kind::FORK, agent, tflags);
     ev.child_tgid = child_tgid;
     ev._pad = 0;
-    ev.child_start_boottime = unsafe { kread(child, off!(task_start_boottime)) }.unwrap_or(0);
+    ev.child_start_boottime = child_start;
     entry.submit(0);
     0
 }
@@ -133,6 +138,8 @@ pub fn custody_exit(_ctx: TracePointContext) -> u32 {
     if tgid == unsafe { core::ptr::read_volatile(&super::CONFIG.self_tgid) } {
         return 0;
     }
+    let _ = super::enforce::KILL.remove(&tgid);
+    let _ = super::enforce::QUARANTINE.remove(&tgid);
     let (agent, tflags) = trace_info(tgid);
     if tflags == 0 && !super::in_scope() {
         return 0;

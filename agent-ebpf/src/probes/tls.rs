@@ -58,7 +58,13 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
             return 0;
         }
     }
-    let call = TlsCall { ssl, buf, out_len, direction: dir, _pad: 0 };
+    let call = TlsCall {
+        ssl,
+        buf,
+        out_len,
+        direction: dir,
+        _pad: 0,
+    };
     let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
     0
 }

@@ -133,6 +133,7 @@ impl Pipeline {
             .flatten();
         let comm_bytes = &h.comm[..h.comm.iter().position(|&b| b == 0).unwrap_or(16)];
         let p = self.table.get_mut_quiet(h.tgid).expect("entry exists");
+        p.start_boottime = h.start_boottime;
         let mut changed = p.ppid != h.ppid
             || p.parent_exec_id != parent_id
             || p.uid != h.uid

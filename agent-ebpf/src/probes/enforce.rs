@@ -1,0 +1,128 @@
+//! Enforcement: the kill set (checked at syscall entry, so a marked process dies at
+//! its next syscall even when user space is slow) and network quarantine (cgroup
+//! connect/sendmsg hooks make the syscall fail with EPERM). The maps are pinned, so
+//! enforcement outlives a crash or restart of the daemon.
+
+use agent_ebpf::{Endpoint, KillMark};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    macros::{cgroup_sock_addr, map, raw_tracepoint},
+    maps::HashMap,
+    programs::{RawTracePointContext, SockAddrContext},
+};
+
+use super::{current_task, kread, off};
+
+#[map]
+pub static KILL: HashMap<u32, KillMark> = HashMap::pinned(8192, 0);
+
+/// Quarantined processes (key: tgid; value: reserved flags).
+#[map]
+pub static QUARANTINE: HashMap<u32, u32> = HashMap::pinned(8192, 0);
+
+/// Destinations quarantined processes may still reach.
+#[map]
+pub static ALLOW_DST: HashMap<Endpoint, u8> = HashMap::pinned(64, 0);
+
+const SIGKILL: u32 = 9;
+
+#[inline(always)]
+fn leader_start() -> u64 {
+    let task = current_task();
+    unsafe {
+        let leader: *const u8 = kread(task, off!(task_group_leader)).unwrap_or(core::ptr::null());
+        kread(leader, off!(task_start_boottime)).unwrap_or(0)
+    }
+}
+
+/// Attached to `sys_enter` only while the kill set is non-empty (the daemon attaches
+/// and detaches it), since any sys_enter hook slows every syscall on the host.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn custody_kill(_ctx: RawTracePointContext) -> i32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: copied out immediately.
+    if let Some(m) = unsafe { KILL.get(&tgid) } {
+        if m.start_boottime == 0 || m.start_boottime == leader_start() {
+            unsafe { bpf_send_signal(SIGKILL) };
+        }
+    }
+    0
+}
+
+/// Children of killed or quarantined processes inherit the mark (called from the
+/// fork program for every new process).
+#[inline(always)]
+pub fn inherit(parent: u32, child: u32, child_start: u64) {
+    if unsafe { KILL.get(&parent) }.is_some() {
+        let m = KillMark {
+            start_boottime: child_start,
+            command: 0,
+            _pad: 0,
+        };
+        let _ = KILL.insert(&child, &m, 0);
+    }
+    if let Some(f) = unsafe { QUARANTINE.get(&parent) } {
+        let f = *f;
+        let _ = QUARANTINE.insert(&child, &f, 0);
+    }
+}
+
+#[inline(always)]
+fn allowed(family: u16, addr: [u8; 16], port: u16) -> bool {
+    let e = Endpoint { addr, port, family };
+    unsafe { ALLOW_DST.get(&e) }.is_some()
+}
+
+#[inline(always)]
+fn quarantined() -> bool {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    unsafe { QUARANTINE.get(&tgid) }.is_some()
+}
+
+#[inline(always)]
+fn check_v4(ctx: &SockAddrContext) -> i32 {
+    if !quarantined() {
+        return 1;
+    }
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    let port = u16::from_be(sa.user_port as u16);
+    if allowed(2, addr, port) { 1 } else { 0 }
+}
+
+#[inline(always)]
+fn check_v6(ctx: &SockAddrContext) -> i32 {
+    if !quarantined() {
+        return 1;
+    }
+    let sa = unsafe { &*ctx.sock_addr };
+    let mut addr = [0u8; 16];
+    let w = sa.user_ip6;
+    addr[..4].copy_from_slice(&w[0].to_ne_bytes());
+    addr[4..8].copy_from_slice(&w[1].to_ne_bytes());
+    addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
+    addr[12..].copy_from_slice(&w[3].to_ne_bytes());
+    let port = u16::from_be(sa.user_port as u16);
+    if allowed(10, addr, port) { 1 } else { 0 }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn custody_connect4(ctx: SockAddrContext) -> i32 {
+    check_v4(&ctx)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn custody_connect6(ctx: SockAddrContext) -> i32 {
+    check_v6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn custody_sendmsg4(ctx: SockAddrContext) -> i32 {
+    check_v4(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn custody_sendmsg6(ctx: SockAddrContext) -> i32 {
+    check_v6(&ctx)
+}

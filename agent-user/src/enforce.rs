@@ -1,0 +1,540 @@
+//! Enforcement on this host: kill and network quarantine, applied to the pinned
+//! kernel maps (so they outlive the daemon) with `kill(2)` and socket shutdown as
+//! immediate backstops.
+
+use std::net::{IpAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use agent_ebpf::{Endpoint, KillMark};
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, RawTracePoint,
+        links::{FdLink, PinnedLink},
+    },
+};
+
+/// Bumped whenever a pinned map's layout changes: stale pins are then replaced.
+pub const PIN_LAYOUT: &str = "custody-enforce-v1";
+
+const HOOKS: [&str; 4] = [
+    "custody_connect4",
+    "custody_connect6",
+    "custody_sendmsg4",
+    "custody_sendmsg6",
+];
+
+pub struct Enforcer {
+    kill: BpfHashMap<MapData, u32, KillMark>,
+    quarantine: BpfHashMap<MapData, u32, u32>,
+    allow: BpfHashMap<MapData, Endpoint, u8>,
+    pin_dir: PathBuf,
+    kill_attached: bool,
+}
+
+/// The cgroup v2 root, from mountinfo (hybrid hosts mount it at .../unified).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for line in mi.lines() {
+        let (left, right) = line.split_once(" - ").unwrap_or((line, ""));
+        if right.split_whitespace().next() == Some("cgroup2") {
+            if let Some(mp) = left.split_whitespace().nth(4) {
+                return Ok(PathBuf::from(mp));
+            }
+        }
+    }
+    bail!("no cgroup v2 hierarchy is mounted: network quarantine needs one")
+}
+
+/// The pin directory for this layout: the layout version is part of the path (bpffs
+/// holds only maps, programs and links), so a daemon with a new map layout never
+/// reuses an incompatible pinned map.
+pub fn prepare_pin_dir(base: &Path) -> Result<PathBuf> {
+    let dir = base.join(PIN_LAYOUT);
+    std::fs::create_dir_all(dir.join("links")).with_context(|| {
+        format!(
+            "creating pin dir {} (is bpffs mounted at /sys/fs/bpf?)",
+            dir.display()
+        )
+    })?;
+    Ok(dir)
+}
+
+/// Replace a pinned link: the new link is already attached (held by its fd) when
+/// the previous daemon's pinned one is detached, so enforcement has no gap.
+fn pin_replacing(link: FdLink, path: &Path) -> Result<()> {
+    if let Ok(old) = PinnedLink::from_pin(path) {
+        drop(old.unpin()?); // detaches the previous link
+    }
+    let _ = std::fs::remove_file(path);
+    link.pin(path)
+        .with_context(|| format!("pinning {}", path.display()))?;
+    Ok(())
+}
+
+impl Enforcer {
+    /// Attach the quarantine hooks (pinned) and take the enforcement maps.
+    pub fn attach(ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Enforcer> {
+        let cgroup = cgroup2_root()?;
+        let cg = std::fs::File::open(&cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in HOOKS {
+            let p: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .with_context(|| format!("{name} missing"))?
+                .try_into()?;
+            p.load()?;
+            let id = // Links are multi-attach by nature; the kernel rejects the flag on link_create.
+            p.attach(cg.as_fd(), CgroupAttachMode::Single).with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            let link: FdLink = p
+                .take_link(id)?
+                .try_into()
+                .context("cgroup link is not an fd link")?;
+            pin_replacing(link, &pin_dir.join("links").join(name))?;
+        }
+        let kill_prog: &mut RawTracePoint = ebpf
+            .program_mut("custody_kill")
+            .context("custody_kill missing")?
+            .try_into()?;
+        kill_prog.load()?;
+        let kill = BpfHashMap::try_from(ebpf.take_map("KILL").context("KILL map missing")?)?;
+        let quarantine = BpfHashMap::try_from(
+            ebpf.take_map("QUARANTINE")
+                .context("QUARANTINE map missing")?,
+        )?;
+        let allow = BpfHashMap::try_from(
+            ebpf.take_map("ALLOW_DST")
+                .context("ALLOW_DST map missing")?,
+        )?;
+        let mut e = Enforcer {
+            kill,
+            quarantine,
+            allow,
+            pin_dir: pin_dir.to_path_buf(),
+            kill_attached: pin_dir.join("links/custody_kill").exists(),
+        };
+        // A previous daemon may have left kills pending: keep the hook for them.
+        e.sync_kill_hook(ebpf)?;
+        Ok(e)
+    }
+
+    /// Let quarantined processes still reach the collector (its resolved addresses).
+    pub fn allow_collector(&mut self, addr: &str) -> Result<()> {
+        for sa in addr
+            .to_socket_addrs()
+            .with_context(|| format!("resolving collector address {addr}"))?
+        {
+            let mut a = [0u8; 16];
+            let family = match sa.ip() {
+                IpAddr::V4(v4) => {
+                    a[..4].copy_from_slice(&v4.octets());
+                    2
+                }
+                IpAddr::V6(v6) => {
+                    a = v6.octets();
+                    10
+                }
+            };
+            self.allow.insert(
+                Endpoint {
+                    addr: a,
+                    port: sa.port(),
+                    family,
+                },
+                1,
+                0,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn quarantined(&self) -> Vec<u32> {
+        self.quarantine.keys().filter_map(Result::ok).collect()
+    }
+
+    pub fn pending_kills(&self) -> usize {
+        self.kill.keys().filter_map(Result::ok).count()
+    }
+
+    /// Attach the sys_enter kill hook while kills are pending, detach it when none are.
+    pub fn sync_kill_hook(&mut self, ebpf: &mut Ebpf) -> Result<()> {
+        let want = self.pending_kills() > 0;
+        let path = self.pin_dir.join("links/custody_kill");
+        if want && !self.kill_attached {
+            let p: &mut RawTracePoint = ebpf
+                .program_mut("custody_kill")
+                .context("custody_kill missing")?
+                .try_into()?;
+            let id = p.attach("sys_enter")?;
+            let link: FdLink = p.take_link(id)?.into();
+            pin_replacing(link, &path)?;
+            self.kill_attached = true;
+        } else if !want && self.kill_attached {
+            if let Ok(p) = PinnedLink::from_pin(&path) {
+                drop(p.unpin()?);
+            }
+            self.kill_attached = false;
+        }
+        Ok(())
+    }
+
+    /// Mark a process for death at its next syscall and SIGKILL it now.
+    pub fn kill(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        start_boottime: u64,
+        start_ticks: u64,
+        command: u32,
+    ) -> Result<bool> {
+        if !self.mark_kill(ebpf, pid, start_boottime, start_ticks, command)? {
+            return Ok(false);
+        }
+        // SAFETY: plain syscall; the pid was checked against its start time just above.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        Ok(true)
+    }
+
+    /// The in-kernel half of a kill: the process dies at its next syscall (and can no
+    /// longer fork: a pending SIGKILL aborts clone).
+    pub fn mark_kill(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        start_boottime: u64,
+        start_ticks: u64,
+        command: u32,
+    ) -> Result<bool> {
+        if !same_process(pid, start_ticks) {
+            return Ok(false);
+        }
+        self.kill.insert(
+            pid,
+            KillMark {
+                start_boottime,
+                command,
+                _pad: 0,
+            },
+            0,
+        )?;
+        self.sync_kill_hook(ebpf)?;
+        Ok(true)
+    }
+
+    pub fn quarantine(&mut self, pid: u32, start_ticks: u64) -> Result<bool> {
+        if !same_process(pid, start_ticks) {
+            return Ok(false);
+        }
+        self.quarantine.insert(pid, 1, 0)?;
+        shutdown_sockets(pid);
+        Ok(true)
+    }
+
+    pub fn release(&mut self, pid: u32) -> Result<bool> {
+        Ok(self.quarantine.remove(&pid).is_ok())
+    }
+}
+
+/// Whether `pid` is still the process that started at `start_ticks`.
+pub fn same_process(pid: u32, start_ticks: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    stat[close + 2..]
+        .split_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse::<u64>().ok())
+        == Some(start_ticks)
+}
+
+/// Stop a quarantined process's existing connections from carrying data: take a
+/// duplicate of each of its inet sockets (pidfd_getfd) and shut it down both ways.
+fn shutdown_sockets(pid: u32) {
+    // SAFETY: raw syscalls with checked results; fds are owned and closed on drop.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as i32;
+        if pidfd < 0 {
+            return;
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return;
+        };
+        for e in dir.flatten() {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            if !target.to_string_lossy().starts_with("socket:") {
+                continue;
+            }
+            let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let dup = libc::syscall(
+                libc::SYS_pidfd_getfd,
+                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+                fd,
+                0,
+            ) as i32;
+            if dup < 0 {
+                continue;
+            }
+            let dup = OwnedFd::from_raw_fd(dup);
+            let mut dom: libc::c_int = 0;
+            let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+            let raw = std::os::fd::AsRawFd::as_raw_fd(&dup);
+            libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_DOMAIN,
+                (&mut dom as *mut libc::c_int).cast(),
+                &mut len,
+            );
+            if dom == libc::AF_INET || dom == libc::AF_INET6 {
+                libc::shutdown(raw, libc::SHUT_RDWR);
+            }
+        }
+    }
+}
+
+/// Wait (bounded) until every (pid, start) is gone; returns the time it took.
+pub fn wait_gone(procs: &[(u32, u64)], limit: Duration) -> (Duration, Vec<(u32, u64)>) {
+    let t = Instant::now();
+    loop {
+        let alive: Vec<(u32, u64)> = procs
+            .iter()
+            .copied()
+            .filter(|&(p, s)| same_process(p, s) && !is_zombie(p))
+            .collect();
+        if alive.is_empty() || t.elapsed() >= limit {
+            return (t.elapsed(), alive);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real kernel: loads the programs, applies quarantine and kills to child processes.
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::process::{Child, ChildStdin, Command, Stdio};
+
+    use super::*;
+    use crate::loader;
+
+    fn root_or_skip(name: &str) -> bool {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        assert!(
+            std::env::var("CUSTODY_REQUIRE_BPF").as_deref() != Ok("1"),
+            "{name} needs root and CUSTODY_REQUIRE_BPF=1 forbids skipping"
+        );
+        eprintln!("skipping {name}: needs root to load eBPF");
+        false
+    }
+
+    struct Loaded {
+        ebpf: Ebpf,
+        enforcer: Enforcer,
+        base: PathBuf,
+    }
+
+    impl Drop for Loaded {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.base);
+        }
+    }
+
+    fn load(tag: &str) -> Loaded {
+        let base = PathBuf::from(format!(
+            "/sys/fs/bpf/custody-test-{tag}-{}",
+            std::process::id()
+        ));
+        let l = loader::load(&loader::Options {
+            observe_all: false,
+            floor: false,
+            tls_binaries: Vec::new(),
+            netns: 0,
+            pin_dir: Some(base.clone()),
+        })
+        .expect("load programs");
+        let mut ebpf = l.ebpf;
+        let enforcer =
+            Enforcer::attach(&mut ebpf, &base.join(PIN_LAYOUT)).expect("attach enforcement");
+        Loaded {
+            ebpf,
+            enforcer,
+            base,
+        }
+    }
+
+    /// A python child that runs one command per stdin line and answers on stdout.
+    struct Agent {
+        child: Child,
+        stdin: ChildStdin,
+        out: BufReader<std::process::ChildStdout>,
+    }
+
+    impl Agent {
+        fn start() -> Agent {
+            let code = r#"
+import socket, sys, os
+keep = None
+for line in sys.stdin:
+    cmd, _, arg = line.strip().partition(" ")
+    try:
+        if cmd == "connect":
+            s = socket.create_connection(("127.0.0.1", int(arg)), timeout=2); s.close(); print("ok", flush=True)
+        elif cmd == "open":
+            keep = socket.create_connection(("127.0.0.1", int(arg)), timeout=2); print("ok", flush=True)
+        elif cmd == "send":
+            keep.sendall(b"x" * 10); print("ok", flush=True)
+        elif cmd == "fork":
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0); print("ok", flush=True)
+    except OSError as e:
+        print("err", e.errno, flush=True)
+"#;
+            let mut child = Command::new("python3")
+                .args(["-c", code])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let stdin = child.stdin.take().unwrap();
+            let out = BufReader::new(child.stdout.take().unwrap());
+            Agent { child, stdin, out }
+        }
+
+        fn ask(&mut self, cmd: &str) -> String {
+            writeln!(self.stdin, "{cmd}").unwrap();
+            self.stdin.flush().unwrap();
+            let mut l = String::new();
+            self.out.read_line(&mut l).unwrap();
+            l.trim().to_string()
+        }
+
+        fn start_ticks(&self) -> u64 {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+            let close = stat.rfind(')').unwrap();
+            stat[close + 2..]
+                .split_whitespace()
+                .nth(19)
+                .unwrap()
+                .parse()
+                .unwrap()
+        }
+    }
+
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn listener() -> (TcpListener, u16) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        (l, p)
+    }
+
+    #[test]
+    fn quarantine_denies_connect_except_collector_and_release_restores() {
+        if !root_or_skip("quarantine_denies_connect_except_collector_and_release_restores") {
+            return;
+        }
+        let mut l = load("q");
+        let (_srv, port) = listener();
+        let (_col, col_port) = listener();
+        l.enforcer
+            .allow_collector(&format!("127.0.0.1:{col_port}"))
+            .unwrap();
+        let mut a = Agent::start();
+        assert_eq!(a.ask(&format!("connect {port}")), "ok");
+        assert_eq!(a.ask(&format!("open {port}")), "ok");
+        let pid = a.child.id();
+        assert!(l.enforcer.quarantine(pid, a.start_ticks()).unwrap());
+        assert_eq!(
+            a.ask(&format!("connect {port}")),
+            format!("err {}", libc::EPERM),
+            "connect must fail with EPERM"
+        );
+        assert_eq!(
+            a.ask(&format!("connect {col_port}")),
+            "ok",
+            "the collector stays reachable"
+        );
+        assert!(
+            a.ask("send").starts_with("err"),
+            "the existing connection no longer carries data"
+        );
+        assert_eq!(l.enforcer.quarantined(), vec![pid]);
+        assert!(l.enforcer.release(pid).unwrap());
+        assert_eq!(
+            a.ask(&format!("connect {port}")),
+            "ok",
+            "release restores connectivity"
+        );
+    }
+
+    #[test]
+    fn marked_process_dies_at_its_next_syscall_and_cannot_fork() {
+        if !root_or_skip("marked_process_dies_at_its_next_syscall_and_cannot_fork") {
+            return;
+        }
+        let mut l = load("k");
+        let mut a = Agent::start();
+        assert_eq!(a.ask("fork"), "ok");
+        let pid = a.child.id();
+        // In-kernel only (no kill(2) backstop): the process is blocked in read().
+        assert!(
+            l.enforcer
+                .mark_kill(&mut l.ebpf, pid, 0, a.start_ticks(), 7)
+                .unwrap()
+        );
+        assert_eq!(l.enforcer.pending_kills(), 1);
+        writeln!(a.stdin, "fork").unwrap();
+        let _ = a.stdin.flush();
+        let st = a.child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "killed by the kernel at its next syscall"
+        );
+        let mut rest = String::new();
+        let _ = a.out.read_line(&mut rest);
+        assert!(
+            rest.is_empty(),
+            "it must not have completed the fork: {rest:?}"
+        );
+        // The exit removed the mark; the next tick detaches the sys_enter hook.
+        assert_eq!(l.enforcer.pending_kills(), 0);
+        l.enforcer.sync_kill_hook(&mut l.ebpf).unwrap();
+        assert!(!l.base.join(PIN_LAYOUT).join("links/custody_kill").exists());
+        // A stale pid (wrong start time) is refused.
+        assert!(
+            !l.enforcer
+                .mark_kill(&mut l.ebpf, std::process::id(), 0, 1, 7)
+                .unwrap()
+        );
+    }
+}

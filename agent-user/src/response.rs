@@ -1,0 +1,209 @@
+//! Response commands from the collector (kill, quarantine, release), resolved against
+//! this host's process table and applied through the enforcer. Commands only ever
+//! arrive over the authenticated collector stream.
+
+use std::time::Duration;
+
+use aya::Ebpf;
+use custody_proto::sensor::v1::{Command, CommandResult};
+
+use crate::enforce::{Enforcer, wait_gone};
+use crate::proctable::ProcTable;
+use crate::status::now_ns;
+
+/// A live process targeted by a command.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub start_boottime: u64,
+}
+
+/// Parse "host:pid:start_ticks"; None when malformed or for another host.
+fn parse_exec_id(host: &str, id: &str) -> Option<(u32, u64)> {
+    let rest = id.strip_prefix(host)?.strip_prefix(':')?;
+    let (pid, ticks) = rest.split_once(':')?;
+    Some((pid.parse().ok()?, ticks.parse().ok()?))
+}
+
+fn is_exec_id(id: &str) -> bool {
+    let mut parts = id.rsplitn(3, ':');
+    let ticks = parts.next().is_some_and(|t| t.parse::<u64>().is_ok());
+    let pid = parts.next().is_some_and(|p| p.parse::<u32>().is_ok());
+    ticks && pid && parts.next().is_some()
+}
+
+/// Resolve a command's targets to live processes of this host, with descendants
+/// (a chain or an agent includes what it spawned).
+pub fn resolve(table: &ProcTable, cmd: &Command) -> (Vec<Target>, Vec<String>) {
+    let mut roots: Vec<u32> = Vec::new();
+    let mut unknown = Vec::new();
+    for t in &cmd.targets {
+        if is_exec_id(t) {
+            match parse_exec_id(&table.host, t) {
+                Some((pid, ticks)) if table.get(pid).is_some_and(|p| p.start_ticks == ticks) => {
+                    roots.push(pid)
+                }
+                Some((pid, ticks)) if crate::enforce::same_process(pid, ticks) => roots.push(pid),
+                Some(_) => unknown.push(format!("{t}: not running")),
+                None => {} // another host's process: not ours to act on
+            }
+        } else {
+            let before = roots.len();
+            for tgid in table.tgids() {
+                if table
+                    .get(tgid)
+                    .and_then(|p| p.agent.as_ref())
+                    .is_some_and(|a| &a.id == t)
+                {
+                    roots.push(tgid);
+                }
+            }
+            if roots.len() == before {
+                unknown.push(format!("agent {t}: no live process on this host"));
+            }
+        }
+    }
+    let mut all = roots.clone();
+    for r in &roots {
+        all.extend(table.descendants(*r));
+    }
+    all.sort_unstable();
+    all.dedup();
+    let targets = all
+        .into_iter()
+        .filter_map(|pid| {
+            let p = table.get(pid)?;
+            Some(Target {
+                pid,
+                start_ticks: p.start_ticks,
+                start_boottime: p.start_boottime,
+            })
+        })
+        .collect();
+    (targets, unknown)
+}
+
+/// Apply a command; for kills, the result is completed by [`confirm_kills`].
+pub fn apply(
+    table: &ProcTable,
+    enforcer: &mut Enforcer,
+    ebpf: &mut Ebpf,
+    cmd: &Command,
+) -> (CommandResult, Vec<Target>) {
+    let received = now_ns();
+    let (targets, unknown) = resolve(table, cmd);
+    let mut affected = Vec::new();
+    let mut errors = Vec::new();
+    let cmd_ref = cmd
+        .id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    for t in &targets {
+        let r = match cmd.kind.as_str() {
+            "kill_process" | "kill_agent" | "kill_chain" => {
+                enforcer.kill(ebpf, t.pid, t.start_boottime, t.start_ticks, cmd_ref)
+            }
+            "quarantine" => enforcer.quarantine(t.pid, t.start_ticks),
+            "release" => enforcer.release(t.pid),
+            _ => Ok(false),
+        };
+        match r {
+            Ok(true) => affected.push(table.exec_id(t.pid, t.start_ticks)),
+            Ok(false) => {}
+            Err(e) => errors.push(format!("pid {}: {e:#}", t.pid)),
+        }
+    }
+    let known = matches!(
+        cmd.kind.as_str(),
+        "kill_process" | "kill_agent" | "kill_chain" | "quarantine" | "release"
+    );
+    let status = if !known {
+        "unsupported"
+    } else if !errors.is_empty() {
+        if affected.is_empty() {
+            "failed"
+        } else {
+            "partial"
+        }
+    } else if affected.is_empty() && !unknown.is_empty() {
+        "failed"
+    } else {
+        "ok"
+    };
+    let mut message: Vec<String> = errors;
+    message.extend(unknown);
+    if !known {
+        message.push(format!("this sensor does not implement {:?}", cmd.kind));
+    }
+    if affected.is_empty() && message.is_empty() {
+        message.push("no matching live process on this host".into());
+    }
+    let now = now_ns();
+    let result = CommandResult {
+        command_id: cmd.id.clone(),
+        host: table.host.clone(),
+        status: status.into(),
+        message: message.join("; "),
+        affected_exec_ids: affected,
+        received_ns: received,
+        completed_ns: now,
+        apply_ns: now - received,
+    };
+    let kills = if cmd.kind.starts_with("kill_") {
+        targets
+    } else {
+        Vec::new()
+    };
+    (result, kills)
+}
+
+/// The answer when this host cannot enforce at all.
+pub fn unavailable(host: &str, cmd: &Command, why: &str) -> CommandResult {
+    let now = now_ns();
+    CommandResult {
+        command_id: cmd.id.clone(),
+        host: host.to_string(),
+        status: "failed".into(),
+        message: why.to_string(),
+        affected_exec_ids: Vec::new(),
+        received_ns: now,
+        completed_ns: now,
+        apply_ns: 0,
+    }
+}
+
+/// Wait (off the event loop) until the killed processes are gone and complete the
+/// result with the time from command to effect.
+pub fn confirm_kills(mut r: CommandResult, kills: Vec<Target>) -> CommandResult {
+    let procs: Vec<(u32, u64)> = kills.iter().map(|t| (t.pid, t.start_ticks)).collect();
+    let (_, alive) = wait_gone(&procs, Duration::from_secs(5));
+    r.completed_ns = now_ns();
+    r.apply_ns = r.completed_ns.saturating_sub(r.received_ns);
+    if !alive.is_empty() {
+        r.status = "partial".into();
+        let pids: Vec<String> = alive.iter().map(|(p, _)| p.to_string()).collect();
+        let msg = format!("still alive after 5 s: {}", pids.join(", "));
+        r.message = if r.message.is_empty() {
+            msg
+        } else {
+            format!("{}; {msg}", r.message)
+        };
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_ids_parse_for_this_host_only() {
+        assert_eq!(parse_exec_id("h-a", "h-a:42:1234"), Some((42, 1234)));
+        assert_eq!(parse_exec_id("h-a", "h-b:42:1234"), None);
+        assert_eq!(parse_exec_id("h", "h-a:42:1234"), None);
+        assert!(is_exec_id("h-a:42:1234"));
+        assert!(!is_exec_id("finance-worker"));
+        assert!(!is_exec_id("mcp:ledger-tools"));
+    }
+}
