@@ -17,6 +17,7 @@ mod output;
 mod pipeline;
 mod proctable;
 mod response;
+mod revocation;
 mod status;
 mod users;
 
@@ -144,6 +145,38 @@ const COUNTER_NAMES: [(u32, &str); 7] = [
     (counter::TRACKED_FULL, "tracked_full"),
     (counter::READ_FAILED, "read_failed"),
 ];
+
+/// Enforce a cached revocation on a process that just showed the credential.
+fn stop_on_sight(
+    pipe: &mut Pipeline,
+    enforcer: Option<&mut enforce::Enforcer>,
+    ebpf: &mut aya::Ebpf,
+    v: &pipeline::Violation,
+) -> Event {
+    let (applied, error) = match enforcer {
+        None => (false, "enforcement is degraded on this host".to_string()),
+        Some(en) => {
+            let r = if v.action == "quarantine" {
+                en.quarantine(v.tgid, v.start_ticks)
+            } else {
+                en.kill(ebpf, v.tgid, v.start_boottime, v.start_ticks, 0)
+            };
+            match r {
+                Ok(done) => (
+                    done,
+                    if done {
+                        String::new()
+                    } else {
+                        "process already gone".into()
+                    },
+                ),
+                Err(e) => (false, format!("{e:#}")),
+            }
+        }
+    };
+    tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, applied, "revoked credential seen");
+    pipe.enforcement_event(v, applied, error)
+}
 
 /// Write an event to the local output and hand it to the collector shipper.
 fn emit(
@@ -350,6 +383,11 @@ async fn run(args: RunArgs) -> Result<()> {
         key,
         observe_all,
     );
+    let mut revocations = revocation::Revocations::load(&cfg.state_dir)?;
+    for (fp, r) in &revocations.by_fingerprint {
+        pipe.revoked
+            .insert(fp.clone(), (r.action.clone(), r.command_id.clone()));
+    }
     let seeded = pipe.seed(&mut tracker, netns);
     let mut sink = match (&args.output, args.json) {
         (Some(p), _) => Some(output::JsonLines::file(p)?),
@@ -432,6 +470,10 @@ async fn run(args: RunArgs) -> Result<()> {
                     for ev in batch.drain(..) {
                         emit(&mut sink, shipper.as_ref(), ev)?;
                     }
+                    for v in std::mem::take(&mut pipe.violations) {
+                        let ev = stop_on_sight(&mut pipe, enforcer.as_mut(), &mut ebpf, &v);
+                        emit(&mut sink, shipper.as_ref(), ev)?;
+                    }
                     if n % 4096 == 0 {
                         break; // let the timer and signals run under a flood
                     }
@@ -497,6 +539,9 @@ async fn run(args: RunArgs) -> Result<()> {
                 // the authenticated collector stream.
                 tracing::info!(id = %cmd.id, kind = %cmd.kind, reason = %cmd.reason, by = %cmd.issued_by, "command received");
                 let (result, kills) = match enforcer.as_mut() {
+                    _ if cmd.kind == "revoke_credential" => {
+                        (response::revoke(&mut pipe, &mut revocations, enforcer.as_mut(), &mut ebpf, &cmd), Vec::new())
+                    }
                     Some(en) => response::apply(&pipe.table, en, &mut ebpf, &cmd),
                     None => (response::unavailable(&cfg.host_id, &cmd, "enforcement is degraded on this host (see custodyd status)"), Vec::new()),
                 };

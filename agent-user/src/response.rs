@@ -207,3 +207,103 @@ mod tests {
         assert!(!is_exec_id("mcp:ledger-tools"));
     }
 }
+
+/// `revoke_credential`: cache the revocation on the host (it keeps applying while the
+/// collector is away), then stop every live process that has shown the credential.
+pub fn revoke(
+    pipe: &mut crate::pipeline::Pipeline,
+    revocations: &mut crate::revocation::Revocations,
+    enforcer: Option<&mut Enforcer>,
+    ebpf: &mut Ebpf,
+    cmd: &Command,
+) -> CommandResult {
+    let received = now_ns();
+    let action = cmd
+        .params
+        .get("action")
+        .map(String::as_str)
+        .unwrap_or("kill")
+        .to_string();
+    let mut result = CommandResult {
+        command_id: cmd.id.clone(),
+        host: pipe.table.host.clone(),
+        received_ns: received,
+        ..Default::default()
+    };
+    if action != "kill" && action != "quarantine" {
+        result.status = "failed".into();
+        result.message =
+            format!("unknown revoke action {action:?}: expected \"kill\" or \"quarantine\"");
+        return result;
+    }
+    let fps: Vec<String> = cmd
+        .targets
+        .iter()
+        .filter(|t| t.starts_with("hmac-sha256:"))
+        .cloned()
+        .collect();
+    if fps.is_empty() {
+        result.status = "failed".into();
+        result.message = "no credential fingerprint (hmac-sha256:…) among the targets".into();
+        return result;
+    }
+    let rec = crate::revocation::Revoked {
+        action: action.clone(),
+        command_id: cmd.id.clone(),
+        reason: cmd.reason.clone(),
+    };
+    if let Err(e) = revocations.add(&fps, rec) {
+        result.status = "failed".into();
+        result.message = format!("could not cache the revocation: {e:#}");
+        return result;
+    }
+    for fp in &fps {
+        pipe.revoked
+            .insert(fp.clone(), (action.clone(), cmd.id.clone()));
+    }
+    let mut errors = Vec::new();
+    if let Some(en) = enforcer {
+        for tgid in pipe.holders(&fps) {
+            let Some(p) = pipe.table.get(tgid) else {
+                continue;
+            };
+            let (ticks, boot) = (p.start_ticks, p.start_boottime);
+            let r = if action == "kill" {
+                en.kill(ebpf, tgid, boot, ticks, 0)
+            } else {
+                en.quarantine(tgid, ticks)
+            };
+            match r {
+                Ok(true) => result
+                    .affected_exec_ids
+                    .push(pipe.table.exec_id(tgid, ticks)),
+                Ok(false) => {}
+                Err(e) => errors.push(format!("pid {tgid}: {e:#}")),
+            }
+        }
+    } else {
+        errors.push(
+            "enforcement is degraded on this host: revocation cached, nothing stopped".into(),
+        );
+    }
+    result.status = if errors.is_empty() {
+        "ok"
+    } else if result.affected_exec_ids.is_empty() {
+        "failed"
+    } else {
+        "partial"
+    }
+    .into();
+    let held = result.affected_exec_ids.len();
+    result.message = if errors.is_empty() {
+        format!(
+            "revoked {} credential(s); {held} holder(s) stopped ({action}); later sightings are stopped on sight",
+            fps.len()
+        )
+    } else {
+        errors.join("; ")
+    };
+    result.completed_ns = now_ns();
+    result.apply_ns = result.completed_ns - received;
+    result
+}

@@ -43,6 +43,25 @@ pub struct Pipeline {
     streams: HashMap<(u32, u64, u32), HttpStream>,
     /// LLM provider of the last request on (tgid, SSL*), to parse its response.
     conn_llm: HashMap<(u32, u64), String>,
+    /// Revoked credential fingerprints → (action, command id): stopped on sight.
+    pub revoked: HashMap<String, (String, String)>,
+    /// Sightings of revoked credentials, for the daemon to enforce.
+    pub violations: Vec<Violation>,
+}
+
+/// A process seen holding or using a revoked credential.
+#[derive(Clone, Debug)]
+pub struct Violation {
+    pub tgid: u32,
+    pub tid: u32,
+    pub start_ticks: u64,
+    pub start_boottime: u64,
+    pub fingerprint: String,
+    pub seen_in: String,
+    pub action: String,
+    pub command_id: String,
+    /// Header of the record that showed it (for the enforcement event).
+    pub ktime_ns: u64,
 }
 
 fn is_tracked(h: &EventHeader) -> bool {
@@ -60,6 +79,8 @@ impl Pipeline {
             observe_all,
             streams: HashMap::new(),
             conn_llm: HashMap::new(),
+            revoked: HashMap::new(),
+            violations: Vec::new(),
         }
     }
 
@@ -344,6 +365,23 @@ impl Pipeline {
 
     /// Record credential sightings on the process; return the ones not reported yet.
     fn note_credentials(&mut self, tgid: u32, creds: Vec<Credential>) -> Vec<pb::Credential> {
+        for c in &creds {
+            if let Some((action, command_id)) = self.revoked.get(&c.fingerprint) {
+                if let Some(p) = self.table.get(tgid) {
+                    self.violations.push(Violation {
+                        tgid,
+                        tid: tgid,
+                        start_ticks: p.start_ticks,
+                        start_boottime: p.start_boottime,
+                        fingerprint: c.fingerprint.clone(),
+                        seen_in: c.source.as_str().to_string(),
+                        action: action.clone(),
+                        command_id: command_id.clone(),
+                        ktime_ns: 0,
+                    });
+                }
+            }
+        }
         let Some(p) = self.table.get_mut(tgid) else {
             return Vec::new();
         };
@@ -359,6 +397,44 @@ impl Pipeline {
             })
             .map(to_pb)
             .collect()
+    }
+
+    /// Live processes that have shown any of these credential fingerprints.
+    pub fn holders(&self, fps: &[String]) -> Vec<u32> {
+        self.table
+            .tgids()
+            .into_iter()
+            .filter(|&t| {
+                self.table.get(t).is_some_and(|p| {
+                    p.seen_credentials
+                        .iter()
+                        .any(|s| fps.iter().any(|fp| s.starts_with(&format!("{fp}|"))))
+                })
+            })
+            .collect()
+    }
+
+    /// An event for an enforcement the sensor applied on its own authority.
+    pub fn enforcement_event(&mut self, v: &Violation, applied: bool, error: String) -> Event {
+        self.stats.emitted += 1;
+        let process = self.table.process_proto(v.tgid, v.tid, &mut self.users);
+        Event {
+            host: self.table.host.clone(),
+            time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            seq: 0,
+            process,
+            kind: Some(Kind::Enforcement(pb::EnforcementApplied {
+                action: v.action.clone(),
+                reason: format!("revoked credential seen in {}", v.seen_in),
+                command_id: v.command_id.clone(),
+                credential_fingerprint: v.fingerprint.clone(),
+                seen_in: v.seen_in.clone(),
+                applied,
+                error,
+            })),
+        }
     }
 
     /// Periodic warning when the kernel lost events (ring buffer or map full).

@@ -308,3 +308,35 @@ fn opened_credential_file_is_fingerprinted_not_copied() {
     );
     assert_eq!(kinds(&out), ["file_open"]);
 }
+
+#[test]
+fn revoked_credential_in_env_is_a_violation() {
+    let mut p = pipeline("[[agent]]\nid = \"fin\"\n[agent.match]\nenv = \"fin\"\n");
+    let secret = "sk-proj-RRRRvvvvKKKKdddd5678aaaa";
+    let fp = FleetKey::from_bytes([1; 32]).fingerprint(secret.as_bytes());
+    p.revoked
+        .insert(fp.clone(), ("kill".into(), "cmd-9".into()));
+    let mut e = zeroed::<ExecEvent>();
+    e.hdr = hdr(kind::EXEC, false, 0);
+    let env = format!("CUSTODY_AGENT=fin\0OPENAI_API_KEY={secret}\0");
+    e.env[..env.len()].copy_from_slice(env.as_bytes());
+    e.env_len = env.len() as u32;
+    let mut out = Vec::new();
+    p.handle(Raw::Exec(e), &mut Recorder::default(), &mut out);
+    assert_eq!(p.violations.len(), 1);
+    let v = &p.violations[0];
+    assert_eq!(
+        (
+            v.tgid,
+            v.fingerprint.as_str(),
+            v.seen_in.as_str(),
+            v.action.as_str(),
+            v.command_id.as_str()
+        ),
+        (PID, fp.as_str(), "env", "kill", "cmd-9")
+    );
+    assert_eq!(p.holders(std::slice::from_ref(&fp)), vec![PID]);
+    let ev = p.enforcement_event(&p.violations[0].clone(), true, String::new());
+    let json = serde_json::to_string(&ev).unwrap();
+    assert!(json.contains("\"enforcement\"") && !json.contains(secret));
+}
