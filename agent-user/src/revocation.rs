@@ -15,6 +15,7 @@ pub struct Revoked {
     pub reason: String,
 }
 
+#[derive(Debug)]
 pub struct Revocations {
     path: PathBuf,
     pub by_fingerprint: BTreeMap<String, Revoked>,
