@@ -42,6 +42,11 @@ pub struct Loaded {
     pub features: Vec<Feature>,
 }
 
+/// Whether this binary carries the kernel programs (not built with AYA_BUILD_SKIP=1).
+pub fn has_programs() -> bool {
+    !PROBES.is_empty()
+}
+
 /// Syscall tracepoints: (program, [tracepoint names under `syscalls/`]).
 const SYSCALL_HOOKS: &[(&str, &str, &[&str])] = &[
     ("files", "custody_openat_enter", &["sys_enter_openat"]),
