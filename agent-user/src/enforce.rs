@@ -357,11 +357,15 @@ mod tests {
         ebpf: Ebpf,
         enforcer: Enforcer,
         base: PathBuf,
+        /// Removes the test's pins when the test ends (declared last: dropped last).
+        _cleanup: PinCleanup,
     }
 
-    impl Drop for Loaded {
+    struct PinCleanup(PathBuf);
+
+    impl Drop for PinCleanup {
         fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.base);
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -384,6 +388,7 @@ mod tests {
         Loaded {
             ebpf,
             enforcer,
+            _cleanup: PinCleanup(base.clone()),
             base,
         }
     }
@@ -541,5 +546,52 @@ for line in sys.stdin:
                 .mark_kill(&mut l.ebpf, std::process::id(), 0, 1, 7)
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn quarantine_survives_the_daemon_and_is_found_on_restart() {
+        if !root_or_skip("quarantine_survives_the_daemon_and_is_found_on_restart") {
+            return;
+        }
+        let (_srv, port) = listener();
+        let mut a = Agent::start();
+        let pid = a.child.id();
+        let mut first = load("r");
+        let base = first.base.clone();
+        assert!(first.enforcer.quarantine(pid, a.start_ticks()).unwrap());
+        let Loaded {
+            ebpf,
+            enforcer,
+            _cleanup,
+            ..
+        } = first;
+        // The daemon goes away without any clean-up (as with SIGKILL): programs and
+        // maps are released by this process, only the pins remain.
+        drop(enforcer);
+        drop(ebpf);
+        assert_eq!(
+            a.ask(&format!("connect {port}")),
+            format!("err {}", libc::EPERM),
+            "quarantine holds with no daemon"
+        );
+        // A new daemon finds the pinned state and reports it.
+        let l = loader::load(&loader::Options {
+            observe_all: false,
+            floor: false,
+            tls_binaries: Vec::new(),
+            netns: 0,
+            pin_dir: Some(base.clone()),
+        })
+        .expect("reload");
+        let mut ebpf = l.ebpf;
+        let mut again = Enforcer::attach(&mut ebpf, &base.join(PIN_LAYOUT)).unwrap();
+        assert_eq!(again.quarantined(), vec![pid]);
+        assert_eq!(
+            a.ask(&format!("connect {port}")),
+            format!("err {}", libc::EPERM),
+            "still enforced after restart"
+        );
+        assert!(again.release(pid).unwrap());
+        assert_eq!(a.ask(&format!("connect {port}")), "ok");
     }
 }
