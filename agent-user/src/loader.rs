@@ -207,7 +207,7 @@ fn uprobes(ebpf: &mut Ebpf, floor: bool, target: &Path) -> Result<()> {
 }
 
 pub fn load(opts: &Options) -> Result<Loaded> {
-    if PROBES.is_empty() {
+    if !has_programs() {
         bail!(
             "this custodyd was built with AYA_BUILD_SKIP=1 and has no kernel programs; rebuild without it"
         );

@@ -60,8 +60,6 @@ pub struct Violation {
     pub seen_in: String,
     pub action: String,
     pub command_id: String,
-    /// Header of the record that showed it (for the enforcement event).
-    pub ktime_ns: u64,
 }
 
 fn is_tracked(h: &EventHeader) -> bool {
@@ -377,7 +375,6 @@ impl Pipeline {
                         seen_in: c.source.as_str().to_string(),
                         action: action.clone(),
                         command_id: command_id.clone(),
-                        ktime_ns: 0,
                     });
                 }
             }
