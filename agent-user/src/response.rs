@@ -193,21 +193,6 @@ pub fn confirm_kills(mut r: CommandResult, kills: Vec<Target>) -> CommandResult 
     r
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exec_ids_parse_for_this_host_only() {
-        assert_eq!(parse_exec_id("h-a", "h-a:42:1234"), Some((42, 1234)));
-        assert_eq!(parse_exec_id("h-a", "h-b:42:1234"), None);
-        assert_eq!(parse_exec_id("h", "h-a:42:1234"), None);
-        assert!(is_exec_id("h-a:42:1234"));
-        assert!(!is_exec_id("finance-worker"));
-        assert!(!is_exec_id("mcp:ledger-tools"));
-    }
-}
-
 /// `revoke_credential`: cache the revocation on the host (it keeps applying while the
 /// collector is away), then stop every live process that has shown the credential.
 pub fn revoke(
@@ -306,4 +291,19 @@ pub fn revoke(
     result.completed_ns = now_ns();
     result.apply_ns = result.completed_ns - received;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_ids_parse_for_this_host_only() {
+        assert_eq!(parse_exec_id("h-a", "h-a:42:1234"), Some((42, 1234)));
+        assert_eq!(parse_exec_id("h-a", "h-b:42:1234"), None);
+        assert_eq!(parse_exec_id("h", "h-a:42:1234"), None);
+        assert!(is_exec_id("h-a:42:1234"));
+        assert!(!is_exec_id("finance-worker"));
+        assert!(!is_exec_id("mcp:ledger-tools"));
+    }
 }
