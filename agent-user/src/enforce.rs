@@ -369,22 +369,29 @@ mod tests {
         }
     }
 
-    fn load(tag: &str) -> Loaded {
-        let base = PathBuf::from(format!(
-            "/sys/fs/bpf/custody-test-{tag}-{}",
-            std::process::id()
-        ));
+    /// What a daemon start does: load the programs with pins under `base`, attach
+    /// enforcement.
+    fn daemon(base: &Path) -> (Ebpf, Enforcer) {
         let l = loader::load(&loader::Options {
             observe_all: false,
             floor: false,
             tls_binaries: Vec::new(),
             netns: 0,
-            pin_dir: Some(base.clone()),
+            pin_dir: Some(base.to_path_buf()),
         })
         .expect("load programs");
         let mut ebpf = l.ebpf;
         let enforcer =
             Enforcer::attach(&mut ebpf, &base.join(PIN_LAYOUT)).expect("attach enforcement");
+        (ebpf, enforcer)
+    }
+
+    fn load(tag: &str) -> Loaded {
+        let base = PathBuf::from(format!(
+            "/sys/fs/bpf/custody-test-{tag}-{}",
+            std::process::id()
+        ));
+        let (ebpf, enforcer) = daemon(&base);
         Loaded {
             ebpf,
             enforcer,
@@ -575,16 +582,7 @@ for line in sys.stdin:
             "quarantine holds with no daemon"
         );
         // A new daemon finds the pinned state and reports it.
-        let l = loader::load(&loader::Options {
-            observe_all: false,
-            floor: false,
-            tls_binaries: Vec::new(),
-            netns: 0,
-            pin_dir: Some(base.clone()),
-        })
-        .expect("reload");
-        let mut ebpf = l.ebpf;
-        let mut again = Enforcer::attach(&mut ebpf, &base.join(PIN_LAYOUT)).unwrap();
+        let (_ebpf, mut again) = daemon(&base);
         assert_eq!(again.quarantined(), vec![pid]);
         assert_eq!(
             a.ask(&format!("connect {port}")),
