@@ -48,13 +48,27 @@ fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// The pid embedded in one of our names ("cst-<pid>-…", "cb<pid>-…", "cv<pid>-…").
+/// The pid embedded in one of our names: namespaces "cst-<pid>-<n>-<i>", bridges
+/// "cb<pid>-<n>", veths "cv<pid>-<n>-<i>".
 fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name
-        .strip_prefix("cst-")
-        .or_else(|| name.strip_prefix("cb"))
-        .or_else(|| name.strip_prefix("cv"))?;
-    rest.split('-').next()?.parse().ok()
+    let (rest, parts) = if let Some(r) = name.strip_prefix("cst-") {
+        (r, 3)
+    } else if let Some(r) = name.strip_prefix("cb") {
+        (r, 2)
+    } else if let Some(r) = name.strip_prefix("cv") {
+        (r, 3)
+    } else {
+        return None;
+    };
+    let nums: Vec<&str> = rest.split('-').collect();
+    if nums.len() != parts
+        || nums
+            .iter()
+            .any(|n| n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    nums[0].parse().ok()
 }
 
 /// Removes namespaces and links left by test processes that no longer exist.
@@ -203,7 +217,15 @@ impl Fleet {
             ip(&["link", "set", &vp, "netns", &ns]);
             ip(&["-n", &ns, "link", "set", &vp, "name", "eth0"]);
             let addr = format!("10.231.{octet}.{}", i + 2);
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
             ip(&["-n", &ns, "link", "set", "eth0", "up"]);
             ip(&["-n", &ns, "link", "set", "lo", "up"]);
             fleet.hosts.push(NsHost {
@@ -444,7 +466,14 @@ pub fn sensor_config(host_id: &str, state_dir: &Path, agents: &[(&str, &str)]) -
 /// `custodyd enroll` run inside `host`'s namespace, with `dir/custodyd.toml`.
 pub fn enroll(host: &NsHost, dir: &Path, collector: &str, token: &str) -> Output {
     host.command(bin("custodyd"))
-        .args(["enroll", "--collector", collector, "--token", token, "--config"])
+        .args([
+            "enroll",
+            "--collector",
+            collector,
+            "--token",
+            token,
+            "--config",
+        ])
         .arg(dir.join("custodyd.toml"))
         .env_remove("CUSTODY_ENROLL_TOKEN")
         .output()
@@ -551,12 +580,20 @@ impl NsSensor {
         crate::read_jsonl(&self.output)
     }
 
-    /// SIGTERM and a bounded wait for the exit.
+    /// Sends SIGTERM (see [`NsSensor::stop`]); lets several sensors stop at once.
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// SIGTERM and a bounded wait for the exit (custodyd takes a few seconds to
+    /// detach its programs after it prints "stopped").
     pub fn stop(&mut self) -> ExitStatus {
+        self.terminate();
         let mut c = self.child.take().expect("sensor running");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(st) = c.try_wait().unwrap() {
                 return st;
@@ -564,7 +601,7 @@ impl NsSensor {
             if Instant::now() > deadline {
                 let _ = c.kill();
                 let _ = c.wait();
-                panic!("custodyd {} ignored SIGTERM for 20 s", self.host_id);
+                panic!("custodyd {} ignored SIGTERM for 30 s", self.host_id);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -581,64 +618,102 @@ impl Drop for NsSensor {
 }
 
 /// A child process killed (and reaped) when dropped.
-pub struct Proc(pub Child);
+pub struct Proc {
+    pub child: Child,
+    /// stdout after the first line, once [`Proc::first_line`] has taken the pipe.
+    rest: Option<std::thread::JoinHandle<String>>,
+}
 
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Proc {
-        Proc(cmd.spawn().expect("spawn"))
+        Proc {
+            child: cmd.spawn().expect("spawn"),
+            rest: None,
+        }
     }
 
-    /// Reads the first stdout line (bounded wait): e.g. the port a service listens on.
+    /// Reads the first stdout line (bounded wait), e.g. the port a service listens
+    /// on; the rest of stdout keeps being drained (see [`Proc::wait_output`]).
     pub fn first_line(&mut self, timeout: Duration) -> String {
-        let out = self.0.stdout.take().expect("stdout piped");
+        let out = self.child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
+        self.rest = Some(std::thread::spawn(move || {
             let mut r = BufReader::new(out);
             let mut line = String::new();
             let _ = r.read_line(&mut line);
             let _ = tx.send(line);
-        });
+            let mut rest = String::new();
+            let _ = r.read_to_string(&mut rest);
+            rest
+        }));
         rx.recv_timeout(timeout)
             .unwrap_or_else(|_| panic!("no output line within {timeout:?}"))
             .trim()
             .to_owned()
     }
-}
 
-impl Proc {
-    /// Waits (bounded) for the exit; returns the status and all of stdout and stderr.
-    pub fn wait_output(&mut self, timeout: Duration) -> (ExitStatus, String, String) {
-        let read = |r: Option<Box<dyn std::io::Read + Send>>| {
+    /// Waits (bounded) for the exit; returns the status and stdout (what
+    /// [`Proc::first_line`] did not take).
+    pub fn wait_output(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let rest = self.rest.take().unwrap_or_else(|| {
+            let out = self.child.stdout.take();
             std::thread::spawn(move || {
                 let mut s = String::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_string(&mut s);
+                if let Some(mut o) = out {
+                    let _ = o.read_to_string(&mut s);
                 }
                 s
             })
-        };
-        let out = read(self.0.stdout.take().map(|o| Box::new(o) as _));
-        let err = read(self.0.stderr.take().map(|e| Box::new(e) as _));
+        });
         let deadline = Instant::now() + timeout;
         let st = loop {
-            if let Some(st) = self.0.try_wait().unwrap() {
+            if let Some(st) = self.child.try_wait().unwrap() {
                 break st;
             }
             assert!(
                 Instant::now() < deadline,
                 "process {} still running after {timeout:?}",
-                self.0.id()
+                self.child.id()
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        (st, out.join().unwrap(), err.join().unwrap())
+        (st, rest.join().unwrap())
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory that is kept (and its path printed) when the test panics, so
+/// the sensors' JSON lines and the collector's data can be inspected.
+pub struct WorkDir(Option<tempfile::TempDir>);
+
+impl WorkDir {
+    pub fn new() -> WorkDir {
+        WorkDir(Some(tempfile::tempdir().unwrap()))
+    }
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().expect("present").path()
+    }
+}
+
+impl Default for WorkDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(d) = self.0.take()
+        {
+            eprintln!("test failed: keeping {}", d.keep().display());
+        }
     }
 }
 

@@ -380,6 +380,8 @@ mod tests {
             pin_dir: Some(base.to_path_buf()),
         })
         .expect("load programs");
+        // Tracing is not needed here; parallel release keeps the test fast.
+        loader::release(l.links);
         let mut ebpf = l.ebpf;
         let enforcer =
             Enforcer::attach(&mut ebpf, &base.join(PIN_LAYOUT)).expect("attach enforcement");

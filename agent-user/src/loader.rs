@@ -34,8 +34,14 @@ pub struct Options {
     pub pin_dir: Option<PathBuf>,
 }
 
+/// Attachments owned by the daemon, released together at shutdown.
+pub type Links = Vec<Box<dyn Send>>;
+
 pub struct Loaded {
     pub ebpf: Ebpf,
+    /// Every attachment: each detach waits for an RCU grace period in the kernel, so
+    /// [`release`] drops them in parallel rather than one by one.
+    pub links: Links,
     pub events: RingBuf<MapData>,
     pub tracked: BpfHashMap<MapData, u32, Tracked>,
     pub counters: PerCpuArray<MapData, u64>,
@@ -98,6 +104,48 @@ const TLS_FUNCS: &[(&str, &str)] = &[
     ("custody_ssl_read", "SSL_read"),
     ("custody_ssl_read_ex", "SSL_read_ex"),
 ];
+
+/// Mount tracefs and bpffs where they are missing (a fresh mount namespace, e.g.
+/// under `ip netns exec`, has a new /sys without them). Failures are left to the
+/// steps that need the mounts, which say what is missing.
+fn ensure_mounts() {
+    for (fstype, target, probe) in [
+        (
+            "tracefs",
+            "/sys/kernel/tracing",
+            "/sys/kernel/tracing/events",
+        ),
+        ("bpf", "/sys/fs/bpf", ""),
+    ] {
+        let mounted = if probe.is_empty() {
+            std::fs::read_to_string("/proc/self/mounts")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| {
+                    l.split_whitespace().nth(1) == Some(target)
+                        && l.split_whitespace().nth(2) == Some(fstype)
+                })
+        } else {
+            std::path::Path::new(probe).exists()
+        };
+        if mounted {
+            continue;
+        }
+        let (Ok(src), Ok(dst), Ok(ty)) = (
+            std::ffi::CString::new(fstype),
+            std::ffi::CString::new(target),
+            std::ffi::CString::new(fstype),
+        ) else {
+            continue;
+        };
+        // SAFETY: valid NUL-terminated strings; a failed mount only returns an error.
+        let rc =
+            unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+        if rc == 0 {
+            tracing::info!("mounted {fstype} at {target}");
+        }
+    }
+}
 
 /// Offset of the `filename` field in the sched_process_exec record, from tracefs.
 fn exec_filename_offset() -> Result<u64> {
@@ -168,7 +216,13 @@ fn feature(features: &mut Vec<Feature>, name: &str, result: Result<()>) {
     }
 }
 
-fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Result<()> {
+fn tracepoint(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    prog: &str,
+    category: &str,
+    names: &[&str],
+) -> Result<()> {
     let p: &mut TracePoint = ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the object"))?
@@ -177,13 +231,15 @@ fn tracepoint(ebpf: &mut Ebpf, prog: &str, category: &str, names: &[&str]) -> Re
         p.load().with_context(|| format!("loading {prog}"))?;
     }
     for n in names {
-        p.attach(category, n)
+        let id = p
+            .attach(category, n)
             .with_context(|| format!("attaching {prog} to {category}/{n}"))?;
+        links.push(Box::new(p.take_link(id)?));
     }
     Ok(())
 }
 
-fn uprobes(ebpf: &mut Ebpf, floor: bool, target: &Path) -> Result<()> {
+fn uprobes(ebpf: &mut Ebpf, links: &mut Links, floor: bool, target: &Path) -> Result<()> {
     for (prog, sym) in TLS_FUNCS {
         let entry = if floor { "custody_floor_uprobe" } else { prog };
         let ret = if floor {
@@ -199,8 +255,10 @@ fn uprobes(ebpf: &mut Ebpf, floor: bool, target: &Path) -> Result<()> {
             if p.fd().is_err() {
                 p.load()?;
             }
-            p.attach(*sym, target, UProbeScope::AllProcesses)
+            let id = p
+                .attach(*sym, target, UProbeScope::AllProcesses)
                 .with_context(|| format!("attaching {name} to {sym} in {}", target.display()))?;
+            links.push(Box::new(p.take_link(id)?));
         }
     }
     Ok(())
@@ -212,6 +270,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
             "this custodyd was built with AYA_BUILD_SKIP=1 and has no kernel programs; rebuild without it"
         );
     }
+    ensure_mounts();
     let btf = btf::Btf::from_sys()?;
     let offsets = btf::offsets(&btf, exec_filename_offset()?)?;
     let cfg = ProbeConfig {
@@ -239,6 +298,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         })?;
     let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
     let mut features = Vec::new();
+    let mut links: Links = Vec::new();
 
     if opts.floor {
         {
@@ -246,32 +306,44 @@ pub fn load(opts: &Options) -> Result<Loaded> {
             feature(
                 &mut features,
                 "process",
-                tracepoint(&mut ebpf, "custody_floor_tp", cat, names),
+                tracepoint(&mut ebpf, &mut links, "custody_floor_tp", cat, names),
             );
         }
         for (feat, _, names) in SYSCALL_HOOKS {
             feature(
                 &mut features,
                 feat,
-                tracepoint(&mut ebpf, "custody_floor_tp", "syscalls", names),
+                tracepoint(&mut ebpf, &mut links, "custody_floor_tp", "syscalls", names),
             );
         }
     } else {
         feature(
             &mut features,
             "process",
-            tracepoint(&mut ebpf, "custody_exec", "sched", &["sched_process_exec"]),
+            tracepoint(
+                &mut ebpf,
+                &mut links,
+                "custody_exec",
+                "sched",
+                &["sched_process_exec"],
+            ),
         );
         feature(
             &mut features,
             "process",
-            tracepoint(&mut ebpf, "custody_exit", "sched", &["sched_process_exit"]),
+            tracepoint(
+                &mut ebpf,
+                &mut links,
+                "custody_exit",
+                "sched",
+                &["sched_process_exit"],
+            ),
         );
         for (feat, prog, names) in SYSCALL_HOOKS {
             feature(
                 &mut features,
                 feat,
-                tracepoint(&mut ebpf, prog, "syscalls", names),
+                tracepoint(&mut ebpf, &mut links, prog, "syscalls", names),
             );
         }
     }
@@ -286,7 +358,8 @@ pub fn load(opts: &Options) -> Result<Loaded> {
             .context("fork program missing")?
             .try_into()?;
         p.load("sched_process_fork", &kernel_btf)?;
-        p.attach()?;
+        let id = p.attach()?;
+        links.push(Box::new(p.take_link(id)?));
         Ok(())
     })();
     feature(&mut features, "process_fork", fork);
@@ -302,7 +375,11 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     targets.extend(opts.tls_binaries.iter().cloned());
     for t in targets {
         let name = format!("tls:{}", t.display());
-        feature(&mut features, &name, uprobes(&mut ebpf, opts.floor, &t));
+        feature(
+            &mut features,
+            &name,
+            uprobes(&mut ebpf, &mut links, opts.floor, &t),
+        );
     }
 
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
@@ -311,6 +388,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         PerCpuArray::try_from(ebpf.take_map("COUNTERS").context("COUNTERS map missing")?)?;
     Ok(Loaded {
         ebpf,
+        links,
         events,
         tracked,
         counters,
@@ -334,4 +412,14 @@ fn exports_ssl_write(path: &Path) -> bool {
     std::fs::read(path)
         .map(|b| b.windows(11).any(|w| w == b"\0SSL_write\0"))
         .unwrap_or(false)
+}
+
+/// Detach everything at once: the kernel waits for a grace period per detach, and
+/// concurrent waits share grace periods (seconds sequentially, a fraction in parallel).
+pub fn release(links: Links) {
+    std::thread::scope(|s| {
+        for l in links {
+            s.spawn(move || drop(l));
+        }
+    });
 }

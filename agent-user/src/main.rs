@@ -337,6 +337,7 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     let loader::Loaded {
         mut ebpf,
+        links,
         events,
         tracked,
         counters,
@@ -571,6 +572,8 @@ async fn run(args: RunArgs) -> Result<()> {
         h.shutdown().await?;
     }
     let _ = std::fs::remove_file(&args.status_file);
+    drop(ring);
+    loader::release(links);
     eprintln!(
         "custodyd: stopped ({} records, {} events)",
         pipe.stats.records, pipe.stats.emitted

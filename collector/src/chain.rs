@@ -224,6 +224,23 @@ impl ChainIndex {
         path
     }
 
+    /// Hops from the chain root to `exec_id`: `path_from_root(exec_id).len() - 1`
+    /// without building the path.
+    pub fn depth(&self, exec_id: &str) -> usize {
+        let mut seen: HashSet<&str> = HashSet::new();
+        let mut cur = Some(exec_id);
+        let mut len = 0usize;
+        while let Some(id) = cur {
+            let Some(n) = self.nodes.get(id) else { break };
+            if !seen.insert(id) {
+                break;
+            }
+            len += 1;
+            cur = n.upstream.as_ref().map(|u| u.exec_id.as_str());
+        }
+        len.saturating_sub(1)
+    }
+
     /// The human a chain acts for: the root's login or delegated identity, else the
     /// first delegated identity seen anywhere in the chain.
     pub fn human_of(&self, chain_id: &str) -> Option<(String, &'static str)> {
@@ -389,9 +406,11 @@ impl ChainIndex {
             Some(n) => {
                 n.last_seen_ns = n.last_seen_ns.max(t);
                 // Exec replaces the image; agent identity and principal may be
-                // learned after the first event; a parent may become known.
+                // learned after the first event, and an identity may change (an MCP
+                // server spawned by an agent becomes a hop of its own); a parent may
+                // become known.
                 let refresh = matches!(ev.kind, Some(Kind::Exec(_)))
-                    || (n.process.agent_id.is_empty() && !p.agent_id.is_empty())
+                    || (!p.agent_id.is_empty() && n.process.agent_id != p.agent_id)
                     || (n.process.principal.is_none() && p.principal.is_some())
                     || (n.process.parent_exec_id.is_empty() && !p.parent_exec_id.is_empty());
                 if refresh {
@@ -515,7 +534,9 @@ impl ChainIndex {
                     );
                 }
             }
-            Some(Kind::Mcp(m)) if m.transport == "stdio" => {
+            // Only the server side of a stdio MCP session (it answers requests on its
+            // stdout) is a stdio edge from its parent; the client's requests are not.
+            Some(Kind::Mcp(m)) if m.transport == "stdio" && m.message_type == "response" => {
                 let n = self.nodes.get_mut(&id).expect("present");
                 if !n.stdio_mcp {
                     n.stdio_mcp = true;

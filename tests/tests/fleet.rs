@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use custody_tests::netns::{Collector, Fleet, NsSensor, Proc, poll, sensor_config, set_login_uid};
+use custody_tests::netns::{
+    Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, sensor_config, set_login_uid,
+};
 use custody_tests::{agents_dir, bin, bpf_available, kind};
 use serde_json::Value;
 
@@ -44,7 +46,7 @@ fn fake(prefix: &str, len: usize) -> String {
 }
 
 /// A scenario process in `host`'s namespace, a declared agent via CUSTODY_AGENT.
-fn scenario(host: &custody_tests::netns::NsHost, agent: &str, script: &str) -> Command {
+fn scenario(host: &NsHost, agent: &str, script: &str) -> Command {
     let mut c = host.command(python());
     c.arg(agent_script(script))
         .env("CUSTODY_AGENT", agent)
@@ -97,13 +99,10 @@ fn three_hosts_one_chain() {
         return;
     }
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = WorkDir::new();
     let work = dir.path();
     let fleet = Fleet::new(&["host-a", "host-b", "host-c"]);
-    let collector = Collector::start(
-        &work.join("collector"),
-        &format!("{}:0", fleet.bridge_addr),
-    );
+    let collector = Collector::start(&work.join("collector"), &format!("{}:0", fleet.bridge_addr));
     let admin = collector.operator_token("admin", "fleet-test");
 
     // One enrolled sensor per host, each with its own token, identity and state.
@@ -172,7 +171,7 @@ fn three_hosts_one_chain() {
     cmd.args([&b_url, &record])
         .env("OPENAI_API_KEY", &openai_key);
     set_login_uid(&mut cmd, LOGIN_UID);
-    let (st, out, _) = Proc::spawn(&mut cmd).wait_output(Duration::from_secs(40));
+    let (st, out) = Proc::spawn(&mut cmd).wait_output(Duration::from_secs(40));
     assert!(st.success(), "agent A failed ({st}): {out}");
     let r: Value = serde_json::from_str(out.lines().last().expect("agent A output"))
         .unwrap_or_else(|e| panic!("agent A output {out:?}: {e}"));
@@ -187,6 +186,26 @@ fn three_hosts_one_chain() {
     let [a_id, b_id, child_id, c_id] = ids.clone();
     eprintln!("scenario done after {:?}: {ids:?}", started.elapsed());
 
+    // C's open of the record, as stored by the collector (the chain view lists at
+    // most 1000 events, oldest first: Python start-up alone is ~250 per process).
+    let record_open = || -> Option<Value> {
+        let evs = collector.ctl(
+            &admin,
+            &[
+                "events",
+                "--exec",
+                &c_id,
+                "--kind",
+                "file_open",
+                "--limit",
+                "10000",
+            ],
+        );
+        evs.as_array()?
+            .iter()
+            .find(|e| e["event"]["kind"]["file_open"]["path"] == record_path.as_str())
+            .cloned()
+    };
     // Wait (bounded) until the collector has joined everything, then assert on
     // that snapshot; if it never does, the assertions below say what is missing.
     let complete = |ch: &Value| {
@@ -198,19 +217,16 @@ fn three_hosts_one_chain() {
             .collect();
         ids.iter().all(|i| members.contains(i.as_str()))
             && ch["summary"]["chain_id"] == a_id.as_str()
-            && ch["events"].as_array().is_some_and(|evs| {
-                evs.iter().any(|e| {
-                    kind(&e["event"]) == "file_open"
-                        && e["event"]["kind"]["file_open"]["path"] == record_path.as_str()
-                })
-            })
+            && ch["edges"].as_array().is_some_and(|e| e.len() >= 3)
     };
     let ch = poll(Duration::from_secs(30), || {
-        chain(&collector, &admin, &c_id).filter(complete)
+        let ch = chain(&collector, &admin, &c_id).filter(complete)?;
+        record_open()?;
+        Some(ch)
     })
     .or_else(|| chain(&collector, &admin, &c_id))
     .unwrap_or_else(|| panic!("the collector has no chain for C's process {c_id}"));
-    eprintln!("chain complete after {:?}", started.elapsed());
+    eprintln!("chain joined after {:?}", started.elapsed());
 
     let s = &ch["summary"];
     assert_eq!(
@@ -293,8 +309,28 @@ fn three_hosts_one_chain() {
         "child -> C is the child's connection to C's port: {d}"
     );
 
+    // B called its child's tool over the stdio pipe.
+    let mcp = collector.ctl(
+        &admin,
+        &["events", "--exec", &b_id, "--kind", "mcp", "--limit", "100"],
+    );
+    assert!(
+        mcp.as_array().unwrap().iter().any(|e| {
+            let m = &e["event"]["kind"]["mcp"];
+            m["transport"] == "stdio"
+                && m["method"] == "tools/call"
+                && m["tool_name"] == "lookup_record"
+        }),
+        "B's tools/call to its stdio child is stored: {mcp}"
+    );
+
     // Credentials held on A and C, as fingerprints only.
-    let creds = |id: &str| node(id)["credentials"].as_array().cloned().unwrap_or_default();
+    let creds = |id: &str| {
+        node(id)["credentials"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
     let a_creds = creds(&a_id);
     assert!(
         a_creds
@@ -313,18 +349,20 @@ fn three_hosts_one_chain() {
     assert!(!raw.contains(&openai_key) && !raw.contains(&aws_secret));
 
     // The action at the end: C's open of the record, stored under host-c in this chain.
-    let evs = ch["events"].as_array().unwrap();
-    let open = evs
-        .iter()
-        .find(|e| {
-            kind(&e["event"]) == "file_open"
-                && e["event"]["kind"]["file_open"]["path"] == record_path.as_str()
-        })
-        .unwrap_or_else(|| panic!("C's open of {record_path} not in the chain"));
+    let open = record_open().unwrap_or_else(|| panic!("C's open of {record_path} not stored"));
     assert_eq!(open["event"]["host"], "host-c");
     assert_eq!(open["event"]["process"]["exec_id"], c_id.as_str());
-    assert_eq!(open["chain_id"], a_id.as_str());
-    assert!(open["event"]["kind"]["file_open"]["result"].as_i64().unwrap() >= 0);
+    assert_eq!(
+        open["chain_id"],
+        a_id.as_str(),
+        "the open is in A's chain: {open}"
+    );
+    assert!(
+        open["event"]["kind"]["file_open"]["result"]
+            .as_i64()
+            .unwrap()
+            >= 0
+    );
 
     // Walking back from that one event gives the whole path.
     let event_id = open["event_id"].as_str().unwrap();
@@ -354,6 +392,9 @@ fn three_hosts_one_chain() {
 
     drop(svc_b);
     drop(svc_c);
+    for s in &sensors {
+        s.terminate();
+    }
     for s in &mut sensors {
         let st = s.stop();
         assert!(st.success(), "custodyd {} exited with {st}", s.host_id);
@@ -397,14 +438,12 @@ fn collector_restart_loses_nothing() {
         return;
     }
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = WorkDir::new();
     let work = dir.path();
     let fleet = Fleet::new(&["host-r"]);
     let host = fleet.host("host-r");
-    let mut collector = Collector::start(
-        &work.join("collector"),
-        &format!("{}:0", fleet.bridge_addr),
-    );
+    let mut collector =
+        Collector::start(&work.join("collector"), &format!("{}:0", fleet.bridge_addr));
     let admin = collector.operator_token("admin", "fleet-test");
     let token = collector.enroll_token();
     let mut sensor = NsSensor::enroll_and_start(
@@ -440,7 +479,10 @@ fn collector_restart_loses_nothing() {
     collector.kill();
     let killed_at = Instant::now();
     let at_kill = sensor.status().expect("status");
-    eprintln!("collector SIGKILLed; sensor status {}", at_kill["collector"]);
+    eprintln!(
+        "collector SIGKILLed; sensor status {}",
+        at_kill["collector"]
+    );
 
     // The outage: a few seconds during which the sensor keeps producing into its spool.
     let spooled = poll(Duration::from_secs(20), || {
@@ -465,7 +507,7 @@ fn collector_restart_loses_nothing() {
     .expect("the stream resumes after the restart");
 
     std::fs::write(&stop_file, "stop").unwrap();
-    let (st, out, _) = activity.wait_output(Duration::from_secs(20));
+    let (st, out) = activity.wait_output(Duration::from_secs(20));
     assert!(st.success(), "activity failed: {st} {out}");
 
     let produced = wait_caught_up(&sensor, &collector, &admin, "host-r");
@@ -477,10 +519,7 @@ fn collector_restart_loses_nothing() {
         produced,
         "the sensor's own record of what it produced (JSON lines) matches its spool's next_seq - 1"
     );
-    assert!(
-        produced > spooled.0,
-        "activity continued after the restart"
-    );
+    assert!(produced > spooled.0, "activity continued after the restart");
 
     let h = host_entry(&collector, &admin, "host-r").expect("host-r");
     eprintln!("collector host entry after the run: {h}");
@@ -490,10 +529,7 @@ fn collector_restart_loses_nothing() {
     assert!(produced < 10_000, "listing below covers every event");
 
     // Every sequence number exactly once, and the same events the sensor produced.
-    let stored = collector.ctl(
-        &admin,
-        &["events", "--host", "host-r", "--limit", "10000"],
-    );
+    let stored = collector.ctl(&admin, &["events", "--host", "host-r", "--limit", "10000"]);
     let stored = stored.as_array().unwrap();
     let mut seqs: Vec<u64> = stored.iter().map(|e| u64_of(&e["event"]["seq"])).collect();
     seqs.sort_unstable();
@@ -534,7 +570,7 @@ fn collector_restart_loses_nothing() {
 /// Enrollment does not need eBPF, so this one runs without root too.
 #[test]
 fn enrollment_with_used_token_fails() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = WorkDir::new();
     let work = dir.path();
     let collector = Collector::start(&work.join("collector"), "127.0.0.1:0");
     let token = collector.enroll_token();
@@ -543,7 +579,14 @@ fn enrollment_with_used_token_fails() {
         let cfg = d.join("custodyd.toml");
         std::fs::write(&cfg, sensor_config(host_id, &d.join("state"), &[])).unwrap();
         Command::new(bin("custodyd"))
-            .args(["enroll", "--collector", &collector.addr, "--token", &token, "--config"])
+            .args([
+                "enroll",
+                "--collector",
+                &collector.addr,
+                "--token",
+                &token,
+                "--config",
+            ])
             .arg(&cfg)
             .env_remove("CUSTODY_ENROLL_TOKEN")
             .output()
