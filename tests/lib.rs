@@ -161,9 +161,12 @@ impl Drop for Daemon {
     }
 }
 
+/// Complete JSON lines of a file being written (an unterminated last line is the
+/// writer's work in progress and is left for the next read).
 pub fn read_jsonl(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()

@@ -13,6 +13,7 @@ mod enforce;
 mod enrollment;
 mod identity;
 mod loader;
+mod metrics;
 mod output;
 mod pipeline;
 mod proctable;
@@ -23,6 +24,7 @@ mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use agent_ebpf::{Tracked, counter};
 use agent_user::credential::FleetKey;
@@ -80,6 +82,9 @@ struct RunArgs {
     /// Where the status snapshot for `custodyd status` is written.
     #[arg(long, value_name = "FILE", default_value = status::DEFAULT_PATH)]
     status_file: PathBuf,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Benchmarking only: attach empty programs at the same points and report nothing.
     #[arg(long, hide = true)]
     floor: bool,
@@ -182,8 +187,12 @@ fn stop_on_sight(
 fn emit(
     sink: &mut Option<output::JsonLines>,
     shipper: Option<&ShipperHandle>,
+    counts: &Mutex<metrics::Counters>,
     ev: Event,
 ) -> Result<()> {
+    if let (Some(k), Ok(mut c)) = (ev.kind.as_ref(), counts.lock()) {
+        *c.events.entry(pipeline::kind_name(k)).or_default() += 1;
+    }
     if let Some(s) = sink.as_mut() {
         s.write(&ev)?;
     }
@@ -415,6 +424,12 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         None => (None, None),
     };
+    let counts = Arc::new(Mutex::new(metrics::Counters::default()));
+    let metrics_text = Arc::new(Mutex::new(String::new()));
+    if let Some(addr) = args.metrics_listen {
+        metrics::serve(addr, metrics_text.clone()).await?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     let started = status::now_unix();
     let mut st = status::Status {
         host: cfg.host_id.clone(),
@@ -469,11 +484,11 @@ async fn run(args: RunArgs) -> Result<()> {
                     }
                     drop(item);
                     for ev in batch.drain(..) {
-                        emit(&mut sink, shipper.as_ref(), ev)?;
+                        emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                     }
                     for v in std::mem::take(&mut pipe.violations) {
                         let ev = stop_on_sight(&mut pipe, enforcer.as_mut(), &mut ebpf, &v);
-                        emit(&mut sink, shipper.as_ref(), ev)?;
+                        emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                     }
                     if n % 4096 == 0 {
                         break; // let the timer and signals run under a flood
@@ -499,7 +514,7 @@ async fn run(args: RunArgs) -> Result<()> {
                         let msg = format!("kernel lost {} events ({name})", v - before);
                         tracing::warn!("{msg}");
                         let ev = pipe.warning(msg, counters_now.clone().into_iter().collect());
-                        emit(&mut sink, shipper.as_ref(), ev)?;
+                        emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                     }
                 }
                 pipe.prune();
@@ -531,6 +546,9 @@ async fn run(args: RunArgs) -> Result<()> {
                         rejected: s.rejected,
                     });
                 }
+                if let (Ok(c), Ok(mut t)) = (counts.lock(), metrics_text.lock()) {
+                    *t = metrics::render(&st, &c);
+                }
                 if let Err(e) = status::write(&args.status_file, &st) {
                     tracing::debug!("status file {}: {e}", args.status_file.display());
                 }
@@ -546,6 +564,8 @@ async fn run(args: RunArgs) -> Result<()> {
                     Some(en) => response::apply(&pipe.table, en, &mut ebpf, &cmd),
                     None => (response::unavailable(&cfg.host_id, &cmd, "enforcement is degraded on this host (see custodyd status)"), Vec::new()),
                 };
+                let counts2 = counts.clone();
+                let kind = cmd.kind.clone();
                 if let Some(h) = shipper.clone() {
                     // Confirmation waits for the processes to be gone: off the event loop.
                     tokio::spawn(async move {
@@ -554,6 +574,9 @@ async fn run(args: RunArgs) -> Result<()> {
                         } else {
                             tokio::task::spawn_blocking(move || response::confirm_kills(result, kills)).await.unwrap_or_else(|e| CommandResult { status: "failed".into(), message: format!("confirmation task failed: {e}"), ..Default::default() })
                         };
+                        if let Ok(mut c) = counts2.lock() {
+                            *c.commands.entry((kind.clone(), r.status.clone())).or_default() += 1;
+                        }
                         tracing::info!(id = %r.command_id, status = %r.status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
                         if let Err(e) = h.send_result(r).await {
                             tracing::warn!("could not answer a command: {e:#}");

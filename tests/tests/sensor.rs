@@ -67,7 +67,13 @@ fn sensor_reports_agent_activity_end_to_end() {
         "[sensor]\nhost_id = \"e2e-host\"\nstate_dir = \"{}\"\n\n[[agent]]\nid = \"{agent_id}\"\nowner = \"alice@example.com\"\nscope = \"/data/finance\"\n[agent.match]\nenv = \"{agent_id}\"\n",
         work.display()
     );
-    let daemon = Daemon::start(work, &config, &[]);
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{metrics_port}");
+    let daemon = Daemon::start(work, &config, &["--metrics-listen", &metrics_addr]);
 
     let tls = Server::start(
         Command::new("python3")
@@ -139,6 +145,15 @@ fn sensor_reports_agent_activity_end_to_end() {
         kind(e) == "agent_discovered"
     });
     std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1100)); // one metrics refresh
+    let metrics = http_get(&metrics_addr, "/metrics");
+    let exec_count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("custody_sensor_events_total{kind=\"exec\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("exec counter in /metrics");
+    assert!(exec_count >= 3, "{metrics}");
+    assert!(metrics.contains("custody_sensor_feature_active{feature=\"process\"} 1"));
     let raw = std::fs::read_to_string(&daemon.output).unwrap();
     let daemon_log = daemon.stderr.clone();
     let evs = daemon.stop();
@@ -417,4 +432,20 @@ fn sensor_reports_agent_activity_end_to_end() {
         by_pid(untracked_pid)
     );
     assert!(!raw.contains("untracked-marker-file"));
+}
+
+/// A minimal HTTP/1.0 GET (the metrics endpoint speaks plain HTTP on loopback).
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(
+        out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"),
+        "{out}"
+    );
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
 }

@@ -1,0 +1,270 @@
+//! Prometheus metrics (text exposition format) on a local HTTP endpoint, rendered
+//! from the same snapshot as `custodyd status` once a second.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+
+use crate::status::Status;
+
+/// Counters kept by the daemon loop beside the status snapshot.
+#[derive(Default)]
+pub struct Counters {
+    /// Events emitted, by kind.
+    pub events: BTreeMap<&'static str, u64>,
+    /// Commands applied, by (kind, status).
+    pub commands: BTreeMap<(String, String), u64>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+pub fn render(st: &Status, c: &Counters) -> String {
+    let mut o = String::new();
+    let one = |o: &mut String, name: &str, kind: &str, help: &str, v: u64| {
+        family(o, name, kind, help);
+        let _ = writeln!(o, "{name} {v}");
+    };
+    one(
+        &mut o,
+        "custody_sensor_kernel_records_total",
+        "counter",
+        "Records read from the kernel ring buffer.",
+        st.records,
+    );
+    one(
+        &mut o,
+        "custody_sensor_malformed_records_total",
+        "counter",
+        "Kernel records skipped because of an unexpected size or kind.",
+        st.decode_errors,
+    );
+    family(
+        &mut o,
+        "custody_sensor_events_total",
+        "counter",
+        "Events reported, by kind.",
+    );
+    for (k, v) in &c.events {
+        let _ = writeln!(
+            o,
+            "custody_sensor_events_total{{kind=\"{}\"}} {v}",
+            escape(k)
+        );
+    }
+    family(
+        &mut o,
+        "custody_sensor_lost_events_total",
+        "counter",
+        "Events lost in the kernel, by reason (ring buffer or map full).",
+    );
+    for reason in ["ringbuf_full", "pending_full", "tracked_full"] {
+        let _ = writeln!(
+            o,
+            "custody_sensor_lost_events_total{{reason=\"{reason}\"}} {}",
+            st.kernel_counters.get(reason).copied().unwrap_or(0)
+        );
+    }
+    family(
+        &mut o,
+        "custody_sensor_truncations_total",
+        "counter",
+        "Captures cut at their bound, by field.",
+    );
+    for (what, key) in [
+        ("path", "path_truncated"),
+        ("argv", "args_truncated"),
+        ("payload", "data_truncated"),
+    ] {
+        let _ = writeln!(
+            o,
+            "custody_sensor_truncations_total{{field=\"{what}\"}} {}",
+            st.kernel_counters.get(key).copied().unwrap_or(0)
+        );
+    }
+    one(
+        &mut o,
+        "custody_sensor_processes",
+        "gauge",
+        "Processes in the daemon's process table.",
+        st.processes_known as u64,
+    );
+    one(
+        &mut o,
+        "custody_sensor_declared_agents",
+        "gauge",
+        "Agents declared in the configuration.",
+        st.declared_agents as u64,
+    );
+    one(
+        &mut o,
+        "custody_sensor_discovered_agents_total",
+        "counter",
+        "Undeclared agents discovered from their behaviour.",
+        st.discovered_agents,
+    );
+    one(
+        &mut o,
+        "custody_sensor_quarantined_processes",
+        "gauge",
+        "Processes under network quarantine.",
+        st.quarantined_pids.len() as u64,
+    );
+    one(
+        &mut o,
+        "custody_sensor_pending_kills",
+        "gauge",
+        "Processes marked to die at their next syscall.",
+        st.pending_kills as u64,
+    );
+    family(
+        &mut o,
+        "custody_sensor_feature_active",
+        "gauge",
+        "1 when a sensor feature is attached, 0 when degraded.",
+    );
+    for f in &st.features {
+        let _ = writeln!(
+            o,
+            "custody_sensor_feature_active{{feature=\"{}\"}} {}",
+            escape(&f.name),
+            u8::from(f.active)
+        );
+    }
+    family(
+        &mut o,
+        "custody_sensor_commands_total",
+        "counter",
+        "Response commands applied, by kind and result.",
+    );
+    for ((k, s), v) in &c.commands {
+        let _ = writeln!(
+            o,
+            "custody_sensor_commands_total{{kind=\"{}\",status=\"{}\"}} {v}",
+            escape(k),
+            escape(s)
+        );
+    }
+    one(
+        &mut o,
+        "custody_sensor_enrolled",
+        "gauge",
+        "1 when the sensor ships to a collector.",
+        u64::from(st.collector.is_some()),
+    );
+    if let Some(col) = &st.collector {
+        one(
+            &mut o,
+            "custody_sensor_collector_connected",
+            "gauge",
+            "1 while the collector stream is up.",
+            u64::from(col.connected),
+        );
+        one(
+            &mut o,
+            "custody_sensor_spool_events",
+            "gauge",
+            "Events spooled locally, not yet acknowledged.",
+            col.spool_depth,
+        );
+        one(
+            &mut o,
+            "custody_sensor_spool_bytes",
+            "gauge",
+            "Bytes in the local spool.",
+            col.spool_bytes,
+        );
+        one(
+            &mut o,
+            "custody_sensor_spool_dropped_events_total",
+            "counter",
+            "Events dropped because the spool was full.",
+            col.spool_dropped,
+        );
+        one(
+            &mut o,
+            "custody_sensor_stream_lag_events",
+            "gauge",
+            "Events produced but not yet acknowledged by the collector.",
+            col.next_seq
+                .saturating_sub(1)
+                .saturating_sub(col.last_acked_seq),
+        );
+        one(
+            &mut o,
+            "custody_sensor_rejected_batches_total",
+            "counter",
+            "Batches the collector rejected.",
+            col.rejected,
+        );
+    }
+    o
+}
+
+/// Serve `/metrics` from a text snapshot the daemon loop refreshes.
+pub async fn serve(addr: SocketAddr, text: Arc<Mutex<String>>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = text.clone();
+            async move {
+                let body = text.lock().map(|t| t.clone()).unwrap_or_default();
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    body,
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_valid_exposition_lines() {
+        let mut st = Status {
+            records: 5,
+            ..Default::default()
+        };
+        st.kernel_counters.insert("ringbuf_full".into(), 2);
+        let mut c = Counters::default();
+        c.events.insert("file_open", 3);
+        c.commands.insert(("kill_chain".into(), "ok".into()), 1);
+        let t = render(&st, &c);
+        assert!(t.contains("custody_sensor_events_total{kind=\"file_open\"} 3\n"));
+        assert!(t.contains("custody_sensor_lost_events_total{reason=\"ringbuf_full\"} 2\n"));
+        assert!(t.contains("custody_sensor_commands_total{kind=\"kill_chain\",status=\"ok\"} 1\n"));
+        for line in t.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            assert!(name.starts_with("custody_sensor_"), "{line}");
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad value in {line}"));
+        }
+        assert_eq!(escape("a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+}
