@@ -75,12 +75,39 @@ pub mod counter {
 }
 
 /// Value of the tracked-process map (key: tgid).
+///
+/// Besides the agent slot it caches the header fields that need kernel pointer
+/// chasing (parent, start times, login uid, netns), filled by the first event of the
+/// process, so later events of a tracked process cost one map lookup instead of a
+/// dozen probe reads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tracked {
     /// Daemon-assigned agent slot (0 = none yet).
     pub agent: u32,
     pub flags: u32,
+    /// 1 once the fields below are filled.
+    pub cached: u32,
+    pub ppid: u32,
+    pub auid: u32,
+    pub netns: u32,
+    pub start_boottime: u64,
+    pub parent_start_boottime: u64,
+}
+
+impl Tracked {
+    pub const fn new(agent: u32, flags: u32) -> Tracked {
+        Tracked {
+            agent,
+            flags,
+            cached: 0,
+            ppid: 0,
+            auid: 0,
+            netns: 0,
+            start_boottime: 0,
+            parent_start_boottime: 0,
+        }
+    }
 }
 
 /// Common prefix of every record.

@@ -357,6 +357,7 @@ mod tests {
         ebpf: Ebpf,
         enforcer: Enforcer,
         base: PathBuf,
+        _links: Attached,
         /// Removes the test's pins when the test ends (declared last: dropped last).
         _cleanup: PinCleanup,
     }
@@ -371,7 +372,7 @@ mod tests {
 
     /// What a daemon start does: load the programs with pins under `base`, attach
     /// enforcement.
-    fn daemon(base: &Path) -> (Ebpf, Enforcer) {
+    fn daemon(base: &Path) -> (Ebpf, Enforcer, Attached) {
         let l = loader::load(&loader::Options {
             observe_all: false,
             floor: false,
@@ -380,12 +381,20 @@ mod tests {
             pin_dir: Some(base.to_path_buf()),
         })
         .expect("load programs");
-        // Tracing is not needed here; parallel release keeps the test fast.
-        loader::release(l.links);
         let mut ebpf = l.ebpf;
         let enforcer =
             Enforcer::attach(&mut ebpf, &base.join(PIN_LAYOUT)).expect("attach enforcement");
-        (ebpf, enforcer)
+        (ebpf, enforcer, Attached(l.links))
+    }
+
+    /// The tracing attachments (the exit program clears kill marks), released in
+    /// parallel when the test ends.
+    struct Attached(loader::Links);
+
+    impl Drop for Attached {
+        fn drop(&mut self) {
+            loader::release(std::mem::take(&mut self.0));
+        }
     }
 
     fn load(tag: &str) -> Loaded {
@@ -393,8 +402,9 @@ mod tests {
             "/sys/fs/bpf/custody-test-{tag}-{}",
             std::process::id()
         ));
-        let (ebpf, enforcer) = daemon(&base);
+        let (ebpf, enforcer, links) = daemon(&base);
         Loaded {
+            _links: links,
             ebpf,
             enforcer,
             _cleanup: PinCleanup(base.clone()),
@@ -571,12 +581,14 @@ for line in sys.stdin:
         let Loaded {
             ebpf,
             enforcer,
+            _links,
             _cleanup,
             ..
         } = first;
         // The daemon goes away without any clean-up (as with SIGKILL): programs and
         // maps are released by this process, only the pins remain.
         drop(enforcer);
+        drop(_links);
         drop(ebpf);
         assert_eq!(
             a.ask(&format!("connect {port}")),
@@ -584,7 +596,7 @@ for line in sys.stdin:
             "quarantine holds with no daemon"
         );
         // A new daemon finds the pinned state and reports it.
-        let (_ebpf, mut again) = daemon(&base);
+        let (_ebpf, mut again, _links2) = daemon(&base);
         assert_eq!(again.quarantined(), vec![pid]);
         assert_eq!(
             a.ask(&format!("connect {port}")),

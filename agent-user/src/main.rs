@@ -141,6 +141,9 @@ impl Tracker for MapTracker {
     }
 }
 
+/// Records handled per turn of the event loop before timers and signals get a look.
+const DRAIN_MAX: usize = 4096;
+
 const COUNTER_NAMES: [(u32, &str); 7] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
@@ -466,40 +469,57 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut batch = Vec::with_capacity(1024);
     let mut reported_lost: HashMap<&str, u64> = HashMap::new();
+    let mut poll = tokio::time::interval(std::time::Duration::from_millis(5));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Read up to DRAIN_MAX records, turn them into events and hand them out; returns
+    // how many were read (a full batch yields to timers and signals under a flood).
+    macro_rules! drain {
+        ($rb:expr) => {{
+            let rb = $rb;
+            let mut n = 0usize;
+            while let Some(item) = rb.next() {
+                n += 1;
+                match decode::decode(&item) {
+                    Ok(raw) if !args.floor => pipe.handle(raw, &mut tracker, &mut batch),
+                    Ok(_) => {}
+                    Err(e) => {
+                        pipe.stats.decode_errors += 1;
+                        tracing::debug!("skipping record: {e}");
+                    }
+                }
+                drop(item);
+                for ev in batch.drain(..) {
+                    emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                }
+                for v in std::mem::take(&mut pipe.violations) {
+                    let ev = stop_on_sight(&mut pipe, enforcer.as_mut(), &mut ebpf, &v);
+                    emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                }
+                if n == DRAIN_MAX {
+                    break;
+                }
+            }
+            if n > 0 {
+                if let Some(s) = sink.as_mut() {
+                    s.flush()?;
+                }
+            }
+            n
+        }};
+    }
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                let mut n = 0;
-                while let Some(item) = rb.next() {
-                    n += 1;
-                    match decode::decode(&item) {
-                        Ok(raw) if !args.floor => pipe.handle(raw, &mut tracker, &mut batch),
-                        Ok(_) => {}
-                        Err(e) => {
-                            pipe.stats.decode_errors += 1;
-                            tracing::debug!("skipping record: {e}");
-                        }
-                    }
-                    drop(item);
-                    for ev in batch.drain(..) {
-                        emit(&mut sink, shipper.as_ref(), &counts, ev)?;
-                    }
-                    for v in std::mem::take(&mut pipe.violations) {
-                        let ev = stop_on_sight(&mut pipe, enforcer.as_mut(), &mut ebpf, &v);
-                        emit(&mut sink, shipper.as_ref(), &counts, ev)?;
-                    }
-                    if n % 4096 == 0 {
-                        break; // let the timer and signals run under a flood
-                    }
-                }
-                if let Some(s) = sink.as_mut() {
-                    s.flush()?;
-                }
-                if n < 4096 {
+                let n = drain!(guard.get_inner_mut());
+                if n < DRAIN_MAX {
                     guard.clear_ready();
                 }
+            }
+            // High-rate records do not wake us (see the kernel's lazy_wakeup): drain
+            // on a short timer too, so they are never more than a few ms late.
+            _ = poll.tick() => {
+                drain!(ring.get_mut());
             }
             _ = tick.tick() => {
                 let mut counters_now = BTreeMap::new();

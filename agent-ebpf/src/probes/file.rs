@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 
-use super::{EVENTS, PENDING, Pending, count, fill_header, trace_info, traced, uread};
+use super::{EVENTS, PENDING, Pending, count, fill_header, lazy_wakeup, trace_info, uread, wanted};
 
 /// Syscall argument `i` of a `syscalls/sys_enter_*` record.
 #[inline(always)]
@@ -24,13 +24,10 @@ pub fn ret(ctx: &TracePointContext) -> i64 {
     unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0)
 }
 
-/// Remember a syscall's arguments until its exit, if the caller is traced.
+/// Remember a syscall's arguments until its exit (callers check [`wanted`] first).
 #[inline(always)]
 pub fn stash(kind: u32, fd: i32, a: u64, b: u64, flags: u32, mode: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if traced((pid_tgid >> 32) as u32).is_none() {
-        return;
-    }
     let p = Pending {
         kind,
         fd,
@@ -58,6 +55,9 @@ const AT_FDCWD: i32 = -100;
 
 #[tracepoint]
 pub fn custody_openat_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     stash(
         kind::FILE_OPEN,
         arg(&ctx, 0) as i32,
@@ -71,6 +71,9 @@ pub fn custody_openat_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_openat2_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     // struct open_how { u64 flags; u64 mode; u64 resolve; }
     let how = arg(&ctx, 2);
     let flags: u64 = unsafe { uread(how) }.unwrap_or(0);
@@ -88,12 +91,18 @@ pub fn custody_openat2_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_unlink_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     stash(kind::FILE_UNLINK, AT_FDCWD, arg(&ctx, 0), 0, 0, 0);
     0
 }
 
 #[tracepoint]
 pub fn custody_unlinkat_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     stash(
         kind::FILE_UNLINK,
         arg(&ctx, 0) as i32,
@@ -107,6 +116,9 @@ pub fn custody_unlinkat_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_rename_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     stash(
         kind::FILE_RENAME,
         AT_FDCWD,
@@ -120,6 +132,9 @@ pub fn custody_rename_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_renameat_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     // renameat(olddfd, oldname, newdfd, newname[, flags]); newdfd is assumed equal to
     // olddfd for relative names (the common case), and both names are reported.
     stash(
@@ -167,7 +182,7 @@ pub fn custody_file_exit(ctx: TracePointContext) -> u32 {
             flag::PATH2_TRUNCATED,
         );
     }
-    entry.submit(0);
+    entry.submit(lazy_wakeup());
     0
 }
 

@@ -20,7 +20,7 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user, generated,
     },
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
 };
 use core::ffi::c_void;
 
@@ -81,7 +81,25 @@ macro_rules! off {
 pub(crate) use off;
 
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Ring-buffer bytes pending before a high-rate event wakes the daemon; below it the
+/// daemon drains on its own short timer. Waking on every record costs a context
+/// switch (a VM exit on virtual machines) per event.
+const WAKE_BYTES: u64 = 256 << 10;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Submit flags for high-rate events (files, network, TLS, pipes).
+#[inline(always)]
+pub fn lazy_wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKE_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
 
 #[map]
 pub static TRACKED: HashMap<u32, Tracked> = HashMap::with_max_entries(65536, 0);
@@ -101,8 +119,10 @@ pub struct Pending {
     pub mode: u32,
 }
 
+/// A plain (preallocated) hash: cheaper than LRU on the hot path; entries of threads
+/// that die inside a syscall are removed by the exit program.
 #[map]
-pub static PENDING: LruHashMap<u64, Pending> = LruHashMap::with_max_entries(16384, 0);
+pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
 pub fn count(slot: u32) {
@@ -165,6 +185,13 @@ pub fn trace_info(tgid: u32) -> (u32, u32) {
     (agent, flags)
 }
 
+/// Cheap gate at the top of every syscall hook: one map lookup, before any argument
+/// is read.
+#[inline(always)]
+pub fn wanted() -> bool {
+    traced(current_tgid()).is_some()
+}
+
 #[inline(always)]
 pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
@@ -210,6 +237,34 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, agent: u32, flags: u32) {
     h.agent = agent;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    if flags & flag::TRACKED != 0 {
+        if let Some(t) = TRACKED.get_ptr_mut(&h.tgid) {
+            // SAFETY: map value pointer, valid for this program run.
+            let t = unsafe { &mut *t };
+            if t.cached == 1 {
+                h.start_boottime = t.start_boottime;
+                h.ppid = t.ppid;
+                h.parent_start_boottime = t.parent_start_boottime;
+                h.auid = t.auid;
+                h.netns = t.netns;
+                return;
+            }
+            read_task_fields(h);
+            t.start_boottime = h.start_boottime;
+            t.ppid = h.ppid;
+            t.parent_start_boottime = h.parent_start_boottime;
+            t.auid = h.auid;
+            t.netns = h.netns;
+            t.cached = 1;
+            return;
+        }
+    }
+    read_task_fields(h);
+}
+
+/// The header fields that need kernel pointer chasing.
+#[inline(always)]
+fn read_task_fields(h: &mut EventHeader) {
     let task = current_task();
     unsafe {
         let leader: *const u8 = kread(task, off!(task_group_leader)).unwrap_or(core::ptr::null());

@@ -7,8 +7,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::file::{arg, ret, stash, take};
 use super::{
-    EVENTS, clamp, count, current_tgid, fill_header, kread, off, sock_of_fd, trace_info, traced,
-    uread, uread_into,
+    EVENTS, clamp, count, current_tgid, fill_header, kread, lazy_wakeup, off, sock_of_fd,
+    trace_info, traced, uread, uread_into, wanted,
 };
 
 const AF_INET: u16 = 2;
@@ -17,6 +17,9 @@ const SOCK_DGRAM: u16 = 2;
 
 #[tracepoint]
 pub fn custody_connect_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     stash(
         kind::NET_CONNECT,
         arg(&ctx, 0) as i32,
@@ -30,12 +33,18 @@ pub fn custody_connect_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_bind_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     stash(kind::NET_BIND, arg(&ctx, 0) as i32, arg(&ctx, 1), 0, 0, 0);
     0
 }
 
 #[tracepoint]
 pub fn custody_listen_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     stash(
         kind::NET_LISTEN,
         arg(&ctx, 0) as i32,
@@ -135,11 +144,14 @@ fn emit(kind: u32, fd: i32, result: i64, uaddr: u64) {
             *a = unsafe { uread(uaddr + 8) }.unwrap_or([0; 16]);
         }
     }
-    entry.submit(0);
+    entry.submit(lazy_wakeup());
 }
 
 #[tracepoint]
 pub fn custody_sendto_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     // sendto(fd, buf, len, flags, addr, addrlen)
     dns(
         arg(&ctx, 0) as i32,
@@ -152,6 +164,9 @@ pub fn custody_sendto_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_sendmsg_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     // sendmsg(fd, struct user_msghdr *msg, flags)
     msghdr(arg(&ctx, 0) as i32, arg(&ctx, 1));
     0
@@ -159,6 +174,9 @@ pub fn custody_sendmsg_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_sendmmsg_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
     // sendmmsg(fd, struct mmsghdr *vec, vlen, flags): the first message is the query
     // (glibc sends the A and AAAA queries as two messages).
     msghdr(arg(&ctx, 0) as i32, arg(&ctx, 1));
@@ -167,9 +185,6 @@ pub fn custody_sendmmsg_enter(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn msghdr(fd: i32, msg: u64) {
-    if traced(current_tgid()).is_none() {
-        return;
-    }
     // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; ... }
     let name: u64 = unsafe { uread(msg) }.unwrap_or(0);
     let iov: u64 = unsafe { uread(msg + 16) }.unwrap_or(0);
@@ -181,9 +196,6 @@ fn msghdr(fd: i32, msg: u64) {
 /// Emit a DnsEvent when this datagram goes to port 53.
 #[inline(always)]
 fn dns(fd: i32, buf: u64, len: u64, uaddr: u64) {
-    if traced(current_tgid()).is_none() {
-        return;
-    }
     let family: u16;
     let port: u16;
     let mut addr = [0u8; 16];
@@ -233,5 +245,5 @@ fn dns(fd: i32, buf: u64, len: u64, uaddr: u64) {
     if n > 0 && unsafe { uread_into(ev.data.as_mut_ptr(), n, buf) } {
         ev.len = n;
     }
-    entry.submit(0);
+    entry.submit(lazy_wakeup());
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use super::file::{arg, ret, stash, take};
 use super::{
     EVENTS, S_IFIFO, S_IFMT, clamp, count, current_tgid, file_mode, file_of_fd, fill_header,
-    trace_info, traced, uread, uread_into,
+    lazy_wakeup, trace_info, traced, uread, uread_into,
 };
 
 #[tracepoint]
@@ -58,6 +58,6 @@ pub fn custody_write_exit(ctx: TracePointContext) -> u32 {
         ev.hdr.flags |= flag::DATA_TRUNCATED;
         count(counter::DATA_TRUNCATED);
     }
-    entry.submit(0);
+    entry.submit(lazy_wakeup());
     0
 }

@@ -26,6 +26,10 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let (agent, tflags) = trace_info(tgid);
+    // A new image: refresh the cached header fields with this event.
+    if let Some(t) = TRACKED.get_ptr_mut(&tgid) {
+        unsafe { (*t).cached = 0 };
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;
@@ -107,10 +111,7 @@ pub fn custody_fork(ctx: BtfTracePointContext) -> i32 {
         return 0;
     };
     if tflags & flag::TRACKED != 0 {
-        let t = Tracked {
-            agent,
-            flags: track::INHERITED,
-        };
+        let t = Tracked::new(agent, track::INHERITED);
         if TRACKED.insert(&child_tgid, &t, 0).is_err() {
             count(counter::TRACKED_FULL);
         }
@@ -132,6 +133,8 @@ pub fn custody_fork(ctx: BtfTracePointContext) -> i32 {
 pub fn custody_exit(_ctx: TracePointContext) -> u32 {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
+    // A thread that dies inside a syscall leaves its arguments behind.
+    let _ = super::PENDING.remove(&pid_tgid);
     if pid_tgid as u32 != tgid {
         return 0; // a thread, not the process
     }

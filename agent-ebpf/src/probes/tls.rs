@@ -13,7 +13,9 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{EVENTS, clamp, count, fill_header, trace_info, traced, uread, uread_into};
+use super::{
+    EVENTS, clamp, count, fill_header, lazy_wakeup, trace_info, traced, uread, uread_into,
+};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -131,6 +133,6 @@ pub fn custody_ssl_ret(ctx: RetProbeContext) -> u32 {
         ev.hdr.flags |= flag::DATA_TRUNCATED;
         count(counter::DATA_TRUNCATED);
     }
-    entry.submit(0);
+    entry.submit(lazy_wakeup());
     0
 }

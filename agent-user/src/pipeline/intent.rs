@@ -139,13 +139,7 @@ impl Pipeline {
             }
         };
         if !is_tracked(h) || !has_own {
-            tracker.track(
-                tgid,
-                Tracked {
-                    agent: agent.slot,
-                    flags: track::DISCOVERED,
-                },
-            );
+            tracker.track(tgid, Tracked::new(agent.slot, track::DISCOVERED));
         }
         let p = self.table.get_mut(tgid).expect("present");
         p.discovered_reported = true;
@@ -364,13 +358,7 @@ impl Pipeline {
                     let a = self.identity.discovered_named(&format!("mcp:{name}"));
                     p.agent = Some(a.clone());
                     p.own_identity = true;
-                    tracker.track(
-                        e.hdr.tgid,
-                        Tracked {
-                            agent: a.slot,
-                            flags: track::DISCOVERED,
-                        },
-                    );
+                    tracker.track(e.hdr.tgid, Tracked::new(a.slot, track::DISCOVERED));
                 }
             }
             self.discover(&e.hdr, "mcp_server", evidence, tracker, out);

@@ -99,21 +99,9 @@ impl Pipeline {
                 env_agent: env_agent(&environ),
             };
             if let Some(a) = self.identity.match_exec(&facts) {
-                tracker.track(
-                    tgid,
-                    Tracked {
-                        agent: a.slot,
-                        flags: track::DECLARED,
-                    },
-                );
+                tracker.track(tgid, Tracked::new(a.slot, track::DECLARED));
                 for d in self.table.descendants(tgid) {
-                    tracker.track(
-                        d,
-                        Tracked {
-                            agent: a.slot,
-                            flags: track::INHERITED,
-                        },
-                    );
+                    tracker.track(d, Tracked::new(a.slot, track::INHERITED));
                     if let Some(c) = self.table.get_mut(d) {
                         c.agent.get_or_insert_with(|| a.clone());
                     }
@@ -331,13 +319,7 @@ impl Pipeline {
             }
         }
         if let Some(a) = matched {
-            tracker.track(
-                tgid,
-                Tracked {
-                    agent: a.slot,
-                    flags: track::DECLARED,
-                },
-            );
+            tracker.track(tgid, Tracked::new(a.slot, track::DECLARED));
             tracked = true;
         }
         if !(tracked || self.observe_all) {

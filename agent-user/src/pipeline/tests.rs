@@ -214,16 +214,7 @@ fn exec_reports_env_secrets_as_fingerprints_and_redacts_argv() {
     e.env[..env.len()].copy_from_slice(env.as_bytes());
     e.env_len = env.len() as u32;
     p.handle(Raw::Exec(e), &mut rec, &mut out);
-    assert_eq!(
-        rec.0,
-        vec![(
-            PID,
-            Tracked {
-                agent: 1,
-                flags: track::DECLARED
-            }
-        )]
-    );
+    assert_eq!(rec.0, vec![(PID, Tracked::new(1, track::DECLARED))]);
     assert_eq!(kinds(&out), ["exec"]);
     let json = serde_json::to_string(&out[0]).unwrap();
     assert!(!json.contains(secret), "secret leaked: {json}");

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -180,10 +181,13 @@ impl Daemon {
         })
     }
 
-    /// Stop with SIGTERM; an unclean exit is an error (it would make the run suspect).
+    /// Stop with SIGTERM. A daemon that failed is an error (the run would be
+    /// suspect); one that had to be killed after the grace period is only slow.
     pub fn stop(mut self) -> Result<()> {
         let status = self.guard.stop()?;
-        if !status.success() {
+        if status.signal() == Some(libc::SIGKILL) {
+            eprintln!("bench: warning: custodyd had to be killed after SIGTERM");
+        } else if !status.success() {
             bail!("custodyd exited with {status}:\n{}", self.tail());
         }
         Ok(())
@@ -202,8 +206,8 @@ pub fn cpu_ms(pid: u32) -> Result<f64> {
     Ok(ticks as f64 * 1000.0 / hz)
 }
 
-/// `VmRSS`, `VmHWM` etc. from /proc/PID/status, in KiB.
-pub fn memory_kib(pid: u32, field: &str) -> Result<u64> {
+/// A numeric field of /proc/PID/status (`VmRSS`, `VmHWM` in KiB; context switches).
+pub fn status_field(pid: u32, field: &str) -> Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = text
         .lines()
@@ -214,4 +218,27 @@ pub fn memory_kib(pid: u32, field: &str) -> Result<u64> {
         .context("malformed status line")?
         .parse()
         .context("malformed status line")
+}
+
+/// Resident KiB of the mappings whose name starts with `prefix`, from /proc/PID/smaps.
+/// BPF maps mmapped by the daemon (the ring buffer) count in VmRSS though the kernel
+/// allocated them, so the memory figure is broken down.
+pub fn mapped_kib(pid: u32, prefix: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut inside = false;
+    let mut kib = 0;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping header: address range, perms, offset, dev, inode, [name].
+            inside = words.nth(4).is_some_and(|name| name.starts_with(prefix));
+        } else if inside && first == "Rss:" {
+            kib += words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(kib)
 }

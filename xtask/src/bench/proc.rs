@@ -19,7 +19,9 @@ pub enum Stop {
     Kill,
 }
 
-const TERM_GRACE: Duration = Duration::from_secs(10);
+/// custodyd detaches ~90 probes on exit and each detach waits for an RCU grace period:
+/// 3–7 s on a loaded 2-core VM.
+const TERM_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Guard {
     child: Option<Child>,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 
-use super::daemon::{Daemon, Kind, memory_kib};
+use super::daemon::{Daemon, Kind, mapped_kib, status_field};
 use super::proc::{Guard, Stop};
 use super::{AGENT_ID, Env, budget_mark};
 
@@ -24,8 +24,44 @@ const HEADROOM: u64 = 2_000;
 
 pub struct Outcome {
     pub processes_known: u64,
-    pub rss_kib: u64,
-    pub hwm_kib: u64,
+    pub mem: Memory,
+}
+
+/// The daemon's memory at one moment, in KiB.
+#[derive(Clone, Copy)]
+pub struct Memory {
+    pub rss: u64,
+    pub hwm: u64,
+    pub anon: u64,
+    pub heap: u64,
+    /// Resident BPF maps mmapped into the daemon (the ring buffer, whose data pages
+    /// are mapped twice): kernel memory that VmRSS counts once its pages are touched.
+    pub bpf: u64,
+}
+
+impl Memory {
+    fn read(pid: u32) -> Result<Memory> {
+        let field = |f| status_field(pid, f);
+        Ok(Memory {
+            rss: field("VmRSS")?,
+            hwm: field("VmHWM")?,
+            anon: field("RssAnon")?,
+            heap: mapped_kib(pid, "[heap]")?,
+            bpf: mapped_kib(pid, "anon_inode:bpf-map")?,
+        })
+    }
+
+    fn print(&self, when: &str) {
+        println!(
+            "  {when:<22} VmRSS {:>5.1} MiB = BPF maps {:>4.1} + anon {:>4.1} (heap {:>4.1}) + other file {:>4.1}; VmHWM {:.1}",
+            mib(self.rss),
+            mib(self.bpf),
+            mib(self.anon),
+            mib(self.heap),
+            mib(self.rss.saturating_sub(self.bpf + self.anon)),
+            mib(self.hwm)
+        );
+    }
 }
 
 pub fn run(env: &Env, count: u32) -> Result<Outcome> {
@@ -33,40 +69,32 @@ pub fn run(env: &Env, count: u32) -> Result<Outcome> {
     check_limits(count)?;
     let d = Daemon::start(&env.custodyd, &env.config, &env.dir, Kind::Sensor)?;
     let idle = d.status_after(SystemTime::UNIX_EPOCH)?;
-    let idle_rss = memory_kib(d.pid(), "VmRSS")?;
+    let idle_mem = Memory::read(d.pid())?;
     let mut holder = spawn_holder(env, count)?;
     wait_ready_line(&mut holder)?;
     // The children, not the idle count: processes of other users come and go.
     let seen = wait_seen(&d, u64::from(count))?;
-    let mem = |f| memory_kib(d.pid(), f);
-    let (rss, hwm) = (mem("VmRSS")?, mem("VmHWM")?);
-    let (anon, file, shmem) = (mem("RssAnon")?, mem("RssFile")?, mem("RssShmem")?);
+    let mem = Memory::read(d.pid())?;
     release(holder)?;
     let after = d.settled_status(Duration::from_secs(60))?;
-    let rss_after = mem("VmRSS")?;
+    let after_mem = Memory::read(d.pid())?;
     d.stop()?;
     println!(
         "processes known to the daemon: {} before, {} with the children, {} after they exited (tracked_full {})",
         idle.processes_known, seen.processes_known, after.processes_known, seen.tracked_full
     );
     println!(
-        "VmRSS {:.1} MiB (anon {:.1}, file {:.1}, shmem {:.1}), VmHWM {:.1} MiB   ≤ 64 MiB {}",
-        mib(rss),
-        mib(anon),
-        mib(file),
-        mib(shmem),
-        mib(hwm),
-        budget_mark(rss <= RSS_BUDGET_KIB)
+        "VmRSS {:.1} MiB, VmHWM {:.1} MiB   ≤ 64 MiB {}",
+        mib(mem.rss),
+        mib(mem.hwm),
+        budget_mark(mem.rss <= RSS_BUDGET_KIB)
     );
-    println!(
-        "  idle before the children {:.1} MiB, after they exited {:.1} MiB",
-        mib(idle_rss),
-        mib(rss_after)
-    );
+    idle_mem.print("idle:");
+    mem.print(&format!("{count} children:"));
+    after_mem.print("after they exited:");
     Ok(Outcome {
         processes_known: seen.processes_known,
-        rss_kib: rss,
-        hwm_kib: hwm,
+        mem,
     })
 }
 

@@ -90,6 +90,7 @@ fn flood(env: &Env) -> Result<Flood> {
     let d = Daemon::start(&env.custodyd, &env.config, &env.dir, Kind::Sensor)?;
     let before = d.status_after(SystemTime::UNIX_EPOCH)?;
     let cpu_before = daemon::cpu_ms(d.pid())?;
+    let wakes_before = daemon::status_field(d.pid(), "voluntary_ctxt_switches")?;
     let mut cmd = Command::new(&env.syscall_loop);
     cmd.arg("flood")
         .arg("--file")
@@ -101,6 +102,7 @@ fn flood(env: &Env) -> Result<Flood> {
     let out = super::run_to_end(&mut cmd, "syscall-loop flood", Duration::from_secs(60))?;
     let after = d.settled_status(Duration::from_secs(60))?;
     let cpu_secs = (daemon::cpu_ms(d.pid())? - cpu_before) / 1e3;
+    let wakes = daemon::status_field(d.pid(), "voluntary_ctxt_switches")? - wakes_before;
     d.stop()?;
     let v: serde_json::Value = serde_json::from_str(out.trim())
         .with_context(|| format!("syscall-loop printed {out:?}"))?;
@@ -119,10 +121,13 @@ fn flood(env: &Env) -> Result<Flood> {
             format!(" = {:.1} %", 100.0 * f.lost as f64 / ops)
         }
     );
+    // A voluntary context switch is the daemon going back to sleep on the ring
+    // buffer's epoll: ~1 per record means it is woken for every single event.
     println!(
-        "  daemon CPU {:.0} ms for them = {:.0} k records per CPU-second",
+        "  daemon CPU {:.0} ms for them = {:.0} k records per CPU-second; {wakes} wake-ups = {:.2} per record",
         cpu_secs * 1e3,
-        f.records_per_cpu_sec / 1e3
+        f.records_per_cpu_sec / 1e3,
+        wakes as f64 / f.records.max(1) as f64
     );
     Ok(f)
 }

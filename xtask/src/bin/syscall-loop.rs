@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Mode {
     /// OPENS × openat+close of FILE, then CONNECTS × loopback TCP connect/accept/close;
-    /// prints one JSON line with the elapsed nanoseconds of each phase.
+    /// prints one JSON line with the elapsed nanoseconds of each phase and the CPU time.
     Run {
         #[arg(long)]
         file: PathBuf,
@@ -77,11 +77,13 @@ fn main() -> Result<()> {
             settle_ms,
         } => {
             settle(settle_ms);
+            let cpu = cpu_ns();
             let open_ns = open_close(&file, opens)?;
             let connect_ns = connect_accept(connects)?;
+            let cpu_used = cpu_ns() - cpu;
+            let total_ns = open_ns + connect_ns;
             println!(
-                r#"{{"open_ns":{open_ns},"connect_ns":{connect_ns},"total_ns":{}}}"#,
-                open_ns + connect_ns
+                r#"{{"open_ns":{open_ns},"connect_ns":{connect_ns},"total_ns":{total_ns},"cpu_ns":{cpu_used}}}"#
             );
         }
         Mode::Flood {
@@ -107,6 +109,17 @@ fn main() -> Result<()> {
 
 fn settle(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// User + system CPU time of this process (all threads). Unlike wall time it hardly
+/// moves when other work competes for the cores, so it isolates the cost the sensor
+/// adds inside the syscalls from the daemon and other jobs taking CPU away.
+fn cpu_ns() -> u128 {
+    // SAFETY: getrusage fills the zeroed struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let ns = |t: libc::timeval| t.tv_sec as u128 * 1_000_000_000 + t.tv_usec as u128 * 1000;
+    ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
 fn c_path(path: &Path) -> Result<CString> {
