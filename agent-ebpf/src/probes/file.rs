@@ -4,24 +4,26 @@
 
 use agent_ebpf::{FileEvent, PATH_MAX, counter, flag, kind};
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use core::ffi::c_void;
 
-use super::{EVENTS, PENDING, Pending, count, fill_header, lazy_wakeup, trace_info, uread, wanted};
+use super::{EVENTS, PENDING, Pending, count, fill_current, lazy_wakeup, uread, wanted};
 
 /// Syscall argument `i` of a `syscalls/sys_enter_*` record.
 #[inline(always)]
 pub fn arg(ctx: &TracePointContext, i: usize) -> u64 {
-    unsafe { ctx.read_at::<u64>(16 + 8 * i) }.unwrap_or(0)
+    // Tracepoint records may be read directly at constant offsets: no helper call.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16 + 8 * i).cast::<u64>()) }
 }
 
 /// `syscalls/sys_exit_*` return value.
 #[inline(always)]
 pub fn ret(ctx: &TracePointContext) -> i64 {
-    unsafe { ctx.read_at::<i64>(16) }.unwrap_or(0)
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16).cast::<i64>()) }
 }
 
 /// Remember a syscall's arguments until its exit (callers check [`wanted`] first).
@@ -155,13 +157,12 @@ pub fn custody_file_exit(ctx: TracePointContext) -> u32 {
     if p.kind != kind::FILE_OPEN && p.kind != kind::FILE_UNLINK && p.kind != kind::FILE_RENAME {
         return 0;
     }
-    let (agent, tflags) = trace_info(super::current_tgid());
     let Some(mut entry) = EVENTS.reserve::<FileEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.hdr, p.kind, agent, tflags);
+    fill_current(&mut ev.hdr, p.kind);
     ev.ret = ret(&ctx);
     ev.dirfd = p.fd;
     ev.flags = p.flags;

@@ -222,9 +222,9 @@ pub fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
-/// Fill the common header for the current task.
+/// Fields every header takes from helpers.
 #[inline(always)]
-pub fn fill_header(h: &mut EventHeader, kind: u32, agent: u32, flags: u32) {
+fn fill_common(h: &mut EventHeader, kind: u32, agent: u32, flags: u32) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     h.kind = kind;
@@ -237,29 +237,60 @@ pub fn fill_header(h: &mut EventHeader, kind: u32, agent: u32, flags: u32) {
     h.agent = agent;
     h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
-    if flags & flag::TRACKED != 0 {
-        if let Some(t) = TRACKED.get_ptr_mut(&h.tgid) {
-            // SAFETY: map value pointer, valid for this program run.
-            let t = unsafe { &mut *t };
-            if t.cached == 1 {
-                h.start_boottime = t.start_boottime;
-                h.ppid = t.ppid;
-                h.parent_start_boottime = t.parent_start_boottime;
-                h.auid = t.auid;
-                h.netns = t.netns;
-                return;
-            }
-            read_task_fields(h);
-            t.start_boottime = h.start_boottime;
-            t.ppid = h.ppid;
-            t.parent_start_boottime = h.parent_start_boottime;
-            t.auid = h.auid;
-            t.netns = h.netns;
-            t.cached = 1;
-            return;
-        }
+}
+
+/// The task fields, from the tracked entry's cache (filled on first use).
+#[inline(always)]
+fn fill_cached(h: &mut EventHeader, t: *mut Tracked) {
+    // SAFETY: map value pointer, valid for this program run.
+    let t = unsafe { &mut *t };
+    if t.cached == 1 {
+        h.start_boottime = t.start_boottime;
+        h.ppid = t.ppid;
+        h.parent_start_boottime = t.parent_start_boottime;
+        h.auid = t.auid;
+        h.netns = t.netns;
+        return;
     }
     read_task_fields(h);
+    t.start_boottime = h.start_boottime;
+    t.ppid = h.ppid;
+    t.parent_start_boottime = h.parent_start_boottime;
+    t.auid = h.auid;
+    t.netns = h.netns;
+    t.cached = 1;
+}
+
+/// Fill the common header for the current task with the agent and flags given.
+#[inline(always)]
+pub fn fill_header(h: &mut EventHeader, kind: u32, agent: u32, flags: u32) {
+    fill_common(h, kind, agent, flags);
+    let tracked = if flags & flag::TRACKED != 0 {
+        TRACKED.get_ptr_mut(&h.tgid)
+    } else {
+        None
+    };
+    match tracked {
+        Some(t) => fill_cached(h, t),
+        None => read_task_fields(h),
+    }
+}
+
+/// Fill the header for the current task from one tracked-map lookup (agent, flags
+/// and the cached task fields).
+#[inline(always)]
+pub fn fill_current(h: &mut EventHeader, kind: u32) {
+    match TRACKED.get_ptr_mut(&current_tgid()) {
+        Some(t) => {
+            let agent = unsafe { (*t).agent };
+            fill_common(h, kind, agent, flag::TRACKED);
+            fill_cached(h, t);
+        }
+        None => {
+            fill_common(h, kind, 0, 0);
+            read_task_fields(h);
+        }
+    }
 }
 
 /// The header fields that need kernel pointer chasing.

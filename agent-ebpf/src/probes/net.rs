@@ -7,8 +7,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::file::{arg, ret, stash, take};
 use super::{
-    EVENTS, clamp, count, current_tgid, fill_header, kread, lazy_wakeup, off, sock_of_fd,
-    trace_info, traced, uread, uread_into, wanted,
+    EVENTS, clamp, count, current_tgid, fill_current, kread, lazy_wakeup, off, sock_of_fd, traced,
+    uread, uread_into, wanted,
 };
 
 const AF_INET: u16 = 2;
@@ -82,7 +82,6 @@ pub fn custody_accept_exit(ctx: TracePointContext) -> u32 {
 /// bind's address) used when the socket cannot tell (a failed connect).
 #[inline(always)]
 fn emit(kind: u32, fd: i32, result: i64, uaddr: u64) {
-    let (agent, tflags) = trace_info(current_tgid());
     let sk = sock_of_fd(fd);
     let mut family: u16 = match sk {
         Some(sk) => unsafe { kread(sk, off!(sk_family)) }.unwrap_or(0),
@@ -99,7 +98,7 @@ fn emit(kind: u32, fd: i32, result: i64, uaddr: u64) {
         return;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.hdr, kind, agent, tflags);
+    fill_current(&mut ev.hdr, kind);
     ev.ret = result;
     ev.fd = fd;
     ev.family = family;
@@ -230,13 +229,12 @@ fn dns(fd: i32, buf: u64, len: u64, uaddr: u64) {
     } else {
         return;
     }
-    let (agent, tflags) = trace_info(current_tgid());
     let Some(mut entry) = EVENTS.reserve::<DnsEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.hdr, kind::DNS_QUERY, agent, tflags);
+    fill_current(&mut ev.hdr, kind::DNS_QUERY);
     ev.family = family;
     ev.remote_port = port;
     ev.remote_addr = addr;

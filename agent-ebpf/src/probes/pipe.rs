@@ -6,8 +6,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 
 use super::file::{arg, ret, stash, take};
 use super::{
-    EVENTS, S_IFIFO, S_IFMT, clamp, count, current_tgid, file_mode, file_of_fd, fill_header,
-    lazy_wakeup, trace_info, traced, uread, uread_into,
+    EVENTS, S_IFIFO, S_IFMT, clamp, count, current_tgid, file_mode, file_of_fd, fill_current,
+    lazy_wakeup, traced, uread, uread_into,
 };
 
 #[tracepoint]
@@ -39,13 +39,12 @@ pub fn custody_write_exit(ctx: TracePointContext) -> u32 {
     if r <= 0 {
         return 0;
     }
-    let (agent, tflags) = trace_info(current_tgid());
     let Some(mut entry) = EVENTS.reserve::<PipeEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.hdr, kind::PIPE_WRITE, agent, tflags);
+    fill_current(&mut ev.hdr, kind::PIPE_WRITE);
     ev.fd = p.fd;
     ev.len = r as u32;
     ev._pad = 0;

@@ -13,9 +13,7 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{
-    EVENTS, clamp, count, fill_header, lazy_wakeup, trace_info, traced, uread, uread_into,
-};
+use super::{EVENTS, clamp, count, fill_current, lazy_wakeup, traced, uread, uread_into};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -113,13 +111,12 @@ pub fn custody_ssl_ret(ctx: RetProbeContext) -> u32 {
     if n == 0 {
         return 0;
     }
-    let (agent, tflags) = trace_info((pid_tgid >> 32) as u32);
     let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;
     };
     let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_header(&mut ev.hdr, kind::TLS_DATA, agent, tflags);
+    fill_current(&mut ev.hdr, kind::TLS_DATA);
     ev.conn = call.ssl;
     ev.len = n.min(u32::MAX as u64) as u32;
     ev.direction = call.direction;
