@@ -77,9 +77,12 @@ step("dns", "done")
 
 # 5. HTTPS with a bearer token through Python's ssl (libssl SSL_write_ex/SSL_read_ex).
 ctx = ssl.create_default_context(cafile=os.path.join(work, "ca.pem"))
+# A fresh W3C trace per run: a fixed one would tie unrelated runs together.
+traceparent = f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+step("traceparent", traceparent)
 req = urllib.request.Request(
     f"https://localhost:{tls_port}/v1/reports/close?month=2026-10",
-    headers={"Authorization": f"Bearer {bearer}", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    headers={"Authorization": f"Bearer {bearer}", "traceparent": traceparent},
 )
 with urllib.request.urlopen(req, context=ctx) as r:
     step("https_status", r.status)

@@ -308,10 +308,7 @@ fn sensor_reports_agent_activity_end_to_end() {
         (Some("GET"), Some("sent"))
     );
     assert!(r["host"].as_str().unwrap().starts_with("localhost"));
-    assert_eq!(
-        r["traceparent"],
-        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    );
+    assert_eq!(r["traceparent"], step(&s, "traceparent"));
     assert_eq!(r["delegation"]["delegated_sub"], "alice@example.com");
     assert_eq!(
         r["delegation"]["act"],

@@ -4,6 +4,7 @@
 //! fresh machine and in CI without anything installed by hand.
 
 mod bench;
+mod demo;
 mod setup;
 mod test;
 mod util;
@@ -33,6 +34,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The main job: a collector, an enrolled custodyd and sample agents on this
+    /// machine (needs root); prints how to inspect them, Ctrl-C tears down.
+    Demo {
+        /// Leave the collector and sensor up with no agents, for trying things by hand.
+        #[arg(long)]
+        no_scenario: bool,
+        /// Collector port on 127.0.0.1.
+        #[arg(long, default_value_t = 7443)]
+        port: u16,
+    },
     /// Run a benchmark and print ratios measured side by side.
     Bench {
         #[command(subcommand)]
@@ -46,5 +57,6 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { no_lint, args } => test::run(!no_lint, &args),
         Task::Bench { which } => bench::run(which),
+        Task::Demo { no_scenario, port } => demo::run(no_scenario, port),
     }
 }

@@ -164,13 +164,13 @@ pub fn port_free(port: u16) -> Result<()> {
             let who = port_owner(port)
                 .map(|(pid, cmd)| format!(" by pid {pid} ({cmd})"))
                 .unwrap_or_default();
-            let hint = if who.contains("custody-collector") {
-                " That is a collector not started by this demo: stop it, or"
+            let what = if who.contains("custody-collector") {
+                "That is a collector this demo did not start: stop it, or pick"
             } else {
-                ""
+                "Stop it, or pick"
             };
             bail!(
-                "port {port} on 127.0.0.1 is taken{who}: {e}.{hint} pick another port with \
+                "port {port} on 127.0.0.1 is taken{who} ({e}). {what} another port with \
                  `cargo xtask demo --port N`"
             )
         }

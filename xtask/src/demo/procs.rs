@@ -2,7 +2,6 @@
 //! Ctrl-C reaches only the demo, which then stops them in order), told to stop if
 //! the demo dies, with their output in log files and watched line by line.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -80,9 +79,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     stop: StopWith,
-    log: Option<PathBuf>,
-    lines: Option<Receiver<String>>,
-    tail: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
+    log: PathBuf,
+    lines: Receiver<String>,
     status: Option<ExitStatus>,
 }
 
@@ -120,6 +118,9 @@ impl Proc {
             Watch::Stderr => cmd.stderr(Stdio::piped()).stdout(other),
         };
         let sig = stop.signal();
+        // `cargo run` points LD_LIBRARY_PATH at the toolchain; nothing here needs it,
+        // and every traced exec would report the failed opens it causes.
+        cmd.env_remove("LD_LIBRARY_PATH").env("NO_COLOR", "1");
         cmd.process_group(0);
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
@@ -137,20 +138,11 @@ impl Proc {
             Watch::Stderr => Box::new(child.stderr.take().expect("piped")),
         };
         let (tx, rx) = mpsc::channel();
-        let tail = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
-        let tail_w = tail.clone();
         let mut log_w = append(log)?;
         // Drain the pipe for the child's whole life: a full pipe would block it.
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
                 let _ = writeln!(log_w, "{line}");
-                {
-                    let mut t = tail_w.lock().expect("tail lock");
-                    if t.len() == TAIL {
-                        t.pop_front();
-                    }
-                    t.push_back(line.clone());
-                }
                 let _ = tx.send(line);
             }
         });
@@ -158,9 +150,8 @@ impl Proc {
             name: name.to_string(),
             child,
             stop,
-            log: Some(log.to_path_buf()),
-            lines: Some(rx),
-            tail,
+            log: log.to_path_buf(),
+            lines: rx,
             status: None,
         })
     }
@@ -177,17 +168,10 @@ impl Proc {
         self.status
     }
 
-    /// The last lines of the watched stream and of the log file.
+    /// The last lines of its output (both streams, from its log file).
     pub fn tail(&self) -> String {
-        let mut lines: Vec<String> = self.tail.lock().expect("tail lock").iter().cloned().collect();
-        if let Some(log) = &self.log {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            for l in text.lines() {
-                if !lines.iter().any(|x| x == l) {
-                    lines.push(l.to_string());
-                }
-            }
-        }
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
         let skip = lines.len().saturating_sub(TAIL);
         lines[skip..]
             .iter()
@@ -204,23 +188,26 @@ impl Proc {
         pred: impl Fn(&str) -> bool,
     ) -> Result<String> {
         let deadline = Instant::now() + timeout;
-        let rx = self.lines.as_ref().expect("watched stream");
         loop {
             if stopping() {
                 return Err(interrupted());
             }
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
                 Ok(l) if pred(&l) => return Ok(l),
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    // Stream closed: the process is exiting.
-                    let st = self.child.wait().ok();
-                    self.status = st;
+                    // Stream closed: the process is exiting (give it a moment).
+                    let end = Instant::now() + Duration::from_secs(5);
+                    while self.exited().is_none() && Instant::now() < end {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    let st = self
+                        .exited()
+                        .map_or("still running".to_string(), |s| s.to_string());
                     bail!(
-                        "{} exited ({}) before {what}; its output:\n{}",
+                        "{} closed its output ({st}) before {what}; its output:\n{}",
                         self.name,
-                        st.map(|s| s.to_string()).unwrap_or_default(),
                         self.tail()
                     );
                 }
