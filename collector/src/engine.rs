@@ -3,7 +3,7 @@
 //! inventory, and answers queries. The gRPC services and the benchmark both drive
 //! it through this API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,9 +15,10 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::auth::now_ns;
+use crate::block::{BlockBuilder, BlockMeta, BlockSummary, Part};
 use crate::chain::{ChainIndex, Edge, Half, Node};
 use crate::fleet::{AgentRecord, CredentialRecord, Fleet, HostRecord};
-use crate::store::{self, EventKey, Store};
+use crate::store::{self, BlockCache, EventKey, Store};
 
 /// Events further in the future than this are stored under their arrival time (the
 /// event keeps the sensor's timestamp): a skewed clock must not park events beyond
@@ -61,17 +62,181 @@ pub struct Metrics {
     pub stream_errors: AtomicU64,
 }
 
+/// Where the stored events of one process (or host) are.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Stored events.
+    pub total: u64,
+    /// (block id, earliest key of these events in the block, how many), by block id.
+    pub blocks: Vec<(u64, EventKey, u32)>,
+}
+
+impl Placement {
+    fn set(&mut self, block_id: u64, min: EventKey, count: u32) {
+        // Nearly always the newest block.
+        let at = match self.blocks.last() {
+            Some(l) if l.0 < block_id => Err(self.blocks.len()),
+            _ => self.blocks.binary_search_by_key(&block_id, |b| b.0),
+        };
+        match at {
+            Ok(i) => {
+                self.total = self.total - self.blocks[i].2 as u64 + count as u64;
+                self.blocks[i] = (block_id, min, count);
+            }
+            Err(i) => {
+                self.total += count as u64;
+                self.blocks.insert(i, (block_id, min, count));
+            }
+        }
+    }
+
+    fn remove(&mut self, block_id: u64) {
+        if let Ok(i) = self.blocks.binary_search_by_key(&block_id, |b| b.0) {
+            self.total -= self.blocks[i].2 as u64;
+            self.blocks.remove(i);
+        }
+    }
+}
+
+fn set_parts(map: &mut HashMap<String, Placement>, block_id: u64, parts: Vec<Part>) {
+    for p in parts {
+        match map.get_mut(p.name.as_str()) {
+            Some(pl) => pl.set(block_id, p.min, p.count),
+            None => {
+                let mut pl = Placement::default();
+                pl.set(block_id, p.min, p.count);
+                map.insert(p.name, pl);
+            }
+        }
+    }
+}
+
+fn remove_parts(map: &mut HashMap<String, Placement>, block_id: u64, parts: &[Part]) {
+    for p in parts {
+        if let Some(pl) = map.get_mut(p.name.as_str()) {
+            pl.remove(block_id);
+            if pl.blocks.is_empty() {
+                map.remove(p.name.as_str());
+            }
+        }
+    }
+}
+
 pub struct State {
     pub chains: ChainIndex,
     pub fleet: Fleet,
     next_event_id: u64,
     pub stored_bytes: u64,
     pub stored_events: u64,
+    /// Every stored block by id (the id of its first event).
+    pub(crate) blocks: BTreeMap<u64, BlockMeta>,
+    /// The block new events are appended to.
+    pub(crate) open: BlockBuilder,
+    /// Blocks holding each process's events, by exec id.
+    pub(crate) execs: HashMap<String, Placement>,
+    /// Blocks holding each host's events.
+    pub(crate) hosts: HashMap<String, Placement>,
+}
+
+impl State {
+    /// Stored events of one process.
+    pub fn exec_event_count(&self, exec_id: &str) -> u64 {
+        self.execs.get(exec_id).map(|p| p.total).unwrap_or(0)
+    }
+
+    /// Where one process's events are stored.
+    pub fn exec_placement(&self, exec_id: &str) -> Option<&Placement> {
+        self.execs.get(exec_id)
+    }
+
+    /// Where one host's events are stored.
+    pub fn host_placement(&self, host: &str) -> Option<&Placement> {
+        self.hosts.get(host)
+    }
+
+    /// Blocks in the store.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Starts a new open block (the current one stays as stored).
+    pub(crate) fn reset_open_block(&mut self) {
+        self.open = BlockBuilder::new(self.next_event_id);
+    }
+
+    /// Records a block (re)write in `batch` and in the in-memory indexes. `old` is
+    /// the block's previous summary when parts of it may have gone.
+    pub(crate) fn put_block(
+        &mut self,
+        batch: &mut sled::Batch,
+        id: u64,
+        value: Option<Vec<u8>>,
+        old: Option<&BlockSummary>,
+        new: Option<BlockSummary>,
+    ) {
+        if let Some(old) = old {
+            remove_parts(&mut self.execs, id, &old.execs);
+            remove_parts(&mut self.hosts, id, &old.hosts);
+        }
+        match (value, new) {
+            (Some(value), Some(new)) => {
+                batch.insert(&store::b_key(id), value);
+                batch.insert(&store::d_key(id), new.encode());
+                self.blocks.insert(id, new.meta);
+                set_parts(&mut self.execs, id, new.execs);
+                set_parts(&mut self.hosts, id, new.hosts);
+            }
+            _ => {
+                batch.remove(&store::b_key(id));
+                batch.remove(&store::d_key(id));
+                self.blocks.remove(&id);
+            }
+        }
+    }
+
+    /// The first `n` keys of one process's events in key order: its blocks are
+    /// read in order of the earliest of its events there, until the next block
+    /// cannot hold anything earlier than the n-th key found.
+    pub(crate) fn first_exec_keys(
+        &self,
+        cache: &mut BlockCache<'_>,
+        exec_id: &str,
+        n: usize,
+    ) -> Result<Vec<EventKey>> {
+        let mut keys: Vec<EventKey> = vec![];
+        let Some(pl) = self.execs.get(exec_id) else {
+            return Ok(keys);
+        };
+        if n == 0 {
+            return Ok(keys);
+        }
+        let mut order: Vec<&(u64, EventKey, u32)> = pl.blocks.iter().collect();
+        order.sort_by_key(|b| b.1);
+        for &&(block_id, min, _) in &order {
+            if keys.len() >= n {
+                keys.sort_unstable();
+                keys.truncate(n);
+                if min > keys[n - 1] {
+                    break;
+                }
+            }
+            if let Some(b) = cache.block(block_id)? {
+                keys.extend(b.keys_of(exec_id));
+            }
+        }
+        keys.sort_unstable();
+        keys.truncate(n);
+        Ok(keys)
+    }
 }
 
 pub struct Engine {
     pub(crate) store: Store,
     pub(crate) state: RwLock<State>,
+    /// Held by whatever writes to the store, from building its batch until the
+    /// batch is applied: the open block is rewritten by every ingest group, and two
+    /// writers applying out of order would lose events.
+    pub(crate) write_gate: Mutex<()>,
     tail: broadcast::Sender<Arc<StoredEvent>>,
     connected: Mutex<HashMap<String, usize>>,
     pub metrics: Metrics,
@@ -82,6 +247,25 @@ impl Engine {
     /// Opens the store in `dir` and rebuilds the in-memory indexes from it.
     pub fn open(dir: &Path) -> Result<Engine> {
         let store = Store::open(dir)?;
+        match store.meta("layout")? {
+            0 if store.has_legacy_events()? => anyhow::bail!(
+                "store {} was written by an earlier development build of the collector \
+                 (one key per event, layout 1); move it aside to start empty",
+                dir.display()
+            ),
+            0 => {
+                let mut b = sled::Batch::default();
+                Store::put_meta(&mut b, "layout", store::LAYOUT);
+                store.apply(b)?;
+            }
+            store::LAYOUT => {}
+            v => anyhow::bail!(
+                "store {} has layout {v}, which this collector does not know (it writes \
+                 layout {}); use a newer collector",
+                dir.display(),
+                store::LAYOUT
+            ),
+        }
         let nodes = store
             .load_json::<Node>(store::PROCESS)?
             .into_iter()
@@ -113,17 +297,30 @@ impl Engine {
                 .creds
                 .insert(String::from_utf8_lossy(&k).into_owned(), c);
         }
+        let next_event_id = store.meta("next_event_id")?.max(1);
+        let (mut blocks, mut execs, mut hosts) = (BTreeMap::new(), HashMap::new(), HashMap::new());
+        for (id, s) in store.load_summaries()? {
+            blocks.insert(id, s.meta);
+            set_parts(&mut execs, id, s.execs);
+            set_parts(&mut hosts, id, s.hosts);
+        }
         let state = State {
             chains: ChainIndex::restore(nodes, edges, pending),
             fleet,
-            next_event_id: store.meta("next_event_id")?.max(1),
+            next_event_id,
             stored_bytes: store.meta("stored_bytes")?,
             stored_events: store.meta("stored_events")?,
+            blocks,
+            // A fresh block: the last one stored stays as it is.
+            open: BlockBuilder::new(next_event_id),
+            execs,
+            hosts,
         };
         let (tail, _) = broadcast::channel(4096);
         Ok(Engine {
             store,
             state: RwLock::new(state),
+            write_gate: Mutex::new(()),
             tail,
             connected: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
@@ -238,8 +435,11 @@ impl Engine {
         let mut published = vec![];
         let want_tail = self.tail.receiver_count() > 0;
         let now = now_ns();
+        let gate = self.gate();
         {
-            let mut st = self.write();
+            let mut guard = self.write();
+            let st = &mut *guard;
+            let mut writes = vec![];
             for (host, mut eb) in items {
                 let last = eb.events.last().map(|e| e.seq).unwrap_or(0);
                 if let Err(r) = Self::validate(&host, &mut eb) {
@@ -261,9 +461,12 @@ impl Engine {
                     up_to_seq: last,
                     ..Default::default()
                 };
+                // Sequence numbers increase within a batch (validated), so the
+                // high-water mark only matters for the first events.
+                let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
+                let (mut last_seq, mut newest, mut skewed) = (0, 0, 0);
+                let mut host_ix: Option<(u64, u32)> = None;
                 for ev in eb.events {
-                    let st = &mut *st;
-                    let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
                     if ev.seq <= hwm {
                         out.duplicates += 1;
                         continue;
@@ -271,43 +474,59 @@ impl Engine {
                     let mut t = ev.time_ns;
                     if t == 0 || t > now + MAX_FUTURE_SKEW_NS {
                         t = now;
-                        st.fleet.host_mut(&host).clock_skewed += 1;
-                        self.metrics.clock_skewed.fetch_add(1, Ordering::Relaxed);
+                        skewed += 1;
                     }
-                    let key = store::event_key(t, st.next_event_id);
+                    let id = st.next_event_id;
                     st.next_event_id += 1;
-                    let bytes = ev.encode_to_vec();
-                    st.stored_bytes += bytes.len() as u64;
+                    let key = store::event_key(t, id);
+                    let size = u32::try_from(ev.encoded_len()).unwrap_or(u32::MAX);
+                    st.stored_bytes += size as u64;
                     st.stored_events += 1;
-                    batch.insert(store::s_key(&host, ev.seq), &key[..]);
                     let exec_id = ev
                         .process
                         .as_ref()
                         .map(|p| p.exec_id.as_str())
                         .unwrap_or("");
                     let new_process = !exec_id.is_empty() && st.chains.node(exec_id).is_none();
-                    if !exec_id.is_empty() {
-                        batch.insert(store::x_key(exec_id, &key), &[][..]);
-                    }
-                    batch.insert(store::e_key(&key), bytes);
                     st.chains.observe(&ev);
                     st.fleet.observe(&ev, new_process);
-                    let h = st.fleet.host_mut(&host);
-                    h.last_seq = ev.seq;
-                    h.events_stored += 1;
-                    h.newest_event_ns = h.newest_event_ns.max(ev.time_ns.min(now));
+                    last_seq = ev.seq;
+                    newest = newest.max(ev.time_ns.min(now));
                     out.stored += 1;
                     if want_tail {
                         published.push(StoredEvent {
                             key,
                             chain_id: String::new(),
-                            event: ev,
+                            event: ev.clone(),
                         });
                     }
+                    if st.open.is_full() {
+                        writes.extend(st.open.take_writes());
+                        st.open = BlockBuilder::new(id);
+                    }
+                    let hi = match host_ix {
+                        Some((b, i)) if b == st.open.id => i,
+                        _ => {
+                            let i = st.open.host_index(&host);
+                            host_ix = Some((st.open.id, i));
+                            i
+                        }
+                    };
+                    st.open.push(hi, key, size, ev);
                 }
-                if out.duplicates > 0 {
-                    st.fleet.host_mut(&host).duplicates += out.duplicates as u64;
+                if out.stored > 0 || out.duplicates > 0 {
+                    let h = st.fleet.host_mut(&host);
+                    if out.stored > 0 {
+                        h.last_seq = last_seq;
+                        h.events_stored += out.stored as u64;
+                        h.newest_event_ns = h.newest_event_ns.max(newest);
+                    }
+                    h.clock_skewed += skewed;
+                    h.duplicates += out.duplicates as u64;
                 }
+                self.metrics
+                    .clock_skewed
+                    .fetch_add(skewed, Ordering::Relaxed);
                 self.metrics
                     .events_stored
                     .fetch_add(out.stored as u64, Ordering::Relaxed);
@@ -316,7 +535,11 @@ impl Engine {
                     .fetch_add(out.duplicates as u64, Ordering::Relaxed);
                 outcomes.push(out);
             }
-            Self::persist_changes(&mut st, &mut batch);
+            writes.extend(st.open.take_writes());
+            for w in writes {
+                st.put_block(&mut batch, w.id, Some(w.value), None, Some(w.summary));
+            }
+            Self::persist_changes(st, &mut batch);
             for se in &mut published {
                 let exec_id = se
                     .event
@@ -329,10 +552,28 @@ impl Engine {
         }
         self.store.apply(batch)?;
         self.store.flush()?;
+        drop(gate);
         for se in published {
             let _ = self.tail.send(Arc::new(se));
         }
         Ok(outcomes)
+    }
+
+    pub(crate) fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One stored event by key.
+    pub fn get_event(&self, k: &EventKey) -> Result<Option<Event>> {
+        let st = self.read();
+        BlockCache::new(&self.store, &st.blocks).event(k)
+    }
+
+    /// The first `n` keys of one process's events, in key order.
+    pub fn first_exec_keys(&self, exec_id: &str, n: usize) -> Result<Vec<EventKey>> {
+        let st = self.read();
+        let mut cache = BlockCache::new(&self.store, &st.blocks);
+        st.first_exec_keys(&mut cache, exec_id, n)
     }
 
     /// Adds everything the in-memory indexes changed to `batch`.
@@ -383,7 +624,8 @@ impl Engine {
         Store::put_meta(batch, "stored_events", st.stored_events);
     }
 
-    /// Writes what changed outside ingest (hello, heartbeat, retention).
+    /// Writes what changed outside ingest (hello, heartbeat). The caller holds the
+    /// write gate (taken before the state lock).
     pub(crate) fn persist_now(&self, st: &mut State) -> Result<()> {
         let mut batch = sled::Batch::default();
         Self::persist_changes(st, &mut batch);
@@ -393,6 +635,7 @@ impl Engine {
     /// A sensor said hello: records what it reported and returns the sequence
     /// number to resume from.
     pub fn hello(&self, host: &str, h: &Hello) -> Result<u64> {
+        let _gate = self.gate();
         let mut st = self.write();
         let r = st.fleet.host_mut(host);
         r.boot_id = h.boot_id.clone();
@@ -406,6 +649,7 @@ impl Engine {
     }
 
     pub fn heartbeat(&self, host: &str, hb: &Heartbeat) -> Result<()> {
+        let _gate = self.gate();
         let mut st = self.write();
         let r = st.fleet.host_mut(host);
         r.last_seen_ns = now_ns();
@@ -416,6 +660,7 @@ impl Engine {
     }
 
     pub fn enrolled(&self, host: &str) -> Result<()> {
+        let _gate = self.gate();
         let mut st = self.write();
         st.fleet.host_mut(host).enrolled_at_ns = now_ns();
         self.persist_now(&mut st)?;

@@ -7,6 +7,7 @@
 
 pub mod admin_service;
 pub mod auth;
+pub mod block;
 pub mod chain;
 pub mod client;
 pub mod engine;

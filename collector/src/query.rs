@@ -1,21 +1,20 @@
 //! Read side of the engine: events by filter, chains as graphs, fleet inventory —
 //! already in the admin API's message types.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use custody_proto::admin::v1 as admin;
 use custody_proto::sensor::v1::{Event, event::Kind};
-use prost::Message;
 
 use crate::auth::now_ns;
+use crate::block::BlockMeta;
 use crate::chain::ChainIndex;
+use crate::engine::Placement;
 use crate::engine::{Engine, StoredEvent};
-use crate::store::{self, EventKey};
+use crate::store::{self, BlockCache, EntryFilter, EventKey, TimeScan};
 
 const MAX_ACTIONS_PER_NODE: usize = 50;
-/// Index-driven queries gather at most this many candidate keys.
-const MAX_CANDIDATES: usize = 1_000_000;
 
 pub fn kind_name(k: &Option<Kind>) -> &'static str {
     match k {
@@ -35,6 +34,7 @@ pub fn kind_name(k: &Option<Kind>) -> &'static str {
         Some(Kind::Mcp(_)) => "mcp",
         Some(Kind::AgentDiscovered(_)) => "agent_discovered",
         Some(Kind::Warning(_)) => "warning",
+        Some(Kind::Enforcement(_)) => "enforcement",
         None => "unknown",
     }
 }
@@ -79,6 +79,16 @@ pub fn describe(ev: &Event) -> String {
         Some(Kind::Mcp(m)) => format!("mcp {} {} {}", m.transport, m.method, m.tool_name),
         Some(Kind::AgentDiscovered(a)) => format!("agent discovered ({}) {}", a.reason, a.evidence),
         Some(Kind::Warning(w)) => format!("warning {}", w.message),
+        Some(Kind::Enforcement(e)) => format!(
+            "{} ({}){}",
+            e.action,
+            e.reason,
+            if e.applied {
+                String::new()
+            } else {
+                format!(" NOT APPLIED: {}", e.error)
+            }
+        ),
         None => "unknown event".into(),
     }
 }
@@ -114,36 +124,27 @@ pub fn matches(f: &admin::EventFilter, chains: &ChainIndex, se: &StoredEvent) ->
         && (f.until_ns == 0 || ev.time_ns <= f.until_ns)
 }
 
-impl Engine {
-    fn load(&self, k: &EventKey, chains: &ChainIndex) -> Result<Option<StoredEvent>> {
-        Ok(self.store.get_event(k)?.map(|event| {
-            let chain_id = event
-                .process
-                .as_ref()
-                .and_then(|p| chains.chain_of(&p.exec_id))
-                .unwrap_or("")
-                .to_owned();
-            StoredEvent {
-                key: *k,
-                chain_id,
-                event,
-            }
-        }))
+fn stored(event: Event, key: EventKey, chains: &ChainIndex) -> StoredEvent {
+    let chain_id = event
+        .process
+        .as_ref()
+        .and_then(|p| chains.chain_of(&p.exec_id))
+        .unwrap_or("")
+        .to_owned();
+    StoredEvent {
+        key,
+        chain_id,
+        event,
     }
+}
 
-    /// Keys of all events of the given processes, in order.
-    fn keys_of(&self, execs: impl Iterator<Item = String>) -> Result<Vec<EventKey>> {
-        let mut keys = vec![];
-        for id in execs {
-            for k in self.store.exec_event_keys(&id) {
-                keys.push(k?);
-                if keys.len() >= MAX_CANDIDATES {
-                    break;
-                }
-            }
-        }
-        keys.sort_unstable();
-        Ok(keys)
+impl Engine {
+    fn load(
+        cache: &mut BlockCache<'_>,
+        k: &EventKey,
+        chains: &ChainIndex,
+    ) -> Result<Option<StoredEvent>> {
+        Ok(cache.event(k)?.map(|event| stored(event, *k, chains)))
     }
 
     /// Events matching `f`, `limit` at most, after `page` (exclusive) in the chosen
@@ -166,29 +167,47 @@ impl Engine {
             Some(p) if ascending => *k > p,
             Some(p) => *k < p,
         };
-        let indexed: Option<Vec<EventKey>> = if !f.exec_id.is_empty() {
-            Some(self.keys_of(std::iter::once(f.exec_id.clone()))?)
+        // Which blocks can hold matching events, and which of their entries.
+        let mut execs: HashSet<&str> = HashSet::new();
+        let mut places: Vec<&Placement> = vec![];
+        let filter = if !f.exec_id.is_empty() {
+            execs.insert(&f.exec_id);
+            Some(EntryFilter::Execs(&execs))
         } else if !f.chain_id.is_empty() {
-            let m = st.chains.members(&f.chain_id).cloned().unwrap_or_default();
-            Some(self.keys_of(m.into_iter())?)
+            execs.extend(
+                st.chains
+                    .members(&f.chain_id)
+                    .into_iter()
+                    .flatten()
+                    .map(String::as_str),
+            );
+            Some(EntryFilter::Execs(&execs))
         } else if !f.agent_id.is_empty() {
-            let execs: Vec<String> = st
-                .chains
-                .nodes()
-                .filter(|(_, n)| n.process.agent_id == f.agent_id)
-                .map(|(k, _)| k.clone())
-                .collect();
-            Some(self.keys_of(execs.into_iter())?)
+            execs.extend(
+                st.chains
+                    .nodes()
+                    .filter(|(_, n)| n.process.agent_id == f.agent_id)
+                    .map(|(k, _)| k.as_str()),
+            );
+            Some(EntryFilter::Execs(&execs))
         } else if !f.host.is_empty() {
-            let mut keys = self
-                .store
-                .host_event_keys(&f.host)
-                .take(MAX_CANDIDATES)
-                .collect::<Result<Vec<_>>>()?;
-            keys.sort_unstable();
-            Some(keys)
+            places.extend(st.host_placement(&f.host));
+            Some(EntryFilter::Host(&f.host))
         } else {
             None
+        };
+        places.extend(execs.iter().filter_map(|e| st.exec_placement(e)));
+        let candidates: Vec<(u64, &BlockMeta)> = match filter {
+            None => st.blocks.iter().map(|(id, m)| (*id, m)).collect(),
+            Some(_) => {
+                let ids: BTreeSet<u64> = places
+                    .iter()
+                    .flat_map(|p| p.blocks.iter().map(|b| b.0))
+                    .collect();
+                ids.into_iter()
+                    .filter_map(|id| st.blocks.get(&id).map(|m| (id, m)))
+                    .collect()
+            }
         };
         // The time range is applied to the storage key (the event time, or the
         // arrival time for clock-skewed events), so drop it from the per-event check.
@@ -204,61 +223,42 @@ impl Engine {
             }
             out.len() >= limit
         };
-        match indexed {
-            Some(mut keys) => {
-                if !ascending {
-                    keys.reverse();
-                }
-                for k in keys.into_iter().filter(|k| in_range(k) && after_page(k)) {
-                    if let Some(se) = self.load(&k, &st.chains)?
-                        && accept(se)
-                    {
-                        break;
-                    }
-                }
+        let start = page.or_else(|| {
+            if ascending && f.since_ns > 0 {
+                Some(store::event_key(f.since_ns, 0))
+            } else if !ascending && f.until_ns > 0 {
+                Some(store::event_key(f.until_ns, u64::MAX))
+            } else {
+                None
             }
-            None => {
-                let start = page.or_else(|| {
-                    if ascending && f.since_ns > 0 {
-                        Some(store::event_key(f.since_ns, 0))
-                    } else if !ascending && f.until_ns > 0 {
-                        Some(store::event_key(f.until_ns, u64::MAX))
-                    } else {
-                        None
-                    }
-                });
-                for r in self.store.events_from(start.as_ref(), ascending) {
-                    let (k, v) = r?;
-                    if !after_page(&k) {
-                        continue;
-                    }
-                    if !in_range(&k) {
-                        let t = store::event_key_time(&k);
-                        let past_end = if ascending {
-                            f.until_ns > 0 && t > f.until_ns
-                        } else {
-                            f.since_ns > 0 && t < f.since_ns
-                        };
-                        if past_end {
-                            break;
-                        }
-                        continue;
-                    }
-                    let event = Event::decode(&*v).context("stored event is corrupt")?;
-                    let chain_id = event
-                        .process
-                        .as_ref()
-                        .and_then(|p| st.chains.chain_of(&p.exec_id))
-                        .unwrap_or("")
-                        .to_owned();
-                    if accept(StoredEvent {
-                        key: k,
-                        chain_id,
-                        event,
-                    }) {
-                        break;
-                    }
+        });
+        let scan = TimeScan::new(
+            &self.store,
+            candidates.into_iter(),
+            start,
+            ascending,
+            filter.unwrap_or(EntryFilter::All),
+        );
+        for r in scan {
+            let (b, i) = r?;
+            let k = b.entries[i].key();
+            if !after_page(&k) {
+                continue;
+            }
+            if !in_range(&k) {
+                let t = store::event_key_time(&k);
+                let past_end = if ascending {
+                    f.until_ns > 0 && t > f.until_ns
+                } else {
+                    f.since_ns > 0 && t < f.since_ns
+                };
+                if past_end {
+                    break;
                 }
+                continue;
+            }
+            if accept(stored(b.event(i)?, k, &st.chains)) {
+                break;
             }
         }
         let next = (out.len() >= limit)
@@ -323,9 +323,14 @@ impl Engine {
 
     /// A chain as a graph, found by chain id, by a process in it, or by one of its
     /// events (then `path_from_root` walks back from that event's process).
+    ///
+    /// The work is bounded by the chain's size, not the store's: per process, the
+    /// event count comes from memory and only its first events are read (the
+    /// actions shown, and candidates for the first `event_limit` of the chain).
     pub fn get_chain(&self, req: &admin::GetChainRequest) -> Result<Option<admin::Chain>> {
         use admin::get_chain_request::Target;
         let st = self.read();
+        let mut cache = BlockCache::new(&self.store, &st.blocks);
         let focus: Option<String> = match &req.target {
             Some(Target::ChainId(_)) | None => None,
             Some(Target::ExecId(e)) => Some(e.clone()),
@@ -333,7 +338,7 @@ impl Engine {
                 let Some(k) = id_to_key(id) else {
                     return Ok(None);
                 };
-                let Some(ev) = self.store.get_event(&k)? else {
+                let Some(ev) = cache.event(&k)? else {
                     return Ok(None);
                 };
                 ev.process.map(|p| p.exec_id)
@@ -350,24 +355,31 @@ impl Engine {
         let Some(summary) = self.chain_summary(&st.chains, &chain_id) else {
             return Ok(None);
         };
-        let members = st.chains.members(&chain_id).cloned().unwrap_or_default();
+        let Some(members) = st.chains.members(&chain_id) else {
+            return Ok(None);
+        };
         let event_limit = if req.event_limit == 0 {
             1000
         } else {
             req.event_limit as usize
         };
-        let mut nodes = vec![];
-        let mut all_keys = vec![];
-        for id in &members {
+        let per_node = event_limit.max(MAX_ACTIONS_PER_NODE);
+        let mut nodes = Vec::with_capacity(members.len());
+        let mut first_keys = vec![];
+        let mut total_events = 0u64;
+        for id in members {
             let n = st.chains.node(id).expect("member exists");
-            let keys = self.store.exec_event_keys(id).collect::<Result<Vec<_>>>()?;
-            let mut actions = vec![];
+            // The first events of this process: the chain's first `event_limit`
+            // events are among the union of its members' first `event_limit`.
+            let keys = st.first_exec_keys(&mut cache, id, per_node)?;
+            let mut actions = Vec::with_capacity(keys.len().min(MAX_ACTIONS_PER_NODE));
             for k in keys.iter().take(MAX_ACTIONS_PER_NODE) {
-                if let Some(ev) = self.store.get_event(k)? {
+                if let Some(ev) = cache.event(k)? {
                     actions.push(describe(&ev));
                 }
             }
-            let depth = st.chains.path_from_root(id).len().saturating_sub(1) as u32;
+            let event_count = st.exec_event_count(id);
+            total_events += event_count;
             let p = &n.process;
             nodes.push(admin::ChainNode {
                 exec_id: id.clone(),
@@ -393,25 +405,25 @@ impl Engine {
                     })
                     .collect(),
                 start_time_ns: p.start_time_ns,
-                depth,
+                depth: st.chains.depth(id) as u32,
                 upstream: n
                     .upstream
                     .as_ref()
                     .map(|u| u.exec_id.clone())
                     .unwrap_or_default(),
-                event_count: keys.len() as u64,
+                event_count,
                 actions,
             });
-            all_keys.extend(keys);
+            first_keys.extend(keys.into_iter().take(event_limit));
         }
         nodes.sort_by(|a, b| {
             (a.depth, a.start_time_ns, &a.exec_id).cmp(&(b.depth, b.start_time_ns, &b.exec_id))
         });
-        all_keys.sort_unstable();
-        let truncated = all_keys.len() > event_limit;
-        let mut events = vec![];
-        for k in all_keys.iter().take(event_limit) {
-            if let Some(se) = self.load(k, &st.chains)? {
+        first_keys.sort_unstable();
+        let truncated = total_events > event_limit as u64;
+        let mut events = Vec::with_capacity(first_keys.len().min(event_limit));
+        for k in first_keys.iter().take(event_limit) {
+            if let Some(se) = Self::load(&mut cache, k, &st.chains)? {
                 events.push(to_proto(&se));
             }
         }

@@ -6,18 +6,22 @@
 //! Size is the encoded size of stored events, tracked exactly by the engine; sled's
 //! on-disk footprint follows it with a lag, as sled reclaims space in the
 //! background.
+//!
+//! Events are deleted oldest first (in key order, across blocks): a block whose
+//! events all go is removed, a block that keeps some is rewritten without the
+//! others, and its summary (and the in-memory indexes) follow.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
-use custody_proto::sensor::v1::Event;
-use prost::Message;
 
-use crate::engine::Engine;
-use crate::store::{self, EventKey};
+use crate::block::{Block, BlockSummary};
+use crate::engine::{Engine, State};
+use crate::store::{EntryFilter, TimeScan};
 
 /// Deletions per write-lock hold, so ingest keeps flowing during a large cleanup.
-const CHUNK: usize = 10_000;
+const CHUNK: usize = 20_000;
 
 #[derive(Debug, Clone, Default)]
 pub struct Retention {
@@ -40,14 +44,21 @@ impl Engine {
             .unwrap_or(0);
         let mut report = RetentionReport::default();
         loop {
-            let mut st = self.write();
+            let gate = self.gate();
+            let mut guard = self.write();
+            let st = &mut *guard;
             let mut batch = sled::Batch::default();
+            // Which entries of which blocks go: a prefix of all events in key order.
+            let mut doomed: BTreeMap<u64, (std::sync::Arc<Block>, Vec<usize>)> = BTreeMap::new();
+            let mut bytes = st.stored_bytes;
             let mut n = 0;
             let mut more = false;
-            for item in self.store.events_from(None, true) {
-                let (k, v): (EventKey, Vec<u8>) = item?;
-                let too_old = store::event_key_time(&k) < cutoff;
-                let too_big = r.max_bytes.is_some_and(|m| st.stored_bytes > m);
+            let all = st.blocks.iter().map(|(id, m)| (*id, m));
+            for item in TimeScan::new(&self.store, all, None, true, EntryFilter::All) {
+                let (b, i) = item?;
+                let e = b.entries[i];
+                let too_old = e.time < cutoff;
+                let too_big = r.max_bytes.is_some_and(|m| bytes > m);
                 if !too_old && !too_big {
                     break;
                 }
@@ -55,16 +66,16 @@ impl Engine {
                     more = true;
                     break;
                 }
-                batch.remove(store::e_key(&k));
-                if let Ok(ev) = Event::decode(&*v) {
-                    batch.remove(store::s_key(&ev.host, ev.seq));
-                    if let Some(p) = &ev.process {
-                        batch.remove(store::x_key(&p.exec_id, &k));
-                    }
-                }
-                st.stored_bytes = st.stored_bytes.saturating_sub(v.len() as u64);
-                st.stored_events = st.stored_events.saturating_sub(1);
+                bytes = bytes.saturating_sub(e.size as u64);
                 n += 1;
+                doomed
+                    .entry(b.id)
+                    .or_insert_with(|| (b.clone(), vec![]))
+                    .1
+                    .push(i);
+            }
+            for (_, (b, gone)) in doomed {
+                drop_entries(st, &mut batch, &b, &gone);
             }
             report.events_deleted += n as u64;
             if !more {
@@ -73,9 +84,10 @@ impl Engine {
                 }
                 report.pending_expired = st.chains.expire_pending(now_ns);
             }
-            Engine::persist_changes(&mut st, &mut batch);
+            Engine::persist_changes(st, &mut batch);
+            drop(guard);
             self.store.apply(batch)?;
-            drop(st);
+            drop(gate);
             if !more {
                 break;
             }
@@ -89,5 +101,25 @@ impl Engine {
             );
         }
         Ok(report)
+    }
+}
+
+/// Deletes entries `gone` of block `b`: rewrites or removes the block and its
+/// summary, and updates the indexes and counters.
+fn drop_entries(st: &mut State, batch: &mut sled::Batch, b: &Block, gone: &[usize]) {
+    let mut is_gone = vec![false; b.entries.len()];
+    for &i in gone {
+        is_gone[i] = true;
+        st.stored_bytes = st.stored_bytes.saturating_sub(b.entries[i].size as u64);
+        st.stored_events = st.stored_events.saturating_sub(1);
+    }
+    let old = BlockSummary::of(b, |_| true);
+    let new = BlockSummary::of(b, |i| !is_gone[i]);
+    let value = new.as_ref().map(|_| b.without(|i| is_gone[i]));
+    st.put_block(batch, b.id, value, old.as_ref(), new);
+    // The open block is rewritten by every ingest group from memory: after this it
+    // must not be, or the deleted events would come back. Start a new one.
+    if b.id == st.open.id {
+        st.reset_open_block();
     }
 }

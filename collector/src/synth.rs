@@ -197,6 +197,19 @@ pub fn three_hosts(hosts: [&str; 3], t0: u64) -> Scenario {
                 ..Default::default()
             }),
         ),
+        // The server answers on its stdout: this makes it a stdio hop of b1.
+        event(
+            &b2,
+            hb,
+            t0 + 2 * s + 30,
+            Kind::Mcp(McpMessage {
+                transport: "stdio".into(),
+                message_type: "response".into(),
+                method: "tools/call".into(),
+                tool_name: "read_report".into(),
+                ..Default::default()
+            }),
+        ),
         net(
             &b2,
             hb,
