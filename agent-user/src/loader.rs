@@ -60,11 +60,8 @@ const SYSCALL_HOOKS: &[(&str, &str, &[&str])] = &[
     ("files", "custody_unlink_enter", &["sys_enter_unlink"]),
     ("files", "custody_unlinkat_enter", &["sys_enter_unlinkat"]),
     ("files", "custody_rename_enter", &["sys_enter_rename"]),
-    (
-        "files",
-        "custody_renameat_enter",
-        &["sys_enter_renameat", "sys_enter_renameat2"],
-    ),
+    ("files", "custody_renameat_enter", &["sys_enter_renameat"]),
+    ("files", "custody_renameat2_enter", &["sys_enter_renameat2"]),
     (
         "files",
         "custody_file_exit",

@@ -34,6 +34,13 @@ ok_path = os.path.join(work, "agent-notes.txt")
 with open(ok_path, "w") as f:
     f.write("monthly close\n")
 step("opened", ok_path)
+renamed = os.path.join(work, "agent-notes.old")
+os.rename(ok_path, renamed)
+step("renamed", renamed)
+os.unlink(renamed)
+step("unlinked", renamed)
+with open(ok_path, "w") as f:
+    f.write("monthly close\n")
 missing = os.path.join(work, "does-not-exist", "nope.txt")
 try:
     open(missing)

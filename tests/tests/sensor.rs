@@ -154,6 +154,14 @@ fn sensor_reports_agent_activity_end_to_end() {
         .expect("exec counter in /metrics");
     assert!(exec_count >= 3, "{metrics}");
     assert!(metrics.contains("custody_sensor_feature_active{feature=\"process\"} 1"));
+    let degraded: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("custody_sensor_feature_active") && l.ends_with(" 0"))
+        .collect();
+    assert!(
+        degraded.is_empty(),
+        "every sensor feature must attach on this kernel: {degraded:?}"
+    );
     let raw = std::fs::read_to_string(&daemon.output).unwrap();
     let daemon_log = daemon.stderr.clone();
     let evs = daemon.stop();
@@ -222,6 +230,18 @@ fn sensor_reports_agent_activity_end_to_end() {
     assert!(o["kind"]["file_open"]["result"].as_i64().unwrap() >= 0);
     assert_eq!(o["kind"]["file_open"]["access"], "write");
     assert_eq!(o["process"]["pid"], agent_pid);
+    let renamed = step(&s, "renamed");
+    let rn = of_kind(&evs, "file_rename")
+        .into_iter()
+        .find(|e| e["kind"]["file_rename"]["to"] == renamed)
+        .expect("rename reported");
+    assert_eq!(rn["kind"]["file_rename"]["from"], ok);
+    assert_eq!(rn["kind"]["file_rename"]["result"], 0);
+    let un = of_kind(&evs, "file_unlink")
+        .into_iter()
+        .find(|e| e["kind"]["file_unlink"]["path"] == step(&s, "unlinked"))
+        .expect("unlink reported");
+    assert_eq!(un["process"]["pid"], agent_pid);
     let bad = step(&s, "failed_open");
     let f = opens
         .iter()

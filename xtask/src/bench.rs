@@ -1,3 +1,5 @@
+//! `cargo xtask bench collector`: see bench/collector.rs.
+//!
 //! `cargo xtask bench sensor`: the sensor's budgets from DESIGN.md, measured side by
 //! side in one run (method and results: BENCHMARKS.md).
 //!
@@ -5,6 +7,7 @@
 //! 2. the daemon's events/s on one core and what the kernel path delivers,
 //! 3. the daemon's RSS with 10 k tracked processes.
 
+mod collector;
 mod daemon;
 mod overhead;
 mod proc;
@@ -33,6 +36,8 @@ const MIN_ROUNDS: usize = 15;
 pub enum Which {
     /// Syscall overhead (untracked / tracked vs floor), daemon events/s and RSS.
     Sensor(SensorArgs),
+    /// Collector ingest events/s on one core and chain-query latency on a large store.
+    Collector(collector::CollectorArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -79,6 +84,7 @@ pub struct Env {
 pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Sensor(args) => sensor(&args),
+        Which::Collector(args) => collector::run(&args),
     }
 }
 

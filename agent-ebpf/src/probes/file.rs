@@ -137,8 +137,27 @@ pub fn custody_renameat_enter(ctx: TracePointContext) -> u32 {
     if !wanted() {
         return 0;
     }
-    // renameat(olddfd, oldname, newdfd, newname[, flags]); newdfd is assumed equal to
-    // olddfd for relative names (the common case), and both names are reported.
+    // renameat(olddfd, oldname, newdfd, newname); newdfd is assumed equal to olddfd
+    // for relative names (the common case), and both names are reported. Only the
+    // record's own fields may be read: the kernel refuses to attach a program that
+    // reads past the end of the tracepoint record.
+    stash(
+        kind::FILE_RENAME,
+        arg(&ctx, 0) as i32,
+        arg(&ctx, 1),
+        arg(&ctx, 3),
+        0,
+        0,
+    );
+    0
+}
+
+#[tracepoint]
+pub fn custody_renameat2_enter(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
+    // renameat2(olddfd, oldname, newdfd, newname, flags)
     stash(
         kind::FILE_RENAME,
         arg(&ctx, 0) as i32,
