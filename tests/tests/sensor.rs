@@ -354,6 +354,14 @@ fn sensor_reports_agent_activity_end_to_end() {
         .find(|e| e["kind"]["http_request"]["path"] == "/node/ping")
         .expect("node https request");
     assert!(n["process"]["exe"].as_str().unwrap().ends_with("node"));
+    let node_reqs = reqs
+        .iter()
+        .filter(|e| e["kind"]["http_request"]["path"] == "/node/ping")
+        .count();
+    assert_eq!(
+        node_reqs, 1,
+        "one request, reported once (failed SSL_write retries are not data)"
+    );
     assert_eq!(n["process"]["agent_id"], agent_id.as_str());
 
     // -- env credentials at exec

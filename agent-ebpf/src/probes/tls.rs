@@ -97,7 +97,9 @@ pub fn custody_ssl_ret(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     let _ = TLS_CALLS.remove(&pid_tgid);
-    let rv: i64 = ctx.ret();
+    // SSL_read/SSL_write(_ex) return a C int: the upper half of the register is not
+    // part of it (a -1 would otherwise read as a huge byte count).
+    let rv = i64::from(ctx.ret::<i32>());
     let n: u64 = if call.out_len != 0 {
         if rv != 1 {
             return 0;
