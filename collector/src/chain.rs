@@ -479,9 +479,20 @@ impl ChainIndex {
                     }
                 }
                 if !h.traceparent.is_empty() {
+                    // A request sent by one process and received by another is an edge
+                    // from the sender; two senders of the same trace are not related.
                     let detail = format!("traceparent {}", h.traceparent);
-                    let key = format!("t|{}", h.traceparent);
-                    self.match_trace(&key, &id, t, &detail, &mut relink);
+                    let received = h.direction == "received";
+                    let (sent_key, recv_key) = (
+                        format!("ts|{}", h.traceparent),
+                        format!("tr|{}", h.traceparent),
+                    );
+                    let (mine, theirs) = if received {
+                        (recv_key, sent_key)
+                    } else {
+                        (sent_key, recv_key)
+                    };
+                    self.match_trace(&mine, &theirs, !received, &id, t, &detail, &mut relink);
                 }
             }
             Some(Kind::Net(s)) if s.op == "connect" || s.op == "accept" => {
@@ -616,10 +627,21 @@ impl ChainIndex {
     }
 
     /// Pairs two sightings of one traceparent: the earlier one sent the request.
-    fn match_trace(&mut self, key: &str, id: &str, t: u64, detail: &str, relink: &mut Vec<String>) {
-        let (mine, theirs) = (key, key);
+    #[allow(clippy::too_many_arguments)]
+    fn match_trace(
+        &mut self,
+        mine: &str,
+        theirs: &str,
+        i_sent: bool,
+        id: &str,
+        t: u64,
+        detail: &str,
+        relink: &mut Vec<String>,
+    ) {
         let found = self.pending.get_mut(theirs).and_then(|v| {
-            let i = v.iter().position(|h| h.exec_id != id)?;
+            let i = v
+                .iter()
+                .position(|h| h.exec_id != id && h.time_ns.abs_diff(t) <= NET_MATCH_WINDOW_NS)?;
             Some(v.remove(i))
         });
         match found {
@@ -628,10 +650,10 @@ impl ChainIndex {
                     self.pending.remove(theirs);
                 }
                 self.changes.pending.insert(theirs.to_owned());
-                let (from, to) = if (other.time_ns, &other.exec_id) <= (t, &id.to_owned()) {
-                    (other.exec_id, id.to_owned())
-                } else {
+                let (from, to) = if i_sent {
                     (id.to_owned(), other.exec_id)
+                } else {
+                    (other.exec_id, id.to_owned())
                 };
                 self.add_edge(from, to, "http", detail, t.min(other.time_ns), relink);
             }

@@ -152,7 +152,7 @@ fn traceparent_links_sender_to_receiver() {
     use custody_proto::sensor::v1::HttpRequest;
     let c = synth::with_login(synth::process("a", 10, 0, "/bin/client", ""), 1000, "alice");
     let s = synth::process("b", 20, 0, "/bin/server", "srv");
-    let req = |p: &Process, h: &str, t| {
+    let req = |p: &Process, h: &str, t, direction: &str| {
         synth::event(
             p,
             h,
@@ -160,14 +160,31 @@ fn traceparent_links_sender_to_receiver() {
             Kind::HttpRequest(HttpRequest {
                 traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
                 method: "POST".into(),
+                direction: direction.into(),
                 ..Default::default()
             }),
         )
     };
     let mut ix = ChainIndex::default();
-    ix.observe(&req(&s, "b", T0 + 5));
-    ix.observe(&req(&c, "a", T0));
+    // Another client sending the same trace id is not the server's upstream.
+    let other = synth::with_login(synth::process("c", 30, 0, "/bin/client", ""), 1001, "bob");
+    ix.observe(&req(&other, "c", T0 - 1, "sent"));
+    ix.observe(&req(&s, "b", T0 + 5, "received"));
+    assert_eq!(
+        ix.chain_of(&s.exec_id),
+        Some(other.exec_id.as_str()),
+        "received pairs with a sender"
+    );
+    let mut ix = ChainIndex::default();
+    ix.observe(&req(&s, "b", T0 + 5, "received"));
+    ix.observe(&req(&c, "a", T0, "sent"));
+    ix.observe(&req(&other, "c", T0 + 6, "sent"));
     assert_eq!(ix.chain_of(&s.exec_id), Some(c.exec_id.as_str()));
+    assert_ne!(
+        ix.chain_of(&other.exec_id),
+        Some(c.exec_id.as_str()),
+        "two senders are unrelated"
+    );
     assert_eq!(
         ix.node(&s.exec_id).unwrap().upstream.as_ref().unwrap().kind,
         "http"
