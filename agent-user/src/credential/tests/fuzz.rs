@@ -163,31 +163,3 @@ fn pem_and_large_inputs_stay_bounded() {
     );
 }
 
-#[test]
-#[ignore = "timing probe; run with --release --ignored --nocapture"]
-fn scan_env_timing_probe() {
-    let mut vars: Vec<(String, String)> = (0..40)
-        .map(|i| {
-            (
-                format!("SOME_VAR_{i}"),
-                format!("/usr/share/value/{i}/with/some/length"),
-            )
-        })
-        .collect();
-    vars.push(("LS_COLORS".into(), "rs=0:di=01;34:ln=01;36".repeat(60)));
-    vars.push(("GITHUB_TOKEN".into(), fake("ghp_", 36)));
-    vars.push(("DATABASE_URL".into(), "postgres://u:pw@h/db".into()));
-    let refs: Vec<(&str, &str)> = vars.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let block = super::env_block(&refs);
-    let k = key();
-    let n = 20_000;
-    let start = std::time::Instant::now();
-    for _ in 0..n {
-        assert_eq!(scan_env(&block, &k).len(), 2);
-    }
-    eprintln!(
-        "scan_env: {} bytes, {:?} per call",
-        block.len(),
-        start.elapsed() / n
-    );
-}
