@@ -494,6 +494,26 @@ impl ChainIndex {
                     };
                     self.match_trace(&mine, &theirs, !received, &id, t, &detail, &mut relink);
                 }
+                // A delegation token (RFC 8693 `act`) carried by the request: the same
+                // token fingerprint sent by one process and received by another within
+                // the window is the hand-off between two agents.
+                if let Some(d) = &h.delegation
+                    && !d.act.is_empty()
+                    && h.traceparent.is_empty()
+                {
+                    let received = h.direction == "received";
+                    for fp in &h.credential_fingerprints {
+                        let detail =
+                            format!("delegation {} act {}", d.delegated_sub, d.act.join(">"));
+                        let (sent_key, recv_key) = (format!("ds|{fp}"), format!("dr|{fp}"));
+                        let (mine, theirs) = if received {
+                            (recv_key, sent_key)
+                        } else {
+                            (sent_key, recv_key)
+                        };
+                        self.match_trace(&mine, &theirs, !received, &id, t, &detail, &mut relink);
+                    }
+                }
             }
             Some(Kind::Net(s)) if s.op == "connect" || s.op == "accept" => {
                 // A failed connect made no connection (EINPROGRESS is a connect

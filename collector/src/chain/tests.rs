@@ -192,6 +192,62 @@ fn traceparent_links_sender_to_receiver() {
 }
 
 #[test]
+fn delegation_token_links_delegator_to_delegate() {
+    use custody_proto::sensor::v1::{HttpRequest, Principal};
+    let sup = synth::with_login(
+        synth::process("a", 11, 0, "/bin/supervisor", "sup"),
+        1000,
+        "alice",
+    );
+    let worker = synth::process("b", 21, 0, "/bin/worker", "worker");
+    let stranger = synth::process("c", 31, 0, "/bin/other", "other");
+    let req = |p: &Process, h: &str, t, direction: &str, fp: &str| {
+        synth::event(
+            p,
+            h,
+            t,
+            Kind::HttpRequest(HttpRequest {
+                method: "POST".into(),
+                direction: direction.into(),
+                credential_fingerprints: vec![fp.into()],
+                delegation: Some(Principal {
+                    delegated_sub: "alice@example.com".into(),
+                    act: vec!["sup".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        )
+    };
+    let mut ix = ChainIndex::default();
+    // The worker's receipt arrives first; a different token does not match.
+    ix.observe(&req(&worker, "b", T0 + 3, "received", "hmac-sha256:aa"));
+    ix.observe(&req(&stranger, "c", T0 + 1, "sent", "hmac-sha256:bb"));
+    assert_ne!(
+        ix.chain_of(&worker.exec_id),
+        Some(stranger.exec_id.as_str())
+    );
+    ix.observe(&req(&sup, "a", T0, "sent", "hmac-sha256:aa"));
+    assert_eq!(ix.chain_of(&worker.exec_id), Some(sup.exec_id.as_str()));
+    assert_eq!(
+        ix.node(&worker.exec_id)
+            .unwrap()
+            .upstream
+            .as_ref()
+            .unwrap()
+            .kind,
+        "http"
+    );
+    let edges = ix.inbound.get(&worker.exec_id).expect("inbound edge");
+    assert!(
+        edges
+            .iter()
+            .any(|e| e.kind == "http" && e.detail.contains("delegation alice@example.com act sup")),
+        "{edges:?}"
+    );
+}
+
+#[test]
 fn restore_and_retention() {
     let s = synth::three_hosts(["a", "b", "c"], T0);
     let mut ix = ChainIndex::default();

@@ -162,4 +162,3 @@ fn pem_and_large_inputs_stay_bounded() {
         start.elapsed()
     );
 }
-
