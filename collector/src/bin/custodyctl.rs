@@ -213,6 +213,9 @@ const EVENT_HEADERS: [&str; 7] = ["time", "host", "seq", "kind", "process", "wha
 
 #[tokio::main]
 async fn main() {
+    // Like any Unix filter, stop quietly when the reader goes away (`custodyctl … | head`)
+    // instead of failing on EPIPE. SAFETY: set before any other thread writes.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     if let Err(e) = run().await {
         eprintln!("custodyctl: {e:#}");
         std::process::exit(1);
