@@ -72,6 +72,27 @@ pub struct Edge {
     pub time_ns: u64,
 }
 
+/// One half of a link to pair (see `ChainIndex::pair`).
+struct Link<'a> {
+    /// "net" or "http".
+    kind: &'static str,
+    mine: &'a str,
+    theirs: &'a str,
+    /// This half is the connecting / sending side.
+    origin: bool,
+    id: &'a str,
+    t: u64,
+    detail: &'a str,
+}
+
+/// Pending-half keys of a request identified by `value` (a traceparent or a token
+/// fingerprint): (this side's, the other side's).
+fn request_keys(prefix: &str, value: &str, received: bool) -> (String, String) {
+    let sent = format!("{prefix}s|{value}");
+    let recv = format!("{prefix}r|{value}");
+    if received { (recv, sent) } else { (sent, recv) }
+}
+
 /// One side of a connection or request waiting for the other.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Half {
@@ -478,41 +499,34 @@ impl ChainIndex {
                         relink.push(id.clone());
                     }
                 }
+                // A request sent by one process and received by another is an edge
+                // from the sender, identified by its traceparent or, failing that, by a
+                // delegation token (RFC 8693 `act`) seen on both sides; two senders of
+                // the same trace are not related.
+                let received = h.direction == "received";
+                let mut links: Vec<(String, String, String)> = Vec::new();
                 if !h.traceparent.is_empty() {
-                    // A request sent by one process and received by another is an edge
-                    // from the sender; two senders of the same trace are not related.
-                    let detail = format!("traceparent {}", h.traceparent);
-                    let received = h.direction == "received";
-                    let (sent_key, recv_key) = (
-                        format!("ts|{}", h.traceparent),
-                        format!("tr|{}", h.traceparent),
-                    );
-                    let (mine, theirs) = if received {
-                        (recv_key, sent_key)
-                    } else {
-                        (sent_key, recv_key)
-                    };
-                    self.match_trace(&mine, &theirs, !received, &id, t, &detail, &mut relink);
-                }
-                // A delegation token (RFC 8693 `act`) carried by the request: the same
-                // token fingerprint sent by one process and received by another within
-                // the window is the hand-off between two agents.
-                if let Some(d) = &h.delegation
-                    && !d.act.is_empty()
-                    && h.traceparent.is_empty()
-                {
-                    let received = h.direction == "received";
+                    let (mine, theirs) = request_keys("t", &h.traceparent, received);
+                    links.push((mine, theirs, format!("traceparent {}", h.traceparent)));
+                } else if let Some(d) = h.delegation.as_ref().filter(|d| !d.act.is_empty()) {
                     for fp in &h.credential_fingerprints {
+                        let (mine, theirs) = request_keys("d", fp, received);
                         let detail =
                             format!("delegation {} act {}", d.delegated_sub, d.act.join(">"));
-                        let (sent_key, recv_key) = (format!("ds|{fp}"), format!("dr|{fp}"));
-                        let (mine, theirs) = if received {
-                            (recv_key, sent_key)
-                        } else {
-                            (sent_key, recv_key)
-                        };
-                        self.match_trace(&mine, &theirs, !received, &id, t, &detail, &mut relink);
+                        links.push((mine, theirs, detail));
                     }
+                }
+                for (mine, theirs, detail) in &links {
+                    let l = Link {
+                        kind: "http",
+                        mine,
+                        theirs,
+                        origin: !received,
+                        id: &id,
+                        t,
+                        detail,
+                    };
+                    self.pair(l, &mut relink);
                 }
             }
             Some(Kind::Net(s)) if s.op == "connect" || s.op == "accept" => {
@@ -554,15 +568,16 @@ impl ChainIndex {
                     } else {
                         (format!("a|{tuple}"), format!("c|{tuple}"))
                     };
-                    self.match_net(
-                        &mine,
-                        &theirs,
-                        &id,
+                    let l = Link {
+                        kind: "net",
+                        mine: &mine,
+                        theirs: &theirs,
+                        origin: s.op == "connect",
+                        id: &id,
                         t,
-                        &detail,
-                        s.op == "connect",
-                        &mut relink,
-                    );
+                        detail: &detail,
+                    };
+                    self.pair(l, &mut relink);
                 }
             }
             // Only the server side of a stdio MCP session (it answers requests on its
@@ -610,83 +625,36 @@ impl ChainIndex {
         }
     }
 
-    /// Pairs a connect with its accept: if the other half is waiting (within the
-    /// window), add the edge; else wait for it.
-    #[allow(clippy::too_many_arguments)]
-    fn match_net(
-        &mut self,
-        mine: &str,
-        theirs: &str,
-        id: &str,
-        t: u64,
-        detail: &str,
-        i_am_client: bool,
-        relink: &mut Vec<String>,
-    ) {
-        let found = self.pending.get_mut(theirs).and_then(|v| {
-            let i = v
-                .iter()
-                .position(|h| h.exec_id != id && h.time_ns.abs_diff(t) <= NET_MATCH_WINDOW_NS)?;
+    /// Pairs one half of a link with its other half: a connect with its accept, a
+    /// request sent with the same request received. If the other half is waiting
+    /// (within the window, from another process) the edge is added from the origin
+    /// (the connecting or sending side); else this half waits for it.
+    fn pair(&mut self, l: Link<'_>, relink: &mut Vec<String>) {
+        let found = self.pending.get_mut(l.theirs).and_then(|v| {
+            let i = v.iter().position(|h| {
+                h.exec_id != l.id && h.time_ns.abs_diff(l.t) <= NET_MATCH_WINDOW_NS
+            })?;
             Some(v.remove(i))
         });
         match found {
             Some(other) => {
-                if self.pending.get(theirs).is_some_and(|v| v.is_empty()) {
-                    self.pending.remove(theirs);
+                if self.pending.get(l.theirs).is_some_and(|v| v.is_empty()) {
+                    self.pending.remove(l.theirs);
                 }
-                self.changes.pending.insert(theirs.to_owned());
-                let (from, to) = if i_am_client {
-                    (id.to_owned(), other.exec_id)
+                self.changes.pending.insert(l.theirs.to_owned());
+                let (from, to) = if l.origin {
+                    (l.id.to_owned(), other.exec_id)
                 } else {
-                    (other.exec_id, id.to_owned())
+                    (other.exec_id, l.id.to_owned())
                 };
-                self.add_edge(from, to, "net", detail, t.min(other.time_ns), relink);
+                self.add_edge(from, to, l.kind, l.detail, l.t.min(other.time_ns), relink);
             }
-            None => self.push_half(mine, id, t, detail),
-        }
-    }
-
-    /// Pairs two sightings of one traceparent: the earlier one sent the request.
-    #[allow(clippy::too_many_arguments)]
-    fn match_trace(
-        &mut self,
-        mine: &str,
-        theirs: &str,
-        i_sent: bool,
-        id: &str,
-        t: u64,
-        detail: &str,
-        relink: &mut Vec<String>,
-    ) {
-        let found = self.pending.get_mut(theirs).and_then(|v| {
-            let i = v
-                .iter()
-                .position(|h| h.exec_id != id && h.time_ns.abs_diff(t) <= NET_MATCH_WINDOW_NS)?;
-            Some(v.remove(i))
-        });
-        match found {
-            Some(other) => {
-                if self.pending.get(theirs).is_some_and(|v| v.is_empty()) {
-                    self.pending.remove(theirs);
-                }
-                self.changes.pending.insert(theirs.to_owned());
-                let (from, to) = if i_sent {
-                    (id.to_owned(), other.exec_id)
-                } else {
-                    (other.exec_id, id.to_owned())
-                };
-                self.add_edge(from, to, "http", detail, t.min(other.time_ns), relink);
-            }
-            None => {
-                // The same process logging the same request twice is not an edge.
-                if !self
-                    .pending
-                    .get(mine)
-                    .is_some_and(|v| v.iter().any(|h| h.exec_id == id))
-                {
-                    self.push_half(mine, id, t, detail);
-                }
-            }
+            // The same process reporting the same half twice is not a second link.
+            None if self
+                .pending
+                .get(l.mine)
+                .is_some_and(|v| v.iter().any(|h| h.exec_id == l.id)) => {}
+            None => self.push_half(l.mine, l.id, l.t, l.detail),
         }
     }
 

@@ -132,40 +132,35 @@ pub fn custody_rename_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn custody_renameat_enter(ctx: TracePointContext) -> u32 {
-    if !wanted() {
-        return 0;
-    }
-    // renameat(olddfd, oldname, newdfd, newname); newdfd is assumed equal to olddfd
-    // for relative names (the common case), and both names are reported. Only the
-    // record's own fields may be read: the kernel refuses to attach a program that
-    // reads past the end of the tracepoint record.
+/// renameat/renameat2(olddfd, oldname, newdfd, newname[, flags]): newdfd is assumed
+/// equal to olddfd for relative names (the common case); both names are reported.
+#[inline(always)]
+fn rename_at(ctx: &TracePointContext, flags: u32) {
     stash(
         kind::FILE_RENAME,
-        arg(&ctx, 0) as i32,
-        arg(&ctx, 1),
-        arg(&ctx, 3),
-        0,
+        arg(ctx, 0) as i32,
+        arg(ctx, 1),
+        arg(ctx, 3),
+        flags,
         0,
     );
+}
+
+#[tracepoint]
+pub fn custody_renameat_enter(ctx: TracePointContext) -> u32 {
+    if wanted() {
+        // Only the record's own fields may be read: the kernel refuses to attach a
+        // program that reads past the end of the tracepoint record (renameat has 4).
+        rename_at(&ctx, 0);
+    }
     0
 }
 
 #[tracepoint]
 pub fn custody_renameat2_enter(ctx: TracePointContext) -> u32 {
-    if !wanted() {
-        return 0;
+    if wanted() {
+        rename_at(&ctx, arg(&ctx, 4) as u32);
     }
-    // renameat2(olddfd, oldname, newdfd, newname, flags)
-    stash(
-        kind::FILE_RENAME,
-        arg(&ctx, 0) as i32,
-        arg(&ctx, 1),
-        arg(&ctx, 3),
-        arg(&ctx, 4) as u32,
-        0,
-    );
     0
 }
 
