@@ -2,7 +2,7 @@
 //! assigned here), one mTLS gRPC stream with batches and acks, resume after
 //! reconnects, and commands coming back on the same stream.
 //!
-//! ```ignore
+//! ```text
 //! let paths = shipper::enroll("collector:7443", &token, &host_id, state_dir).await?; // once
 //! let (ship, mut commands) = Shipper::start(ShipperConfig::from_enrollment(
 //!     "collector:7443", &paths, spool_dir, host_id, boot_id))?;
