@@ -277,11 +277,25 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         _pad: 0,
     };
     let mut loader = EbpfLoader::new();
-    if let Some(dir) = &opts.pin_dir {
-        let dir = crate::enforce::prepare_pin_dir(dir)?;
-        loader.default_map_pin_directory(dir);
+    // The enforcement maps are declared pinned. Without a pin directory (floor mode,
+    // tests) they go to a private directory removed right after load, so nothing is
+    // shared with (or left for) other runs; the maps live on through their fds.
+    let transient = PathBuf::from(format!(
+        "/sys/fs/bpf/custody-transient-{}",
+        std::process::id()
+    ));
+    match &opts.pin_dir {
+        Some(dir) => {
+            let dir = crate::enforce::prepare_pin_dir(dir)?;
+            loader.default_map_pin_directory(dir);
+        }
+        None => {
+            std::fs::create_dir_all(&transient)
+                .with_context(|| format!("creating {} (is bpffs mounted?)", transient.display()))?;
+            loader.default_map_pin_directory(&transient);
+        }
     }
-    let mut ebpf = loader
+    let loaded = loader
         .override_global("OFFSETS", &offsets, true)
         .override_global("CONFIG", &cfg, true)
         .load(PROBES)
@@ -292,7 +306,11 @@ pub fn load(opts: &Options) -> Result<Loaded> {
                 ""
             };
             anyhow::anyhow!("loading the kernel programs failed: {e}{hint}")
-        })?;
+        });
+    if opts.pin_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&transient);
+    }
+    let mut ebpf = loaded?;
     let kernel_btf = aya::Btf::from_sys_fs().context("reading kernel BTF")?;
     let mut features = Vec::new();
     let mut links: Links = Vec::new();

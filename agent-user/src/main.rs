@@ -617,6 +617,21 @@ async fn run(args: RunArgs) -> Result<()> {
     let _ = std::fs::remove_file(&args.status_file);
     drop(ring);
     loader::release(links);
+    // A clean stop with nothing enforced leaves nothing behind in bpffs; active
+    // enforcement (a quarantine, a pending kill) stays pinned and in force.
+    if let Some(en) = &enforcer {
+        if en.quarantined().is_empty() && en.pending_kills() == 0 {
+            drop(enforcer);
+            drop(ebpf);
+            let _ = std::fs::remove_dir_all(cfg.pin_dir.join(enforce::PIN_LAYOUT));
+            let _ = std::fs::remove_dir(&cfg.pin_dir);
+        } else {
+            tracing::warn!(
+                "enforcement stays in force after exit (pinned in {})",
+                cfg.pin_dir.display()
+            );
+        }
+    }
     eprintln!(
         "custodyd: stopped ({} records, {} events)",
         pipe.stats.records, pipe.stats.emitted
