@@ -228,15 +228,20 @@ impl Drop for Server {
 
 /// A DNS stub on `ip`:53 answering every A query with 192.0.2.1.
 pub struct DnsStub {
+    pub ip: String,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl DnsStub {
     pub fn start(ip: &str) -> DnsStub {
-        let sock = UdpSocket::bind((ip, 53)).expect("bind DNS stub (needs root)");
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
+        Self::bind(ip).expect("bind DNS stub (needs root)")
+    }
+
+    /// Bind `ip`:53 and serve until dropped.
+    pub fn bind(ip: &str) -> std::io::Result<DnsStub> {
+        let sock = UdpSocket::bind((ip, 53))?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -256,10 +261,11 @@ impl DnsStub {
                 let _ = sock.send_to(&r, from);
             }
         });
-        DnsStub {
+        Ok(DnsStub {
+            ip: ip.to_string(),
             stop,
             thread: Some(thread),
-        }
+        })
     }
 }
 

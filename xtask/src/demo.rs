@@ -151,7 +151,7 @@ impl Demo {
             &self.dir.join("tls_server.log"),
         )?;
         self.procs.push(tls);
-        let dns = DnsStub::start()?;
+        let dns = scenario::dns_stub()?;
         let dns_ip = dns.ip.clone();
         self.dns = Some(dns);
         let world = World {

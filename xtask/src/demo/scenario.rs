@@ -2,12 +2,10 @@
 //! local HTTPS stand-in (tests/agents/tls_server.py), a DNS stub, fake credentials
 //! shaped like real ones, and one round of the scenario.
 
+pub use custody_tests::DnsStub;
 use std::io::Read;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -90,70 +88,20 @@ pub fn write_certs(dir: &Path) -> Result<()> {
     ])
 }
 
-/// A DNS stub on `ip`:53 answering every query with 192.0.2.1 (TEST-NET-1), so the
-/// agents' DNS lookups stay on this machine.
-pub struct DnsStub {
-    pub ip: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl DnsStub {
-    /// Binds the first free address of a few in 127.0.0.0/8 (systemd-resolved owns
-    /// 127.0.0.53 and 127.0.0.54, so those are avoided).
-    pub fn start() -> Result<DnsStub> {
-        let mut last = None;
-        for i in 0..8 {
-            let ip = format!("127.0.{}.53", 77 + i);
-            match UdpSocket::bind((ip.as_str(), 53)) {
-                Ok(sock) => return Ok(Self::serve(ip, sock)),
-                Err(e) => last = Some(e),
-            }
-        }
-        bail!(
-            "could not bind a DNS stub on 127.0.77-84.53:53: {}",
-            last.map(|e| e.to_string()).unwrap_or_default()
-        )
-    }
-
-    fn serve(ip: String, sock: UdpSocket) -> DnsStub {
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("set timeout");
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                    continue;
-                };
-                if n < 12 {
-                    continue;
-                }
-                let mut r = buf[..n].to_vec();
-                r[2] = 0x81; // response, recursion desired
-                r[3] = 0x80; // recursion available, no error
-                r[6] = 0;
-                r[7] = 1; // one answer
-                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
-                let _ = sock.send_to(&r, from);
-            }
-        });
-        DnsStub {
-            ip,
-            stop,
-            thread: Some(thread),
+/// A DNS stub on the first free address of a few in 127.0.0.0/8 (systemd-resolved
+/// owns 127.0.0.53 and 127.0.0.54), so the agents' DNS lookups stay on this machine.
+pub fn dns_stub() -> Result<DnsStub> {
+    let mut last = None;
+    for i in 0..8 {
+        match DnsStub::bind(&format!("127.0.{}.53", 77 + i)) {
+            Ok(stub) => return Ok(stub),
+            Err(e) => last = Some(e),
         }
     }
-}
-
-impl Drop for DnsStub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    bail!(
+        "could not bind a DNS stub on 127.0.77-84.53:53: {}",
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )
 }
 
 /// Fake secrets in the shapes custodyd recognises, fresh for every demo. They are
