@@ -15,11 +15,13 @@ use crate::auth::{Operator, Role, TokenStore};
 use crate::engine::Engine;
 use crate::pki::Pki;
 use crate::query::{id_to_key, key_to_id, matches, to_proto};
+use crate::response::Responder;
 
 pub struct AdminSvc {
     pub engine: Arc<Engine>,
     pub tokens: TokenStore,
     pub pki: Arc<Pki>,
+    pub responder: Arc<Responder>,
 }
 
 /// Authenticates the caller of any admin request.
@@ -248,5 +250,75 @@ impl AdminService for AdminSvc {
             token,
             expires_at_ns,
         }))
+    }
+
+    async fn respond(
+        &self,
+        req: Request<admin::RespondRequest>,
+    ) -> Result<Response<admin::Action>, Status> {
+        let what = format!("respond ({})", req.get_ref().verb);
+        let op = self.require(&req, Role::Responder, &what)?;
+        let r = req.into_inner();
+        match self.responder.respond((&op).into(), r.clone()).await {
+            Ok(a) => Ok(Response::new(a)),
+            Err(status) => {
+                // Refusals are audited too: who tried what, and why it was refused.
+                let target = match &r.target {
+                    Some(admin::respond_request::Target::Process(t))
+                    | Some(admin::respond_request::Target::Agent(t))
+                    | Some(admin::respond_request::Target::Chain(t))
+                    | Some(admin::respond_request::Target::Credential(t))
+                    | Some(admin::respond_request::Target::Action(t)) => t.clone(),
+                    None => String::new(),
+                };
+                let _ = self.engine.audit(admin::AuditEntry {
+                    actor: op.name,
+                    role: op.role.as_str().into(),
+                    action: r.verb,
+                    target,
+                    reason: r.reason,
+                    result: format!("refused: {}", status.message()),
+                    ..Default::default()
+                });
+                Err(status)
+            }
+        }
+    }
+
+    async fn list_actions(
+        &self,
+        req: Request<admin::ListActionsRequest>,
+    ) -> Result<Response<admin::ListActionsResponse>, Status> {
+        self.require(&req, Role::Viewer, "list actions")?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        Ok(Response::new(admin::ListActionsResponse {
+            actions: self.responder.list(limit, r.active_only),
+        }))
+    }
+
+    async fn get_action(
+        &self,
+        req: Request<admin::GetActionRequest>,
+    ) -> Result<Response<admin::Action>, Status> {
+        self.require(&req, Role::Viewer, "get action")?;
+        let id = req.into_inner().id;
+        self.responder
+            .get(&id)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no action {id:?}")))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<admin::VerifyAuditRequest>,
+    ) -> Result<Response<admin::VerifyAuditResponse>, Status> {
+        self.require(&req, Role::Viewer, "verify audit")?;
+        let engine = self.engine.clone();
+        let r = tokio::task::spawn_blocking(move || crate::audit::AuditLog::verify(engine.store()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        Ok(Response::new(r))
     }
 }

@@ -60,6 +60,9 @@ pub struct Node {
     pub stdio_mcp: bool,
     /// Delegated identity seen in this process's requests (JWT sub / act).
     pub delegation: Option<Principal>,
+    /// When the process exited (0 while it is alive or its exit was not seen).
+    #[serde(default)]
+    pub exited_ns: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -456,6 +459,10 @@ impl ChainIndex {
         n.event_count += 1;
 
         match &ev.kind {
+            Some(Kind::Exit(_)) => {
+                n.exited_ns = t;
+                self.changes.nodes.insert(id.clone());
+            }
             Some(Kind::Fork(f)) if !f.child_exec_id.is_empty() => {
                 self.children
                     .entry(id.clone())

@@ -14,6 +14,7 @@ use custody_proto::sensor::v1::{Event, EventBatch, Heartbeat, Hello};
 use prost::Message;
 use tokio::sync::broadcast;
 
+use crate::audit::AuditLog;
 use crate::auth::now_ns;
 use crate::block::{BlockBuilder, BlockMeta, BlockSummary, Part};
 use crate::chain::{ChainIndex, Edge, Half, Node};
@@ -240,7 +241,7 @@ pub struct Engine {
     tail: broadcast::Sender<Arc<StoredEvent>>,
     connected: Mutex<HashMap<String, usize>>,
     pub metrics: Metrics,
-    audit_seq: AtomicU64,
+    audit: AuditLog,
 }
 
 impl Engine {
@@ -317,6 +318,7 @@ impl Engine {
             hosts,
         };
         let (tail, _) = broadcast::channel(4096);
+        let audit = AuditLog::open(&store)?;
         Ok(Engine {
             store,
             state: RwLock::new(state),
@@ -324,7 +326,7 @@ impl Engine {
             tail,
             connected: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
-            audit_seq: AtomicU64::new(0),
+            audit,
         })
     }
 
@@ -690,30 +692,13 @@ impl Engine {
             .is_some_and(|n| *n > 0)
     }
 
-    /// Appends to the audit log (durably).
-    pub fn audit(&self, mut entry: AuditEntry) -> Result<()> {
-        if entry.time_ns == 0 {
-            entry.time_ns = now_ns();
-        }
-        let id = self.audit_seq.fetch_add(1, Ordering::Relaxed);
-        let key = store::prefixed(store::AUDIT, &[&store::event_key(entry.time_ns, id)]);
-        self.store.insert(key, entry.encode_to_vec())?;
-        self.store.flush()
+    /// Appends to the hash-chained audit log (durably); returns the stored record.
+    pub fn audit(&self, entry: AuditEntry) -> Result<AuditEntry> {
+        self.audit.append(&self.store, entry)
     }
 
+    /// Newest first, down to `since_ns`.
     pub fn audit_log(&self, since_ns: u64, limit: usize) -> Result<Vec<AuditEntry>> {
-        let mut out = vec![];
-        for r in self.store.scan(store::AUDIT, true) {
-            let (_, v) = r?;
-            let e = AuditEntry::decode(&*v)?;
-            if e.time_ns < since_ns {
-                break;
-            }
-            out.push(e);
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
+        AuditLog::list(&self.store, since_ns, limit)
     }
 }

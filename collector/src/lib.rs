@@ -6,6 +6,7 @@
 //! `Engine::get_chain`); the benchmark drives it directly.
 
 pub mod admin_service;
+pub mod audit;
 pub mod auth;
 pub mod block;
 pub mod chain;
@@ -15,6 +16,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod pki;
 pub mod query;
+pub mod response;
 pub mod retention;
 pub mod sensor_service;
 pub mod server;

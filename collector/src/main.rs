@@ -44,7 +44,14 @@ enum Cmd {
         retention_max_bytes: Option<String>,
         #[arg(long, default_value = "60s")]
         retention_interval: String,
+        /// TOML file of issuer hooks called when a credential is revoked
+        /// ([[revocation_hook]] tables: name, kinds, url, method, form|json, headers).
+        #[arg(long)]
+        revocation_hooks: Option<PathBuf>,
     },
+    /// Check the audit log's hash chain offline (the collector must be stopped);
+    /// exits 1 and names the first broken record if it was tampered with.
+    VerifyAudit,
     /// Print a one-time enrollment token for a host.
     EnrollToken {
         #[arg(long, default_value = "1h")]
@@ -78,6 +85,7 @@ async fn main() -> Result<()> {
             retention_age,
             retention_max_bytes,
             retention_interval,
+            revocation_hooks,
         } => {
             let age = parse_duration(&retention_age)?;
             let mut cfg = CollectorConfig::new(&cli.data_dir, listen);
@@ -90,6 +98,9 @@ async fn main() -> Result<()> {
                     .transpose()?,
             };
             cfg.retention_interval = parse_duration(&retention_interval)?;
+            if let Some(p) = &revocation_hooks {
+                cfg.revocation_hooks = custody_collector::response::hook::load(p)?;
+            }
             let mut c = Collector::start(cfg).await?;
             // Tests and scripts read these two lines.
             println!("listening on {}", c.addr);
@@ -109,6 +120,24 @@ async fn main() -> Result<()> {
                 .mint_enroll(&pki.ca_fingerprint, parse_duration(&ttl)?, host.as_deref())
                 .context("minting enrollment token")?;
             println!("{token}");
+        }
+        Cmd::VerifyAudit => {
+            let store = custody_collector::store::Store::open(
+                &custody_collector::server::store_dir(&cli.data_dir),
+            )?;
+            let r = custody_collector::audit::AuditLog::verify(&store)?;
+            if r.intact {
+                println!(
+                    "audit log intact: {} records, head {}",
+                    r.records, r.head_hash
+                );
+            } else {
+                println!(
+                    "audit log BROKEN at record {}: {} ({} records read)",
+                    r.first_bad_seq, r.problem, r.records
+                );
+                std::process::exit(1);
+            }
         }
         Cmd::OperatorToken { role, name } => {
             let tokens = TokenStore::open(&cli.data_dir)?;

@@ -25,6 +25,7 @@ use crate::auth::{EnrollTokenError, TokenStore};
 use crate::engine::Engine;
 use crate::ingest::IngestQueue;
 use crate::pki::{Pki, host_from_cert_der};
+use crate::response::Responder;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -78,6 +79,7 @@ pub struct SensorSvc {
     pub pki: Arc<Pki>,
     pub tokens: TokenStore,
     pub sessions: Arc<Sessions>,
+    pub responder: Arc<Responder>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -172,6 +174,7 @@ impl SensorService for SensorSvc {
             engine: self.engine.clone(),
             queue: self.queue.clone(),
             sessions: self.sessions.clone(),
+            responder: self.responder.clone(),
             shutdown: self.shutdown.clone(),
             tx,
         };
@@ -185,6 +188,7 @@ struct Session {
     engine: Arc<Engine>,
     queue: IngestQueue,
     sessions: Arc<Sessions>,
+    responder: Arc<Responder>,
     shutdown: watch::Receiver<bool>,
     tx: Outbound,
 }
@@ -244,6 +248,12 @@ impl Session {
         }
         self.engine.set_connected(&host, true);
         let sid = self.sessions.register(&host, self.tx.clone());
+        // Actions issued while the host was away, in the order they were issued.
+        {
+            let responder = self.responder.clone();
+            let host = host.clone();
+            tokio::spawn(async move { responder.host_connected(&host).await });
+        }
         let result = self.pump(&mut inbound).await;
         self.sessions.unregister(&host, sid);
         self.engine.set_connected(&host, false);
@@ -317,14 +327,15 @@ impl Session {
                         .map_err(|e| Status::unavailable(format!("{e:#}")))?;
                 }
                 Some(sensor_message::Msg::Result(r)) => {
-                    let _ = self.engine.audit(AuditEntry {
-                        actor: format!("host:{}", self.host),
-                        action: "command_result".into(),
-                        target: r.command_id.clone(),
-                        reason: r.message.clone(),
-                        result: r.status.clone(),
-                        ..Default::default()
-                    });
+                    if !r.host.is_empty() && r.host != self.host {
+                        tracing::warn!(host = %self.host, claimed = %r.host, "command result names another host; recorded for the stream's host");
+                    }
+                    let responder = self.responder.clone();
+                    let host = self.host.clone();
+                    // The audit append flushes to disk: off the stream's task.
+                    let _ =
+                        tokio::task::spawn_blocking(move || responder.command_result(&host, &r))
+                            .await;
                 }
                 Some(sensor_message::Msg::Hello(_)) => {
                     return Err(Status::invalid_argument("hello sent twice on one stream"));

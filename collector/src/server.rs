@@ -17,6 +17,7 @@ use crate::auth::{TokenStore, now_ns};
 use crate::engine::Engine;
 use crate::ingest::IngestQueue;
 use crate::pki::Pki;
+use crate::response::Responder;
 use crate::retention::Retention;
 use crate::sensor_service::{SensorSvc, Sessions};
 
@@ -33,6 +34,8 @@ pub struct CollectorConfig {
     pub retention: Retention,
     pub retention_interval: Duration,
     pub max_message_bytes: usize,
+    /// Issuer hooks called when a credential is revoked (see `response::hook`).
+    pub revocation_hooks: Vec<crate::response::hook::Hook>,
 }
 
 impl CollectorConfig {
@@ -47,6 +50,7 @@ impl CollectorConfig {
             },
             retention_interval: Duration::from_secs(60),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            revocation_hooks: vec![],
         }
     }
 }
@@ -62,8 +66,10 @@ pub struct Collector {
     pub ca_fingerprint: String,
     pub engine: Arc<Engine>,
     pub sessions: Arc<Sessions>,
+    pub responder: Arc<Responder>,
     pub tokens: TokenStore,
     shutdown: watch::Sender<bool>,
+    follower: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     retention: tokio::task::JoinHandle<()>,
     writer: std::thread::JoinHandle<()>,
@@ -81,6 +87,12 @@ impl Collector {
         let (queue, writer) = IngestQueue::start(engine.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sessions = Arc::new(Sessions::default());
+        let responder = Responder::open(
+            engine.clone(),
+            sessions.clone(),
+            cfg.revocation_hooks.clone(),
+        )?;
+        let follower = responder.spawn_follower();
 
         let sensor = SensorSvc {
             engine: engine.clone(),
@@ -88,12 +100,14 @@ impl Collector {
             pki: pki.clone(),
             tokens: tokens.clone(),
             sessions: sessions.clone(),
+            responder: responder.clone(),
             shutdown: shutdown_rx.clone(),
         };
         let admin = AdminSvc {
             engine: engine.clone(),
             tokens: tokens.clone(),
             pki: pki.clone(),
+            responder: responder.clone(),
         };
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
@@ -151,8 +165,10 @@ impl Collector {
             ca_fingerprint: pki.ca_fingerprint.clone(),
             engine,
             sessions,
+            responder,
             tokens,
             shutdown,
+            follower,
             server,
             retention,
             writer,
@@ -169,6 +185,8 @@ impl Collector {
     pub async fn shutdown(self) -> Result<()> {
         let _ = self.shutdown.send(true);
         self.retention.abort();
+        self.follower.abort();
+        drop(self.responder);
         let _ = self.retention.await;
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {
             Ok(r) => r?.context("gRPC server failed")?,

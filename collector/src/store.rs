@@ -43,6 +43,8 @@ pub const HOST: u8 = b'H';
 pub const AGENT: u8 = b'A';
 pub const CREDENTIAL: u8 = b'K';
 pub const AUDIT: u8 = b'U';
+/// Response actions (JSON), by id.
+pub const ACTION: u8 = b'R';
 pub const META: u8 = b'M';
 /// Layout 1 stored one `E` key per event (and `S`, `X` index keys).
 pub const LEGACY_EVENT: u8 = b'E';
@@ -247,6 +249,15 @@ impl Store {
     pub fn insert(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         self.db.insert(key, value)?;
         Ok(())
+    }
+
+    pub fn remove(&self, key: &[u8]) -> Result<()> {
+        self.db.remove(key)?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<sled::IVec>> {
+        Ok(self.db.get(key)?)
     }
 
     /// Raw prefix scan (audit log and the like).

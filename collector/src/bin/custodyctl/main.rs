@@ -14,6 +14,8 @@ use custody_collector::client::{AdminClient, connect_admin};
 use custody_proto::admin::v1::{self as admin, get_chain_request::Target};
 use serde::Deserialize;
 
+mod response;
+
 #[derive(Parser)]
 #[command(name = "custodyctl", version, about = "Custody operator CLI")]
 struct Cli {
@@ -75,11 +77,73 @@ enum Cmd {
     },
     /// One chain as a tree; ID is a chain id, an exec id or an event id.
     Chain { id: String },
-    /// The audit log, newest first.
+    /// The audit log, newest first; --verify checks its hash chain.
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Recompute the hash chain and report the first altered or missing record.
+        #[arg(long)]
+        verify: bool,
     },
+    /// Kill a process, an agent or a chain on every host (role responder).
+    Kill {
+        #[command(flatten)]
+        scope: response::Scope,
+        /// Why: recorded in the audit log and sent to the hosts.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        wait: response::Wait,
+    },
+    /// Cut the network of a process, an agent or a chain except to the collector,
+    /// until released (role responder).
+    Quarantine {
+        #[command(flatten)]
+        scope: response::Scope,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        wait: response::Wait,
+    },
+    /// Lift a quarantine (role responder).
+    Release {
+        #[command(flatten)]
+        scope: response::ReleaseScope,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        wait: response::Wait,
+    },
+    /// Revoke a credential fleet-wide by fingerprint: holders are stopped now and
+    /// any later sighting is stopped on sight (role responder).
+    Revoke {
+        /// hmac-sha256:... (see `custodyctl credentials`).
+        #[arg(long)]
+        credential: String,
+        #[arg(long)]
+        reason: String,
+        /// Kill processes holding it (the default).
+        #[arg(long, conflicts_with = "quarantine")]
+        kill: bool,
+        /// Quarantine processes holding it instead of killing them.
+        #[arg(long)]
+        quarantine: bool,
+        /// Revoke a fingerprint no sensor has reported yet.
+        #[arg(long)]
+        allow_unknown: bool,
+        #[command(flatten)]
+        wait: response::Wait,
+    },
+    /// Response actions, newest first, with per-host confirmation.
+    Actions {
+        /// Only actions still in force.
+        #[arg(long)]
+        active: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One action in detail: per-host state, affected processes, timings.
+    Action { id: String },
     /// Who the token belongs to.
     Whoami,
 }
@@ -467,7 +531,96 @@ async fn run() -> Result<()> {
             }
             print_tree(&chain);
         }
-        Cmd::Audit { limit } => {
+        Cmd::Audit { verify: true, .. } => {
+            let r = c
+                .verify_audit(admin::VerifyAuditRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if cli.json {
+                json(&r)?;
+            } else if r.intact {
+                println!(
+                    "audit log intact: {} records, head hash {}",
+                    r.records, r.head_hash
+                );
+            }
+            if !r.intact {
+                bail!(
+                    "audit log broken at record {}: {}",
+                    r.first_bad_seq,
+                    r.problem
+                );
+            }
+        }
+        Cmd::Kill {
+            scope,
+            reason,
+            wait,
+        }
+        | Cmd::Quarantine {
+            scope,
+            reason,
+            wait,
+        } => {
+            let verb = if matches!(cli.cmd, Cmd::Kill { .. }) {
+                "kill"
+            } else {
+                "quarantine"
+            };
+            let req = admin::RespondRequest {
+                verb: verb.into(),
+                target: Some(scope.target()),
+                reason: reason.clone(),
+                ..Default::default()
+            };
+            response::act(&mut c, req, wait, cli.json).await?;
+        }
+        Cmd::Release {
+            scope,
+            reason,
+            wait,
+        } => {
+            let req = admin::RespondRequest {
+                verb: "release".into(),
+                target: Some(scope.target()),
+                reason: reason.clone(),
+                ..Default::default()
+            };
+            response::act(&mut c, req, wait, cli.json).await?;
+        }
+        Cmd::Revoke {
+            credential,
+            reason,
+            quarantine,
+            allow_unknown,
+            wait,
+            ..
+        } => {
+            let req = admin::RespondRequest {
+                verb: "revoke".into(),
+                target: Some(admin::respond_request::Target::Credential(
+                    credential.clone(),
+                )),
+                reason: reason.clone(),
+                revoke_mode: if *quarantine { "quarantine" } else { "kill" }.into(),
+                allow_unknown: *allow_unknown,
+            };
+            response::act(&mut c, req, wait, cli.json).await?;
+        }
+        Cmd::Actions { active, limit } => response::list(&mut c, *active, *limit, cli.json).await?,
+        Cmd::Action { id } => {
+            let a = c
+                .get_action(admin::GetActionRequest { id: id.clone() })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if cli.json {
+                return json(&a);
+            }
+            response::print_action(&a);
+        }
+        Cmd::Audit { limit, .. } => {
             let entries = c
                 .get_audit(admin::GetAuditRequest {
                     limit: *limit,
@@ -482,12 +635,21 @@ async fn run() -> Result<()> {
             }
             table(
                 &[
-                    "time", "actor", "role", "action", "target", "result", "reason",
+                    "seq",
+                    "time",
+                    "actor",
+                    "role",
+                    "action",
+                    "target",
+                    "result",
+                    "reason",
+                    "action id",
                 ],
                 entries
                     .iter()
                     .map(|e| {
                         vec![
+                            e.seq.to_string(),
                             ts(e.time_ns),
                             e.actor.clone(),
                             e.role.clone(),
@@ -495,6 +657,7 @@ async fn run() -> Result<()> {
                             e.target.clone(),
                             e.result.clone(),
                             e.reason.clone(),
+                            e.action_id.clone(),
                         ]
                     })
                     .collect(),
