@@ -47,6 +47,10 @@ pub mod flag {
     pub const TRACKED: u32 = 1 << 5;
     /// Reading part of the record from user or kernel memory failed.
     pub const READ_FAILED: u32 = 1 << 6;
+    /// Exec only: the process was stopped (SIGSTOP) at this exec for the daemon to
+    /// vet its environment against revoked credentials; `ktime_ns` is the hold time
+    /// recorded in the `HELD` map.
+    pub const HELD: u32 = 1 << 7;
 }
 
 /// `Tracked::flags` bits.
@@ -71,7 +75,35 @@ pub mod counter {
     /// The tracked map was full: a child of an agent could not be tracked.
     pub const TRACKED_FULL: u32 = 5;
     pub const READ_FAILED: u32 = 6;
-    pub const COUNT: u32 = 8;
+    /// Processes stopped at exec by the revocation hold.
+    pub const HELD: u32 = 7;
+    /// The `HELD` map was full (or the signal failed): a process ran unheld.
+    pub const HOLD_FAILED: u32 = 8;
+    pub const COUNT: u32 = 16;
+}
+
+/// Revocation hold scope, the one value of the `HOLD` array map (written by the
+/// daemon at run time: armed only while at least one revocation is cached).
+pub mod hold {
+    /// No hold.
+    pub const OFF: u32 = 0;
+    /// Hold processes whose environment the sensor reads: tracked ones (agents and
+    /// their descendants), every process in observe-all mode.
+    pub const TRACKED: u32 = 1;
+    /// Hold every exec in the sensor's scope.
+    pub const ALL: u32 = 2;
+}
+
+/// A process stopped at exec, waiting for the daemon's verdict (`HELD` map, key: tgid;
+/// pinned so a restarted daemon finds and settles it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    /// `group_leader->start_boottime`: guards against pid reuse.
+    pub start_boottime: u64,
+    /// `bpf_ktime_get_boot_ns()` when the process was stopped (also the exec record's
+    /// `ktime_ns`, so a record is matched to its own hold).
+    pub held_ns: u64,
 }
 
 /// Value of the tracked-process map (key: tgid).
@@ -345,4 +377,5 @@ mod pod_enforce {
     // SAFETY: plain-old-data, repr(C), no implicit padding.
     unsafe impl aya::Pod for super::KillMark {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Held {}
 }

@@ -34,6 +34,9 @@ struct RawSensor {
     scope: Option<String>,
     /// bpffs directory for pinned enforcement state (default /sys/fs/bpf/custody/<host_id>).
     pin_dir: Option<PathBuf>,
+    /// Which execs are held for vetting while revocations are cached: "tracked"
+    /// (default), "all" or "off".
+    revocation_hold: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +93,8 @@ pub struct Config {
     /// Report only processes in the daemon's own network namespace.
     pub netns_scope: bool,
     pub pin_dir: PathBuf,
+    /// Revocation hold scope (`agent_ebpf::hold`).
+    pub revocation_hold: u32,
     pub agents: Vec<AgentDecl>,
 }
 
@@ -141,6 +146,9 @@ impl Config {
                 bail!("config {name}: [sensor] scope = {other:?}: expected \"host\" or \"netns\"")
             }
         };
+        let revocation_hold =
+            crate::hold::parse_scope(raw.sensor.revocation_hold.as_deref().unwrap_or("tracked"))
+                .map_err(|e| anyhow::anyhow!("config {name}: [sensor] {e}"))?;
         let mut agents = Vec::new();
         for spanned in raw.agent {
             let (line, col) = line_col(src, spanned.span().start);
@@ -223,6 +231,7 @@ impl Config {
             observe_all: raw.sensor.observe_all,
             tls_binaries: raw.sensor.tls_binaries,
             netns_scope,
+            revocation_hold,
             agents,
         })
     }
@@ -255,6 +264,7 @@ uid = 1000
         assert_eq!(c.fleet_key, PathBuf::from("/tmp/x/fleet.key"));
         assert_eq!(c.agents.len(), 1);
         assert_eq!(c.agents[0].name, "fin");
+        assert_eq!(c.revocation_hold, agent_ebpf::hold::TRACKED);
         assert!(
             c.agents[0]
                 .selectors
@@ -263,6 +273,12 @@ uid = 1000
                 .unwrap()
                 .is_match("python3 supervisor.py --x")
         );
+        let h = Config::parse("[sensor]\nrevocation_hold = \"all\"\n", "h.toml").unwrap();
+        assert_eq!(h.revocation_hold, agent_ebpf::hold::ALL);
+        let e = Config::parse("[sensor]\nrevocation_hold = \"some\"\n", "h.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("h.toml") && e.contains("revocation_hold"), "{e}");
     }
 
     #[test]

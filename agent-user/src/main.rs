@@ -11,6 +11,7 @@ mod config;
 mod decode;
 mod enforce;
 mod enrollment;
+mod hold;
 mod identity;
 mod loader;
 mod metrics;
@@ -26,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use agent_ebpf::{Tracked, counter};
+use agent_ebpf::{Tracked, counter, flag};
 use agent_user::credential::FleetKey;
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap as BpfHashMap, MapData};
@@ -144,7 +145,7 @@ impl Tracker for MapTracker {
 /// Records handled per turn of the event loop before timers and signals get a look.
 const DRAIN_MAX: usize = 4096;
 
-const COUNTER_NAMES: [(u32, &str); 7] = [
+const COUNTER_NAMES: [(u32, &str); 9] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -152,7 +153,74 @@ const COUNTER_NAMES: [(u32, &str); 7] = [
     (counter::PENDING_FULL, "pending_full"),
     (counter::TRACKED_FULL, "tracked_full"),
     (counter::READ_FAILED, "read_failed"),
+    (counter::HELD, "held"),
+    (counter::HOLD_FAILED, "hold_failed"),
 ];
+
+/// How long the exec record path has to settle a hold before the sweep does it.
+const HOLD_SWEEP_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The exec record of a process held at exec: what settling needs from it.
+struct HeldExec {
+    tgid: u32,
+    held_ns: u64,
+    /// The environment, when the kernel captured all of it.
+    env: Option<Vec<u8>>,
+}
+
+fn held_exec(raw: &decode::Raw) -> Option<HeldExec> {
+    let decode::Raw::Exec(e) = raw else {
+        return None;
+    };
+    if e.hdr.flags & flag::HELD == 0 {
+        return None;
+    }
+    let complete = e.hdr.flags & (flag::ENV_TRUNCATED | flag::READ_FAILED) == 0;
+    Some(HeldExec {
+        tgid: e.hdr.tgid,
+        held_ns: e.hdr.ktime_ns,
+        env: complete.then(|| e.env[..(e.env_len as usize).min(e.env.len())].to_vec()),
+    })
+}
+
+/// Settles holds for the daemon: revoked fingerprints from the pipeline, enforcement
+/// through [`stop_on_sight`] (so a held process is reported like any sighting).
+struct DaemonJudge<'a> {
+    pipe: &'a mut Pipeline,
+    enforcer: Option<&'a mut enforce::Enforcer>,
+    ebpf: &'a mut aya::Ebpf,
+    out: Vec<Event>,
+}
+
+impl hold::Judge for DaemonJudge<'_> {
+    fn revoked(&self, env: &[u8]) -> Option<hold::Hit> {
+        self.pipe.revoked_in_env(env)
+    }
+
+    fn enforce(&mut self, tgid: u32, start_ticks: u64, start_boottime: u64, hit: &hold::Hit) {
+        if self
+            .pipe
+            .table
+            .get(tgid)
+            .is_none_or(|p| p.start_ticks != start_ticks)
+        {
+            self.pipe.table.scan_one(tgid);
+        }
+        let v = pipeline::Violation {
+            tgid,
+            tid: tgid,
+            start_ticks,
+            start_boottime,
+            fingerprint: hit.fingerprint.clone(),
+            seen_in: "env".into(),
+            action: hit.action.clone(),
+            command_id: hit.command_id.clone(),
+            held: true,
+        };
+        let ev = stop_on_sight(self.pipe, self.enforcer.as_deref_mut(), self.ebpf, &v);
+        self.out.push(ev);
+    }
+}
 
 /// Enforce a cached revocation on a process that just showed the credential.
 fn stop_on_sight(
@@ -402,6 +470,31 @@ async fn run(args: RunArgs) -> Result<()> {
             .insert(fp.clone(), (r.action.clone(), r.command_id.clone()));
     }
     let seeded = pipe.seed(&mut tracker, netns);
+    // Revocation hold: armed while revocations are cached and enforcement works.
+    let mut holds = if args.floor {
+        None
+    } else {
+        let h = hold::Holds::attach(&mut ebpf, cfg.revocation_hold).and_then(|mut h| {
+            h.arm(enforcer.is_some() && !pipe.revoked.is_empty())?;
+            Ok(h)
+        });
+        features.push(loader::Feature {
+            name: "revocation_hold".into(),
+            active: h.is_ok(),
+            detail: h
+                .as_ref()
+                .err()
+                .map(|e| format!("{e:#}"))
+                .unwrap_or_default(),
+        });
+        match h {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(reason = %format!("{e:#}"), "revocation hold degraded");
+                None
+            }
+        }
+    };
     let mut sink = match (&args.output, args.json) {
         (Some(p), _) => Some(output::JsonLines::file(p)?),
         (None, true) => Some(output::JsonLines::stdout()),
@@ -479,8 +572,12 @@ async fn run(args: RunArgs) -> Result<()> {
             let mut n = 0usize;
             while let Some(item) = rb.next() {
                 n += 1;
+                let mut held = None;
                 match decode::decode(&item) {
-                    Ok(raw) if !args.floor => pipe.handle(raw, &mut tracker, &mut batch),
+                    Ok(raw) if !args.floor => {
+                        held = held_exec(&raw);
+                        pipe.handle(raw, &mut tracker, &mut batch);
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         pipe.stats.decode_errors += 1;
@@ -491,9 +588,31 @@ async fn run(args: RunArgs) -> Result<()> {
                 for ev in batch.drain(..) {
                     emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                 }
-                for v in std::mem::take(&mut pipe.violations) {
+                let mut violations = std::mem::take(&mut pipe.violations);
+                // A held exec is vetted (and enforced) by its hold, with the whole
+                // environment: the pipeline's own sighting of it would be a duplicate.
+                let pending = held.and_then(|h| {
+                    let entry = holds.as_ref()?.pending(h.tgid, h.held_ns)?;
+                    Some((h, entry))
+                });
+                if let Some((h, _)) = &pending {
+                    violations.retain(|v| !(v.tgid == h.tgid && v.seen_in == "env"));
+                }
+                for v in violations {
                     let ev = stop_on_sight(&mut pipe, enforcer.as_mut(), &mut ebpf, &v);
                     emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                }
+                if let (Some((h, entry)), Some(hs)) = (pending, holds.as_mut()) {
+                    let mut judge = DaemonJudge {
+                        pipe: &mut pipe,
+                        enforcer: enforcer.as_mut(),
+                        ebpf: &mut ebpf,
+                        out: Vec::new(),
+                    };
+                    hs.settle(h.tgid, entry, h.env.as_deref(), &mut judge, false);
+                    for ev in judge.out {
+                        emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                    }
                 }
                 if n == DRAIN_MAX {
                     break;
@@ -507,6 +626,30 @@ async fn run(args: RunArgs) -> Result<()> {
             n
         }};
     }
+    // Settle holds older than `$age` (the exec record path missed them).
+    macro_rules! sweep_holds {
+        ($age:expr) => {{
+            if let Some(hs) = holds.as_mut() {
+                let mut judge = DaemonJudge {
+                    pipe: &mut pipe,
+                    enforcer: enforcer.as_mut(),
+                    ebpf: &mut ebpf,
+                    out: Vec::new(),
+                };
+                let n = hs.sweep($age, &mut judge);
+                if n > 0 {
+                    tracing::info!(settled = n, "revocation hold: settled by the sweep");
+                }
+                for ev in judge.out {
+                    emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                }
+            }
+        }};
+    }
+    // Processes a previous daemon held (and never settled) are still stopped.
+    sweep_holds!(std::time::Duration::ZERO);
+    let mut hold_sweep = tokio::time::interval(std::time::Duration::from_millis(250));
+    hold_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -520,6 +663,9 @@ async fn run(args: RunArgs) -> Result<()> {
             // on a short timer too, so they are never more than a few ms late.
             _ = poll.tick() => {
                 drain!(ring.get_mut());
+            }
+            _ = hold_sweep.tick(), if holds.is_some() => {
+                sweep_holds!(HOLD_SWEEP_AGE);
             }
             _ = tick.tick() => {
                 let mut counters_now = BTreeMap::new();
@@ -544,6 +690,10 @@ async fn run(args: RunArgs) -> Result<()> {
                     }
                     st.quarantined_pids = en.quarantined();
                     st.pending_kills = en.pending_kills();
+                }
+                if let Some(hs) = holds.as_mut() {
+                    hs.stats.held_now = hs.entries().len();
+                    st.holds = Some(hs.stats.clone());
                 }
                 st.updated_unix = status::now_unix();
                 st.kernel_counters = counters_now;
@@ -579,7 +729,14 @@ async fn run(args: RunArgs) -> Result<()> {
                 tracing::info!(id = %cmd.id, kind = %cmd.kind, reason = %cmd.reason, by = %cmd.issued_by, "command received");
                 let (result, kills) = match enforcer.as_mut() {
                     _ if cmd.kind == "revoke_credential" => {
-                        (response::revoke(&mut pipe, &mut revocations, enforcer.as_mut(), &mut ebpf, &cmd), Vec::new())
+                        let r = response::revoke(&mut pipe, &mut revocations, enforcer.as_mut(), &mut ebpf, &cmd);
+                        // From now on, new processes are vetted before they run.
+                        if let Some(hs) = holds.as_mut() {
+                            if let Err(e) = hs.arm(enforcer.is_some() && !pipe.revoked.is_empty()) {
+                                tracing::warn!("revocation hold: {e:#}");
+                            }
+                        }
+                        (r, Vec::new())
                     }
                     Some(en) => response::apply(&pipe.table, en, &mut ebpf, &cmd),
                     None => (response::unavailable(&cfg.host_id, &cmd, "enforcement is degraded on this host (see custodyd status)"), Vec::new()),
@@ -607,6 +764,14 @@ async fn run(args: RunArgs) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+    }
+    // No new holds; settle the ones in flight (nobody would continue them).
+    if let Some(hs) = holds.as_mut() {
+        if let Err(e) = hs.arm(false) {
+            tracing::warn!("revocation hold: {e:#}");
+        }
+        drain!(ring.get_mut());
+        sweep_holds!(std::time::Duration::ZERO);
     }
     if let Some(s) = sink.as_mut() {
         s.flush()?;

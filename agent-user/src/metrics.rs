@@ -127,6 +127,101 @@ pub fn render(st: &Status, c: &Counters) -> String {
         "Processes marked to die at their next syscall.",
         st.pending_kills as u64,
     );
+    if let Some(h) = &st.holds {
+        one(
+            &mut o,
+            "custody_sensor_exec_hold_armed",
+            "gauge",
+            "1 while new processes are held at exec for vetting (revocations cached).",
+            u64::from(h.armed),
+        );
+        one(
+            &mut o,
+            "custody_sensor_exec_held_processes",
+            "gauge",
+            "Processes stopped at exec and not yet settled.",
+            h.held_now as u64,
+        );
+        one(
+            &mut o,
+            "custody_sensor_exec_holds_kernel_total",
+            "counter",
+            "Processes the kernel stopped at exec.",
+            st.kernel_counters.get("held").copied().unwrap_or(0),
+        );
+        one(
+            &mut o,
+            "custody_sensor_exec_hold_failures_total",
+            "counter",
+            "Execs that should have been held but ran (hold map full or signal refused).",
+            st.kernel_counters.get("hold_failed").copied().unwrap_or(0),
+        );
+        family(
+            &mut o,
+            "custody_sensor_exec_holds_total",
+            "counter",
+            "Holds settled, by result.",
+        );
+        for (r, v) in [
+            ("resumed", h.resumed),
+            ("killed", h.killed),
+            ("quarantined", h.quarantined),
+            ("gone", h.gone),
+            ("unvetted", h.unvetted),
+        ] {
+            let _ = writeln!(o, "custody_sensor_exec_holds_total{{result=\"{r}\"}} {v}");
+        }
+        one(
+            &mut o,
+            "custody_sensor_exec_holds_vetted_from_proc_total",
+            "counter",
+            "Holds vetted from /proc/PID/environ (record lost or environment cut short).",
+            h.vetted_from_proc,
+        );
+        one(
+            &mut o,
+            "custody_sensor_exec_holds_swept_total",
+            "counter",
+            "Holds settled by the periodic sweep rather than the exec record.",
+            h.by_sweep,
+        );
+        family(
+            &mut o,
+            "custody_sensor_exec_hold_seconds",
+            "histogram",
+            "Time a process stayed stopped at exec before its verdict.",
+        );
+        let mut cum = 0u64;
+        for (i, b) in crate::hold::LATENCY_BUCKETS_S.iter().enumerate() {
+            cum += h.latency_buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "custody_sensor_exec_hold_seconds_bucket{{le=\"{b}\"}} {cum}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "custody_sensor_exec_hold_seconds_bucket{{le=\"+Inf\"}} {}",
+            h.settled()
+        );
+        let _ = writeln!(
+            o,
+            "custody_sensor_exec_hold_seconds_sum {}",
+            h.latency_sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(o, "custody_sensor_exec_hold_seconds_count {}", h.settled());
+        family(
+            &mut o,
+            "custody_sensor_exec_hold_max_seconds",
+            "gauge",
+            "Longest hold so far.",
+        );
+        let _ = writeln!(
+            o,
+            "custody_sensor_exec_hold_max_seconds {}",
+            h.latency_max_ns as f64 / 1e9
+        );
+    }
     family(
         &mut o,
         "custody_sensor_feature_active",
@@ -254,7 +349,24 @@ mod tests {
         let mut c = Counters::default();
         c.events.insert("file_open", 3);
         c.commands.insert(("kill_chain".into(), "ok".into()), 1);
+        let mut h = crate::hold::HoldStats {
+            armed: true,
+            resumed: 2,
+            killed: 1,
+            latency_sum_ns: 3_000_000,
+            latency_max_ns: 2_000_000,
+            ..Default::default()
+        };
+        h.latency_buckets = vec![0; crate::hold::LATENCY_BUCKETS_S.len() + 1];
+        h.latency_buckets[1] = 2;
+        h.latency_buckets[3] = 1;
+        st.holds = Some(h);
         let t = render(&st, &c);
+        assert!(t.contains("custody_sensor_exec_holds_total{result=\"killed\"} 1\n"));
+        assert!(t.contains("custody_sensor_exec_hold_seconds_bucket{le=\"0.001\"} 2\n"));
+        assert!(t.contains("custody_sensor_exec_hold_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(t.contains("custody_sensor_exec_hold_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(t.contains("custody_sensor_exec_hold_seconds_count 3\n"));
         assert!(t.contains("custody_sensor_events_total{kind=\"file_open\"} 3\n"));
         assert!(t.contains("custody_sensor_lost_events_total{reason=\"ringbuf_full\"} 2\n"));
         assert!(t.contains("custody_sensor_commands_total{kind=\"kill_chain\",status=\"ok\"} 1\n"));

@@ -32,6 +32,9 @@ pub struct Status {
     /// Processes under network quarantine (enforced in the kernel, pinned).
     pub quarantined_pids: Vec<u32>,
     pub pending_kills: usize,
+    /// Revocation hold at exec (absent when unavailable).
+    #[serde(default)]
+    pub holds: Option<crate::hold::HoldStats>,
     /// Collector shipping (absent in standalone mode).
     pub collector: Option<CollectorStatus>,
 }
@@ -180,6 +183,27 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
         println!(
             "  {} processes marked for kill at their next syscall",
             s.pending_kills
+        );
+    }
+    if let Some(h) = &s.holds {
+        let settled = h.settled();
+        let avg_ms = if settled > 0 {
+            h.latency_sum_ns as f64 / settled as f64 / 1e6
+        } else {
+            0.0
+        };
+        println!(
+            "  revocation hold ({}): {}  held now {}  settled {} (resumed {}, killed {}, quarantined {}, gone {}, unvetted {})  latency avg {avg_ms:.2} ms max {:.2} ms",
+            h.scope,
+            if h.armed { "ARMED" } else { "idle" },
+            h.held_now,
+            settled,
+            h.resumed,
+            h.killed,
+            h.quarantined,
+            h.gone,
+            h.unvetted,
+            h.latency_max_ns as f64 / 1e6
         );
     }
     for f in &s.features {

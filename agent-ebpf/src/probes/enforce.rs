@@ -3,15 +3,15 @@
 //! connect/sendmsg hooks make the syscall fail with EPERM). The maps are pinned, so
 //! enforcement outlives a crash or restart of the daemon.
 
-use agent_ebpf::{Endpoint, KillMark};
+use agent_ebpf::{Endpoint, Held, KillMark, counter, hold};
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_send_signal},
     macros::{cgroup_sock_addr, map, raw_tracepoint},
-    maps::HashMap,
+    maps::{Array, HashMap},
     programs::{RawTracePointContext, SockAddrContext},
 };
 
-use super::{current_task, kread, off};
+use super::{count, current_task, kread, off};
 
 #[map]
 pub static KILL: HashMap<u32, KillMark> = HashMap::pinned(8192, 0);
@@ -24,7 +24,49 @@ pub static QUARANTINE: HashMap<u32, u32> = HashMap::pinned(8192, 0);
 #[map]
 pub static ALLOW_DST: HashMap<Endpoint, u8> = HashMap::pinned(64, 0);
 
+/// Revocation hold scope (`agent_ebpf::hold`), set by the daemon at run time: armed
+/// only while revocations are cached on the host.
+#[map]
+pub static HOLD: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Processes stopped at exec and not yet settled by the daemon (key: tgid).
+#[map]
+pub static HELD: HashMap<u32, Held> = HashMap::pinned(4096, 0);
+
 const SIGKILL: u32 = 9;
+const SIGSTOP: u32 = 19;
+
+/// Stop the current process at exec when the hold is armed and covers it; returns
+/// the hold time (0: not held). The SIGSTOP is delivered on the way back to user
+/// space, before the new image runs one instruction; the daemon vets the
+/// environment and continues or kills the process. Recorded before the signal is
+/// sent, so a process is never stopped without an entry the daemon can find.
+#[inline(always)]
+pub fn hold_at_exec(tgid: u32, tracked: bool) -> u64 {
+    let mode = match HOLD.get(0) {
+        Some(m) => *m,
+        None => hold::OFF,
+    };
+    if mode == hold::OFF || (mode == hold::TRACKED && !tracked && !super::observe_all()) {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let h = Held {
+        start_boottime: leader_start(),
+        held_ns: now,
+    };
+    if HELD.insert(&tgid, &h, 0).is_err() {
+        count(counter::HOLD_FAILED);
+        return 0;
+    }
+    if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
+        let _ = HELD.remove(&tgid);
+        count(counter::HOLD_FAILED);
+        return 0;
+    }
+    count(counter::HELD);
+    now
+}
 
 #[inline(always)]
 fn leader_start() -> u64 {

@@ -88,7 +88,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// switch (a VM exit on virtual machines) per event.
 const WAKE_BYTES: u64 = 256 << 10;
 const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Submit flags for high-rate events (files, network, TLS, pipes).
@@ -133,7 +133,7 @@ pub fn count(slot: u32) {
 }
 
 #[inline(always)]
-fn observe_all() -> bool {
+pub fn observe_all() -> bool {
     unsafe { core::ptr::read_volatile(&CONFIG.observe_all) != 0 }
 }
 

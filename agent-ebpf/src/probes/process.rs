@@ -30,6 +30,9 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
     if let Some(t) = TRACKED.get_ptr_mut(&tgid) {
         unsafe { (*t).cached = 0 };
     }
+    // Revocation hold: stopped even when the record below is lost (the daemon's
+    // sweep then vets the process from /proc).
+    let held_ns = super::enforce::hold_at_exec(tgid, tflags & flag::TRACKED != 0);
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return 0;
@@ -38,6 +41,14 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.hdr, kind::EXEC, agent, tflags);
     ev._pad = 0;
+    let mut wake = 0;
+    if held_ns != 0 {
+        ev.hdr.flags |= flag::HELD;
+        ev.hdr.ktime_ns = held_ns;
+        // A stopped process waits for this record: wake the daemon now, whatever
+        // the backlog (other records only wake it past WAKE_BYTES).
+        wake = super::BPF_RB_FORCE_WAKEUP;
+    }
 
     // filename: a __data_loc field; the low 16 bits are its offset inside the record.
     let loc: u32 = unsafe { ctx.read_at(off!(tp_exec_filename) as usize) }.unwrap_or(0);
@@ -90,7 +101,7 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
     if want > ENV_MAX as u64 {
         ev.hdr.flags |= flag::ENV_TRUNCATED;
     }
-    entry.submit(0);
+    entry.submit(wake);
     0
 }
 
@@ -143,6 +154,7 @@ pub fn custody_exit(_ctx: TracePointContext) -> u32 {
     }
     let _ = super::enforce::KILL.remove(&tgid);
     let _ = super::enforce::QUARANTINE.remove(&tgid);
+    let _ = super::enforce::HELD.remove(&tgid);
     let (agent, tflags) = trace_info(tgid);
     if tflags == 0 && !super::in_scope() {
         return 0;

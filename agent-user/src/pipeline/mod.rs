@@ -60,6 +60,8 @@ pub struct Violation {
     pub seen_in: String,
     pub action: String,
     pub command_id: String,
+    /// Seen while the process was held at exec: stopped before it ran.
+    pub held: bool,
 }
 
 fn is_tracked(h: &EventHeader) -> bool {
@@ -357,6 +359,7 @@ impl Pipeline {
                         seen_in: c.source.as_str().to_string(),
                         action: action.clone(),
                         command_id: command_id.clone(),
+                        held: false,
                     });
                 }
             }
@@ -376,6 +379,25 @@ impl Pipeline {
             })
             .map(to_pb)
             .collect()
+    }
+
+    /// The first revoked credential in an environment block (NUL-separated
+    /// `KEY=VALUE`), fingerprinted with the fleet key like every sighting.
+    pub fn revoked_in_env(&self, env: &[u8]) -> Option<crate::hold::Hit> {
+        if self.revoked.is_empty() {
+            return None;
+        }
+        credential::scan_env(env, &self.key)
+            .into_iter()
+            .find_map(|c| {
+                self.revoked
+                    .get(&c.fingerprint)
+                    .map(|(action, command_id)| crate::hold::Hit {
+                        fingerprint: c.fingerprint,
+                        action: action.clone(),
+                        command_id: command_id.clone(),
+                    })
+            })
     }
 
     /// Live processes that have shown any of these credential fingerprints.
@@ -406,7 +428,14 @@ impl Pipeline {
             process,
             kind: Some(Kind::Enforcement(pb::EnforcementApplied {
                 action: v.action.clone(),
-                reason: format!("revoked credential seen in {}", v.seen_in),
+                reason: if v.held {
+                    format!(
+                        "revoked credential seen in {}; held at exec, stopped before it ran",
+                        v.seen_in
+                    )
+                } else {
+                    format!("revoked credential seen in {}", v.seen_in)
+                },
                 command_id: v.command_id.clone(),
                 credential_fingerprint: v.fingerprint.clone(),
                 seen_in: v.seen_in.clone(),

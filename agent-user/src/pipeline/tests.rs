@@ -312,6 +312,15 @@ fn revoked_credential_in_env_is_a_violation() {
     let env = format!("CUSTODY_AGENT=fin\0OPENAI_API_KEY={secret}\0");
     e.env[..env.len()].copy_from_slice(env.as_bytes());
     e.env_len = env.len() as u32;
+    let hit = p.revoked_in_env(env.as_bytes()).expect("revoked in env");
+    assert_eq!(
+        (hit.fingerprint.as_str(), hit.action.as_str()),
+        (fp.as_str(), "kill")
+    );
+    assert!(
+        p.revoked_in_env(b"CUSTODY_AGENT=fin\0HOME=/root\0")
+            .is_none()
+    );
     let mut out = Vec::new();
     p.handle(Raw::Exec(e), &mut Recorder::default(), &mut out);
     assert_eq!(p.violations.len(), 1);
