@@ -515,6 +515,13 @@ impl NsSensor {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        NsSensor::start(host, dir)
+    }
+
+    /// Starts the daemon of an already enrolled `dir` (a restart keeps the events
+    /// file, appending).
+    pub fn start(host: &NsHost, dir: &Path) -> NsSensor {
+        let cfg = dir.join("custodyd.toml");
         let output = dir.join("events.jsonl");
         let status_file = dir.join("status.json");
         let mut child = host
@@ -578,6 +585,19 @@ impl NsSensor {
     /// Events written to the local JSON-lines output so far.
     pub fn events(&self) -> Vec<Value> {
         crate::read_jsonl(&self.output)
+    }
+
+    /// SIGKILL: no shutdown path runs (pinned enforcement stays in the kernel).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Daemon log lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// Sends SIGTERM (see [`NsSensor::stop`]); lets several sensors stop at once.

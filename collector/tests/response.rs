@@ -401,7 +401,7 @@ async fn bad_targets_get_clear_answers() {
         ),
         (
             "revoke",
-            Target::Credential(format!("hmac-sha256:{}", "0".repeat(64))),
+            Target::Credential(format!("hmac-sha256:{}", "0".repeat(32))),
             tonic::Code::NotFound,
             "--allow-unknown",
         ),
@@ -530,7 +530,7 @@ async fn revocation_is_fleet_wide_calls_issuer_hooks_and_reaches_late_hosts() {
     let addr = c.addr.to_string();
     let mut a = Host::enroll(&c, "host-a").await;
     a.start(&addr);
-    let fp = "c".repeat(64);
+    let fp = "c".repeat(32);
     let p = synth::process("host-a", 700, 1, "/usr/bin/agent", "agent-x");
     a.ship(&[synth::exec(
         &p,

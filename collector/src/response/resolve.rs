@@ -120,13 +120,14 @@ pub fn agent(st: &State, agent_id: &str) -> Result<Resolved, Status> {
 pub fn credential(st: &State, fp: &str, allow_unknown: bool) -> Result<Resolved, Status> {
     let Some(hex) = fp.strip_prefix("hmac-sha256:") else {
         return Err(Status::invalid_argument(format!(
-            "{fp:?} is not a credential fingerprint: expected hmac-sha256:<64 hex digits> \
+            "{fp:?} is not a credential fingerprint: expected hmac-sha256:<32 hex digits> \
              (see `custodyctl credentials`)"
         )));
     };
-    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Sensors send 128-bit fingerprints (32 hex digits); accept up to the full MAC.
+    if !(32..=64).contains(&hex.len()) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Status::invalid_argument(format!(
-            "{fp:?} is not a credential fingerprint: expected 64 hex digits after hmac-sha256:"
+            "{fp:?} is not a credential fingerprint: expected 32 hex digits after hmac-sha256:"
         )));
     }
     let mut r = Resolved::default();
