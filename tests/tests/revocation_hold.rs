@@ -64,9 +64,10 @@ impl Drop for Listener {
     }
 }
 
-/// A declared agent (python) that starts children on request: `connect PORT SECRET`
-/// runs bash, whose first act is a TCP connect to PORT (SECRET, unless "-", is put in
-/// its environment as OPENAI_API_KEY), and reports its pid and exit status; `sleep`
+/// A declared agent (python) that starts children on request: `connect PORT SECRET
+/// [pad]` runs bash, whose first act is a TCP connect to PORT (SECRET, unless "-", is
+/// put in its environment as OPENAI_API_KEY, after 6 KiB of padding with "pad", so
+/// beyond what the kernel captures), and reports its pid and exit status; `sleep`
 /// starts `sleep 60` and reports its pid.
 const AGENT: &str = r#"
 import os, subprocess, sys
@@ -74,6 +75,8 @@ for line in sys.stdin:
     parts = line.split()
     if parts[0] == "connect":
         env = dict(os.environ)
+        if len(parts) > 3:
+            env["CUSTODY_TEST_PADDING"] = "p" * 6144
         if parts[2] != "-":
             env["OPENAI_API_KEY"] = parts[2]
         p = subprocess.Popen(["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/" + parts[1] + " && echo connected >&2"], env=env)
@@ -135,7 +138,11 @@ impl Agent {
     /// Start a connecting child; returns (pid, exit status as Python reports it:
     /// negative for a signal).
     fn connect(&mut self, port: u16, secret: &str) -> (u32, i64) {
-        self.send(&format!("connect {port} {secret}"));
+        self.connect_cmd(&format!("connect {port} {secret}"))
+    }
+
+    fn connect_cmd(&mut self, cmd: &str) -> (u32, i64) {
+        self.send(cmd);
         let pid = self.read("pid") as u32;
         (pid, self.read("rc"))
     }
@@ -332,6 +339,27 @@ fn revoked_credential_in_env_is_stopped_at_exec_before_it_connects() {
         "reported once"
     );
 
+    // The same secret past the 4 KiB of environment the kernel captures: vetted from
+    // /proc/PID/environ while held.
+    let far = Listener::start();
+    let (far_pid, rc) = agent.connect_cmd(&format!("connect {} {killed_secret} pad", far.port));
+    assert_eq!(
+        rc,
+        -libc::SIGKILL as i64,
+        "a holder with a long environment must be killed"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        far.accepted(),
+        0,
+        "a process with a revoked credential connected"
+    );
+    daemon.wait_for(
+        "enforcement event (long environment)",
+        Duration::from_secs(30),
+        |e| kind(e) == "enforcement" && e["process"]["pid"] == far_pid,
+    );
+
     // Quarantine-then-continue: it runs, but cannot connect.
     let q_target = Listener::start();
     let (q_pid, rc) = agent.connect(q_target.port, &quarantined_secret);
@@ -377,7 +405,8 @@ fn revoked_credential_in_env_is_stopped_at_exec_before_it_connects() {
 
     let st = wait_status(work, "holds settled", |s| {
         let h = &s["holds"];
-        h["killed"].as_u64() >= Some(1)
+        h["killed"].as_u64() >= Some(2)
+            && h["vetted_from_proc"].as_u64() >= Some(1)
             && h["quarantined"].as_u64() >= Some(1)
             && h["resumed"].as_u64() >= Some(2)
     });
@@ -393,7 +422,7 @@ fn revoked_credential_in_env_is_stopped_at_exec_before_it_connects() {
         h["vetted_from_proc"],
         st["kernel_counters"]["held"]
     );
-    assert!(st["kernel_counters"]["held"].as_u64() >= Some(4));
+    assert!(st["kernel_counters"]["held"].as_u64() >= Some(5));
     assert_eq!(st["kernel_counters"]["hold_failed"].as_u64(), Some(0));
     assert_eq!(h["held_now"].as_u64(), Some(0), "nothing left stopped");
 
