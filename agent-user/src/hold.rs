@@ -224,7 +224,6 @@ impl Holds {
         if self.held.get(&tgid, 0).ok().as_ref() == Some(held) {
             let _ = self.held.remove(&tgid);
         }
-        self.stats.held_now = self.held.keys().filter_map(Result::ok).count();
     }
 
     /// Settle one hold: vet the environment (the exec record's when complete, else
@@ -324,7 +323,7 @@ impl Holds {
                 n += 1;
             }
         }
-        self.stats.held_now = self.held.keys().filter_map(Result::ok).count();
+        self.stats.held_now = self.entries().len();
         n
     }
 }
