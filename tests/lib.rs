@@ -32,10 +32,19 @@ pub fn bpf_available(test: &str) -> bool {
     false
 }
 
-/// A workspace binary built next to this test executable (target/<profile>/NAME).
+/// A workspace binary built next to this test executable (target/<profile>/NAME),
+/// or in CUSTODY_BIN_DIR when set (the benchmarks use release builds).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("CUSTODY_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target dir")
+                .to_path_buf()
+        }
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),

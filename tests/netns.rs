@@ -449,11 +449,14 @@ impl Drop for Collector {
 }
 
 /// The TOML config of a sensor in a namespace: netns scope, its own state dir, and
-/// `agents` as (agent id, CUSTODY_AGENT value).
+/// `agents` as (agent id, CUSTODY_AGENT value). Its pins go to a directory of their
+/// own (derived from the state dir): tests running side by side use the same host
+/// ids, and must not share enforcement maps.
 pub fn sensor_config(host_id: &str, state_dir: &Path, agents: &[(&str, &str)]) -> String {
     let mut s = format!(
-        "[sensor]\nhost_id = \"{host_id}\"\nstate_dir = \"{}\"\nscope = \"netns\"\n",
-        state_dir.display()
+        "[sensor]\nhost_id = \"{host_id}\"\nstate_dir = \"{}\"\nscope = \"netns\"\npin_dir = \"{}\"\n",
+        state_dir.display(),
+        pin_dir_for(state_dir).display()
     );
     for (id, env) in agents {
         s.push_str(&format!(
@@ -461,6 +464,18 @@ pub fn sensor_config(host_id: &str, state_dir: &Path, agents: &[(&str, &str)]) -
         ));
     }
     s
+}
+
+/// bpffs directory for the pins of the sensor whose state lives in `state_dir`.
+pub fn pin_dir_for(state_dir: &Path) -> PathBuf {
+    let h = state_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+    PathBuf::from(format!("/sys/fs/bpf/custody-test-{h:016x}"))
 }
 
 /// `custodyd enroll` run inside `host`'s namespace, with `dir/custodyd.toml`.
@@ -484,6 +499,7 @@ pub fn enroll(host: &NsHost, dir: &Path, collector: &str, token: &str) -> Output
 /// writing its events as JSON lines.
 pub struct NsSensor {
     child: Option<Child>,
+    state_dir: PathBuf,
     pub host_id: String,
     pub output: PathBuf,
     pub status_file: PathBuf,
@@ -539,6 +555,7 @@ impl NsSensor {
         let (log, _) = capture(&mut child, &format!("custodyd {}", host.host_id));
         NsSensor {
             child: Some(child),
+            state_dir: dir.join("state"),
             host_id: host.host_id.clone(),
             output,
             status_file,
@@ -630,9 +647,13 @@ impl NsSensor {
 
 impl Drop for NsSensor {
     fn drop(&mut self) {
+        // Dropped while running: the test is over, and whatever it left in force goes
+        // with it. (A sensor stopped or killed on purpose keeps its pins for the next
+        // start, as a real restart would.)
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            let _ = std::fs::remove_dir_all(pin_dir_for(&self.state_dir));
         }
     }
 }

@@ -118,8 +118,13 @@ pub fn apply(
         cmd.kind.as_str(),
         "kill_process" | "kill_agent" | "kill_chain" | "quarantine" | "release"
     );
+    // Releasing what is already gone is not a failure: a quarantined process that
+    // exited took its quarantine entry with it.
+    let release_nothing = cmd.kind == "release" && errors.is_empty() && affected.is_empty();
     let status = if !known {
         "unsupported"
+    } else if release_nothing {
+        "ok"
     } else if !errors.is_empty() {
         if affected.is_empty() {
             "failed"
@@ -138,6 +143,9 @@ pub fn apply(
     }
     if affected.is_empty() && message.is_empty() {
         message.push("no matching live process on this host".into());
+    }
+    if release_nothing {
+        message.insert(0, "nothing to release: no quarantined process left".into());
     }
     let now = now_ns();
     let result = CommandResult {

@@ -1,10 +1,15 @@
 """Scenario processes for the response tests (tests/tests/response.rs).
 
-  hop NEXT LOG [FORK_EVERY]  listen (prints its port); for each connection, connect
+  hop NEXT LOG [EVERY [BURST]]
+                             listen (prints its port); for each connection, connect
                              on to NEXT ("-" for none) and pass the task along; after
-                             the first task, start a `sleep` child every FORK_EVERY
-                             seconds (0 = never), logging "child PID TIME_NS" to LOG
-  root HOP LOG [FORK_EVERY]  connect to HOP with a task, then the same child loop
+                             the first task, start BURST `sleep` children at once and
+                             then one every EVERY seconds (0 = never), logging
+                             "child PID TIME_NS" to LOG
+  root HOP LOG [EVERY [BURST]]
+                             connect to HOP with a task, then the same children
+  refused TARGET             connect to TARGET every millisecond until a connect
+                             fails with EPERM; print that moment (ns) and exit
   probe TARGET LOG           every 100 ms: send a byte on a connection opened at start,
                              open a new TCP connection, send a UDP datagram; log
                              each outcome as a JSON line
@@ -43,7 +48,10 @@ def log_line(path, text):
         f.write(text + "\n")
 
 
-def fork_loop(log, every):
+def fork_loop(log, every, burst=0):
+    for _ in range(burst):
+        p = subprocess.Popen(["sleep", "600"])
+        log_line(log, f"child {p.pid} {time.time_ns()}")
     if every <= 0:
         return
 
@@ -56,7 +64,7 @@ def fork_loop(log, every):
     threading.Thread(target=run, daemon=True).start()
 
 
-def hop(nxt, log, every):
+def hop(nxt, log, every, burst):
     srv = socket.socket()
     srv.bind(("0.0.0.0", 0))
     srv.listen(16)
@@ -74,15 +82,15 @@ def hop(nxt, log, every):
         conn.sendall(b"ok\n")
         if not started:
             started = True
-            fork_loop(log, every)
+            fork_loop(log, every, burst)
 
 
-def root(hop_addr, log, every):
+def root(hop_addr, log, every, burst):
     s = socket.create_connection(addr(hop_addr), timeout=10)
     s.sendall(b"task\n")
     s.recv(16)
+    fork_loop(log, every, burst)
     print(json.dumps(me()), flush=True)
-    fork_loop(log, every)
     while True:
         time.sleep(1)
 
@@ -149,6 +157,20 @@ def sink(log):
         threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
 
 
+def refused(target):
+    print(json.dumps(me()), flush=True)
+    t = addr(target)
+    while True:
+        try:
+            c = socket.create_connection(t, timeout=1)
+            c.close()
+        except OSError as e:
+            if e.errno == 1:
+                print(time.time_ns(), flush=True)
+                return
+        time.sleep(0.001)
+
+
 def connect(target):
     s = socket.create_connection(addr(target), timeout=5)
     s.sendall(f"pid {os.getpid()}\n".encode())
@@ -157,10 +179,14 @@ def connect(target):
 
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
+    every = float(args[2]) if len(args) > 2 else 0
+    burst = int(args[3]) if len(args) > 3 else 0
     if mode == "hop":
-        hop(args[0], args[1], float(args[2]) if len(args) > 2 else 0)
+        hop(args[0], args[1], every, burst)
     elif mode == "root":
-        root(args[0], args[1], float(args[2]) if len(args) > 2 else 0)
+        root(args[0], args[1], every, burst)
+    elif mode == "refused":
+        refused(args[0])
     elif mode == "probe":
         probe(args[0], args[1])
     elif mode == "sink":

@@ -1,4 +1,5 @@
 //! `cargo xtask bench collector`: see bench/collector.rs.
+//! `cargo xtask bench response`: see bench/response.rs.
 //!
 //! `cargo xtask bench sensor`: the sensor's budgets from DESIGN.md, measured side by
 //! side in one run (method and results: BENCHMARKS.md).
@@ -11,6 +12,7 @@ mod collector;
 mod daemon;
 mod overhead;
 mod proc;
+mod response;
 mod rss;
 mod stats;
 mod throughput;
@@ -38,6 +40,8 @@ pub enum Which {
     Sensor(SensorArgs),
     /// Collector ingest events/s on one core and chain-query latency on a large store.
     Collector(collector::CollectorArgs),
+    /// Containment time: kill a 50-process chain on three netns hosts, quarantine.
+    Response(response::ResponseArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -85,6 +89,7 @@ pub fn run(which: Which) -> Result<()> {
     match which {
         Which::Sensor(args) => sensor(&args),
         Which::Collector(args) => collector::run(&args),
+        Which::Response(args) => response::run(&args),
     }
 }
 

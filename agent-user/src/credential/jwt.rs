@@ -32,6 +32,8 @@ pub struct JwtClaims {
     pub scope: Option<String>,
     /// RFC 8693 delegation chain: `act.sub`, `act.act.sub`, …, outermost actor first.
     pub act: Vec<String>,
+    /// The token's id: what an issuer's revocation hook can name it by (not a secret).
+    pub jti: Option<String>,
 }
 
 /// Decodes the claims of a compact JWS without verifying it. `None` unless the token
@@ -64,6 +66,7 @@ pub fn decode_jwt(token: &str) -> Option<JwtClaims> {
         exp: claims.get("exp").and_then(int_claim),
         scope: list_claim(claims.get("scope"), " ").or_else(|| list_claim(claims.get("scp"), " ")),
         act: act_chain(claims.get("act")),
+        jti: string_claim(claims.get("jti")),
     })
 }
 
@@ -142,6 +145,7 @@ pub(crate) fn claims_metadata(c: &JwtClaims) -> BTreeMap<String, String> {
     put("aud", &c.aud);
     put("scope", &c.scope);
     put("exp", &c.exp.map(|e| e.to_string()));
+    put("jti", &c.jti);
     if !c.act.is_empty() {
         put("act", &Some(c.act.join(",")));
     }

@@ -11,6 +11,7 @@ fn decodes_all_claims_including_nested_act_chain() {
         "aud": ["api-a", "api-b"],
         "exp": 1_900_000_000,
         "scope": "read write",
+        "jti": "tok-42",
         "act": {"sub": "agent-1", "act": {"sub": "agent-2", "act": {"sub": "agent-3"}}}
     }));
     let c = decode_jwt(&t).expect("jwt");
@@ -23,6 +24,7 @@ fn decodes_all_claims_including_nested_act_chain() {
             exp: Some(1_900_000_000),
             scope: Some("read write".into()),
             act: vec!["agent-1".into(), "agent-2".into(), "agent-3".into()],
+            jti: Some("tok-42".into()),
         }
     );
 }
