@@ -22,6 +22,7 @@ pub struct AdminSvc {
     pub tokens: TokenStore,
     pub pki: Arc<Pki>,
     pub responder: Arc<Responder>,
+    pub alerts: Arc<crate::alerts::Alerts>,
 }
 
 /// Authenticates the caller of any admin request.
@@ -320,5 +321,48 @@ impl AdminService for AdminSvc {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(internal)?;
         Ok(Response::new(r))
+    }
+
+    async fn list_alerts(
+        &self,
+        req: Request<admin::ListAlertsRequest>,
+    ) -> Result<Response<admin::ListAlertsResponse>, Status> {
+        self.require(&req, Role::Viewer, "list alerts")?;
+        let r = req.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit as usize };
+        Ok(Response::new(admin::ListAlertsResponse {
+            alerts: self
+                .alerts
+                .list(limit, &r.chain_id, &r.status, &r.severity),
+        }))
+    }
+
+    async fn update_alert(
+        &self,
+        req: Request<admin::UpdateAlertRequest>,
+    ) -> Result<Response<admin::Alert>, Status> {
+        let op = self.require(&req, Role::Responder, "update alert")?;
+        let r = req.into_inner();
+        let a = self
+            .alerts
+            .update(self.engine.store(), &r.id, &op.name, r.acknowledge, &r.assignee)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no alert {:?}", r.id)))?;
+        let mut what = vec![];
+        if r.acknowledge {
+            what.push("acknowledged".to_string());
+        }
+        if !r.assignee.is_empty() {
+            what.push(format!("assigned to {}", r.assignee));
+        }
+        let _ = self.engine.audit(admin::AuditEntry {
+            actor: op.name,
+            role: op.role.as_str().into(),
+            action: "update alert".into(),
+            target: r.id,
+            result: what.join(", "),
+            ..Default::default()
+        });
+        Ok(Response::new(a))
     }
 }

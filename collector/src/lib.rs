@@ -6,6 +6,7 @@
 //! `Engine::get_chain`); the benchmark drives it directly.
 
 pub mod admin_service;
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod block;

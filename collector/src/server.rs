@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin_service::AdminSvc;
+use crate::alerts::Alerts;
 use crate::auth::{TokenStore, now_ns};
 use crate::engine::Engine;
 use crate::ingest::IngestQueue;
@@ -67,6 +68,7 @@ pub struct Collector {
     pub engine: Arc<Engine>,
     pub sessions: Arc<Sessions>,
     pub responder: Arc<Responder>,
+    pub alerts: Arc<Alerts>,
     pub tokens: TokenStore,
     shutdown: watch::Sender<bool>,
     follower: tokio::task::JoinHandle<()>,
@@ -93,6 +95,7 @@ impl Collector {
             cfg.revocation_hooks.clone(),
         )?;
         let follower = responder.spawn_follower();
+        let alerts = Alerts::open(engine.store())?;
 
         let sensor = SensorSvc {
             engine: engine.clone(),
@@ -108,6 +111,7 @@ impl Collector {
             tokens: tokens.clone(),
             pki: pki.clone(),
             responder: responder.clone(),
+            alerts: alerts.clone(),
         };
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
@@ -166,6 +170,7 @@ impl Collector {
             engine,
             sessions,
             responder,
+            alerts,
             tokens,
             shutdown,
             follower,

@@ -45,6 +45,8 @@ pub const CREDENTIAL: u8 = b'K';
 pub const AUDIT: u8 = b'U';
 /// Response actions (JSON), by id.
 pub const ACTION: u8 = b'R';
+/// Policy alerts (JSON), by id.
+pub const ALERT: u8 = b'L';
 pub const META: u8 = b'M';
 /// Layout 1 stored one `E` key per event (and `S`, `X` index keys).
 pub const LEGACY_EVENT: u8 = b'E';

@@ -1,0 +1,152 @@
+//! Policy alerts: stored in sled (JSON by id), newest first in memory, broadcast to
+//! live viewers. Acknowledging or assigning is audited by the caller.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use custody_proto::admin::v1::Alert;
+use tokio::sync::broadcast;
+
+use crate::auth::now_ns;
+use crate::store::{self, Store};
+
+/// Alerts kept in memory (and on disk); the oldest acknowledged ones go first.
+const MAX_ALERTS: usize = 100_000;
+
+fn key(id: &str) -> Vec<u8> {
+    store::prefixed(store::ALERT, &[id.as_bytes()])
+}
+
+pub struct Alerts {
+    by_id: Mutex<BTreeMap<String, Alert>>,
+    seq: std::sync::atomic::AtomicU64,
+    live: broadcast::Sender<Alert>,
+}
+
+impl Alerts {
+    pub fn open(store: &Store) -> Result<Arc<Alerts>> {
+        let mut by_id = BTreeMap::new();
+        for r in store.scan(store::ALERT, false) {
+            let (_, v) = r?;
+            let a: Alert = serde_json::from_slice(&v)?;
+            by_id.insert(a.id.clone(), a);
+        }
+        let (live, _) = broadcast::channel(1024);
+        Ok(Arc::new(Alerts {
+            by_id: Mutex::new(by_id),
+            seq: Default::default(),
+            live,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Alert>> {
+        self.by_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores a new alert (id and time assigned here unless set) and tells viewers.
+    pub fn raise(&self, store: &Store, mut a: Alert) -> Result<Alert> {
+        if a.time_ns == 0 {
+            a.time_ns = now_ns();
+        }
+        if a.id.is_empty() {
+            let n = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Sortable by time: ids are the map order.
+            a.id = format!("al-{:016x}-{n}", a.time_ns);
+        }
+        if a.status.is_empty() {
+            a.status = "open".into();
+        }
+        store.insert(key(&a.id), serde_json::to_vec(&a)?)?;
+        let mut m = self.lock();
+        m.insert(a.id.clone(), a.clone());
+        if m.len() > MAX_ALERTS {
+            let old: Vec<String> = m
+                .values()
+                .filter(|x| x.status != "open")
+                .take(m.len() - MAX_ALERTS)
+                .map(|x| x.id.clone())
+                .collect();
+            for id in old {
+                m.remove(&id);
+                let _ = store.remove(&key(&id));
+            }
+        }
+        drop(m);
+        let _ = self.live.send(a.clone());
+        Ok(a)
+    }
+
+    /// Records the response action an alert caused.
+    pub fn set_response_action(&self, store: &Store, id: &str, action_id: &str) -> Result<()> {
+        let mut m = self.lock();
+        if let Some(a) = m.get_mut(id) {
+            a.response_action_id = action_id.to_string();
+            store.insert(key(id), serde_json::to_vec(a)?)?;
+            let _ = self.live.send(a.clone());
+        }
+        Ok(())
+    }
+
+    /// Newest first, filtered.
+    pub fn list(&self, limit: usize, chain_id: &str, status: &str, severity: &str) -> Vec<Alert> {
+        self.lock()
+            .values()
+            .rev()
+            .filter(|a| chain_id.is_empty() || a.chain_id == chain_id)
+            .filter(|a| status.is_empty() || a.status == status)
+            .filter(|a| severity.is_empty() || a.severity == severity)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Alert> {
+        self.lock().get(id).cloned()
+    }
+
+    /// Open alerts per chain (for chain lists) and per agent.
+    pub fn open_counts(&self) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+        let (mut chains, mut agents) = (BTreeMap::new(), BTreeMap::new());
+        for a in self.lock().values().filter(|a| a.status == "open") {
+            *chains.entry(a.chain_id.clone()).or_default() += 1;
+            if !a.agent_id.is_empty() {
+                *agents.entry(a.agent_id.clone()).or_default() += 1;
+            }
+        }
+        (chains, agents)
+    }
+
+    /// Acknowledge and/or assign.
+    pub fn update(
+        &self,
+        store: &Store,
+        id: &str,
+        by: &str,
+        acknowledge: bool,
+        assignee: &str,
+    ) -> Result<Option<Alert>> {
+        let mut m = self.lock();
+        let Some(a) = m.get_mut(id) else {
+            return Ok(None);
+        };
+        if acknowledge && a.status != "acknowledged" {
+            a.status = "acknowledged".into();
+            a.acknowledged_by = by.to_string();
+            a.acknowledged_ns = now_ns();
+        }
+        if !assignee.is_empty() {
+            a.assignee = assignee.to_string();
+        }
+        store.insert(key(id), serde_json::to_vec(a)?)?;
+        let a = a.clone();
+        drop(m);
+        let _ = self.live.send(a.clone());
+        Ok(Some(a))
+    }
+
+    /// New and changed alerts, for live views.
+    pub fn subscribe(&self) -> broadcast::Receiver<Alert> {
+        self.live.subscribe()
+    }
+}
