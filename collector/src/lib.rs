@@ -16,6 +16,7 @@ pub mod engine;
 pub mod fleet;
 pub mod ingest;
 pub mod pki;
+pub mod policy;
 pub mod query;
 pub mod response;
 pub mod retention;
