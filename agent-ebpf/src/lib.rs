@@ -47,9 +47,11 @@ pub mod flag {
     pub const TRACKED: u32 = 1 << 5;
     /// Reading part of the record from user or kernel memory failed.
     pub const READ_FAILED: u32 = 1 << 6;
-    /// Exec only: the process was stopped (SIGSTOP) at this exec for the daemon to
-    /// vet its environment against revoked credentials; `ktime_ns` is the hold time
-    /// recorded in the `HELD` map.
+    /// The process was stopped (SIGSTOP) for the daemon to vet it against revoked
+    /// credentials; `ktime_ns` is the hold's `Held::held_ns`. On an exec record: held
+    /// at exec, before the new image ran. On a TLS write record: held at the entry of
+    /// SSL_write(_ex), before the request was encrypted; the record is emitted at
+    /// entry for vetting only (the usual record follows when the call returns).
     pub const HELD: u32 = 1 << 7;
 }
 
@@ -79,6 +81,10 @@ pub mod counter {
     pub const HELD: u32 = 7;
     /// The `HELD` map was full (or the signal failed): a process ran unheld.
     pub const HOLD_FAILED: u32 = 8;
+    /// Processes stopped at the entry of a request-shaped SSL_write (before send).
+    pub const HELD_TLS: u32 = 9;
+    /// As `HOLD_FAILED`, for a write that should have been held before send.
+    pub const HOLD_TLS_FAILED: u32 = 10;
     pub const COUNT: u32 = 16;
 }
 
@@ -94,16 +100,55 @@ pub mod hold {
     pub const ALL: u32 = 2;
 }
 
-/// A process stopped at exec, waiting for the daemon's verdict (`HELD` map, key: tgid;
-/// pinned so a restarted daemon finds and settles it).
+/// A process stopped at exec or before a TLS send, waiting for the daemon's verdict
+/// (`HELD` map, key: tgid; pinned so a restarted daemon finds and settles it).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Held {
     /// `group_leader->start_boottime`: guards against pid reuse.
     pub start_boottime: u64,
-    /// `bpf_ktime_get_boot_ns()` when the process was stopped (also the exec record's
-    /// `ktime_ns`, so a record is matched to its own hold).
+    /// `bpf_ktime_get_boot_ns()` when the process was stopped (also the held record's
+    /// `ktime_ns`, so a record is matched to its own hold). Bit 0 is the kind
+    /// ([`Held::TLS`]): the value layout is the one pinned since the exec hold, so
+    /// pins left by an earlier daemon stay readable (it costs the clock 1 ns).
     pub held_ns: u64,
+}
+
+impl Held {
+    /// `held_ns` bit 0: held at the entry of SSL_write(_ex), not at exec.
+    pub const TLS: u64 = 1;
+
+    /// The hold time for a hold of this kind.
+    pub const fn stamp(now_ns: u64, tls: bool) -> u64 {
+        if tls {
+            now_ns | Held::TLS
+        } else {
+            now_ns & !Held::TLS
+        }
+    }
+
+    pub const fn is_tls(&self) -> bool {
+        self.held_ns & Held::TLS != 0
+    }
+}
+
+/// An SSL_read/SSL_write(_ex) call between its entry uprobe and its return (the
+/// `TLS_CALLS` map, key: pid_tgid). The daemon reads it to vet the writes of a process
+/// held before send when the held record was lost. The map is pinned: a layout change
+/// needs a new pin layout (`enforce::PIN_LAYOUT` in the daemon).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    /// The `SSL *`.
+    pub ssl: u64,
+    /// The plaintext buffer (user memory of the caller).
+    pub buf: u64,
+    /// `size_t *` out-parameter of the `_ex` variants (0 for the plain ones).
+    pub out_len: u64,
+    /// Bytes asked for (`num`).
+    pub len: u64,
+    pub direction: u32,
+    pub _pad: u32,
 }
 
 /// Value of the tracked-process map (key: tgid).
@@ -260,7 +305,8 @@ pub mod direction {
     pub const READ: u32 = 2;
 }
 
-/// Plaintext of one successful SSL_read/SSL_write(_ex) call.
+/// Plaintext of one successful SSL_read/SSL_write(_ex) call (or, with `flag::HELD`,
+/// of a write held at entry: `len` is then the length asked for).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsEvent {
@@ -273,6 +319,9 @@ pub struct TlsEvent {
     pub captured: u32,
     pub direction: u32,
     pub _pad: u32,
+    /// The plaintext buffer in the process (read again by the daemon when a write
+    /// held before send is longer than `data`).
+    pub buf: u64,
     pub data: [u8; TLS_MAX],
 }
 
@@ -378,4 +427,5 @@ mod pod_enforce {
     unsafe impl aya::Pod for super::KillMark {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Held {}
+    unsafe impl aya::Pod for super::TlsCall {}
 }

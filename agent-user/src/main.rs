@@ -145,7 +145,7 @@ impl Tracker for MapTracker {
 /// Records handled per turn of the event loop before timers and signals get a look.
 const DRAIN_MAX: usize = 4096;
 
-const COUNTER_NAMES: [(u32, &str); 9] = [
+const COUNTER_NAMES: [(u32, &str); 11] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -155,6 +155,8 @@ const COUNTER_NAMES: [(u32, &str); 9] = [
     (counter::READ_FAILED, "read_failed"),
     (counter::HELD, "held"),
     (counter::HOLD_FAILED, "hold_failed"),
+    (counter::HELD_TLS, "held_tls"),
+    (counter::HOLD_TLS_FAILED, "hold_tls_failed"),
 ];
 
 /// How long the exec record path has to settle a hold before the sweep does it.
@@ -168,19 +170,41 @@ struct HeldExec {
     env: Option<Vec<u8>>,
 }
 
-fn held_exec(raw: &decode::Raw) -> Option<HeldExec> {
-    let decode::Raw::Exec(e) = raw else {
-        return None;
-    };
-    if e.hdr.flags & flag::HELD == 0 {
-        return None;
+/// A record that a held process waits for.
+enum HeldRecord {
+    Exec(HeldExec),
+    /// A write held at the entry of SSL_write(_ex): for vetting only (the call's own
+    /// record follows when it returns, if it is let go).
+    Tls {
+        tgid: u32,
+        start_boottime: u64,
+        write: hold::HeldWrite,
+    },
+}
+
+fn held_record(raw: &decode::Raw) -> Option<HeldRecord> {
+    match raw {
+        decode::Raw::Exec(e) if e.hdr.flags & flag::HELD != 0 => {
+            let complete = e.hdr.flags & (flag::ENV_TRUNCATED | flag::READ_FAILED) == 0;
+            Some(HeldRecord::Exec(HeldExec {
+                tgid: e.hdr.tgid,
+                held_ns: e.hdr.ktime_ns,
+                env: complete.then(|| e.env[..(e.env_len as usize).min(e.env.len())].to_vec()),
+            }))
+        }
+        decode::Raw::Tls(e) if e.hdr.flags & flag::HELD != 0 => Some(HeldRecord::Tls {
+            tgid: e.hdr.tgid,
+            start_boottime: e.hdr.start_boottime,
+            write: hold::HeldWrite {
+                tid: e.hdr.pid,
+                conn: e.conn,
+                buf: e.buf,
+                len: u64::from(e.len),
+                data: e.data[..(e.captured as usize).min(e.data.len())].to_vec(),
+            },
+        }),
+        _ => None,
     }
-    let complete = e.hdr.flags & (flag::ENV_TRUNCATED | flag::READ_FAILED) == 0;
-    Some(HeldExec {
-        tgid: e.hdr.tgid,
-        held_ns: e.hdr.ktime_ns,
-        env: complete.then(|| e.env[..(e.env_len as usize).min(e.env.len())].to_vec()),
-    })
 }
 
 /// Settles holds for the daemon: revoked fingerprints from the pipeline, enforcement
@@ -195,6 +219,10 @@ struct DaemonJudge<'a> {
 impl hold::Judge for DaemonJudge<'_> {
     fn revoked(&self, env: &[u8]) -> Option<hold::Hit> {
         self.pipe.revoked_in_env(env)
+    }
+
+    fn revoked_headers(&self, headers: &[(String, String)]) -> Option<hold::Hit> {
+        self.pipe.revoked_in_headers(headers)
     }
 
     fn enforce(&mut self, tgid: u32, start_ticks: u64, start_boottime: u64, hit: &hold::Hit) {
@@ -212,7 +240,7 @@ impl hold::Judge for DaemonJudge<'_> {
             start_ticks,
             start_boottime,
             fingerprint: hit.fingerprint.clone(),
-            seen_in: "env".into(),
+            seen_in: hit.seen_in.clone(),
             action: hit.action.clone(),
             command_id: hit.command_id.clone(),
             held: true,
@@ -575,8 +603,13 @@ async fn run(args: RunArgs) -> Result<()> {
                 let mut held = None;
                 match decode::decode(&item) {
                     Ok(raw) if !args.floor => {
-                        held = held_exec(&raw);
-                        pipe.handle(raw, &mut tracker, &mut batch);
+                        held = held_record(&raw);
+                        if matches!(held, Some(HeldRecord::Tls { .. })) {
+                            // Vetting only: the call's own record follows at return.
+                            pipe.stats.records += 1;
+                        } else {
+                            pipe.handle(raw, &mut tracker, &mut batch);
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -592,10 +625,16 @@ async fn run(args: RunArgs) -> Result<()> {
                 // A held exec is vetted (and enforced) by its hold, with the whole
                 // environment: the pipeline's own sighting of it would be a duplicate.
                 let pending = held.and_then(|h| {
-                    let entry = holds.as_ref()?.pending(h.tgid, h.held_ns)?;
+                    let hs = holds.as_ref()?;
+                    let entry = match &h {
+                        HeldRecord::Exec(e) => hs.pending(e.tgid, e.held_ns)?,
+                        HeldRecord::Tls { tgid, start_boottime, .. } => {
+                            hs.pending_tls(*tgid, *start_boottime)?
+                        }
+                    };
                     Some((h, entry))
                 });
-                if let Some((h, _)) = &pending {
+                if let Some((HeldRecord::Exec(h), _)) = &pending {
                     violations.retain(|v| !(v.tgid == h.tgid && v.seen_in == "env"));
                 }
                 for v in violations {
@@ -609,7 +648,26 @@ async fn run(args: RunArgs) -> Result<()> {
                         ebpf: &mut ebpf,
                         out: Vec::new(),
                     };
-                    hs.settle(h.tgid, entry, h.env.as_deref(), &mut judge, false);
+                    match &h {
+                        HeldRecord::Exec(e) => {
+                            let ev = e
+                                .env
+                                .as_deref()
+                                .map_or(hold::Evidence::None, hold::Evidence::Env);
+                            hs.settle(e.tgid, entry, ev, &mut judge, false);
+                        }
+                        HeldRecord::Tls { tgid, write, .. } => {
+                            let ev = hold::Evidence::Write(write);
+                            let o = hs.settle(*tgid, entry, ev, &mut judge, false);
+                            tracing::debug!(
+                                pid = tgid,
+                                tid = write.tid,
+                                len = write.len,
+                                outcome = ?o,
+                                "held before send"
+                            );
+                        }
+                    }
                     for ev in judge.out {
                         emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                     }
@@ -663,6 +721,18 @@ async fn run(args: RunArgs) -> Result<()> {
             // on a short timer too, so they are never more than a few ms late.
             _ = poll.tick() => {
                 drain!(ring.get_mut());
+                if let Some(hs) = holds.as_mut().filter(|h| h.has_deferred()) {
+                    let mut judge = DaemonJudge {
+                        pipe: &mut pipe,
+                        enforcer: enforcer.as_mut(),
+                        ebpf: &mut ebpf,
+                        out: Vec::new(),
+                    };
+                    hs.retry_deferred(&mut judge);
+                    for ev in judge.out {
+                        emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                    }
+                }
             }
             _ = hold_sweep.tick(), if holds.is_some() => {
                 sweep_holds!(HOLD_SWEEP_AGE);

@@ -221,6 +221,78 @@ pub fn render(st: &Status, c: &Counters) -> String {
             "custody_sensor_exec_hold_max_seconds {}",
             h.latency_max_ns as f64 / 1e9
         );
+        let t = &h.tls;
+        one(
+            &mut o,
+            "custody_sensor_tls_holds_kernel_total",
+            "counter",
+            "Processes the kernel stopped at the entry of a request-shaped SSL_write.",
+            st.kernel_counters.get("held_tls").copied().unwrap_or(0),
+        );
+        one(
+            &mut o,
+            "custody_sensor_tls_hold_failures_total",
+            "counter",
+            "Request-shaped writes that should have been held but went on (hold map full or signal refused).",
+            st.kernel_counters
+                .get("hold_tls_failed")
+                .copied()
+                .unwrap_or(0),
+        );
+        family(
+            &mut o,
+            "custody_sensor_tls_holds_total",
+            "counter",
+            "Holds before a TLS send settled, by result (unvetted: quarantined fail-closed).",
+        );
+        for (r, v) in [
+            ("resumed", t.resumed),
+            ("killed", t.killed),
+            ("quarantined", t.quarantined),
+            ("gone", t.gone),
+            ("unvetted", t.unvetted),
+        ] {
+            let _ = writeln!(o, "custody_sensor_tls_holds_total{{result=\"{r}\"}} {v}");
+        }
+        one(
+            &mut o,
+            "custody_sensor_tls_holds_vetted_from_memory_total",
+            "counter",
+            "Holds before send vetted from the process's memory (record lost or cut short).",
+            t.vetted_from_memory,
+        );
+        one(
+            &mut o,
+            "custody_sensor_tls_holds_swept_total",
+            "counter",
+            "Holds before send settled by the periodic sweep rather than the held record.",
+            t.by_sweep,
+        );
+        family(
+            &mut o,
+            "custody_sensor_tls_hold_seconds",
+            "histogram",
+            "Time a process stayed stopped before a TLS send: the latency a held request gains.",
+        );
+        let mut cum = 0u64;
+        for (i, b) in crate::hold::LATENCY_BUCKETS_S.iter().enumerate() {
+            cum += t.latency_buckets.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                o,
+                "custody_sensor_tls_hold_seconds_bucket{{le=\"{b}\"}} {cum}"
+            );
+        }
+        let _ = writeln!(
+            o,
+            "custody_sensor_tls_hold_seconds_bucket{{le=\"+Inf\"}} {}",
+            t.settled()
+        );
+        let _ = writeln!(
+            o,
+            "custody_sensor_tls_hold_seconds_sum {}",
+            t.latency_sum_ns as f64 / 1e9
+        );
+        let _ = writeln!(o, "custody_sensor_tls_hold_seconds_count {}", t.settled());
     }
     family(
         &mut o,
@@ -360,8 +432,15 @@ mod tests {
         h.latency_buckets = vec![0; crate::hold::LATENCY_BUCKETS_S.len() + 1];
         h.latency_buckets[1] = 2;
         h.latency_buckets[3] = 1;
+        h.tls.killed = 1;
+        h.tls.latency_sum_ns = 400_000;
+        h.tls.latency_buckets = vec![0; crate::hold::LATENCY_BUCKETS_S.len() + 1];
+        h.tls.latency_buckets[0] = 1;
         st.holds = Some(h);
         let t = render(&st, &c);
+        assert!(t.contains("custody_sensor_tls_holds_total{result=\"killed\"} 1\n"));
+        assert!(t.contains("custody_sensor_tls_hold_seconds_bucket{le=\"0.0005\"} 1\n"));
+        assert!(t.contains("custody_sensor_tls_hold_seconds_count 1\n"));
         assert!(t.contains("custody_sensor_exec_holds_total{result=\"killed\"} 1\n"));
         assert!(t.contains("custody_sensor_exec_hold_seconds_bucket{le=\"0.001\"} 2\n"));
         assert!(t.contains("custody_sensor_exec_hold_seconds_bucket{le=\"0.005\"} 3\n"));

@@ -205,6 +205,22 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
             h.unvetted,
             h.latency_max_ns as f64 / 1e6
         );
+        let t = &h.tls;
+        let n = t.settled();
+        println!(
+            "  hold before TLS send: settled {n} (resumed {}, killed {}, quarantined {}, gone {}, unvetted {})  latency avg {:.2} ms max {:.2} ms",
+            t.resumed,
+            t.killed,
+            t.quarantined,
+            t.gone,
+            t.unvetted,
+            if n > 0 {
+                t.latency_sum_ns as f64 / n as f64 / 1e6
+            } else {
+                0.0
+            },
+            t.latency_max_ns as f64 / 1e6
+        );
     }
     for f in &s.features {
         let mark = if f.active { "active  " } else { "DEGRADED" };

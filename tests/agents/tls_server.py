@@ -1,11 +1,16 @@
 """A local HTTPS server for tests: answers the OpenAI chat-completions API with a
-scripted tool call, and any other path with a small JSON body. Prints its port."""
+scripted tool call, and any other path with a small JSON body. Prints its port.
+
+Usage: tls_server.py CERT KEY [REQUEST_LOG]; with REQUEST_LOG, the request line of
+every request received ("METHOD PATH") is appended to that file as soon as it is read,
+so a test can tell that a request never arrived."""
 import json
 import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 cert, key = sys.argv[1], sys.argv[2]
+request_log = sys.argv[3] if len(sys.argv) > 3 else None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -13,6 +18,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def parse_request(self):
+        ok = super().parse_request()
+        if request_log and self.command:
+            with open(request_log, "a") as f:
+                f.write(f"{self.command} {self.path}\n")
+        return ok
 
     def _send(self, obj):
         body = json.dumps(obj).encode()

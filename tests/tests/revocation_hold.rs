@@ -185,6 +185,16 @@ fn wait_state(pid: u32, want: char, limit: Duration) -> Option<char> {
     }
 }
 
+/// Taken by the tests whose daemon is armed. Every daemon treats a process labelled
+/// CUSTODY_AGENT as an agent, so two armed daemons on one kernel would both hold each
+/// other's test processes, and one's SIGCONT would end the other's hold early (one
+/// daemon per kernel, or per network namespace, is the deployment).
+static ARMED_DAEMON: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn armed_daemon_turn() -> std::sync::MutexGuard<'static, ()> {
+    ARMED_DAEMON.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A fixed fleet key for the daemon (so the test can compute fingerprints).
 const KEY_HEX: &str = "4c9f1a0e7b3d5c2a8e6f0d1b3a5c7e9f2b4d6f8a0c1e3a5b7d9f1c3e5a7b9d0f";
 
@@ -275,6 +285,7 @@ fn revoked_credential_in_env_is_stopped_at_exec_before_it_connects() {
     if !bpf_available(name) {
         return;
     }
+    let _turn = armed_daemon_turn();
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
     let pins = PathBuf::from(format!(
@@ -486,4 +497,276 @@ fn nothing_is_held_without_revocations() {
     );
     drop(agent);
     daemon.stop();
+}
+
+/// A declared agent (python) that starts HTTPS clients on request: `py URL` runs a
+/// Python client (urllib, the system libssl), `node URL` node's https (its own
+/// OpenSSL); either sends `Authorization: Bearer TOKEN` with the token it is given on
+/// stdin (so the token is in neither argv nor environment), and the agent reports
+/// the client's pid, exit status and output.
+const TLS_AGENT: &str = r#"
+import os, subprocess, sys
+ca, node_js = sys.argv[1], sys.argv[2]
+client = """
+import ssl, sys, urllib.request
+token = sys.stdin.readline().strip()
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+req = urllib.request.Request(sys.argv[1], headers={"Authorization": "Bearer " + token})
+print(urllib.request.urlopen(req, context=ctx, timeout=10).read().decode())
+"""
+node_client = """
+const fs = require('fs');
+const [node, url, js] = process.argv;
+process.argv = [node, js, url, fs.readFileSync(0, 'utf8').trim()];
+require(js);
+"""
+for line in sys.stdin:
+    what, url, token = line.split()
+    if what == "py":
+        cmd = ["python3", "-c", client, url, ca]
+    else:
+        cmd = ["node", "-e", node_client, "--", url, node_js]
+    env = dict(os.environ, NODE_EXTRA_CA_CERTS=ca)
+    p = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    print("pid", p.pid, flush=True)
+    out, _ = p.communicate((token + "\n").encode())
+    print("rc", p.returncode, flush=True)
+    print("out", out.decode().strip().replace("\n", " ") or "-", flush=True)
+"#;
+
+/// A fake, correctly shaped JWT (built at run time) naming `sub`.
+fn fake_jwt(sub: &str) -> String {
+    let b64 = |s: &str| -> String {
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import base64, sys; print(base64.urlsafe_b64encode(sys.argv[1].encode()).decode().rstrip('='))",
+                s,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    format!(
+        "{}.{}.{}",
+        b64(r#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(&format!(
+            r#"{{"iss":"https://idp.example.com","sub":"{sub}","jti":"{}-{sub}"}}"#,
+            std::process::id()
+        )),
+        b64(&format!("not-a-real-signature-{sub}"))
+    )
+}
+
+struct Request {
+    pid: u32,
+    rc: i64,
+    out: String,
+}
+
+impl Agent {
+    /// Have the agent run an HTTPS client (`py` or `node`) for `url` with `token`.
+    fn https(&mut self, client: &str, url: &str, token: &str) -> Request {
+        self.send(&format!("{client} {url} {token}"));
+        let pid = self.read("pid") as u32;
+        let rc = self.read("rc");
+        let mut l = String::new();
+        self.out.read_line(&mut l).unwrap();
+        Request {
+            pid,
+            rc,
+            out: l
+                .trim()
+                .strip_prefix("out")
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        }
+    }
+}
+
+fn received(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+#[test]
+fn https_request_with_revoked_bearer_is_stopped_before_it_is_sent() {
+    let name = "https_request_with_revoked_bearer_is_stopped_before_it_is_sent";
+    if !bpf_available(name) {
+        return;
+    }
+    let _turn = armed_daemon_turn();
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let pins = PathBuf::from(format!(
+        "/sys/fs/bpf/custody-test-tlshold-{}",
+        std::process::id()
+    ));
+    let _pins = PinCleanup(pins.clone());
+    write_fleet_key(work);
+    custody_tests::write_tls_files(work);
+    let (kill_token, q_token, clean_token) = (
+        fake_jwt("revoked-kill"),
+        fake_jwt("revoked-quarantine"),
+        fake_jwt("still-valid"),
+    );
+    let (fp_kill, fp_q) = (fingerprint(&kill_token), fingerprint(&q_token));
+    std::fs::write(
+        work.join("revoked.json"),
+        serde_json::json!({
+            fp_kill.clone(): {"action": "kill", "command_id": "cmd-tls-kill", "reason": "leaked"},
+            fp_q.clone(): {"action": "quarantine", "command_id": "cmd-tls-q", "reason": "leaked"},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let log = work.join("requests.log");
+    let server = custody_tests::Server::start(
+        Command::new("python3")
+            .arg(custody_tests::agents_dir().join("tls_server.py"))
+            .arg(work.join("server.pem"))
+            .arg(work.join("server.key"))
+            .arg(&log),
+    );
+    let base = format!("https://127.0.0.1:{}", server.first_line);
+
+    let agent_id = format!("tlshold-agent-{}", std::process::id());
+    let daemon = Daemon::start(work, &config(work, "tlshold-host", &agent_id, &pins), &[]);
+    let st = wait_status(work, "hold armed", |s| s["holds"]["armed"] == true);
+    let node_hooked = st["features"].as_array().is_some_and(|fs| {
+        fs.iter()
+            .any(|f| f["name"].as_str().is_some_and(|n| n.contains("node")) && f["active"] == true)
+    });
+    let mut child = Command::new("python3")
+        .args(["-c", TLS_AGENT])
+        .arg(work.join("ca.pem"))
+        .arg(custody_tests::agents_dir().join("https_get.js"))
+        .env("CUSTODY_AGENT", &agent_id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let mut agent = Agent {
+        stdin: child.stdin.take().unwrap(),
+        out: BufReader::new(child.stdout.take().unwrap()),
+        child,
+        pids: Vec::new(),
+    };
+    let agent_pid = agent.child.id();
+    daemon.wait_for("the agent's exec", Duration::from_secs(30), |e| {
+        kind(e) == "exec" && e["process"]["pid"] == agent_pid
+    });
+
+    // (a) The revoked bearer: killed at SSL_write's entry, the server never hears it.
+    let r = agent.https("py", &format!("{base}/v1/held-kill"), &kill_token);
+    assert_eq!(r.rc, -libc::SIGKILL as i64, "the sender must be killed");
+    let enf = |pid: u32| {
+        let evs = daemon.wait_for("enforcement event", Duration::from_secs(30), |e| {
+            kind(e) == "enforcement" && e["process"]["pid"] == pid
+        });
+        evs.into_iter()
+            .find(|e| kind(e) == "enforcement" && e["process"]["pid"] == pid)
+            .unwrap()["kind"]["enforcement"]
+            .clone()
+    };
+    let k = enf(r.pid);
+    assert_eq!(k["credential_fingerprint"], fp_kill.as_str());
+    assert_eq!(k["action"], "kill");
+    assert_eq!(k["command_id"], "cmd-tls-kill");
+    assert_eq!(k["seen_in"], "header");
+    assert_eq!(k["applied"], true);
+    assert!(
+        k["reason"].as_str().unwrap().contains("held before send"),
+        "{k}"
+    );
+
+    // (b) Quarantine-then-continue: the process goes on, its send fails.
+    let r = agent.https("py", &format!("{base}/v1/held-quarantine"), &q_token);
+    assert!(
+        r.rc != 0 && r.rc != -libc::SIGKILL as i64,
+        "the quarantined sender runs on and its request fails (rc {})",
+        r.rc
+    );
+    let k = enf(r.pid);
+    assert_eq!(
+        (k["action"].as_str(), k["seen_in"].as_str()),
+        (Some("quarantine"), Some("header"))
+    );
+
+    // (c) Another token: held, vetted, continued; the response comes back.
+    let r = agent.https("py", &format!("{base}/v1/held-clean"), &clean_token);
+    assert_eq!(r.rc, 0, "a clean request must go through");
+    assert!(r.out.contains("\"ok\": true"), "response: {}", r.out);
+
+    // (d) node (OpenSSL linked into the binary): the same both ways.
+    if node_hooked {
+        let r = agent.https("node", &format!("{base}/node/held-kill"), &kill_token);
+        assert_eq!(
+            r.rc,
+            -libc::SIGKILL as i64,
+            "the node sender must be killed"
+        );
+        assert_eq!(enf(r.pid)["seen_in"], "header");
+        let r = agent.https("node", &format!("{base}/node/held-clean"), &clean_token);
+        assert_eq!(r.rc, 0, "a clean node request must go through");
+        assert!(r.out.starts_with("200"), "node said {}", r.out);
+    } else {
+        eprintln!("{name}: node's OpenSSL is not hooked on this host: node part skipped");
+    }
+
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = received(&log);
+    assert!(
+        seen.contains("GET /v1/held-clean"),
+        "the clean request arrived: {seen:?}"
+    );
+    for never in ["/v1/held-kill", "/v1/held-quarantine", "/node/held-kill"] {
+        assert!(
+            !seen.contains(never),
+            "a request with a revoked bearer reached the server ({never}): {seen:?}"
+        );
+    }
+    if node_hooked {
+        assert!(seen.contains("GET /node/held-clean"), "{seen:?}");
+    }
+
+    let (killed, resumed) = if node_hooked { (2, 2) } else { (1, 1) };
+    let st = wait_status(work, "TLS holds settled", |s| {
+        let t = &s["holds"]["tls"];
+        t["killed"].as_u64() >= Some(killed)
+            && t["quarantined"].as_u64() >= Some(1)
+            && t["resumed"].as_u64() >= Some(resumed)
+    });
+    let t = &st["holds"]["tls"];
+    let settled = t["resumed"].as_u64().unwrap()
+        + t["killed"].as_u64().unwrap()
+        + t["quarantined"].as_u64().unwrap()
+        + t["unvetted"].as_u64().unwrap();
+    eprintln!(
+        "hold before TLS send: {t}\nhold before TLS send: {settled} holds, added latency avg {:.3} ms, max {:.3} ms, buckets {} (bounds {:?} s), by sweep {}, from memory {}, unvetted {}; kernel holds {}",
+        t["latency_sum_ns"].as_f64().unwrap() / settled as f64 / 1e6,
+        t["latency_max_ns"].as_f64().unwrap() / 1e6,
+        t["latency_buckets"],
+        [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+        ],
+        t["by_sweep"],
+        t["vetted_from_memory"],
+        t["unvetted"],
+        st["kernel_counters"]["held_tls"]
+    );
+    assert_eq!(t["unvetted"].as_u64(), Some(0));
+    assert!(st["kernel_counters"]["held_tls"].as_u64() >= Some(settled));
+    assert_eq!(st["kernel_counters"]["hold_tls_failed"].as_u64(), Some(0));
+    assert_eq!(
+        st["holds"]["held_now"].as_u64(),
+        Some(0),
+        "nothing left stopped"
+    );
+
+    drop(agent);
+    let evs = daemon.stop();
+    let raw = serde_json::to_string(&evs).unwrap();
+    assert!(!raw.contains(&kill_token) && !raw.contains(&q_token));
+    drop(server);
 }

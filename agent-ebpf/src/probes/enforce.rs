@@ -29,43 +29,92 @@ pub static ALLOW_DST: HashMap<Endpoint, u8> = HashMap::pinned(64, 0);
 #[map]
 pub static HOLD: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Processes stopped at exec and not yet settled by the daemon (key: tgid).
+/// Processes stopped at exec or before a TLS send and not yet settled (key: tgid).
 #[map]
 pub static HELD: HashMap<u32, Held> = HashMap::pinned(4096, 0);
 
 const SIGKILL: u32 = 9;
 const SIGSTOP: u32 = 19;
 
-/// Stop the current process at exec when the hold is armed and covers it; returns
-/// the hold time (0: not held). The SIGSTOP is delivered on the way back to user
-/// space, before the new image runs one instruction; the daemon vets the
-/// environment and continues or kills the process. Recorded before the signal is
-/// sent, so a process is never stopped without an entry the daemon can find.
+/// Whether the armed hold covers the current process: `tracked` (in the tracked map)
+/// for the "tracked" scope (every traced process in observe-all mode), any process
+/// of this sensor's host for "all"; never the daemon itself.
 #[inline(always)]
-pub fn hold_at_exec(tgid: u32, tracked: bool) -> u64 {
+pub fn hold_covers(tgid: u32, tracked: bool) -> bool {
     let mode = match HOLD.get(0) {
         Some(m) => *m,
         None => hold::OFF,
     };
-    if mode == hold::OFF || (mode == hold::TRACKED && !tracked && !super::observe_all()) {
-        return 0;
+    if mode == hold::OFF || tgid == super::self_tgid() {
+        return false;
     }
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if mode == hold::TRACKED && !tracked && !super::observe_all() {
+        return false;
+    }
+    // Untracked processes are only covered by "all" and observe-all: both limited to
+    // this sensor's network namespace.
+    tracked || super::in_scope()
+}
+
+/// Whether the hold is armed at all (one array lookup: the cheap first test).
+#[inline(always)]
+pub fn hold_armed() -> bool {
+    matches!(HOLD.get(0), Some(m) if *m != hold::OFF)
+}
+
+/// Record the hold of the current process in `HELD`, then stop it; returns the hold
+/// time (0: not held). Recorded before the signal is sent, so a process is never
+/// stopped without an entry the daemon can find.
+#[inline(always)]
+fn hold_now(tgid: u32, tls: bool) -> u64 {
+    let now = Held::stamp(unsafe { bpf_ktime_get_boot_ns() }, tls);
     let h = Held {
         start_boottime: leader_start(),
         held_ns: now,
     };
+    let failed = if tls {
+        counter::HOLD_TLS_FAILED
+    } else {
+        counter::HOLD_FAILED
+    };
     if HELD.insert(&tgid, &h, 0).is_err() {
-        count(counter::HOLD_FAILED);
+        count(failed);
         return 0;
     }
     if unsafe { bpf_send_signal(SIGSTOP) } != 0 {
         let _ = HELD.remove(&tgid);
-        count(counter::HOLD_FAILED);
+        count(failed);
         return 0;
     }
-    count(counter::HELD);
+    count(if tls {
+        counter::HELD_TLS
+    } else {
+        counter::HELD
+    });
     now
+}
+
+/// Stop the current process at exec when the hold is armed and covers it; returns
+/// the hold time (0: not held). The SIGSTOP is delivered on the way back to user
+/// space, before the new image runs one instruction; the daemon vets the
+/// environment and continues or kills the process.
+#[inline(always)]
+pub fn hold_at_exec(tgid: u32, tracked: bool) -> u64 {
+    if !hold_covers(tgid, tracked) {
+        return 0;
+    }
+    hold_now(tgid, false)
+}
+
+/// Stop the current process at the entry of a request-shaped SSL_write(_ex) (the
+/// caller checked the arming, the request shape and [`hold_covers`]); returns the
+/// hold time (0: not held). The uprobe's trap returns to user space with the SIGSTOP
+/// pending, so the process stops before SSL_write encrypts anything (the probed
+/// instruction itself is the most that runs); the daemon vets the request's headers
+/// and continues, kills or quarantines the process.
+#[inline(always)]
+pub fn hold_before_send(tgid: u32) -> u64 {
+    hold_now(tgid, true)
 }
 
 #[inline(always)]

@@ -154,7 +154,7 @@ pub fn in_scope() -> bool {
 }
 
 #[inline(always)]
-fn self_tgid() -> u32 {
+pub fn self_tgid() -> u32 {
     unsafe { core::ptr::read_volatile(&CONFIG.self_tgid) }
 }
 

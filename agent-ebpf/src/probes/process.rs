@@ -146,6 +146,9 @@ pub fn custody_exit(_ctx: TracePointContext) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     // A thread that dies inside a syscall leaves its arguments behind.
     let _ = super::PENDING.remove(&pid_tgid);
+    // Likewise a TLS call (a process killed while held before send never returns):
+    // a stale entry would be vetted again for a later thread with this id.
+    let _ = super::tls::TLS_CALLS.remove(&pid_tgid);
     if pid_tgid as u32 != tgid {
         return 0; // a thread, not the process
     }

@@ -4,8 +4,14 @@
 //! Untracked processes: only writes that start like an HTTP request or a JSON body are
 //! emitted, so the daemon can discover undeclared agents (LLM and MCP clients) without
 //! seeing every TLS byte on the host.
+//!
+//! Hold before send: while the revocation hold is armed, a covered process whose
+//! write starts like an HTTP/1 request (or continues a request head the daemon asked
+//! to see, `HOLD_CONN`) is stopped at the entry of SSL_write(_ex), and a record of the
+//! buffer flagged `HELD` wakes the daemon, which vets the request's headers before the
+//! plaintext is encrypted.
 
-use agent_ebpf::{TLS_MAX, TlsEvent, counter, direction, flag, kind};
+use agent_ebpf::{TLS_MAX, TlsCall, TlsEvent, counter, direction, flag, kind};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, uprobe, uretprobe},
@@ -13,25 +19,24 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 
-use super::{EVENTS, clamp, count, fill_current, lazy_wakeup, traced, uread, uread_into};
+use super::{
+    BPF_RB_FORCE_WAKEUP, EVENTS, clamp, count, fill_current, lazy_wakeup, traced, uread, uread_into,
+};
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TlsCall {
-    ssl: u64,
-    buf: u64,
-    /// `size_t *` out-parameter of the `_ex` variants (0 for the plain ones).
-    out_len: u64,
-    direction: u32,
-    _pad: u32,
-}
-
+/// Calls between entry and return (key: pid_tgid). Read by the daemon too: pinned, so
+/// a restarted daemon still finds the writes of a process a previous one held.
 #[map]
-static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(8192, 0);
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::pinned(8192, 0);
 
 /// `SSL *` of untracked connections that sent something request-shaped.
 #[map]
 static SAMPLED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Connections (`SSL *` → tgid) whose next write is held whatever its shape: the
+/// daemon marks them when a held write ended inside the request head, so the rest of
+/// the head is vetted before it is sent too.
+#[map]
+static HOLD_CONN: LruHashMap<u64, u32> = LruHashMap::with_max_entries(1024, 0);
 
 #[inline(always)]
 fn looks_like_request(buf: u64) -> bool {
@@ -39,13 +44,77 @@ fn looks_like_request(buf: u64) -> bool {
     matches!(&head, b"POST" | b"GET " | b"PUT " | b"PATC" | b"DELE") || head[0] == b'{'
 }
 
+/// Starts like an HTTP/1 request line (the methods the daemon parses and clients
+/// send over TLS). HTTP/2 is binary and not held (see the README).
+#[inline(always)]
+fn looks_like_http1_request(buf: u64) -> bool {
+    let head: [u8; 4] = unsafe { uread(buf) }.unwrap_or([0; 4]);
+    matches!(
+        &head,
+        b"POST" | b"GET " | b"PUT " | b"PATC" | b"DELE" | b"HEAD" | b"OPTI"
+    )
+}
+
+/// Emit the record of a call: the first `n` bytes of its buffer (at most `TLS_MAX`).
+#[inline(always)]
+fn emit(call: &TlsCall, n: u64, held_ns: u64) {
+    let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
+        count(counter::RINGBUF_FULL);
+        return;
+    };
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    fill_current(&mut ev.hdr, kind::TLS_DATA);
+    ev.conn = call.ssl;
+    ev.len = n.min(u32::MAX as u64) as u32;
+    ev.direction = call.direction;
+    ev._pad = 0;
+    ev.buf = call.buf;
+    let c = clamp(n, TLS_MAX);
+    ev.captured = 0;
+    if c > 0 && unsafe { uread_into(ev.data.as_mut_ptr(), c, call.buf) } {
+        ev.captured = c;
+    }
+    if n > TLS_MAX as u64 {
+        ev.hdr.flags |= flag::DATA_TRUNCATED;
+        count(counter::DATA_TRUNCATED);
+    }
+    if held_ns != 0 {
+        ev.hdr.flags |= flag::HELD;
+        ev.hdr.ktime_ns = held_ns;
+        // A stopped process waits for this record: wake the daemon now.
+        entry.submit(BPF_RB_FORCE_WAKEUP);
+    } else {
+        entry.submit(lazy_wakeup());
+    }
+}
+
 #[inline(always)]
 fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     let ssl: u64 = ctx.arg(0).unwrap_or(0);
     let buf: u64 = ctx.arg(1).unwrap_or(0);
+    // `num`: a size_t for the _ex variants, a C int for the plain ones.
+    let len: u64 = if ex {
+        ctx.arg(2).unwrap_or(0)
+    } else {
+        let n: i32 = ctx.arg(2).unwrap_or(0);
+        if n > 0 { n as u64 } else { 0 }
+    };
     let out_len: u64 = if ex { ctx.arg(3).unwrap_or(0) } else { 0 };
-    if traced((pid_tgid >> 32) as u32).is_none() {
+    let tracked = traced(tgid);
+    // Hold before send: only while armed, only writes, only request-shaped ones (or
+    // the continuation of a head the daemon asked for), only covered processes.
+    let mut hold = false;
+    let mut next = false;
+    if dir == direction::WRITE && len > 0 && super::enforce::hold_armed() {
+        let is_tracked = matches!(tracked, Some((_, f)) if f & flag::TRACKED != 0);
+        if super::enforce::hold_covers(tgid, is_tracked) {
+            next = matches!(unsafe { HOLD_CONN.get(&ssl) }, Some(t) if *t == tgid);
+            hold = next || looks_like_http1_request(buf);
+        }
+    }
+    if tracked.is_none() && !hold {
         // Untracked: sample connections that carry an HTTP request, writes and the
         // replies read on them, so the daemon can discover an agent from its first
         // exchange even before it tracks the process.
@@ -62,10 +131,22 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
         ssl,
         buf,
         out_len,
+        len,
         direction: dir,
         _pad: 0,
     };
+    // Before the hold: whoever settles it (the held record's handler, the sweep)
+    // finds every in-flight write of the process here.
     let _ = TLS_CALLS.insert(&pid_tgid, &call, 0);
+    if hold {
+        let held_ns = super::enforce::hold_before_send(tgid);
+        if held_ns != 0 {
+            if next {
+                let _ = HOLD_CONN.remove(&ssl);
+            }
+            emit(&call, len, held_ns);
+        }
+    }
     0
 }
 
@@ -113,25 +194,6 @@ pub fn custody_ssl_ret(ctx: RetProbeContext) -> u32 {
     if n == 0 {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
-        count(counter::RINGBUF_FULL);
-        return 0;
-    };
-    let ev = unsafe { &mut *entry.as_mut_ptr() };
-    fill_current(&mut ev.hdr, kind::TLS_DATA);
-    ev.conn = call.ssl;
-    ev.len = n.min(u32::MAX as u64) as u32;
-    ev.direction = call.direction;
-    ev._pad = 0;
-    let c = clamp(n, TLS_MAX);
-    ev.captured = 0;
-    if c > 0 && unsafe { uread_into(ev.data.as_mut_ptr(), c, call.buf) } {
-        ev.captured = c;
-    }
-    if n > TLS_MAX as u64 {
-        ev.hdr.flags |= flag::DATA_TRUNCATED;
-        count(counter::DATA_TRUNCATED);
-    }
-    entry.submit(lazy_wakeup());
+    emit(&call, n, 0);
     0
 }

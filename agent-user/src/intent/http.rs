@@ -270,6 +270,58 @@ pub(crate) fn parse_head(bytes: &[u8]) -> Option<Head> {
     }))
 }
 
+/// The header fields of an HTTP/1 request head at the start of `data`, which may end
+/// before the head does (a head written in several calls, or cut short).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestHead {
+    /// Every complete header line, in order (no cap: a credential must not hide
+    /// behind many fields); an unfinished last line is left out.
+    pub headers: Vec<(String, String)>,
+    /// The blank line ending the head was seen.
+    pub complete: bool,
+}
+
+/// Header fields of the request head `data` starts with, for vetting a request before
+/// it is sent: None when `data` does not start with a request line (a known method
+/// and a space). Total on any bytes.
+pub fn request_head(data: &[u8]) -> Option<RequestHead> {
+    let first = data.iter().position(|&b| b == b' ')?;
+    if !METHODS
+        .iter()
+        .any(|m| m.len() == first + 1 && data.starts_with(m))
+    {
+        return None;
+    }
+    let mut out = RequestHead::default();
+    let mut lines = data.split_inclusive(|&b| b == b'\n');
+    lines.next(); // the request line
+    for line in lines {
+        let Some(line) = line.strip_suffix(b"\n") else {
+            break; // unfinished: the rest of the head is still to come
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            out.complete = true;
+            break;
+        }
+        let text = String::from_utf8_lossy(line);
+        if text.starts_with([' ', '\t']) {
+            if let Some((_, v)) = out.headers.last_mut() {
+                v.push(' ');
+                v.push_str(text.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = text.split_once(':') {
+            if !name.trim().is_empty() {
+                out.headers
+                    .push((name.trim().to_string(), value.trim().to_string()));
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Splits a request target into (authority, path): absolute form ("http://h/p", sent to
 /// proxies) and authority form ("h:443", CONNECT) carry the host in the target.
 fn split_target(method: &str, target: &str) -> (Option<String>, String) {
@@ -296,6 +348,27 @@ fn split_target(method: &str, target: &str) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_head_prefixes() {
+        let h = request_head(b"GET /v1 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\n\r\nbody")
+            .unwrap();
+        assert!(h.complete);
+        assert_eq!(h.headers.len(), 2);
+        assert_eq!(h.headers[1], ("Authorization".into(), "Bearer x".into()));
+        let h = request_head(b"POST / HTTP/1.1\r\nHost: a\r\nAuthoriz").unwrap();
+        assert!(!h.complete);
+        assert_eq!(h.headers, vec![("Host".into(), "a".into())]);
+        let many: String = (0..300).map(|i| format!("X-{i}: v\r\n")).collect();
+        let h =
+            request_head(format!("PUT / HTTP/1.1\r\n{many}Cookie: c\r\n\r\n").as_bytes()).unwrap();
+        assert_eq!(h.headers.len(), 301, "no cap on fields when vetting");
+        assert!(request_head(b"PRI * HTTP/2.0\r\n\r\n").is_none());
+        assert!(request_head(b"{\"a\":1}").is_none());
+        assert!(request_head(b"GETX / HTTP/1.1\r\n").is_none());
+        assert!(request_head(b"").is_none());
+        assert!(request_head(&[0xff, b' ', b'\n']).is_none());
+    }
 
     fn req(head: &str) -> HttpRequest {
         match parse_head(head.as_bytes()) {

@@ -23,7 +23,7 @@ mod text;
 mod trace;
 
 pub use dns::parse_dns_query;
-pub use http::{HttpMessage, HttpRequest, HttpResponse};
+pub use http::{HttpMessage, HttpRequest, HttpResponse, RequestHead, request_head};
 pub use llm::{
     LlmRequest, LlmResponse, ToolCall, llm_provider_for_host, parse_llm_request, parse_llm_response,
 };

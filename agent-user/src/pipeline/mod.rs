@@ -60,7 +60,8 @@ pub struct Violation {
     pub seen_in: String,
     pub action: String,
     pub command_id: String,
-    /// Seen while the process was held at exec: stopped before it ran.
+    /// Seen while the process was held (at exec: stopped before it ran; before a TLS
+    /// send: stopped before the request left).
     pub held: bool,
 }
 
@@ -396,6 +397,27 @@ impl Pipeline {
                         fingerprint: c.fingerprint,
                         action: action.clone(),
                         command_id: command_id.clone(),
+                        seen_in: "env".into(),
+                    })
+            })
+    }
+
+    /// The first revoked credential in a request's header fields (the header scan of
+    /// every sighting, fingerprinted with the fleet key).
+    pub fn revoked_in_headers(&self, headers: &[(String, String)]) -> Option<crate::hold::Hit> {
+        if self.revoked.is_empty() {
+            return None;
+        }
+        credential::scan_headers(headers, &self.key)
+            .into_iter()
+            .find_map(|c| {
+                self.revoked
+                    .get(&c.fingerprint)
+                    .map(|(action, command_id)| crate::hold::Hit {
+                        fingerprint: c.fingerprint,
+                        action: action.clone(),
+                        command_id: command_id.clone(),
+                        seen_in: "header".into(),
                     })
             })
     }
@@ -428,13 +450,17 @@ impl Pipeline {
             process,
             kind: Some(Kind::Enforcement(pb::EnforcementApplied {
                 action: v.action.clone(),
-                reason: if v.held {
-                    format!(
+                reason: match (v.held, v.seen_in.as_str()) {
+                    (true, "env") => format!(
                         "revoked credential seen in {}; held at exec, stopped before it ran",
                         v.seen_in
-                    )
-                } else {
-                    format!("revoked credential seen in {}", v.seen_in)
+                    ),
+                    (true, _) if v.fingerprint.is_empty() => "request held before send could not be vetted (record lost, buffer unreadable): quarantined fail-closed".to_string(),
+                    (true, _) => format!(
+                        "revoked credential seen in {}; held before send, stopped before the request left",
+                        v.seen_in
+                    ),
+                    (false, _) => format!("revoked credential seen in {}", v.seen_in),
                 },
                 command_id: v.command_id.clone(),
                 credential_fingerprint: v.fingerprint.clone(),

@@ -340,3 +340,52 @@ fn revoked_credential_in_env_is_a_violation() {
     let json = serde_json::to_string(&ev).unwrap();
     assert!(json.contains("\"enforcement\"") && !json.contains(secret));
 }
+
+#[test]
+fn revoked_credential_in_request_headers_is_found() {
+    let mut p = pipeline("[[agent]]\nid = \"fin\"\n[agent.match]\nenv = \"fin\"\n");
+    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW5vdC1yZWFs";
+    let fp = FleetKey::from_bytes([1; 32]).fingerprint(token.as_bytes());
+    assert!(
+        p.revoked_in_headers(&[("Authorization".into(), format!("Bearer {token}"))])
+            .is_none(),
+        "nothing is revoked yet"
+    );
+    p.revoked
+        .insert(fp.clone(), ("kill".into(), "cmd-h".into()));
+    let hit = p
+        .revoked_in_headers(&[
+            ("Host".into(), "api.example.com".into()),
+            ("Authorization".into(), format!("Bearer {token}")),
+        ])
+        .expect("revoked in a header");
+    assert_eq!(
+        (
+            hit.fingerprint.as_str(),
+            hit.seen_in.as_str(),
+            hit.command_id.as_str()
+        ),
+        (fp.as_str(), "header", "cmd-h")
+    );
+    assert!(
+        p.revoked_in_headers(&[(
+            "Authorization".into(),
+            "Bearer other-token-value-123456".into()
+        )])
+        .is_none()
+    );
+    let v = super::Violation {
+        tgid: PID,
+        tid: PID,
+        start_ticks: 0,
+        start_boottime: 0,
+        fingerprint: fp.clone(),
+        seen_in: "header".into(),
+        action: "kill".into(),
+        command_id: "cmd-h".into(),
+        held: true,
+    };
+    let ev = p.enforcement_event(&v, true, String::new());
+    let json = serde_json::to_string(&ev).unwrap();
+    assert!(json.contains("held before send"), "{json}");
+}
