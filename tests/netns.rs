@@ -453,14 +453,26 @@ impl Drop for Collector {
 /// own (derived from the state dir): tests running side by side use the same host
 /// ids, and must not share enforcement maps.
 pub fn sensor_config(host_id: &str, state_dir: &Path, agents: &[(&str, &str)]) -> String {
+    let scoped: Vec<(&str, &str, &str)> =
+        agents.iter().map(|(i, e)| (*i, *e, "fleet-test")).collect();
+    sensor_config_scoped(host_id, state_dir, &scoped)
+}
+
+/// [`sensor_config`] with each agent's declared scope: (agent id, CUSTODY_AGENT
+/// value, scope).
+pub fn sensor_config_scoped(
+    host_id: &str,
+    state_dir: &Path,
+    agents: &[(&str, &str, &str)],
+) -> String {
     let mut s = format!(
         "[sensor]\nhost_id = \"{host_id}\"\nstate_dir = \"{}\"\nscope = \"netns\"\npin_dir = \"{}\"\n",
         state_dir.display(),
         pin_dir_for(state_dir).display()
     );
-    for (id, env) in agents {
+    for (id, env, scope) in agents {
         s.push_str(&format!(
-            "\n[[agent]]\nid = \"{id}\"\nowner = \"fleet-test@example.com\"\nscope = \"fleet-test\"\n[agent.match]\nenv = \"{env}\"\n"
+            "\n[[agent]]\nid = \"{id}\"\nowner = \"fleet-test@example.com\"\nscope = \"{scope}\"\n[agent.match]\nenv = \"{env}\"\n"
         ));
     }
     s
@@ -516,13 +528,22 @@ impl NsSensor {
         token: &str,
         agents: &[(&str, &str)],
     ) -> NsSensor {
+        let config = sensor_config(&host.host_id, &dir.join("state"), agents);
+        NsSensor::enroll_and_start_with(host, dir, collector, token, &config)
+    }
+
+    /// [`NsSensor::enroll_and_start`] with a config of the caller's (its state dir
+    /// must be `dir/state`, see [`sensor_config_scoped`]).
+    pub fn enroll_and_start_with(
+        host: &NsHost,
+        dir: &Path,
+        collector: &str,
+        token: &str,
+        config: &str,
+    ) -> NsSensor {
         std::fs::create_dir_all(dir).unwrap();
         let cfg = dir.join("custodyd.toml");
-        std::fs::write(
-            &cfg,
-            sensor_config(&host.host_id, &dir.join("state"), agents),
-        )
-        .unwrap();
+        std::fs::write(&cfg, config).unwrap();
         let out = enroll(host, dir, collector, token);
         assert!(
             out.status.success(),

@@ -23,6 +23,7 @@ pub struct AdminSvc {
     pub pki: Arc<Pki>,
     pub responder: Arc<Responder>,
     pub alerts: Arc<crate::alerts::Alerts>,
+    pub policy: Arc<crate::live_policy::LivePolicy>,
 }
 
 /// Authenticates the caller of any admin request.
@@ -331,9 +332,7 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit as usize };
         Ok(Response::new(admin::ListAlertsResponse {
-            alerts: self
-                .alerts
-                .list(limit, &r.chain_id, &r.status, &r.severity),
+            alerts: self.alerts.list(limit, &r.chain_id, &r.status, &r.severity),
         }))
     }
 
@@ -345,7 +344,13 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         let a = self
             .alerts
-            .update(self.engine.store(), &r.id, &op.name, r.acknowledge, &r.assignee)
+            .update(
+                self.engine.store(),
+                &r.id,
+                &op.name,
+                r.acknowledge,
+                &r.assignee,
+            )
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no alert {:?}", r.id)))?;
         let mut what = vec![];
@@ -364,5 +369,65 @@ impl AdminService for AdminSvc {
             ..Default::default()
         });
         Ok(Response::new(a))
+    }
+
+    async fn apply_policies(
+        &self,
+        req: Request<admin::ApplyPoliciesRequest>,
+    ) -> Result<Response<admin::PolicySetInfo>, Status> {
+        let op = self.require(&req, Role::Admin, "apply policies")?;
+        let files: Vec<(String, String)> = req
+            .into_inner()
+            .files
+            .into_iter()
+            .map(|f| (f.name, f.text))
+            .collect();
+        if files.is_empty() {
+            return Err(Status::invalid_argument(
+                "no policy files: an empty set would allow everything (send the built-in \
+                 files to keep them)",
+            ));
+        }
+        match self.policy.apply((&op).into(), files).await {
+            Ok(info) => Ok(Response::new(info)),
+            Err(e) => {
+                let _ = self.engine.audit(admin::AuditEntry {
+                    actor: op.name,
+                    role: op.role.as_str().into(),
+                    action: "policy apply".into(),
+                    result: "refused: invalid policy set; the previous set stays".into(),
+                    reason: e.to_string().chars().take(2000).collect(),
+                    ..Default::default()
+                });
+                Err(Status::invalid_argument(format!(
+                    "policy set not applied (the previous set stays in force):\n{e}"
+                )))
+            }
+        }
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<admin::ListPoliciesRequest>,
+    ) -> Result<Response<admin::PolicySetInfo>, Status> {
+        self.require(&req, Role::Viewer, "list policies")?;
+        Ok(Response::new(self.policy.info()))
+    }
+
+    async fn dry_run_policies(
+        &self,
+        req: Request<admin::DryRunPoliciesRequest>,
+    ) -> Result<Response<admin::DryRunReport>, Status> {
+        self.require(&req, Role::Viewer, "dry-run policies")?;
+        let r = req.into_inner();
+        let files: Vec<(String, String)> = r.files.into_iter().map(|f| (f.name, f.text)).collect();
+        let policy = self.policy.clone();
+        let report = tokio::task::spawn_blocking(move || {
+            policy.dry_run(files, r.since_ns, r.until_ns, r.max_events)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::invalid_argument(format!("policy set does not load:\n{e}")))?;
+        Ok(Response::new(report))
     }
 }

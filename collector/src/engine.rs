@@ -242,6 +242,9 @@ pub struct Engine {
     connected: Mutex<HashMap<String, usize>>,
     pub metrics: Metrics,
     audit: AuditLog,
+    /// Every stored event also goes here (policy evaluation); a full channel holds
+    /// ingest back rather than skip an event.
+    policy_sink: Mutex<Option<std::sync::mpsc::SyncSender<Arc<StoredEvent>>>>,
 }
 
 impl Engine {
@@ -327,11 +330,25 @@ impl Engine {
             connected: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             audit,
+            policy_sink: Mutex::new(None),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Sends every event stored from now on to `tx`, after it is durable.
+    pub fn set_policy_sink(&self, tx: std::sync::mpsc::SyncSender<Arc<StoredEvent>>) {
+        *self.policy_sink.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+    }
+
+    /// Stops sending to the policy sink (its receiver then ends).
+    pub fn clear_policy_sink(&self) {
+        self.policy_sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<StoredEvent>> {
@@ -435,7 +452,12 @@ impl Engine {
         let mut outcomes = Vec::with_capacity(items.len());
         let mut batch = sled::Batch::default();
         let mut published = vec![];
-        let want_tail = self.tail.receiver_count() > 0;
+        let sink = self
+            .policy_sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let want_tail = self.tail.receiver_count() > 0 || sink.is_some();
         let now = now_ns();
         let gate = self.gate();
         {
@@ -556,7 +578,13 @@ impl Engine {
         self.store.flush()?;
         drop(gate);
         for se in published {
-            let _ = self.tail.send(Arc::new(se));
+            let se = Arc::new(se);
+            if let Some(tx) = &sink
+                && tx.send(se.clone()).is_err()
+            {
+                tracing::error!("policy evaluation stopped; events are no longer evaluated");
+            }
+            let _ = self.tail.send(se);
         }
         Ok(outcomes)
     }

@@ -15,6 +15,7 @@ pub mod client;
 pub mod engine;
 pub mod fleet;
 pub mod ingest;
+pub mod live_policy;
 pub mod pki;
 pub mod policy;
 pub mod query;

@@ -17,6 +17,7 @@ use crate::alerts::Alerts;
 use crate::auth::{TokenStore, now_ns};
 use crate::engine::Engine;
 use crate::ingest::IngestQueue;
+use crate::live_policy::LivePolicy;
 use crate::pki::Pki;
 use crate::response::Responder;
 use crate::retention::Retention;
@@ -69,6 +70,7 @@ pub struct Collector {
     pub sessions: Arc<Sessions>,
     pub responder: Arc<Responder>,
     pub alerts: Arc<Alerts>,
+    pub policy: Arc<LivePolicy>,
     pub tokens: TokenStore,
     shutdown: watch::Sender<bool>,
     follower: tokio::task::JoinHandle<()>,
@@ -96,6 +98,7 @@ impl Collector {
         )?;
         let follower = responder.spawn_follower();
         let alerts = Alerts::open(engine.store())?;
+        let policy = LivePolicy::start(engine.clone(), alerts.clone(), responder.clone())?;
 
         let sensor = SensorSvc {
             engine: engine.clone(),
@@ -112,6 +115,7 @@ impl Collector {
             pki: pki.clone(),
             responder: responder.clone(),
             alerts: alerts.clone(),
+            policy: policy.clone(),
         };
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
@@ -171,6 +175,7 @@ impl Collector {
             sessions,
             responder,
             alerts,
+            policy,
             tokens,
             shutdown,
             follower,
@@ -191,6 +196,8 @@ impl Collector {
         let _ = self.shutdown.send(true);
         self.retention.abort();
         self.follower.abort();
+        self.policy.stop();
+        drop(self.policy);
         drop(self.responder);
         let _ = self.retention.await;
         match tokio::time::timeout(Duration::from_secs(10), self.server).await {

@@ -11,6 +11,7 @@
 mod collector;
 mod daemon;
 mod overhead;
+mod policy;
 mod proc;
 mod response;
 mod rss;
@@ -40,6 +41,8 @@ pub enum Which {
     Sensor(SensorArgs),
     /// Collector ingest events/s on one core and chain-query latency on a large store.
     Collector(collector::CollectorArgs),
+    /// Policy decisions/s on one core and the cost of evaluation in the ingest path.
+    Policy(policy::PolicyArgs),
     /// Containment time: kill a 50-process chain on three netns hosts, quarantine.
     Response(response::ResponseArgs),
 }
@@ -90,6 +93,7 @@ pub fn run(which: Which) -> Result<()> {
         Which::Sensor(args) => sensor(&args),
         Which::Collector(args) => collector::run(&args),
         Which::Response(args) => response::run(&args),
+        Which::Policy(args) => policy::run(&args),
     }
 }
 

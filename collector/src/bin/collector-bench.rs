@@ -43,6 +43,11 @@ struct Args {
     /// rebuilt), and time the queries on the reopened store.
     #[arg(long)]
     reopen: bool,
+    /// Evaluate every stored event against the built-in policy set, as the collector
+    /// does (its own thread, fed from the ingest path with back-pressure); the ingest
+    /// time then includes waiting for evaluation to finish.
+    #[arg(long)]
+    policy: bool,
 }
 
 struct Rng(u64);
@@ -140,6 +145,38 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+type EvalTotals = (u64, u64, u64, u64);
+
+/// The collector's evaluation path without the network: context from the chain
+/// index, the built-in policy set, every stored action event.
+fn start_evaluation(
+    engine: std::sync::Arc<Engine>,
+) -> (std::thread::JoinHandle<EvalTotals>, Instant) {
+    use custody_collector::live_policy::{context, is_action};
+    use custody_collector::policy::{Evaluator, PolicySet};
+    let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
+    engine.set_policy_sink(tx);
+    let evaluator = Evaluator::new(&PolicySet::builtin());
+    let h = std::thread::spawn(move || {
+        let (mut events, mut decisions, mut denied, mut ns) = (0u64, 0u64, 0u64, 0u64);
+        while let Ok(se) = rx.recv() {
+            let se: std::sync::Arc<custody_collector::engine::StoredEvent> = se;
+            if !is_action(&se.event) {
+                continue;
+            }
+            let t = Instant::now();
+            let ctx = context::chain_context(&engine.read(), &se.event);
+            let d = evaluator.evaluate(&ctx, &se.event);
+            ns += t.elapsed().as_nanos() as u64;
+            events += 1;
+            decisions += d.len() as u64;
+            denied += d.iter().filter(|x| !x.allowed).count() as u64;
+        }
+        (events, decisions, denied, ns)
+    });
+    (h, Instant::now())
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     let tmp;
@@ -150,7 +187,8 @@ fn main() -> Result<()> {
             tmp
         }
     };
-    let mut engine = Engine::open(&dir)?;
+    let mut engine = std::sync::Arc::new(Engine::open(&dir)?);
+    let evaluation = a.policy.then(|| start_evaluation(engine.clone()));
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut gens: Vec<HostGen> = (0..a.hosts)
         .map(|i| HostGen {
@@ -194,12 +232,31 @@ fn main() -> Result<()> {
         engine.ingest_group(group)?;
         ingest_secs += start.elapsed().as_secs_f64();
     }
+    let mut eval = serde_json::Value::Null;
+    if let Some((handle, started)) = evaluation {
+        // Evaluation finishing is part of the work.
+        let start = Instant::now();
+        engine.clear_policy_sink();
+        let (events, decisions, denied, eval_ns) = handle.join().expect("evaluation thread");
+        ingest_secs += start.elapsed().as_secs_f64();
+        let _ = started;
+        eval = serde_json::json!({
+            "evaluated_events": events,
+            "decisions": decisions,
+            "denied": denied,
+            "eval_ns_per_event": eval_ns as f64 / events.max(1) as f64,
+        });
+        eprintln!(
+            "policy: {events} action events evaluated ({decisions} decisions, {denied} denied), {:.2} µs per event on the evaluation thread",
+            eval_ns as f64 / events.max(1) as f64 / 1e3
+        );
+    }
     let rate = produced as f64 / ingest_secs;
     let mut reopen_secs = None;
     if a.reopen {
         drop(engine);
         let start = Instant::now();
-        engine = Engine::open(&dir)?;
+        engine = std::sync::Arc::new(Engine::open(&dir)?);
         reopen_secs = Some(start.elapsed().as_secs_f64());
     }
 
@@ -253,6 +310,7 @@ fn main() -> Result<()> {
             "processes": execs.len(),
             "chains": chains,
             "reopen_seconds": reopen_secs,
+            "policy": eval,
         })
     );
     drop(engine);

@@ -335,6 +335,70 @@ impl Responder {
         Ok(a)
     }
 
+    /// Delivers a new policy version's host rules to every enrolled host (and to
+    /// hosts that connect later); the previous version's delivery stops following.
+    pub async fn push_policy(
+        &self,
+        who: Issuer,
+        version: u64,
+        rules_json: String,
+    ) -> Result<Action> {
+        let now = now_ns();
+        let id = self.new_id(now);
+        let hosts: Vec<String> = self.engine.read().fleet.hosts.keys().cloned().collect();
+        let mut params = std::collections::HashMap::new();
+        params.insert("rules".to_string(), rules_json);
+        params.insert("version".to_string(), version.to_string());
+        let action = Action {
+            id: id.clone(),
+            kind: "policy_update".into(),
+            scope: "fleet".into(),
+            target: format!("policy v{version}"),
+            reason: format!("policy set v{version} applied"),
+            operator: who.name.clone(),
+            role: who.role.clone(),
+            issued_at_ns: now,
+            status: "pending".into(),
+            active: true,
+            params,
+            hosts: hosts
+                .into_iter()
+                .map(|host| HostDelivery {
+                    targets: vec![format!("v{version}")],
+                    host,
+                    state: "pending".into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.engine.audit(AuditEntry {
+            time_ns: now,
+            actor: who.name,
+            role: who.role,
+            action: "policy_update".into(),
+            target: action.target.clone(),
+            reason: action.reason.clone(),
+            result: "issued".into(),
+            action_id: id.clone(),
+            ..Default::default()
+        })?;
+        {
+            let mut actions = self.lock();
+            for a in actions.values_mut() {
+                if a.kind == "policy_update" && a.active {
+                    a.active = false;
+                    a.released_by_action = id.clone();
+                    let _ = self.save(a);
+                }
+            }
+            actions.insert(id.clone(), action.clone());
+        }
+        self.save(&action)?;
+        self.deliver_action(&id).await;
+        Ok(self.get(&id).unwrap_or(action))
+    }
+
     /// release --action: everything the quarantine put in force, per host.
     fn resolve_release_of(&self, id: &str) -> Result<resolve::Resolved, Status> {
         let actions = self.lock();

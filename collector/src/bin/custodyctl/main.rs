@@ -14,6 +14,7 @@ use custody_collector::client::{AdminClient, connect_admin};
 use custody_proto::admin::v1::{self as admin, get_chain_request::Target};
 use serde::Deserialize;
 
+mod policy;
 mod response;
 
 #[derive(Parser)]
@@ -144,6 +145,27 @@ enum Cmd {
     },
     /// One action in detail: per-host state, affected processes, timings.
     Action { id: String },
+    /// Policies: validate (locally), apply, list, test (dry run).
+    Policy {
+        #[command(subcommand)]
+        cmd: policy::PolicyCmd,
+    },
+    /// Policy alerts, newest first.
+    Alerts {
+        /// Only open (unacknowledged) alerts.
+        #[arg(long)]
+        open: bool,
+        #[arg(long)]
+        chain: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Acknowledge an alert, optionally assigning it (role responder).
+    Ack {
+        id: String,
+        #[arg(long)]
+        assign: Option<String>,
+    },
     /// Who the token belongs to.
     Whoami,
 }
@@ -288,6 +310,13 @@ async fn main() {
 
 async fn run() -> Result<()> {
     let cli = Cli::parse();
+    // Validation is local: no collector needed.
+    if let Cmd::Policy {
+        cmd: policy::PolicyCmd::Validate { dir },
+    } = &cli.cmd
+    {
+        return policy::validate(dir, cli.json);
+    }
     let mut c = connect(&cli).await?;
     match &cli.cmd {
         Cmd::Hosts => {
@@ -607,6 +636,66 @@ async fn run() -> Result<()> {
                 allow_unknown: *allow_unknown,
             };
             response::act(&mut c, req, wait, cli.json).await?;
+        }
+        Cmd::Policy { cmd } => policy::run(&mut c, cmd, cli.json).await?,
+        Cmd::Alerts { open, chain, limit } => {
+            let alerts = c
+                .list_alerts(admin::ListAlertsRequest {
+                    limit: *limit,
+                    chain_id: chain.clone().unwrap_or_default(),
+                    status: if *open { "open".into() } else { String::new() },
+                    severity: String::new(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .alerts;
+            if cli.json {
+                return json(&alerts);
+            }
+            table(
+                &[
+                    "id", "time", "severity", "policy", "action", "resource", "chain", "human",
+                    "response", "enforced", "status",
+                ],
+                alerts
+                    .iter()
+                    .map(|a| {
+                        vec![
+                            a.id.clone(),
+                            ts(a.time_ns),
+                            a.severity.clone(),
+                            a.policy_id.clone(),
+                            a.action.clone(),
+                            a.resource.clone(),
+                            a.chain_id.clone(),
+                            a.human.clone(),
+                            if a.response_action_id.is_empty() {
+                                a.response.clone()
+                            } else {
+                                format!("{} ({})", a.response, a.response_action_id)
+                            },
+                            a.enforced.clone(),
+                            a.status.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Cmd::Ack { id, assign } => {
+            let a = c
+                .update_alert(admin::UpdateAlertRequest {
+                    id: id.clone(),
+                    acknowledge: true,
+                    assignee: assign.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if cli.json {
+                return json(&a);
+            }
+            println!("{} {} by {}", a.id, a.status, a.acknowledged_by);
         }
         Cmd::Actions { active, limit } => response::list(&mut c, *active, *limit, cli.json).await?,
         Cmd::Action { id } => {
