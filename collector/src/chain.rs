@@ -125,6 +125,10 @@ pub struct ChainIndex {
     /// "c|<4-tuple>", "a|<4-tuple>" or "t|<traceparent>" -> waiting halves.
     pending: HashMap<String, Vec<Half>>,
     changes: Changes,
+    /// Bumped whenever something other than a new process's own first links
+    /// changes (a re-link, an identity or principal learned late, a credential
+    /// added): what was derived from the index before may be stale.
+    generation: u64,
 }
 
 pub fn is_human(p: &Principal) -> Option<(String, &'static str)> {
@@ -200,6 +204,10 @@ impl ChainIndex {
     pub fn pending(&self, key: &str) -> Option<&Vec<Half>> {
         self.pending.get(key)
     }
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn take_changes(&mut self) -> Changes {
         std::mem::take(&mut self.changes)
     }
@@ -377,6 +385,9 @@ impl ChainIndex {
             }
             if up_changed || chain_changed {
                 self.changes.nodes.insert(id.clone());
+                if !starts.contains(&id) {
+                    self.generation += 1;
+                }
             }
             // Anything that may hang from this node is re-examined when its links
             // changed, and always for the nodes the caller named (they are new, or
@@ -443,6 +454,7 @@ impl ChainIndex {
                     let principal_new = n.process.principal.is_none() && p.principal.is_some();
                     n.process = p.clone();
                     self.changes.nodes.insert(id.clone());
+                    self.generation += 1;
                     if parent_new {
                         self.children
                             .entry(p.parent_exec_id.clone())
@@ -621,6 +633,7 @@ impl ChainIndex {
             return;
         }
         if n.creds.len() < MAX_CREDS_PER_NODE {
+            self.generation += 1;
             n.creds.push(CredUse {
                 fingerprint: c.fingerprint.clone(),
                 kind: c.kind.clone(),

@@ -45,7 +45,7 @@ fn exec_id(host: &str, v: &Value) -> String {
 
 fn pid_alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s[s.rfind(')').unwrap() + 2..].chars().next() != Some('Z'))
+        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
         .unwrap_or(false)
 }
 

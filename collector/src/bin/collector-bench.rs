@@ -152,11 +152,11 @@ type EvalTotals = (u64, u64, u64, u64);
 fn start_evaluation(
     engine: std::sync::Arc<Engine>,
 ) -> (std::thread::JoinHandle<EvalTotals>, Instant) {
-    use custody_collector::live_policy::{context, is_action};
+    use custody_collector::live_policy::{is_action, judge::Judge};
     use custody_collector::policy::{Evaluator, PolicySet};
     let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
     engine.set_policy_sink(tx);
-    let evaluator = Evaluator::new(&PolicySet::builtin());
+    let mut judge = Judge::new(Evaluator::new(&PolicySet::builtin()));
     let h = std::thread::spawn(move || {
         let (mut events, mut decisions, mut denied, mut ns) = (0u64, 0u64, 0u64, 0u64);
         while let Ok(se) = rx.recv() {
@@ -165,8 +165,7 @@ fn start_evaluation(
                 continue;
             }
             let t = Instant::now();
-            let ctx = context::chain_context(&engine.read(), &se.event);
-            let d = evaluator.evaluate(&ctx, &se.event);
+            let (_, d) = judge.judge(&engine, &se);
             ns += t.elapsed().as_nanos() as u64;
             events += 1;
             decisions += d.len() as u64;

@@ -8,6 +8,7 @@
 
 pub mod context;
 mod dryrun;
+pub mod judge;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,8 +176,9 @@ impl LivePolicy {
         std::thread::Builder::new()
             .name("custody-policy".into())
             .spawn(move || {
+                let mut judge: Option<(u64, judge::Judge)> = None;
                 while let Ok(se) = rx.recv() {
-                    worker.evaluate(&se);
+                    worker.evaluate(&se, &mut judge);
                 }
             })?;
         Ok(me)
@@ -247,14 +249,19 @@ impl LivePolicy {
     }
 
     /// Evaluates one stored event; denials become alerts and responses.
-    fn evaluate(&self, se: &StoredEvent) {
+    fn evaluate(&self, se: &StoredEvent, judge: &mut Option<(u64, judge::Judge)>) {
         if !is_action(&se.event) {
             return;
         }
         let start = std::time::Instant::now();
         let a = self.active();
-        let ctx = context::chain_context(&self.engine.read(), &se.event);
-        let decisions = a.evaluator.evaluate(&ctx, &se.event);
+        // A new policy version starts with a fresh judge (and cache).
+        if judge.as_ref().is_none_or(|(v, _)| *v != a.stored.version) {
+            *judge = Some((a.stored.version, judge::Judge::new(a.evaluator.clone())));
+        }
+        let Some((_, j)) = judge.as_mut() else { return };
+        let (prepared, decisions) = j.judge(&self.engine, se);
+        let ctx = prepared.context();
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .decisions
@@ -264,7 +271,7 @@ impl LivePolicy {
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         for d in decisions.into_iter().filter(|d| !d.allowed) {
             self.metrics.denied.fetch_add(1, Ordering::Relaxed);
-            self.deny(&a, se, &ctx, d);
+            self.deny(&a, se, ctx, d);
         }
     }
 
