@@ -63,6 +63,10 @@ pub struct Node {
     /// When the process exited (0 while it is alive or its exit was not seen).
     #[serde(default)]
     pub exited_ns: u64,
+    /// The task it was given, when known: the user prompt excerpt of its first LLM
+    /// request (already redacted by the sensor).
+    #[serde(default)]
+    pub task: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -474,6 +478,12 @@ impl ChainIndex {
             Some(Kind::Exit(_)) => {
                 n.exited_ns = t;
                 self.changes.nodes.insert(id.clone());
+            }
+            Some(Kind::LlmRequest(r)) if n.task.is_empty() && !r.user_excerpt.is_empty() => {
+                n.task = r.user_excerpt.chars().take(512).collect();
+                self.changes.nodes.insert(id.clone());
+                // Contexts derived for its descendants now have a task.
+                self.generation += 1;
             }
             Some(Kind::Fork(f)) if !f.child_exec_id.is_empty() => {
                 self.children

@@ -72,6 +72,10 @@ pub fn from_index(chains: &ChainIndex, ev: &Event) -> ChainContext {
         {
             ctx.agents.push(a);
         }
+        // The task of the chain: the first one given along the path from the root.
+        if ctx.task.is_empty() && !n.task.is_empty() {
+            ctx.task = n.task.clone();
+        }
         if i < last {
             for c in &n.creds {
                 if seen.insert(c.fingerprint.clone()) {

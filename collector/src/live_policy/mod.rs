@@ -9,6 +9,8 @@
 pub mod context;
 mod dryrun;
 pub mod judge;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
