@@ -40,13 +40,22 @@ fn context_names_human_path_depth_task_and_upstream_credentials() {
     assert_eq!(ids, vec!["research-agent"]);
     assert_eq!(ctx.depth, 1);
     // Credentials held upstream (A's key, B's key) count as given down the chain.
-    assert!(ctx.inherited_credentials.contains(&"hmac-sha256:aa11".to_string()));
-    assert!(ctx.inherited_credentials.contains(&"hmac-sha256:bb22".to_string()));
+    assert!(
+        ctx.inherited_credentials
+            .contains(&"hmac-sha256:aa11".to_string())
+    );
+    assert!(
+        ctx.inherited_credentials
+            .contains(&"hmac-sha256:bb22".to_string())
+    );
     assert!(!ctx.incomplete, "{ctx:?}");
 
     // An event of a process the index has never seen is judged alone, marked.
     let stranger = synth::process("h-z", 1, 0, "/bin/sh", "x");
-    let ctx = from_index(&idx, &synth::file_open(&stranger, "h-z", synth::T0, "/etc/passwd"));
+    let ctx = from_index(
+        &idx,
+        &synth::file_open(&stranger, "h-z", synth::T0, "/etc/passwd"),
+    );
     assert!(ctx.incomplete);
     assert_eq!(ctx.depth, 1);
 }

@@ -72,8 +72,12 @@ pub fn run(args: &PolicyArgs) -> Result<()> {
         &run_to_end(&mut cmd, "policy-bench", Duration::from_secs(600))?,
         "policy-bench",
     )?;
-    let hot = pb["decisions_per_sec_prepared_chain"].as_f64().unwrap_or(0.0);
-    let cold = pb["decisions_per_sec_chain_per_event"].as_f64().unwrap_or(0.0);
+    let hot = pb["decisions_per_sec_prepared_chain"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let cold = pb["decisions_per_sec_chain_per_event"]
+        .as_f64()
+        .unwrap_or(0.0);
 
     let mut off = vec![];
     let mut on = vec![];
@@ -107,7 +111,11 @@ pub fn run(args: &PolicyArgs) -> Result<()> {
     );
     println!(
         "  {hot:.0} decisions/s with the chain prepared once (budget >= {DECISIONS_BUDGET:.0}: {}); {cold:.0}/s rebuilding the chain per event",
-        if hot >= DECISIONS_BUDGET { "PASS" } else { "OVER" }
+        if hot >= DECISIONS_BUDGET {
+            "PASS"
+        } else {
+            "OVER"
+        }
     );
     println!(
         "ingest with evaluation of every action event (built-in set), {} pairs of {} events:",
