@@ -481,6 +481,23 @@ impl Demo {
                 "custodyctl credentials",
                 "credentials seen, by fingerprint only",
             ),
+            (
+                "custodyctl policy list",
+                "policies in force (built-in intent drift) and where each is enforced",
+            ),
+            ("custodyctl alerts", "what the policies denied"),
+            (
+                "custodyctl kill --chain ID --reason TEXT",
+                "stop a chain everywhere; confirmed per host with timings",
+            ),
+            (
+                "custodyctl actions",
+                "response actions and their confirmations",
+            ),
+            (
+                "custodyctl audit --verify",
+                "the hash-chained audit log, checked",
+            ),
         ];
         let status = format!(
             "custodyd status --status-file {}",
