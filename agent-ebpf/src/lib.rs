@@ -33,6 +33,9 @@ pub mod kind {
     pub const DNS_QUERY: u32 = 11;
     pub const TLS_DATA: u32 = 12;
     pub const PIPE_WRITE: u32 = 13;
+    /// A kernel policy rule denied a connect/sendmsg or killed a process at an open
+    /// ([`super::PolicyEvent`]).
+    pub const POLICY: u32 = 14;
 }
 
 /// `EventHeader::flags` bits.
@@ -85,6 +88,10 @@ pub mod counter {
     pub const HELD_TLS: u32 = 9;
     /// As `HOLD_FAILED`, for a write that should have been held before send.
     pub const HOLD_TLS_FAILED: u32 = 10;
+    /// Connects/sendmsgs refused by a kernel policy rule (endpoint deny).
+    pub const POLICY_NET_DENIED: u32 = 11;
+    /// Processes killed at an open by a kernel policy rule (forbidden path).
+    pub const POLICY_OPEN_KILLED: u32 = 12;
     pub const COUNT: u32 = 16;
 }
 
@@ -419,6 +426,159 @@ pub struct Endpoint {
     pub addr: [u8; 16],
     pub port: u16,
     pub family: u16,
+}
+
+/// Kernel policy rules: the chain-independent part of the collector's policies
+/// (endpoint deny lists and forbidden paths per agent), compiled by the daemon into
+/// the `NET_DENY` (LPM trie) and `PATH_DENY` (hash) maps.
+///
+/// Rule sets are double-buffered: every key carries a generation; the daemon writes
+/// the new set under the inactive generation, then flips `POLICY_GEN` (one array
+/// write, so a program run sees the old set or the new one, never a mix), then
+/// deletes the old generation's entries.
+pub mod policy {
+    /// Agent slot under which rules for every agent are stored (the kernel looks up
+    /// the process's own slot and this one).
+    pub const ANY_AGENT: u32 = u32::MAX;
+    /// `PolicyMeta::flags`: the generation has endpoint rules.
+    pub const HAS_NET: u32 = 1 << 0;
+    /// `PolicyMeta::flags`: the generation has path rules.
+    pub const HAS_PATH: u32 = 1 << 1;
+    /// Path match kinds (bits of `PathRuleVal::read` / `::write`): the path itself.
+    pub const EXACT: u32 = 1 << 0;
+    /// The directory itself and everything below it.
+    pub const DIR: u32 = 1 << 1;
+    /// Any path that starts with these bytes.
+    pub const PREFIX: u32 = 1 << 2;
+    /// `PolicyEvent::op`.
+    pub const OP_CONNECT: u32 = 1;
+    pub const OP_SENDMSG: u32 = 2;
+    pub const OP_OPEN: u32 = 3;
+    /// Port rules kept per address prefix and agent.
+    pub const NET_RULES_MAX: usize = 16;
+    /// Bits of `NetKey` before the address (generation and agent).
+    pub const NET_KEY_HEAD_BITS: u32 = 64;
+    /// Longest rule path the kernel can match (prefix lengths are 0..PATH_MAX-1).
+    pub const PATH_LEN_MAX: usize = super::PATH_MAX - 1;
+    /// Distinct rule path lengths the kernel checks per open (more: the rules of
+    /// the other lengths are checked by the daemon after the open).
+    pub const PATH_LENS_MAX: usize = 32;
+    /// FNV-1a (64-bit) over path bytes: the kernel hashes each prefix of an absolute
+    /// path incrementally; the daemon hashes rule paths with [`path_hash`].
+    pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    pub const fn path_hash(bytes: &[u8]) -> u64 {
+        let mut h = FNV_OFFSET;
+        let mut i = 0;
+        while i < bytes.len() {
+            h = (h ^ bytes[i] as u64).wrapping_mul(FNV_PRIME);
+            i += 1;
+        }
+        h
+    }
+}
+
+/// Per-generation summary (`POLICY_META` array, index: generation 0 or 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyMeta {
+    pub flags: u32,
+    /// Entries used in `path_lens`.
+    pub nlens: u32,
+    /// The distinct lengths of the rule paths: the kernel looks up the prefix of
+    /// each of these lengths only.
+    pub path_lens: [u16; policy::PATH_LENS_MAX],
+}
+
+/// Data of a `NET_DENY` LPM trie key: generation and agent slot (always matched in
+/// full), then the remote address as IPv6 (IPv4 as `::ffff:a.b.c.d`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NetKey {
+    pub generation: u32,
+    pub agent: u32,
+    pub addr: [u8; 16],
+}
+
+/// One denied (port, protocol) under an address prefix; 0 means any.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRule {
+    /// Host order.
+    pub port: u16,
+    /// IPPROTO_TCP (6) / IPPROTO_UDP (17).
+    pub proto: u8,
+    pub _pad: u8,
+    /// Daemon-side index of the rule (names the policy in the event).
+    pub rule: u32,
+}
+
+/// `NET_DENY` value: the rules of this prefix and of every shorter prefix that
+/// contains it (the trie returns only the longest match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetRules {
+    pub count: u32,
+    pub _pad: u32,
+    pub rules: [NetRule; policy::NET_RULES_MAX],
+}
+
+/// `PATH_DENY` key: a forbidden path (or prefix) of `len` bytes with FNV-1a `hash`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PathKey {
+    pub generation: u32,
+    pub agent: u32,
+    pub len: u32,
+    pub _pad: u32,
+    pub hash: u64,
+}
+
+/// `PATH_DENY` value: match kinds (`policy::EXACT | DIR | PREFIX`) forbidden for
+/// reading and for writing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathRuleVal {
+    pub read: u32,
+    pub write: u32,
+    /// Daemon-side index of the rule.
+    pub rule: u32,
+    pub _pad: u32,
+}
+
+/// A kernel policy rule acted: a connect/sendmsg refused (EPERM) or a process
+/// killed at openat/openat2 entry (SIGKILL, before the open ran).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PolicyEvent {
+    pub hdr: EventHeader,
+    /// `policy::OP_*`.
+    pub op: u32,
+    /// Daemon-side rule index from the map value.
+    pub rule: u32,
+    /// Open flags (opens).
+    pub flags: u32,
+    pub path_len: u32,
+    /// AF_INET / AF_INET6 (network).
+    pub family: u16,
+    /// Remote port, host order.
+    pub port: u16,
+    pub proto: u16,
+    pub _pad: u16,
+    /// Remote address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    pub path: [u8; PATH_MAX],
+}
+
+#[cfg(feature = "user")]
+mod pod_policy {
+    // SAFETY: plain-old-data, repr(C), no implicit padding.
+    unsafe impl aya::Pod for super::PolicyMeta {}
+    unsafe impl aya::Pod for super::NetKey {}
+    unsafe impl aya::Pod for super::NetRules {}
+    unsafe impl aya::Pod for super::PathKey {}
+    unsafe impl aya::Pod for super::PathRuleVal {}
 }
 
 #[cfg(feature = "user")]

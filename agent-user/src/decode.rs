@@ -3,7 +3,7 @@
 
 use agent_ebpf::{
     DnsEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, ForkEvent, NetEvent, PipeEvent,
-    TlsEvent, kind,
+    PolicyEvent, TlsEvent, kind,
 };
 
 pub enum Raw {
@@ -15,6 +15,7 @@ pub enum Raw {
     Dns(Box<DnsEvent>),
     Tls(Box<TlsEvent>),
     Pipe(Box<PipeEvent>),
+    Policy(Box<PolicyEvent>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +71,7 @@ pub fn decode(buf: &[u8]) -> Result<Raw, DecodeError> {
         kind::DNS_QUERY => Raw::Dns(boxed(buf, k)?),
         kind::TLS_DATA => Raw::Tls(boxed(buf, k)?),
         kind::PIPE_WRITE => Raw::Pipe(boxed(buf, k)?),
+        kind::POLICY => Raw::Policy(boxed(buf, k)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

@@ -167,14 +167,18 @@ pub struct Hit {
     pub command_id: String,
     /// "env" or "header".
     pub seen_in: String,
+    /// The kernel policy forbidding the credential to the process's agent ("" for a
+    /// revocation).
+    pub policy: String,
 }
 
 /// What settling needs from the daemon: the revocation checks and the enforcement.
 pub trait Judge {
-    /// The first revoked credential in an environment block.
-    fn revoked(&self, env: &[u8]) -> Option<Hit>;
-    /// The first revoked credential in request header fields.
-    fn revoked_headers(&self, headers: &[(String, String)]) -> Option<Hit>;
+    /// The first revoked credential in the environment block of `tgid` (or one a
+    /// kernel policy forbids to its agent).
+    fn revoked(&self, tgid: u32, env: &[u8]) -> Option<Hit>;
+    /// The first revoked (or forbidden) credential in request header fields.
+    fn revoked_headers(&self, tgid: u32, headers: &[(String, String)]) -> Option<Hit>;
     /// Apply the revocation to the stopped process (kill mark + SIGKILL, or
     /// quarantine) and report it.
     fn enforce(&mut self, tgid: u32, start_ticks: u64, start_boottime: u64, hit: &Hit);
@@ -565,7 +569,7 @@ impl Holds {
                 }
             },
         };
-        Ok(match judge.revoked(env) {
+        Ok(match judge.revoked(tgid, env) {
             None => Verdict::Clean,
             Some(hit) => Verdict::Revoked(hit),
         })
@@ -683,7 +687,7 @@ impl Holds {
             let Some(head) = request_head(&joined) else {
                 continue; // not a request head (a body, or not HTTP/1): nothing to vet
             };
-            if let Some(hit) = judge.revoked_headers(&head.headers) {
+            if let Some(hit) = judge.revoked_headers(tgid, &head.headers) {
                 self.partial.remove(&key);
                 return Ok(Verdict::Revoked(hit));
             }
@@ -708,6 +712,7 @@ impl Holds {
                 action: "quarantine".into(),
                 command_id: String::new(),
                 seen_in: "header".into(),
+                policy: String::new(),
             }));
         }
         for ((t, ssl), joined) in heads_to_follow {
@@ -874,7 +879,7 @@ mod tests {
     }
 
     impl Judge for TestJudge {
-        fn revoked(&self, env: &[u8]) -> Option<Hit> {
+        fn revoked(&self, _tgid: u32, env: &[u8]) -> Option<Hit> {
             scan_env(env, &self.key)
                 .into_iter()
                 .find(|c| c.fingerprint == self.revoked)
@@ -883,10 +888,11 @@ mod tests {
                     action: "kill".into(),
                     command_id: "t".into(),
                     seen_in: "env".into(),
+                    policy: String::new(),
                 })
         }
 
-        fn revoked_headers(&self, headers: &[(String, String)]) -> Option<Hit> {
+        fn revoked_headers(&self, _tgid: u32, headers: &[(String, String)]) -> Option<Hit> {
             scan_headers(headers, &self.key)
                 .into_iter()
                 .find(|c| c.fingerprint == self.revoked)
@@ -895,6 +901,7 @@ mod tests {
                     action: "kill".into(),
                     command_id: "t".into(),
                     seen_in: "header".into(),
+                    policy: String::new(),
                 })
         }
 

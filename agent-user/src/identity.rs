@@ -97,6 +97,16 @@ impl Identity {
         a
     }
 
+    /// The kernel slot of an agent id known on this host.
+    pub fn slot_of(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).map(|a| a.slot)
+    }
+
+    /// Agents known so far (grows when one is discovered or first labelled).
+    pub fn count(&self) -> usize {
+        self.by_id.len()
+    }
+
     pub fn by_slot(&self, slot: u32) -> Option<Arc<AgentInfo>> {
         self.by_slot.get(&slot).cloned()
     }

@@ -17,6 +17,7 @@ mod loader;
 mod metrics;
 mod output;
 mod pipeline;
+mod policy;
 mod proctable;
 mod response;
 mod revocation;
@@ -145,7 +146,7 @@ impl Tracker for MapTracker {
 /// Records handled per turn of the event loop before timers and signals get a look.
 const DRAIN_MAX: usize = 4096;
 
-const COUNTER_NAMES: [(u32, &str); 11] = [
+const COUNTER_NAMES: [(u32, &str); 13] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -157,6 +158,8 @@ const COUNTER_NAMES: [(u32, &str); 11] = [
     (counter::HOLD_FAILED, "hold_failed"),
     (counter::HELD_TLS, "held_tls"),
     (counter::HOLD_TLS_FAILED, "hold_tls_failed"),
+    (counter::POLICY_NET_DENIED, "policy_net_denied"),
+    (counter::POLICY_OPEN_KILLED, "policy_open_killed"),
 ];
 
 /// How long the exec record path has to settle a hold before the sweep does it.
@@ -217,12 +220,16 @@ struct DaemonJudge<'a> {
 }
 
 impl hold::Judge for DaemonJudge<'_> {
-    fn revoked(&self, env: &[u8]) -> Option<hold::Hit> {
-        self.pipe.revoked_in_env(env)
+    fn revoked(&self, tgid: u32, env: &[u8]) -> Option<hold::Hit> {
+        self.pipe
+            .revoked_in_env(env)
+            .or_else(|| self.pipe.forbidden_in_env(tgid, env))
     }
 
-    fn revoked_headers(&self, headers: &[(String, String)]) -> Option<hold::Hit> {
-        self.pipe.revoked_in_headers(headers)
+    fn revoked_headers(&self, tgid: u32, headers: &[(String, String)]) -> Option<hold::Hit> {
+        self.pipe
+            .revoked_in_headers(headers)
+            .or_else(|| self.pipe.forbidden_in_headers(tgid, headers))
     }
 
     fn enforce(&mut self, tgid: u32, start_ticks: u64, start_boottime: u64, hit: &hold::Hit) {
@@ -244,6 +251,7 @@ impl hold::Judge for DaemonJudge<'_> {
             action: hit.action.clone(),
             command_id: hit.command_id.clone(),
             held: true,
+            policy: hit.policy.clone(),
         };
         let ev = stop_on_sight(self.pipe, self.enforcer.as_deref_mut(), self.ebpf, &v);
         self.out.push(ev);
@@ -278,7 +286,12 @@ fn stop_on_sight(
             }
         }
     };
-    tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, applied, "revoked credential seen");
+    if v.policy.is_empty() {
+        tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, applied, "revoked credential seen");
+    } else {
+        pipe.stats.policy_credential_stops += 1;
+        tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, policy = %v.policy, applied, "credential forbidden by a policy seen");
+    }
     pipe.enforcement_event(v, applied, error)
 }
 
@@ -309,6 +322,108 @@ async fn next_command(
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Send a command's result to the collector (off the event loop; kills are
+/// confirmed first) and count it.
+fn answer(
+    shipper: Option<&ShipperHandle>,
+    counts: &Arc<Mutex<metrics::Counters>>,
+    kind: String,
+    result: CommandResult,
+    kills: Vec<response::Target>,
+) {
+    let counts = counts.clone();
+    if let Some(h) = shipper.cloned() {
+        // Confirmation waits for the processes to be gone: off the event loop.
+        tokio::spawn(async move {
+            let r = if kills.is_empty() {
+                result
+            } else {
+                tokio::task::spawn_blocking(move || response::confirm_kills(result, kills))
+                    .await
+                    .unwrap_or_else(|e| CommandResult {
+                        status: "failed".into(),
+                        message: format!("confirmation task failed: {e}"),
+                        ..Default::default()
+                    })
+            };
+            if let Ok(mut c) = counts.lock() {
+                *c.commands.entry((kind, r.status.clone())).or_default() += 1;
+            }
+            tracing::info!(id = %r.command_id, status = %r.status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
+            if let Err(e) = h.send_result(r).await {
+                tracing::warn!("could not answer a command: {e:#}");
+            }
+        });
+    }
+}
+
+/// How long names in endpoint rules may take to resolve when a policy arrives.
+const POLICY_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Put a policy set in force: the kernel maps (one generation switch), the
+/// pipeline's credential rules, the hold (armed while credential rules or
+/// revocations exist), and processes that already showed a forbidden credential
+/// are stopped. Returns (status, message, enforcement events, affected exec ids).
+fn apply_policy(
+    pol: &mut policy::Policy,
+    pipe: &mut Pipeline,
+    holds: Option<&mut hold::Holds>,
+    mut enforcer: Option<&mut enforce::Enforcer>,
+    ebpf: &mut aya::Ebpf,
+    p: policy::Pending,
+) -> (String, String, Vec<Event>, Vec<String>) {
+    if pol.is_stale(&p.version) {
+        return (
+            "ok".into(),
+            format!(
+                "policy v{} not applied: v{} is already in force",
+                p.version, pol.status.version
+            ),
+            Vec::new(),
+            Vec::new(),
+        );
+    }
+    let command_id = p.command_id.clone();
+    let (status, message) = pol.apply(p, &pipe.identity);
+    if status == "failed" {
+        return (status, message, Vec::new(), Vec::new());
+    }
+    pipe.policy_creds = pol.plan().map(|pl| pl.creds.clone()).unwrap_or_default();
+    pipe.policy_command = command_id.clone();
+    if let Some(hs) = holds {
+        let on = enforcer.is_some() && (!pipe.revoked.is_empty() || !pipe.policy_creds.is_empty());
+        if let Err(e) = hs.arm(on) {
+            tracing::warn!("revocation hold: {e:#}");
+        }
+    }
+    let mut events = Vec::new();
+    let mut affected = Vec::new();
+    for (tgid, rule, seen_in) in pipe.policy_holders() {
+        let Some(p) = pipe.table.get(tgid) else {
+            continue;
+        };
+        let v = pipeline::Violation {
+            tgid,
+            tid: tgid,
+            start_ticks: p.start_ticks,
+            start_boottime: p.start_boottime,
+            fingerprint: rule.fingerprint.clone(),
+            seen_in,
+            action: rule.action.clone(),
+            command_id: command_id.clone(),
+            held: false,
+            policy: rule.policy.clone(),
+        };
+        let ev = stop_on_sight(pipe, enforcer.as_deref_mut(), ebpf, &v);
+        if matches!(&ev.kind, Some(custody_proto::sensor::v1::event::Kind::Enforcement(e)) if e.applied)
+        {
+            affected.push(pipe.table.exec_id(tgid, v.start_ticks));
+        }
+        events.push(ev);
+    }
+    (status, message, events, affected)
 }
 
 fn boot_id() -> String {
@@ -503,7 +618,9 @@ async fn run(args: RunArgs) -> Result<()> {
         None
     } else {
         let h = hold::Holds::attach(&mut ebpf, cfg.revocation_hold).and_then(|mut h| {
-            h.arm(enforcer.is_some() && !pipe.revoked.is_empty())?;
+            h.arm(
+                enforcer.is_some() && (!pipe.revoked.is_empty() || !pipe.policy_creds.is_empty()),
+            )?;
             Ok(h)
         });
         features.push(loader::Feature {
@@ -549,6 +666,63 @@ async fn run(args: RunArgs) -> Result<()> {
         None => (None, None),
     };
     let counts = Arc::new(Mutex::new(metrics::Counters::default()));
+    // Kernel rules from the collector's policies: the last set received is put back
+    // in force before any command is read (the collector may be unreachable).
+    let policy_maps = if args.floor {
+        None
+    } else {
+        match policy::maps::PolicyMaps::take(&mut ebpf) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(reason = %format!("{e:#}"), "kernel policy rules unavailable");
+                None
+            }
+        }
+    };
+    let files_active = features.iter().any(|f| f.name == "files" && f.active);
+    let mut pol = policy::Policy::new(
+        &cfg.state_dir,
+        policy_maps,
+        enforcer.is_some(),
+        files_active,
+    );
+    match policy::load_stored(&cfg.state_dir) {
+        Ok(Some(stored)) => match policy::parse(&stored.rules.to_string()) {
+            Ok((rules, raw)) => {
+                let names = rules.names();
+                let resolved = if names.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    policy::resolve(&names, POLICY_RESOLVE_TIMEOUT, &stored.resolved)
+                };
+                let p = policy::Pending {
+                    version: stored.version,
+                    command_id: stored.command_id,
+                    rules,
+                    raw,
+                    resolved,
+                    source: "state_dir".into(),
+                };
+                let (status, message, events, _) = apply_policy(
+                    &mut pol,
+                    &mut pipe,
+                    holds.as_mut(),
+                    enforcer.as_mut(),
+                    &mut ebpf,
+                    p,
+                );
+                tracing::info!(version = %pol.status.version, %status, "policy restored from the state dir: {message}");
+                for ev in events {
+                    emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                }
+            }
+            Err(e) => tracing::warn!("stored policy ignored: {e:#}"),
+        },
+        Ok(None) => {}
+        Err(e) => tracing::warn!("stored policy ignored: {e:#}"),
+    }
+    let (policy_tx, mut policy_rx) =
+        tokio::sync::mpsc::channel::<(SensorCommand, u64, policy::Pending)>(8);
     let metrics_text = Arc::new(Mutex::new(String::new()));
     if let Some(addr) = args.metrics_listen {
         metrics::serve(addr, metrics_text.clone()).await?;
@@ -609,6 +783,8 @@ async fn run(args: RunArgs) -> Result<()> {
                             pipe.stats.records += 1;
                         } else {
                             pipe.handle(raw, &mut tracker, &mut batch);
+                            // A new agent named by the rules gets them at once.
+                            pol.sync(&pipe.identity);
                         }
                     }
                     Ok(_) => {}
@@ -618,7 +794,46 @@ async fn run(args: RunArgs) -> Result<()> {
                     }
                 }
                 drop(item);
+                let mut open_kills = Vec::new();
                 for ev in batch.drain(..) {
+                    // Opens the kernel could not match (relative paths, `..`,
+                    // symlinks): killed after the fact.
+                    if pol.active() {
+                        if let Some(pid) = ev.process.as_ref().map(|p| p.pid) {
+                            let boot = pipe.table.get(pid).map_or(0, |p| p.start_boottime);
+                            if let Some(k) = pol.open_violation(&ev, boot) {
+                                open_kills.push((k, boot));
+                            }
+                        }
+                    }
+                    emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                }
+                for hit in std::mem::take(&mut pipe.policy_hits) {
+                    let e = pol.enforcement(&hit);
+                    tracing::warn!(pid = hit.hdr.tgid, reason = %e.reason, "kernel policy rule applied");
+                    let ev = pipe.event_for(&hit.hdr, custody_proto::sensor::v1::event::Kind::Enforcement(e));
+                    emit(&mut sink, shipper.as_ref(), &counts, ev)?;
+                }
+                for ((pid, ticks, reason), boot) in open_kills {
+                    let (applied, error) = match enforcer.as_mut() {
+                        None => (false, "enforcement is degraded on this host".to_string()),
+                        Some(en) => match en.kill(&mut ebpf, pid, boot, ticks, 0) {
+                            Ok(true) => (true, String::new()),
+                            Ok(false) => (false, "process already gone".to_string()),
+                            Err(e) => (false, format!("{e:#}")),
+                        },
+                    };
+                    pol.status.killed_after_open += u64::from(applied);
+                    tracing::warn!(pid, applied, %reason, "policy: forbidden open");
+                    let ev = pipe.enforcement_for(pid, custody_proto::sensor::v1::EnforcementApplied {
+                        action: "kill".into(),
+                        reason,
+                        command_id: pol.status.command_id.clone(),
+                        seen_in: "open".into(),
+                        applied,
+                        error,
+                        ..Default::default()
+                    });
                     emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                 }
                 let mut violations = std::mem::take(&mut pipe.violations);
@@ -766,6 +981,12 @@ async fn run(args: RunArgs) -> Result<()> {
                     st.holds = Some(hs.stats.clone());
                 }
                 st.updated_unix = status::now_unix();
+                if pol.active() {
+                    pol.status.connects_denied = counters_now["policy_net_denied"];
+                    pol.status.opens_killed = counters_now["policy_open_killed"];
+                    pol.status.credential_stops = pipe.stats.policy_credential_stops;
+                    st.policy = Some(pol.status.clone());
+                }
                 st.kernel_counters = counters_now;
                 st.records = pipe.stats.records;
                 st.decode_errors = pipe.stats.decode_errors;
@@ -797,12 +1018,57 @@ async fn run(args: RunArgs) -> Result<()> {
                 // Response actions (kill, quarantine, revoke) arrive here, only ever over
                 // the authenticated collector stream.
                 tracing::info!(id = %cmd.id, kind = %cmd.kind, reason = %cmd.reason, by = %cmd.issued_by, "command received");
+                if cmd.kind == "policy_update" {
+                    let received = status::now_ns();
+                    match policy::parse(cmd.params.get("rules").map(String::as_str).unwrap_or("")) {
+                        Ok((rules, raw)) => {
+                            // Names are resolved off the loop; the rules are put in force
+                            // (and the command answered) when that is done.
+                            let names = rules.names();
+                            let fallback = pol.last_resolved();
+                            let mut p = policy::Pending {
+                                version: cmd.params.get("version").cloned().unwrap_or_default(),
+                                command_id: cmd.id.clone(),
+                                rules,
+                                raw,
+                                resolved: BTreeMap::new(),
+                                source: "collector".into(),
+                            };
+                            let tx = policy_tx.clone();
+                            tokio::spawn(async move {
+                                if !names.is_empty() {
+                                    p.resolved = tokio::task::spawn_blocking(move || {
+                                        policy::resolve(&names, POLICY_RESOLVE_TIMEOUT, &fallback)
+                                    })
+                                    .await
+                                    .unwrap_or_default();
+                                }
+                                let _ = tx.send((cmd, received, p)).await;
+                            });
+                        }
+                        Err(e) => {
+                            let now = status::now_ns();
+                            let r = CommandResult {
+                                command_id: cmd.id.clone(),
+                                host: cfg.host_id.clone(),
+                                status: "failed".into(),
+                                message: format!("{e:#}; the previous rules stay in force"),
+                                received_ns: received,
+                                completed_ns: now,
+                                apply_ns: now - received,
+                                ..Default::default()
+                            };
+                            answer(shipper.as_ref(), &counts, cmd.kind.clone(), r, Vec::new());
+                        }
+                    }
+                    continue;
+                }
                 let (result, kills) = match enforcer.as_mut() {
                     _ if cmd.kind == "revoke_credential" => {
                         let r = response::revoke(&mut pipe, &mut revocations, enforcer.as_mut(), &mut ebpf, &cmd);
                         // From now on, new processes are vetted before they run.
                         if let Some(hs) = holds.as_mut() {
-                            if let Err(e) = hs.arm(enforcer.is_some() && !pipe.revoked.is_empty()) {
+                            if let Err(e) = hs.arm(enforcer.is_some() && (!pipe.revoked.is_empty() || !pipe.policy_creds.is_empty())) {
                                 tracing::warn!("revocation hold: {e:#}");
                             }
                         }
@@ -811,25 +1077,34 @@ async fn run(args: RunArgs) -> Result<()> {
                     Some(en) => response::apply(&pipe.table, en, &mut ebpf, &cmd),
                     None => (response::unavailable(&cfg.host_id, &cmd, "enforcement is degraded on this host (see custodyd status)"), Vec::new()),
                 };
-                let counts2 = counts.clone();
-                let kind = cmd.kind.clone();
-                if let Some(h) = shipper.clone() {
-                    // Confirmation waits for the processes to be gone: off the event loop.
-                    tokio::spawn(async move {
-                        let r = if kills.is_empty() {
-                            result
-                        } else {
-                            tokio::task::spawn_blocking(move || response::confirm_kills(result, kills)).await.unwrap_or_else(|e| CommandResult { status: "failed".into(), message: format!("confirmation task failed: {e}"), ..Default::default() })
-                        };
-                        if let Ok(mut c) = counts2.lock() {
-                            *c.commands.entry((kind.clone(), r.status.clone())).or_default() += 1;
-                        }
-                        tracing::info!(id = %r.command_id, status = %r.status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
-                        if let Err(e) = h.send_result(r).await {
-                            tracing::warn!("could not answer a command: {e:#}");
-                        }
-                    });
+                answer(shipper.as_ref(), &counts, cmd.kind.clone(), result, kills);
+            }
+            Some((cmd, received, p)) = policy_rx.recv() => {
+                let version = p.version.clone();
+                let (status, message, events, affected) = apply_policy(
+                    &mut pol,
+                    &mut pipe,
+                    holds.as_mut(),
+                    enforcer.as_mut(),
+                    &mut ebpf,
+                    p,
+                );
+                for ev in events {
+                    emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                 }
+                tracing::info!(%version, %status, "policy: {message}");
+                let now = status::now_ns();
+                let r = CommandResult {
+                    command_id: cmd.id.clone(),
+                    host: cfg.host_id.clone(),
+                    status,
+                    message,
+                    affected_exec_ids: affected,
+                    received_ns: received,
+                    completed_ns: now,
+                    apply_ns: now.saturating_sub(received),
+                };
+                answer(shipper.as_ref(), &counts, cmd.kind.clone(), r, Vec::new());
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

@@ -127,6 +127,52 @@ pub fn render(st: &Status, c: &Counters) -> String {
         "Processes marked to die at their next syscall.",
         st.pending_kills as u64,
     );
+    if let Some(p) = &st.policy {
+        one(
+            &mut o,
+            "custody_sensor_policy_version",
+            "gauge",
+            "Version of the policy set whose kernel rules are in force.",
+            p.version.parse().unwrap_or(0),
+        );
+        family(
+            &mut o,
+            "custody_sensor_policy_rules",
+            "gauge",
+            "Kernel policy rules taken in, by kind.",
+        );
+        for (kind, v) in [
+            ("endpoint", p.endpoint_rules),
+            ("path", p.path_rules),
+            ("credential", p.credential_rules),
+        ] {
+            let _ = writeln!(o, "custody_sensor_policy_rules{{kind=\"{kind}\"}} {v}");
+        }
+        one(
+            &mut o,
+            "custody_sensor_policy_rules_not_kernel",
+            "gauge",
+            "Rules (or parts of rules) this sensor cannot enforce in the kernel.",
+            p.not_kernel.len() as u64,
+        );
+        family(
+            &mut o,
+            "custody_sensor_policy_enforcements_total",
+            "counter",
+            "Kernel policy enforcements, by kind.",
+        );
+        for (kind, v) in [
+            ("connect_denied", p.connects_denied),
+            ("killed_at_open", p.opens_killed),
+            ("killed_after_open", p.killed_after_open),
+            ("credential_stopped", p.credential_stops),
+        ] {
+            let _ = writeln!(
+                o,
+                "custody_sensor_policy_enforcements_total{{kind=\"{kind}\"}} {v}"
+            );
+        }
+    }
     if let Some(h) = &st.holds {
         one(
             &mut o,
@@ -437,7 +483,18 @@ mod tests {
         h.tls.latency_buckets = vec![0; crate::hold::LATENCY_BUCKETS_S.len() + 1];
         h.tls.latency_buckets[0] = 1;
         st.holds = Some(h);
+        st.policy = Some(crate::policy::PolicyStatus {
+            version: "3".into(),
+            endpoint_rules: 2,
+            connects_denied: 4,
+            ..Default::default()
+        });
         let t = render(&st, &c);
+        assert!(t.contains("custody_sensor_policy_version 3\n"));
+        assert!(t.contains("custody_sensor_policy_rules{kind=\"endpoint\"} 2\n"));
+        assert!(
+            t.contains("custody_sensor_policy_enforcements_total{kind=\"connect_denied\"} 4\n")
+        );
         assert!(t.contains("custody_sensor_tls_holds_total{result=\"killed\"} 1\n"));
         assert!(t.contains("custody_sensor_tls_hold_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(t.contains("custody_sensor_tls_hold_seconds_count 1\n"));

@@ -37,6 +37,9 @@ pub struct Status {
     pub holds: Option<crate::hold::HoldStats>,
     /// Collector shipping (absent in standalone mode).
     pub collector: Option<CollectorStatus>,
+    /// Kernel rules from the collector's policies (absent until a set arrives).
+    #[serde(default)]
+    pub policy: Option<crate::policy::PolicyStatus>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -221,6 +224,32 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
             },
             t.latency_max_ns as f64 / 1e6
         );
+    }
+    if let Some(p) = &s.policy {
+        println!(
+            "  policy v{} ({}, from {}): {} endpoint, {} path, {} credential rule(s); kernel entries {} prefixes, {} paths; connects denied {}, killed at open {}, killed after open {}, credential stops {}",
+            p.version,
+            p.status,
+            p.source,
+            p.endpoint_rules,
+            p.path_rules,
+            p.credential_rules,
+            p.kernel_endpoint_prefixes,
+            p.kernel_path_entries,
+            p.connects_denied,
+            p.opens_killed,
+            p.killed_after_open,
+            p.credential_stops
+        );
+        for n in &p.not_kernel {
+            println!("    not in the kernel: {n}");
+        }
+        if !p.waiting_agents.is_empty() {
+            println!(
+                "    rules waiting for agents not seen yet: {}",
+                p.waiting_agents.join(", ")
+            );
+        }
     }
     for f in &s.features {
         let mark = if f.active { "active  " } else { "DEGRADED" };

@@ -1,9 +1,10 @@
 //! Enforcement: the kill set (checked at syscall entry, so a marked process dies at
 //! its next syscall even when user space is slow) and network quarantine (cgroup
-//! connect/sendmsg hooks make the syscall fail with EPERM). The maps are pinned, so
-//! enforcement outlives a crash or restart of the daemon.
+//! connect/sendmsg hooks make the syscall fail with EPERM; the same hooks apply the
+//! agents' endpoint deny rules, see `policy`). The maps are pinned, so enforcement
+//! outlives a crash or restart of the daemon.
 
-use agent_ebpf::{Endpoint, Held, KillMark, counter, hold};
+use agent_ebpf::{Endpoint, Held, KillMark, counter, hold, policy};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_send_signal},
     macros::{cgroup_sock_addr, map, raw_tracepoint},
@@ -170,23 +171,57 @@ fn quarantined() -> bool {
     unsafe { QUARANTINE.get(&tgid) }.is_some()
 }
 
+/// The common check of the cgroup connect/sendmsg hooks: 1 lets the syscall go on,
+/// 0 makes it fail with EPERM. The collector stays reachable whatever else applies
+/// (quarantine, policy rules); then quarantine denies everything else; then the
+/// agent's endpoint deny rules.
 #[inline(always)]
-fn check_v4(ctx: &SockAddrContext) -> i32 {
-    if !quarantined() {
+fn check(op: u32, family: u16, addr: [u8; 16], v6: [u8; 16], port: u16, proto: u8) -> i32 {
+    let quarantined = quarantined();
+    let subject = super::policy::net_subject();
+    if !quarantined && subject.is_none() {
         return 1;
     }
-    let sa = unsafe { &*ctx.sock_addr };
-    let mut addr = [0u8; 16];
-    addr[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    let port = u16::from_be(sa.user_port as u16);
-    if allowed(2, addr, port) { 1 } else { 0 }
+    if allowed(family, addr, port) {
+        return 1;
+    }
+    if quarantined {
+        return 0;
+    }
+    if let Some((generation, agent)) = subject {
+        if let Some(rule) = super::policy::net_denied(generation, agent, v6, port, proto) {
+            super::policy::report_net(op, rule, family, addr, port, proto);
+            return 0;
+        }
+    }
+    1
+}
+
+/// IPPROTO_TCP / IPPROTO_UDP of the socket. The context field must be read as a
+/// whole u32 (the verifier refuses narrower loads of it).
+#[inline(always)]
+fn protocol(sa: &aya_ebpf::bindings::bpf_sock_addr) -> u8 {
+    // SAFETY: a field of the program context.
+    unsafe { core::ptr::read_volatile(&sa.protocol) as u8 }
 }
 
 #[inline(always)]
-fn check_v6(ctx: &SockAddrContext) -> i32 {
-    if !quarantined() {
-        return 1;
-    }
+fn check_v4(ctx: &SockAddrContext, op: u32) -> i32 {
+    let sa = unsafe { &*ctx.sock_addr };
+    let ip = sa.user_ip4.to_ne_bytes();
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip);
+    // IPv4 as ::ffff:a.b.c.d in the deny trie.
+    let mut v6 = [0u8; 16];
+    v6[10] = 0xff;
+    v6[11] = 0xff;
+    v6[12..].copy_from_slice(&ip);
+    let port = u16::from_be(sa.user_port as u16);
+    check(op, 2, addr, v6, port, protocol(sa))
+}
+
+#[inline(always)]
+fn check_v6(ctx: &SockAddrContext, op: u32) -> i32 {
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
     let w = sa.user_ip6;
@@ -195,25 +230,25 @@ fn check_v6(ctx: &SockAddrContext) -> i32 {
     addr[8..12].copy_from_slice(&w[2].to_ne_bytes());
     addr[12..].copy_from_slice(&w[3].to_ne_bytes());
     let port = u16::from_be(sa.user_port as u16);
-    if allowed(10, addr, port) { 1 } else { 0 }
+    check(op, 10, addr, addr, port, protocol(sa))
 }
 
 #[cgroup_sock_addr(connect4)]
 pub fn custody_connect4(ctx: SockAddrContext) -> i32 {
-    check_v4(&ctx)
+    check_v4(&ctx, policy::OP_CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn custody_connect6(ctx: SockAddrContext) -> i32 {
-    check_v6(&ctx)
+    check_v6(&ctx, policy::OP_CONNECT)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn custody_sendmsg4(ctx: SockAddrContext) -> i32 {
-    check_v4(&ctx)
+    check_v4(&ctx, policy::OP_SENDMSG)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn custody_sendmsg6(ctx: SockAddrContext) -> i32 {
-    check_v6(&ctx)
+    check_v6(&ctx, policy::OP_SENDMSG)
 }

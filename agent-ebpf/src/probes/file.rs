@@ -60,6 +60,7 @@ pub fn custody_openat_enter(ctx: TracePointContext) -> u32 {
     if !wanted() {
         return 0;
     }
+    super::policy::check_open(arg(&ctx, 1), arg(&ctx, 2) as u32);
     stash(
         kind::FILE_OPEN,
         arg(&ctx, 0) as i32,
@@ -80,6 +81,7 @@ pub fn custody_openat2_enter(ctx: TracePointContext) -> u32 {
     let how = arg(&ctx, 2);
     let flags: u64 = unsafe { uread(how) }.unwrap_or(0);
     let mode: u64 = unsafe { uread(how + 8) }.unwrap_or(0);
+    super::policy::check_open(arg(&ctx, 1), flags as u32);
     stash(
         kind::FILE_OPEN,
         arg(&ctx, 0) as i32,

@@ -9,6 +9,7 @@ pub mod enforce;
 pub mod file;
 pub mod net;
 pub mod pipe;
+pub mod policy;
 pub mod process;
 pub mod tls;
 

@@ -30,6 +30,8 @@ pub struct Stats {
     pub decode_errors: u64,
     pub emitted: u64,
     pub discovered_agents: u64,
+    /// Processes stopped for a credential a kernel policy forbids to their agent.
+    pub policy_credential_stops: u64,
 }
 
 pub struct Pipeline {
@@ -47,6 +49,14 @@ pub struct Pipeline {
     pub revoked: HashMap<String, (String, String)>,
     /// Sightings of revoked credentials, for the daemon to enforce.
     pub violations: Vec<Violation>,
+    /// Credentials the kernel policy forbids to some agents (stopped on sight like
+    /// revocations, for processes of those agents only), and the policy_update
+    /// command that brought them.
+    pub policy_creds: Vec<crate::policy::compile::CredEntry>,
+    pub policy_command: String,
+    /// Kernel policy records (a connect refused, a process killed at an open), for
+    /// the daemon to report.
+    pub policy_hits: Vec<agent_ebpf::PolicyEvent>,
 }
 
 /// A process seen holding or using a revoked credential.
@@ -63,6 +73,8 @@ pub struct Violation {
     /// Seen while the process was held (at exec: stopped before it ran; before a TLS
     /// send: stopped before the request left).
     pub held: bool,
+    /// The policy that forbids the credential to this agent ("" for a revocation).
+    pub policy: String,
 }
 
 fn is_tracked(h: &EventHeader) -> bool {
@@ -82,6 +94,9 @@ impl Pipeline {
             conn_llm: HashMap::new(),
             revoked: HashMap::new(),
             violations: Vec::new(),
+            policy_creds: Vec::new(),
+            policy_command: String::new(),
+            policy_hits: Vec::new(),
         }
     }
 
@@ -271,6 +286,10 @@ impl Pipeline {
                     self.pipe(&e, tracker, out);
                 }
             }
+            Raw::Policy(e) => {
+                self.touch(&e.hdr);
+                self.policy_hits.push(*e);
+            }
         }
     }
 
@@ -361,6 +380,22 @@ impl Pipeline {
                         action: action.clone(),
                         command_id: command_id.clone(),
                         held: false,
+                        policy: String::new(),
+                    });
+                }
+            } else if let Some(r) = self.forbidden_credential(tgid, None, &c.fingerprint) {
+                if let Some(p) = self.table.get(tgid) {
+                    self.violations.push(Violation {
+                        tgid,
+                        tid: tgid,
+                        start_ticks: p.start_ticks,
+                        start_boottime: p.start_boottime,
+                        fingerprint: c.fingerprint.clone(),
+                        seen_in: c.source.as_str().to_string(),
+                        action: r.action,
+                        command_id: self.policy_command.clone(),
+                        held: false,
+                        policy: r.policy,
                     });
                 }
             }
@@ -398,6 +433,7 @@ impl Pipeline {
                         action: action.clone(),
                         command_id: command_id.clone(),
                         seen_in: "env".into(),
+                        policy: String::new(),
                     })
             })
     }
@@ -418,8 +454,122 @@ impl Pipeline {
                         action: action.clone(),
                         command_id: command_id.clone(),
                         seen_in: "header".into(),
+                        policy: String::new(),
                     })
             })
+    }
+
+    /// The agent id of a process: its entry in the table, else the `CUSTODY_AGENT`
+    /// marker of `env` (a held process whose exec record was lost).
+    fn agent_of(&self, tgid: u32, env: Option<&[u8]>) -> Option<String> {
+        if let Some(a) = self.table.get(tgid).and_then(|p| p.agent.as_ref()) {
+            return Some(a.id.clone());
+        }
+        env.and_then(env_agent).map(str::to_string)
+    }
+
+    /// The kernel policy rule forbidding `fingerprint` to the agent of `tgid`.
+    fn forbidden_credential(
+        &self,
+        tgid: u32,
+        env: Option<&[u8]>,
+        fingerprint: &str,
+    ) -> Option<crate::policy::compile::CredEntry> {
+        if self.policy_creds.is_empty() {
+            return None;
+        }
+        let agent = self.agent_of(tgid, env);
+        // Rules for every agent apply to tracked processes, i.e. those of an agent.
+        agent.as_ref()?;
+        self.policy_creds
+            .iter()
+            .find(|c| c.fingerprint == fingerprint && (c.agent.is_none() || c.agent == agent))
+            .cloned()
+    }
+
+    fn policy_hit(
+        &self,
+        c: crate::policy::compile::CredEntry,
+        fp: String,
+        seen_in: &str,
+    ) -> crate::hold::Hit {
+        crate::hold::Hit {
+            fingerprint: fp,
+            action: c.action,
+            command_id: self.policy_command.clone(),
+            seen_in: seen_in.into(),
+            policy: c.policy,
+        }
+    }
+
+    /// The first credential in an environment block that a kernel policy forbids
+    /// to the agent of `tgid`.
+    pub fn forbidden_in_env(&self, tgid: u32, env: &[u8]) -> Option<crate::hold::Hit> {
+        if self.policy_creds.is_empty() {
+            return None;
+        }
+        credential::scan_env(env, &self.key)
+            .into_iter()
+            .find_map(|c| {
+                let r = self.forbidden_credential(tgid, Some(env), &c.fingerprint)?;
+                Some(self.policy_hit(r, c.fingerprint, "env"))
+            })
+    }
+
+    /// As [`Pipeline::forbidden_in_env`], for a request's header fields.
+    pub fn forbidden_in_headers(
+        &self,
+        tgid: u32,
+        headers: &[(String, String)],
+    ) -> Option<crate::hold::Hit> {
+        if self.policy_creds.is_empty() {
+            return None;
+        }
+        credential::scan_headers(headers, &self.key)
+            .into_iter()
+            .find_map(|c| {
+                let r = self.forbidden_credential(tgid, None, &c.fingerprint)?;
+                Some(self.policy_hit(r, c.fingerprint, "header"))
+            })
+    }
+
+    /// Live processes of the credential rules' agents that have shown a credential
+    /// a rule forbids them (stopped when the rules arrive).
+    pub fn policy_holders(&self) -> Vec<(u32, crate::policy::compile::CredEntry, String)> {
+        let mut out = Vec::new();
+        for t in self.table.tgids() {
+            let Some(p) = self.table.get(t) else { continue };
+            for seen in &p.seen_credentials {
+                let mut parts = seen.split('|');
+                let fp = parts.next().unwrap_or("");
+                let source = parts.next().unwrap_or("").to_string();
+                if let Some(r) = self.forbidden_credential(t, None, fp) {
+                    out.push((t, r, source));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// An event for the process of a kernel record (policy enforcement).
+    pub fn event_for(&mut self, h: &EventHeader, kind: Kind) -> Event {
+        self.event(h, kind)
+    }
+
+    /// An enforcement event for process `tgid` (by the daemon's own authority).
+    pub fn enforcement_for(&mut self, tgid: u32, e: pb::EnforcementApplied) -> Event {
+        self.stats.emitted += 1;
+        let process = self.table.process_proto(tgid, tgid, &mut self.users);
+        Event {
+            host: self.table.host.clone(),
+            time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            seq: 0,
+            process,
+            kind: Some(Kind::Enforcement(e)),
+        }
     }
 
     /// Live processes that have shown any of these credential fingerprints.
@@ -451,6 +601,16 @@ impl Pipeline {
             kind: Some(Kind::Enforcement(pb::EnforcementApplied {
                 action: v.action.clone(),
                 reason: match (v.held, v.seen_in.as_str()) {
+                    _ if !v.policy.is_empty() => format!(
+                        "policy {}: credential forbidden to this agent seen in {}{}",
+                        v.policy,
+                        v.seen_in,
+                        match (v.held, v.seen_in.as_str()) {
+                            (true, "env") => "; held at exec, stopped before it ran",
+                            (true, _) => "; held before send, stopped before the request left",
+                            _ => "",
+                        }
+                    ),
                     (true, "env") => format!(
                         "revoked credential seen in {}; held at exec, stopped before it ran",
                         v.seen_in

@@ -384,8 +384,81 @@ fn revoked_credential_in_request_headers_is_found() {
         action: "kill".into(),
         command_id: "cmd-h".into(),
         held: true,
+        policy: String::new(),
     };
     let ev = p.enforcement_event(&v, true, String::new());
     let json = serde_json::to_string(&ev).unwrap();
     assert!(json.contains("held before send"), "{json}");
+}
+
+#[test]
+fn credential_forbidden_by_a_policy_is_stopped_for_its_agent_only() {
+    let mut p = pipeline(
+        "[[agent]]\nid = \"fin\"\n[agent.match]\nenv = \"fin\"\n\
+         [[agent]]\nid = \"ops\"\n[agent.match]\nenv = \"ops\"\n",
+    );
+    let secret = "sk-proj-PPPPoooollllIIIIcccc9999";
+    let fp = FleetKey::from_bytes([1; 32]).fingerprint(secret.as_bytes());
+    p.policy_creds = vec![crate::policy::compile::CredEntry {
+        agent: Some("fin".into()),
+        fingerprint: fp.clone(),
+        policy: "leaked-key".into(),
+        action: "kill".into(),
+    }];
+    p.policy_command = "act-p".into();
+    let env = |agent: &str| format!("CUSTODY_AGENT={agent}\0OPENAI_API_KEY={secret}\0");
+    // The hold's check: by the agent of the process (here from the env marker).
+    let hit = p
+        .forbidden_in_env(PID, env("fin").as_bytes())
+        .expect("forbidden to fin");
+    assert_eq!(
+        (
+            hit.policy.as_str(),
+            hit.action.as_str(),
+            hit.command_id.as_str(),
+            hit.seen_in.as_str()
+        ),
+        ("leaked-key", "kill", "act-p", "env")
+    );
+    assert!(p.forbidden_in_env(PID, env("ops").as_bytes()).is_none());
+    assert!(
+        p.revoked_in_env(env("fin").as_bytes()).is_none(),
+        "not a revocation"
+    );
+    // Seen at exec by the pipeline: a violation naming the policy.
+    let mut e = zeroed::<ExecEvent>();
+    e.hdr = hdr(kind::EXEC, false, 0);
+    let block = env("fin");
+    e.env[..block.len()].copy_from_slice(block.as_bytes());
+    e.env_len = block.len() as u32;
+    let mut out = Vec::new();
+    p.handle(Raw::Exec(e), &mut Recorder::default(), &mut out);
+    assert_eq!(p.violations.len(), 1);
+    let v = p.violations[0].clone();
+    assert_eq!(
+        (v.policy.as_str(), v.command_id.as_str(), v.seen_in.as_str()),
+        ("leaked-key", "act-p", "env")
+    );
+    assert_eq!(
+        p.policy_holders().len(),
+        1,
+        "a holder when the rules arrive"
+    );
+    let ev = p.enforcement_event(&v, true, String::new());
+    let json = serde_json::to_string(&ev).unwrap();
+    assert!(
+        json.contains("policy leaked-key: credential forbidden"),
+        "{json}"
+    );
+    assert!(!json.contains(secret));
+    // The same credential under another agent is not a violation.
+    let mut q = pipeline("[[agent]]\nid = \"ops\"\n[agent.match]\nenv = \"ops\"\n");
+    q.policy_creds = p.policy_creds.clone();
+    let mut e = zeroed::<ExecEvent>();
+    e.hdr = hdr(kind::EXEC, false, 0);
+    let block = env("ops");
+    e.env[..block.len()].copy_from_slice(block.as_bytes());
+    e.env_len = block.len() as u32;
+    q.handle(Raw::Exec(e), &mut Recorder::default(), &mut Vec::new());
+    assert!(q.violations.is_empty());
 }
