@@ -7,7 +7,9 @@
 //! work; names in endpoint rules are resolved by the sensor (an unresolvable one is
 //! reported as collector-enforced); a restarted sensor puts the rules back in force
 //! from its state dir while the collector is down; an open by a relative path (which
-//! the kernel cannot match) gets the process killed by the daemon after the fact.
+//! the kernel cannot match) gets the process killed by the daemon after the fact. A
+//! credential forbidden to agent x stops x's holders when the rule arrives and x's
+//! new processes on sight (held at exec when a tracked parent starts them), not y's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -44,7 +46,7 @@ struct Agent {
 }
 
 const AGENT: &str = r#"
-import os, socket, sys
+import os, socket, subprocess, sys
 print("ready", os.getpid(), flush=True)
 for line in sys.stdin:
     cmd, _, arg = line.strip().partition(" ")
@@ -53,6 +55,10 @@ for line in sys.stdin:
             host, _, port = arg.rpartition(":")
             s = socket.create_connection((host, int(port)), timeout=3); s.close()
             print("ok", flush=True)
+        elif cmd == "spawn":
+            r = subprocess.run([sys.executable, "-c", "print('ran')"], capture_output=True,
+                               env=dict(os.environ, CUSTODY_AGENT=arg))
+            print("exit", r.returncode, r.stdout.decode().strip(), flush=True)
         elif cmd == "cd":
             os.chdir(arg)
             print("ok", flush=True)
@@ -69,8 +75,23 @@ for line in sys.stdin:
 
 impl Agent {
     fn start(host: &NsHost, agent: &str) -> Agent {
-        let mut child = host
-            .command(python())
+        Agent::start_with(host, agent, &[])
+    }
+
+    fn start_with(host: &NsHost, agent: &str, env: &[(&str, &str)]) -> Agent {
+        let mut a = Agent::spawn(host, agent, env);
+        let first = a.line();
+        assert!(first.starts_with("ready"), "agent {agent}: {first:?}");
+        a
+    }
+
+    /// Started, without waiting for it to be ready.
+    fn spawn(host: &NsHost, agent: &str, env: &[(&str, &str)]) -> Agent {
+        let mut cmd = host.command(python());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .args(["-c", AGENT])
             .env("CUSTODY_AGENT", agent)
             .stdin(Stdio::piped())
@@ -86,14 +107,11 @@ impl Agent {
                 let _ = tx.send(l);
             }
         });
-        let mut a = Agent {
+        Agent {
             child,
             stdin,
             lines,
-        };
-        let first = a.line();
-        assert!(first.starts_with("ready"), "agent {agent}: {first:?}");
-        a
+        }
     }
 
     /// The next line; "" when the process ended without one.
@@ -419,4 +437,122 @@ forbid (principal, action == Action::"connect", resource) when {{ resource.host 
     .expect("reported");
     assert_eq!(after["kind"]["enforcement"]["applied"], true);
     drop((denied, allowed));
+}
+
+/// Waits (bounded) for `a` to end; its termination signal.
+fn killed(a: &mut Agent) -> Option<i32> {
+    poll(Duration::from_secs(15), || a.child.try_wait().unwrap())
+        .expect("the process ended")
+        .signal()
+}
+
+#[test]
+fn forbidden_credential_stops_the_agents_processes_on_sight() {
+    if !bpf_available("forbidden_credential_stops_the_agents_processes_on_sight") {
+        return;
+    }
+    let dir = WorkDir::new();
+    let work = dir.path();
+    let fleet = Fleet::new(&["pk-c"]);
+    let host = fleet.host("pk-c");
+    let collector = Collector::start(&work.join("collector"), &format!("{}:0", fleet.bridge_addr));
+    let admin = collector.operator_token("admin", "secops");
+    let sdir = work.join("pk-c");
+    let cfg = sensor_config_scoped(
+        "pk-c",
+        &sdir.join("state"),
+        &[("x", "x", "/srv"), ("y", "y", "/srv")],
+    );
+    let mut sensor = NsSensor::enroll_and_start_with(
+        host,
+        &sdir,
+        &collector.addr,
+        &collector.enroll_token(),
+        &cfg,
+    );
+    sensor.wait_ready(Duration::from_secs(60));
+
+    // Both agents hold the same key; its fingerprint comes from the sensor's report.
+    let key = [("OPENAI_API_KEY", "sk-proj-PolicyKernelTest0123456789abcd")];
+    let mut x = Agent::start_with(host, "x", &key);
+    let mut y = Agent::start_with(host, "y", &key);
+    let xpid = u64::from(x.pid());
+    let fp = poll(Duration::from_secs(20), || {
+        sensor.events().into_iter().find_map(|e| {
+            (e["process"]["pid"].as_u64() == Some(xpid))
+                .then(|| {
+                    e["kind"]["exec"]["env_credentials"][0]["fingerprint"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        })
+    })
+    .expect("the key is reported as a fingerprint");
+
+    let pdir = work.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("keys.cedar"),
+        format!(
+            r#"@id("x-no-openai-key") @response("alert")
+forbid (principal == Agent::"x", action == Action::"use_credential", resource == Credential::"{fp}");
+"#
+        ),
+    )
+    .unwrap();
+    let applied = collector.ctl(&admin, &["policy", "apply", pdir.to_str().unwrap()]);
+    let action_id = applied["rules_action_id"].as_str().unwrap().to_owned();
+    let delivery = poll(Duration::from_secs(30), || {
+        let a = collector.ctl(&admin, &["action", &action_id]);
+        let h = a["hosts"]
+            .as_array()?
+            .iter()
+            .find(|h| h["host"] == "pk-c")?
+            .clone();
+        matches!(h["state"].as_str(), Some("ok" | "partial" | "failed")).then_some(h)
+    })
+    .expect("the sensor answers the policy update");
+    assert_eq!(delivery["state"], "ok", "{delivery:#}");
+    assert!(
+        delivery["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 forbidden credential rule(s) stopped on sight"),
+        "{delivery:#}"
+    );
+    // The holder of agent x is stopped when the rule arrives; y is not affected.
+    assert_eq!(killed(&mut x), Some(libc::SIGKILL));
+    assert_eq!(
+        delivery["affected_exec_ids"].as_array().map(Vec::len),
+        Some(1),
+        "{delivery:#}"
+    );
+    assert_eq!(y.ask("cd /"), "ok", "agent y keeps running");
+    // A new process of x with the key: started by an untracked parent, it is
+    // recognised at its exec and stopped on sight ...
+    let mut x2 = Agent::spawn(host, "x", &key);
+    assert_eq!(killed(&mut x2), Some(libc::SIGKILL));
+    // ... started by a tracked one (here agent y), it is held at exec and killed
+    // before it runs an instruction.
+    assert_eq!(y.ask("spawn x").trim(), "exit -9");
+    assert_eq!(y.ask("spawn y"), "exit 0 ran", "y's own child runs");
+    let ev = poll(Duration::from_secs(20), || {
+        enforcements(&sensor).into_iter().find(|e| {
+            e["kind"]["enforcement"]["reason"]
+                .as_str()
+                .is_some_and(|r| {
+                    r.starts_with("policy x-no-openai-key:") && r.contains("held at exec")
+                })
+        })
+    })
+    .unwrap_or_else(|| panic!("no held-at-exec enforcement: {:#?}", enforcements(&sensor)));
+    assert_eq!(
+        ev["kind"]["enforcement"]["credential_fingerprint"],
+        fp.as_str()
+    );
+    assert_eq!(ev["process"]["agent_id"], "x");
+    // y with the same key still starts.
+    let mut y2 = Agent::start_with(host, "y", &key);
+    assert_eq!(y2.ask("cd /"), "ok");
 }
