@@ -25,6 +25,7 @@ pub mod sensor_service;
 pub mod server;
 pub mod store;
 pub mod synth;
+pub mod ui;
 pub mod units;
 
 pub use engine::{Engine, IngestOutcome};

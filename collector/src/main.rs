@@ -102,9 +102,10 @@ async fn main() -> Result<()> {
                 cfg.revocation_hooks = custody_collector::response::hook::load(p)?;
             }
             let mut c = Collector::start(cfg).await?;
-            // Tests and scripts read these two lines.
+            // Tests and scripts read these lines.
             println!("listening on {}", c.addr);
             println!("ca fingerprint {}", c.ca_fingerprint);
+            println!("ui on {}", custody_collector::ui::url(c.addr));
             tokio::select! {
                 r = c.wait() => r?,
                 _ = tokio::signal::ctrl_c() => {

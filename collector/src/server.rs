@@ -132,16 +132,28 @@ impl Collector {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stop = shutdown_rx.clone();
-        let router = Server::builder()
-            .tls_config(tls)
-            .context("TLS configuration")?
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        // The web UI's routes on the same port (browsers speak h2 via ALPN; HTTP/1.1
+        // without ALPN works too), with the gRPC services added to them.
+        let ui = crate::ui::Ui::new(
+            engine.clone(),
+            responder.clone(),
+            alerts.clone(),
+            tokens.clone(),
+            shutdown_rx.clone(),
+        );
+        let routes = tonic::service::Routes::from(crate::ui::router(ui))
             .add_service(
                 SensorServiceServer::new(sensor).max_decoding_message_size(cfg.max_message_bytes),
             )
             .add_service(
                 AdminServiceServer::new(admin).max_decoding_message_size(cfg.max_message_bytes),
             );
+        let router = Server::builder()
+            .tls_config(tls)
+            .context("TLS configuration")?
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_routes(routes);
         let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));

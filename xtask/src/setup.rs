@@ -16,12 +16,17 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("node", "nodejs"),
     ("python3", "python3"),
+    // The web UI's browser test: Debian's Chromium driven by playwright-core (which
+    // never downloads a browser of its own).
+    ("chromium", "chromium"),
+    ("npm", "npm"),
 ];
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_tools()?;
+    ui_test_deps()?;
     kernel_filesystems()?;
     eprintln!("setup: ready");
     Ok(())
@@ -162,6 +167,32 @@ fn debian_tools() -> Result<()> {
             .args(["install", "-y", "-q"])
             .args(&missing),
     )?;
+    Ok(())
+}
+
+/// `npm ci` in tests/ui when its node_modules does not hold the locked
+/// playwright-core (a no-op once done).
+fn ui_test_deps() -> Result<()> {
+    let dir = crate::util::root().join("tests/ui");
+    let lock: serde_json::Value = serde_json::from_slice(
+        &fs::read(dir.join("package-lock.json")).context("reading tests/ui/package-lock.json")?,
+    )?;
+    let want = lock["packages"]["node_modules/playwright-core"]["version"].as_str();
+    let have = fs::read(dir.join("node_modules/playwright-core/package.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["version"].as_str().map(str::to_owned));
+    if want.is_some() && have.as_deref() == want {
+        return Ok(());
+    }
+    eprintln!("setup: npm ci in tests/ui (playwright-core, no browser download)");
+    exec(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir)
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1"),
+    )
+    .context("installing the browser test's node modules")?;
     Ok(())
 }
 

@@ -1,0 +1,380 @@
+//! The collector's web UI in a real browser (issue 6): a collector fed by three
+//! real sensors in network-namespace hosts, a three-hop chain across them, and
+//! headless Chromium (Debian's package, driven by playwright-core from tests/ui/)
+//! signing in, seeing the fleet and the chain graph (with the exec a policy denied,
+//! and its alert, which the responder acknowledges), killing the chain with a reason
+//! and watching every host confirm — the processes die (checked in /proc); a viewer
+//! gets no buttons and a 403 for a forged POST; a POST without the CSRF token is
+//! refused; sign-out ends the session. Screenshots of the fleet, chain, action and
+//! actions pages are kept (paths printed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use custody_tests::netns::{
+    Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, set_login_uid,
+};
+use custody_tests::{agents_dir, bpf_available};
+use serde_json::Value;
+
+fn python() -> &'static str {
+    static PY: OnceLock<String> = OnceLock::new();
+    PY.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}
+
+/// A scenario process in `host`'s namespace: a declared agent whose processes all
+/// carry `marker` in their environment.
+fn agent(host: &NsHost, agent: &str, marker: &str, args: &[&str]) -> Command {
+    let mut c = host.command(python());
+    c.arg(agents_dir().join("response_agent.py"))
+        .args(args)
+        .env("CUSTODY_AGENT", agent)
+        .env("CUSTODY_TEST_MARK", marker)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    c
+}
+
+fn exec_id(host: &str, who: &Value) -> String {
+    format!(
+        "{host}:{}:{}",
+        who["pid"].as_u64().expect("pid"),
+        who["start_ticks"].as_u64().expect("start_ticks")
+    )
+}
+
+/// Live (non-zombie) processes whose environment holds CUSTODY_TEST_MARK=`marker`.
+fn alive_with(marker: &str) -> Vec<u32> {
+    let needle = format!("CUSTODY_TEST_MARK={marker}\0");
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
+            == Some('Z');
+        if !zombie && env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// What the browser test needs: node, Chromium and tests/ui/node_modules (`cargo
+/// xtask setup` installs them). None (with the reason) when something is missing.
+fn browser_tools() -> Result<(PathBuf, PathBuf), String> {
+    let ui = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("ui");
+    if !ui
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
+        return Err(format!(
+            "{}/node_modules is missing (run `cargo xtask setup`, which runs `npm ci` there)",
+            ui.display()
+        ));
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        return Err("node is not installed (`cargo xtask setup`)".into());
+    }
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["/usr/lib/chromium/chromium", "/usr/bin/chromium"]
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+        })
+        .ok_or("Debian's chromium is not installed (`cargo xtask setup`)")?;
+    Ok((ui.join("ui-test.js"), chromium))
+}
+
+/// Where screenshots are kept: $CUSTODY_UI_SCREENSHOTS, else target/ui-screenshots.
+fn screenshot_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CUSTODY_UI_SCREENSHOTS") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .nth(3)
+        .map(|t| t.join("ui-screenshots"))
+        .unwrap_or_else(|| std::env::temp_dir().join("custody-ui-screenshots"))
+}
+
+fn ui_url(collector: &Collector) -> String {
+    poll(Duration::from_secs(10), || {
+        collector
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|l| l.strip_prefix("ui on ").map(|u| u.trim().to_string()))
+    })
+    .expect("collector prints its UI address (\"ui on https://…\")")
+}
+
+/// Runs the browser script with a deadline; returns its parsed last stdout line, or
+/// why it failed.
+fn run_browser(script: &Path, chromium: &Path, args: &[&str]) -> Result<Value, String> {
+    let mut child = Command::new("node")
+        .arg(script)
+        .args(args)
+        .env("CHROMIUM", chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node");
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut { out }, &mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("browser test still running after 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = reader.join().unwrap();
+    if !status.success() {
+        return Err(format!("browser test failed ({status}): {stdout}"));
+    }
+    let last = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(last).map_err(|e| format!("bad result line {last:?}: {e}"))
+}
+
+#[test]
+fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
+    if !bpf_available("web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out") {
+        return;
+    }
+    let (script, chromium) = match browser_tools() {
+        Ok(t) => t,
+        Err(why) => {
+            if std::env::var("CUSTODY_REQUIRE_BPF").is_ok_and(|v| v == "1") {
+                panic!("web UI browser test cannot run: {why}");
+            }
+            eprintln!("skipping web_ui_in_a_browser: {why}");
+            return;
+        }
+    };
+    let dir = WorkDir::new();
+    let work = dir.path();
+    let hosts = ["host-a", "host-b", "host-c"];
+    let agents = [
+        ("agent-a", "agent-a"),
+        ("agent-b", "agent-b"),
+        ("agent-c", "agent-c"),
+    ];
+    let fleet = Fleet::new(&hosts);
+    let collector = Collector::start(&work.join("collector"), &format!("{}:0", fleet.bridge_addr));
+    let mut sensors: Vec<NsSensor> = fleet
+        .hosts
+        .iter()
+        .map(|h| {
+            let token = collector.enroll_token();
+            NsSensor::enroll_and_start(h, &work.join(&h.host_id), &collector.addr, &token, &agents)
+        })
+        .collect();
+    for s in &mut sensors {
+        s.wait_ready(Duration::from_secs(60));
+    }
+    let responder = collector.operator_token("responder", "oncall");
+    let viewer = collector.operator_token("viewer", "auditor");
+    // A policy the collector enforces after the fact (it needs the chain, so no
+    // sensor prevents it): an agent two hops or more from the human may not exec.
+    // Host C's agent forks `sleep` children: each is a denied exec, alerted.
+    let admin = collector.operator_token("admin", "root");
+    let pdir = work.join("policies");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(
+        pdir.join("ui-test.cedar"),
+        "@id(\"ui-test-no-deep-exec\")\n@response(\"alert\")\n@severity(\"high\")\n\
+         forbid (principal, action == Action::\"exec\", resource)\n\
+         when { context.depth >= 2 };\n",
+    )
+    .unwrap();
+    collector.ctl(&admin, &["policy", "apply", pdir.to_str().unwrap()]);
+    poll(Duration::from_secs(30), || {
+        let hs = collector.ctl(&responder, &["hosts"]);
+        hosts
+            .iter()
+            .all(|h| {
+                hs.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x["host_id"] == *h && x["connected"] == true)
+            })
+            .then_some(())
+    })
+    .expect("every host connected");
+
+    // A -> B -> C: the root in a login session; C keeps forking a child a second,
+    // so the chain stays busy (and the chain page has live updates to show).
+    let tag = std::process::id();
+    let marks = [format!("ua{tag}"), format!("ub{tag}"), format!("uc{tag}")];
+    let (a, b, c) = (
+        fleet.host("host-a"),
+        fleet.host("host-b"),
+        fleet.host("host-c"),
+    );
+    let log_c = work.join("children-c.log");
+    let mut hop_c = Proc::spawn(&mut agent(
+        c,
+        "agent-c",
+        &marks[2],
+        &["hop", "-", log_c.to_str().unwrap(), "1"],
+    ));
+    let c_info: Value = serde_json::from_str(&hop_c.first_line(Duration::from_secs(15))).unwrap();
+    let mut hop_b = Proc::spawn(&mut agent(
+        b,
+        "agent-b",
+        &marks[1],
+        &[
+            "hop",
+            &format!("{}:{}", c.addr, c_info["port"]),
+            "/dev/null",
+            "0",
+        ],
+    ));
+    let b_info: Value = serde_json::from_str(&hop_b.first_line(Duration::from_secs(15))).unwrap();
+    let mut cmd = agent(
+        a,
+        "agent-a",
+        &marks[0],
+        &[
+            "root",
+            &format!("{}:{}", b.addr, b_info["port"]),
+            "/dev/null",
+            "0",
+        ],
+    );
+    set_login_uid(&mut cmd, 4242);
+    let mut root = Proc::spawn(&mut cmd);
+    let a_info: Value = serde_json::from_str(&root.first_line(Duration::from_secs(15))).unwrap();
+    let (a_id, b_id, c_id) = (
+        exec_id("host-a", &a_info),
+        exec_id("host-b", &b_info),
+        exec_id("host-c", &c_info),
+    );
+    poll(Duration::from_secs(30), || {
+        let out = collector.ctl_raw(&responder, &["chain", &a_id]);
+        let ch: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let nodes: Vec<&str> = ch["nodes"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["exec_id"].as_str())
+            .collect();
+        (nodes.contains(&b_id.as_str()) && nodes.contains(&c_id.as_str())).then_some(())
+    })
+    .unwrap_or_else(|| panic!("chain {a_id} never reached {b_id} and {c_id}"));
+    for m in &marks {
+        assert!(!alive_with(m).is_empty(), "scenario {m} running");
+    }
+
+    let url = ui_url(&collector);
+    let shots = screenshot_dir();
+    let ca = collector.data_dir.join("ca.pem");
+    eprintln!("web UI at {url}; screenshots to {}", shots.display());
+    let result = run_browser(
+        &script,
+        &chromium,
+        &[
+            &url,
+            &responder,
+            &viewer,
+            &a_id,
+            shots.to_str().unwrap(),
+            &hosts.join(","),
+            ca.to_str().unwrap(),
+        ],
+    )
+    .unwrap_or_else(|e| {
+        let actions = collector.ctl(&responder, &["actions"]);
+        panic!("{e}\nactions on the collector: {actions:#}")
+    });
+    let action_id = result["action_id"].as_str().expect("action id").to_string();
+    assert_eq!(
+        result["node"],
+        b_id.as_str(),
+        "the node opened was agent-b's"
+    );
+
+    // The kill issued from the browser: done on every host, and every process of
+    // the chain is gone (C's late children too).
+    let act = collector.ctl(&responder, &["action", &action_id]);
+    assert_eq!(act["kind"], "kill_chain", "{act:#}");
+    assert_eq!(act["target"], a_id.as_str());
+    assert_eq!(act["operator"], "oncall");
+    assert_eq!(act["reason"], "ui test: exfiltration in progress");
+    assert_eq!(act["status"], "done", "{act:#}");
+    for m in &marks {
+        poll(Duration::from_secs(15), || {
+            alive_with(m).is_empty().then_some(())
+        })
+        .unwrap_or_else(|| panic!("still alive with {m}: {:?}", alive_with(m)));
+    }
+    // The viewer's forged kill was refused and audited; nothing but the one kill
+    // was issued (the other action is the policy update sent to the sensors).
+    let actions = collector.ctl(&responder, &["actions"]);
+    let kills: Vec<&Value> = actions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"].as_str().is_some_and(|k| k.starts_with("kill")))
+        .collect();
+    assert_eq!(kills.len(), 1, "{actions:#}");
+    // The alert the browser acknowledged.
+    let alerts = collector.ctl(&responder, &["alerts"]);
+    let acked = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == result["alert_id"])
+        .unwrap_or_else(|| panic!("alert {} not listed: {alerts:#}", result["alert_id"]));
+    assert_eq!(acked["status"], "acknowledged", "{acked:#}");
+    assert_eq!(acked["acknowledged_by"], "oncall");
+    assert_eq!(acked["chain_id"], a_id.as_str());
+    let audit = collector.ctl(&responder, &["audit", "--limit", "500"]);
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["actor"] == "auditor"
+                && e["action"] == "kill"
+                && e["result"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("denied"))),
+        "viewer's refused kill audited: {audit:#}"
+    );
+    for p in result["screenshots"].as_array().unwrap() {
+        let p = p.as_str().unwrap();
+        assert!(
+            std::fs::metadata(p).is_ok_and(|m| m.len() > 10_000),
+            "{p} written"
+        );
+        eprintln!("screenshot: {p}");
+    }
+    drop((hop_b, hop_c, root, sensors));
+}
