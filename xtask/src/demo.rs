@@ -65,6 +65,7 @@ pub fn run(no_scenario: bool, port: u16) -> Result<()> {
         dir,
         addr: format!("127.0.0.1:{port}"),
         token: String::new(),
+        ui: String::new(),
         procs: Vec::new(),
         dns: None,
     };
@@ -107,6 +108,8 @@ struct Demo {
     dir: PathBuf,
     addr: String,
     token: String,
+    /// The web UI's address, as the collector printed it.
+    ui: String,
     /// Long-running processes, in start order (stopped in reverse).
     procs: Vec<Proc>,
     dns: Option<DnsStub>,
@@ -219,9 +222,17 @@ impl Demo {
         let line = p.wait_line("listening on", Duration::from_secs(60), |l| {
             l.starts_with("listening on")
         });
+        let ui = line.is_ok().then(|| {
+            p.wait_line("ui on", Duration::from_secs(10), |l| {
+                l.starts_with("ui on ")
+            })
+        });
         self.procs.push(p);
         let line = line?;
         eprintln!("demo: custody-collector {line}");
+        if let Some(ui) = ui {
+            self.ui = ui?.trim_start_matches("ui on ").trim().to_string();
+        }
 
         let token = run_output(
             Command::new(self.bin("custody-collector"))
@@ -426,6 +437,11 @@ impl Demo {
         s.push_str(&format!(
             "  sensor          custodyd, enrolled as host {HOST_ID}  (log {})\n",
             self.dir.join("custodyd.log").display()
+        ));
+        s.push_str(&format!(
+            "  web UI          {}  (sign in with the operator token; the collector's CA is {})\n",
+            self.ui,
+            self.ca().display()
         ));
         s.push_str(&format!(
             "  operator token  {}  (role admin, name \"demo\")\n",
