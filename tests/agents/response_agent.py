@@ -55,8 +55,14 @@ def fork_loop(log, every, burst=0):
     if every <= 0:
         return
 
+    # CUSTODY_TEST_READ: a file read on every round (the policy tests' denied read).
+    read = os.environ.get("CUSTODY_TEST_READ")
+
     def run():
         while True:
+            if read:
+                with open(read) as f:
+                    f.read()
             p = subprocess.Popen(["sleep", "600"])
             log_line(log, f"child {p.pid} {time.time_ns()}")
             time.sleep(every)

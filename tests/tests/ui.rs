@@ -1,7 +1,7 @@
 //! The collector's web UI in a real browser (issue 6): a collector fed by three
 //! real sensors in network-namespace hosts, a three-hop chain across them, and
 //! headless Chromium (Debian's package, driven by playwright-core from tests/ui/)
-//! signing in, seeing the fleet and the chain graph (with the exec a policy denied,
+//! signing in, seeing the fleet and the chain graph (with the read a policy denied,
 //! and its alert, which the responder acknowledges), killing the chain with a reason
 //! and watching every host confirm — the processes die (checked in /proc); a viewer
 //! gets no buttons and a 403 for a forged POST; a POST without the CSRF token is
@@ -201,17 +201,25 @@ fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
     }
     let responder = collector.operator_token("responder", "oncall");
     let viewer = collector.operator_token("viewer", "auditor");
-    // A policy the collector enforces after the fact (it needs the chain, so no
-    // sensor prevents it): an agent two hops or more from the human may not exec.
-    // Host C's agent forks `sleep` children: each is a denied exec, alerted.
+    // The finance rule, enforced by the collector after the fact (it needs the
+    // chain, so no sensor prevents it): an agent two hops or more from the human may
+    // not read HR data. Host C's agent reads the salaries file every second once it
+    // has its task: each read is denied and alerted.
     let admin = collector.operator_token("admin", "root");
+    let hr = work.join("data/hr");
+    std::fs::create_dir_all(&hr).unwrap();
+    let salaries = hr.join("salaries.csv");
+    std::fs::write(&salaries, "name,salary\nbob,1\n").unwrap();
     let pdir = work.join("policies");
     std::fs::create_dir_all(&pdir).unwrap();
     std::fs::write(
         pdir.join("ui-test.cedar"),
-        "@id(\"ui-test-no-deep-exec\")\n@response(\"alert\")\n@severity(\"high\")\n\
-         forbid (principal, action == Action::\"exec\", resource)\n\
-         when { context.depth >= 2 };\n",
+        format!(
+            "@id(\"ui-test-no-hr-reads\")\n@response(\"alert\")\n@severity(\"high\")\n\
+             forbid (principal, action == Action::\"open_read\", resource in Dir::\"{}\")\n\
+             when {{ context.depth >= 2 }};\n",
+            hr.display()
+        ),
     )
     .unwrap();
     collector.ctl(&admin, &["policy", "apply", pdir.to_str().unwrap()]);
@@ -239,12 +247,15 @@ fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
         fleet.host("host-c"),
     );
     let log_c = work.join("children-c.log");
-    let mut hop_c = Proc::spawn(&mut agent(
-        c,
-        "agent-c",
-        &marks[2],
-        &["hop", "-", log_c.to_str().unwrap(), "1"],
-    ));
+    let mut hop_c = Proc::spawn(
+        agent(
+            c,
+            "agent-c",
+            &marks[2],
+            &["hop", "-", log_c.to_str().unwrap(), "1"],
+        )
+        .env("CUSTODY_TEST_READ", &salaries),
+    );
     let c_info: Value = serde_json::from_str(&hop_c.first_line(Duration::from_secs(15))).unwrap();
     let mut hop_b = Proc::spawn(&mut agent(
         b,

@@ -148,17 +148,17 @@ async function main() {
     check(argv.some((a) => a.includes('hop')), `details show argv (${argv})`);
     step(`node details: ${execId} ${argv.join(' ')}`);
 
-    // The policy denies host C's agent its execs: the chain marks the denied node
+    // The policy denies host C's agent its reads of HR data: the chain marks the denied node
     // (live, as alerts come in), and the alert can be acknowledged.
     await page.goto(chainUrl);
     await page.locator('svg.chain-graph .node.denied').first().waitFor();
-    await page.locator('svg.chain-graph .node.res.denied', { hasText: 'denied exec' }).first().waitFor();
-    step('chain graph marks the denied exec');
+    await page.locator('svg.chain-graph .node.res.denied', { hasText: 'denied open_read' }).first().waitFor();
+    step('chain graph marks the denied read');
     await page.getByRole('link', { name: 'Alerts', exact: true }).click();
     await page.waitForURL(/\/alerts$/);
     // (The first denials can come before the hops are joined into one chain: those
     // name a chain of their own.)
-    const firstOpen = page.locator('tr[data-alert][data-status="open"]', { hasText: 'ui-test-no-deep-exec' })
+    const firstOpen = page.locator('tr[data-alert][data-status="open"]', { hasText: 'ui-test-no-hr-reads' })
       .filter({ hasText: chainId }).first();
     await firstOpen.waitFor();
     // New alerts keep arriving (and refresh the list live): hold on to this one by id.
