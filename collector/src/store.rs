@@ -118,8 +118,19 @@ impl Store {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create store directory {}", dir.display()))?;
         let cfg = sled::Config::new().path(dir).flush_every_ms(Some(1000));
-        // sled can panic on some on-disk damage instead of returning an error.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
+        // sled can panic on some on-disk damage instead of returning an error. A store
+        // dropped a moment ago in this process (or a collector that just exited) may
+        // still hold the lock while sled's flusher winds down: retry briefly.
+        let mut tries = 0;
+        let opened = loop {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
+            let locked = matches!(&r, Ok(Err(sled::Error::Io(io))) if io.kind() == std::io::ErrorKind::WouldBlock);
+            tries += 1;
+            if !locked || tries >= 40 {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(e)) => {
