@@ -286,3 +286,16 @@ impl Drop for DnsStub {
         }
     }
 }
+
+/// The real Python interpreter (not a pyenv shim, whose helper processes would be
+/// traced as the scenario's children).
+pub fn python() -> &'static str {
+    static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        let out = std::process::Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    })
+}

@@ -5,31 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, sensor_config, set_login_uid,
 };
-use custody_tests::{agents_dir, bin, bpf_available, kind};
+use custody_tests::{agents_dir, bin, bpf_available, kind, python};
 use serde_json::Value;
 
 /// The audit login uid of the human who starts the work on host A (no passwd
 /// entry, so it is reported as "4242").
 const LOGIN_UID: u32 = 4242;
-
-/// The real Python interpreter (not a pyenv shim, whose helper processes would be
-/// traced as the agent's children).
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 fn agent_script(name: &str) -> String {
     agents_dir().join(name).display().to_string()

@@ -8,25 +8,13 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, sensor_config_scoped, set_login_uid,
 };
-use custody_tests::{agents_dir, bpf_available};
+use custody_tests::{agents_dir, bpf_available, python};
 use serde_json::Value;
-
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 fn finance(host: &NsHost, agent: &str, args: &[&str]) -> Command {
     let mut c = host.command(python());

@@ -7,25 +7,13 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, set_login_uid,
 };
-use custody_tests::{agents_dir, bpf_available, write_tls_files};
+use custody_tests::{agents_dir, bpf_available, python, write_tls_files};
 use serde_json::Value;
-
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 fn now_ns() -> u64 {
     SystemTime::now()

@@ -10,25 +10,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, set_login_uid,
 };
-use custody_tests::{agents_dir, bpf_available};
+use custody_tests::{agents_dir, bpf_available, python};
 use serde_json::Value;
-
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 /// A scenario process in `host`'s namespace: a declared agent whose processes all
 /// carry `marker` in their environment.
