@@ -39,15 +39,10 @@ pub struct Enforcer {
 /// The cgroup v2 root, from mountinfo (hybrid hosts mount it at .../unified).
 pub fn cgroup2_root() -> Result<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    for line in mi.lines() {
-        let (left, right) = line.split_once(" - ").unwrap_or((line, ""));
-        if right.split_whitespace().next() == Some("cgroup2") {
-            if let Some(mp) = left.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(mp));
-            }
-        }
+    match crate::kernel::mount_of(&mi, "cgroup2") {
+        Some(p) => Ok(p),
+        None => bail!("no cgroup v2 hierarchy is mounted: network quarantine needs one"),
     }
-    bail!("no cgroup v2 hierarchy is mounted: network quarantine needs one")
 }
 
 /// The pin directory for this layout: the layout version is part of the path (bpffs

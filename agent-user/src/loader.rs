@@ -105,7 +105,7 @@ const TLS_FUNCS: &[(&str, &str)] = &[
 /// Mount tracefs and bpffs where they are missing (a fresh mount namespace, e.g.
 /// under `ip netns exec`, has a new /sys without them). Failures are left to the
 /// steps that need the mounts, which say what is missing.
-fn ensure_mounts() {
+pub fn ensure_mounts() {
     for (fstype, target, probe) in [
         (
             "tracefs",

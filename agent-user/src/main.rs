@@ -9,10 +9,12 @@ mod bench;
 mod btf;
 mod config;
 mod decode;
+mod detach;
 mod enforce;
 mod enrollment;
 mod hold;
 mod identity;
+mod kernel;
 mod loader;
 mod metrics;
 mod output;
@@ -54,7 +56,22 @@ use crate::pipeline::{Pipeline, Tracker};
         an LLM API or speak MCP) and everything they spawn: exec, files, network, DNS and the \
         TLS plaintext of their HTTP/LLM/MCP calls. Credentials are reported only as keyed \
         fingerprints; payload excerpts are redacted.\n\n\
-        Needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH).",
+        Without a subcommand it runs the sensor: enrolled hosts ship to their collector \
+        (see `custodyd enroll --help`), --standalone writes JSON lines locally. It checks \
+        the kernel first and reports, per feature, what is active and what is degraded \
+        (`custodyd check-kernel` shows the same report without starting).\n\n\
+        Runs as root with these capabilities (the packaged unit allows no others): \
+        CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE (load programs and maps, attach \
+        tracepoints and uprobes), CAP_NET_ADMIN (the cgroup connect/sendmsg hooks), \
+        CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (read /proc/PID/environ, cwd and exe of \
+        every user's processes; take a quarantined process's sockets to shut them \
+        down), CAP_KILL (kill, hold and continue processes). CAP_SYS_ADMIN is needed \
+        only to mount tracefs or bpffs where they are missing.\n\n\
+        Files: /etc/custody/custodyd.toml (config), /var/lib/custody (enrollment, keys, \
+        spool, cached revocations and policy), /run/custody/custodyd-status.json (status), \
+        /sys/fs/bpf/custody/HOST (pinned enforcement).\n\n\
+        Environment: CUSTODYD_CONFIG (config file), CUSTODY_LOG (log filter, e.g. debug).",
+    after_help = "Exit status: 0 after a clean stop (SIGTERM/SIGINT), 1 on an error.",
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -95,7 +112,11 @@ struct RunArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Show whether the running sensor is healthy, and what to do if not.
+    #[command(
+        after_help = "Exit status: 0 healthy, 1 degraded (features missing, events lost, collector unreachable), 2 not running."
+    )]
     Status {
+        /// Status snapshot written by the daemon every second.
         #[arg(long, value_name = "FILE", default_value = status::DEFAULT_PATH)]
         status_file: PathBuf,
         /// Print the raw status JSON.
@@ -108,13 +129,24 @@ enum Command {
         #[arg(long, default_value_t = 2_000_000)]
         events: u64,
     },
-    /// Enroll this host with a collector using a one-time token from
-    /// `custody-collector enroll-token`; the collector's CA is pinned by the token.
+    /// Enroll this host with a collector (once per host, as root).
+    #[command(
+        long_about = "Enroll this host with a collector, once per host, as root.\n\n\
+            The token comes from `custody-collector enroll-token` on the collector and is \
+            single-use; it carries the fingerprint of the collector's CA, which is pinned \
+            before anything else is trusted. The collector then issues this host a client \
+            certificate for its host id (the config's [sensor] host_id, or the hostname). \
+            The certificate, its key (0600) and the pinned CA are written to the state \
+            directory (default /var/lib/custody); start the daemon afterwards \
+            (systemctl enable --now custodyd).",
+        after_help = "Example:\n  custodyd enroll --collector collector.example:7443 --token cst1.… --config /etc/custody/custodyd.toml"
+    )]
     Enroll {
-        /// Collector address, host:port.
+        /// Collector address, host:port (the port sensors and custodyctl use, 7443 by default).
         #[arg(long, value_name = "ADDR")]
         collector: String,
-        /// One-time enrollment token (cst1.…).
+        /// One-time enrollment token (cst1.…); prefer the environment variable, which
+        /// keeps it out of the process list.
         #[arg(
             long,
             value_name = "TOKEN",
@@ -126,10 +158,36 @@ enum Command {
         #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Check a configuration file and exit.
+    /// Check a configuration file and exit (1 with file:line:column on an error).
     CheckConfig {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+    },
+    /// Report what this kernel offers custodyd (BTF, tracefs, bpffs, cgroup v2,
+    /// program and map types, helpers, lockdown) without starting it.
+    #[command(
+        after_help = "Exit status: 0 everything available, 1 some parts would be degraded, 2 custodyd cannot run on this kernel."
+    )]
+    CheckKernel,
+    /// Remove what a stopped sensor left pinned in bpffs (enforcement maps and hooks).
+    #[command(
+        long_about = "Remove what a stopped sensor left pinned in bpffs: the enforcement maps \
+            and the links that keep the quarantine (cgroup connect/sendmsg) and kill hooks \
+            attached under the config's pin_dir (default /sys/fs/bpf/custody/HOST). Used by \
+            the package's removal; stops nothing else.\n\n\
+            Refuses while a custodyd runs with the same state directory, and while \
+            enforcement is in force — a network quarantine, a pending kill, or a process \
+            held for vetting — naming the processes, unless --force.",
+        after_help = "Exit status: 0 removed (or nothing was pinned), 1 error, 2 a custodyd is running, 3 enforcement in force (refused without --force)."
+    )]
+    Detach {
+        /// Remove the pins even with enforcement in force: lifts the quarantine, drops
+        /// pending kills, and kills processes still held for vetting (fail-closed).
+        #[arg(long)]
+        force: bool,
+        /// Configuration file (state directory, host id and pin_dir come from it).
+        #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -488,8 +546,17 @@ fn run_cli(cli: Cli) -> Result<i32> {
                 &token,
                 &cfg.host_id,
                 &cfg.state_dir,
+                &cfg.fleet_key,
             ))?;
             Ok(0)
+        }
+        Some(Command::CheckKernel) => Ok(kernel::check()),
+        Some(Command::Detach { force, config }) => {
+            let cfg = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default_config(),
+            };
+            detach::run(&cfg, force)
         }
         Some(Command::CheckConfig { file }) => {
             let c = Config::load(&file)?;
@@ -533,6 +600,20 @@ async fn run(args: RunArgs) -> Result<()> {
         bail!("--standalone needs an output: --json (stdout) or --output FILE");
     }
     let observe_all = args.observe_all || cfg.observe_all;
+    // Held while running: `custodyd detach` refuses to pull pins from a live sensor.
+    let _run_lock = (!args.floor).then(|| detach::RunLock::take(&cfg.state_dir));
+    // What the kernel offers, before anything is loaded: a missing piece is named with
+    // what it degrades, even when the load below then fails.
+    loader::ensure_mounts();
+    let kernel_probes = kernel::probe_all();
+    tracing::info!(
+        "kernel {}: {}",
+        kernel_release(),
+        kernel::summary(&kernel_probes)
+    );
+    for p in kernel_probes.iter().filter(|p| !p.active) {
+        tracing::warn!(probe = %p.name, "kernel: {}", p.detail);
+    }
     let key = FleetKey::load_or_create(&cfg.fleet_key).context("fleet key")?;
     let mut tls_binaries = loader::default_tls_binaries();
     tls_binaries.extend(cfg.tls_binaries.iter().cloned());
@@ -745,6 +826,8 @@ async fn run(args: RunArgs) -> Result<()> {
         },
         started_unix: started,
         features: features.iter().map(Into::into).collect(),
+        kernel: kernel_probes.iter().map(Into::into).collect(),
+        kernel_release: kernel_release(),
         declared_agents: declared,
         state_dir: cfg.state_dir.display().to_string(),
         ..Default::default()

@@ -20,6 +20,11 @@ pub struct Status {
     pub started_unix: u64,
     pub updated_unix: u64,
     pub features: Vec<FeatureStatus>,
+    /// What the kernel offers (probed at start, see `custodyd check-kernel`).
+    #[serde(default)]
+    pub kernel: Vec<FeatureStatus>,
+    #[serde(default)]
+    pub kernel_release: String,
     /// Kernel-side counters (lost events, truncations), summed over CPUs.
     pub kernel_counters: BTreeMap<String, u64>,
     pub records: u64,
@@ -249,6 +254,20 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
                 "    rules waiting for agents not seen yet: {}",
                 p.waiting_agents.join(", ")
             );
+        }
+    }
+    if !s.kernel.is_empty() {
+        println!(
+            "  kernel {}: {}",
+            s.kernel_release,
+            s.kernel
+                .iter()
+                .map(|k| format!("{}={}", k.name, if k.active { "yes" } else { "NO" }))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        for k in s.kernel.iter().filter(|k| !k.active) {
+            println!("    kernel lacks {}: {}", k.name, k.detail);
         }
     }
     for f in &s.features {
