@@ -36,7 +36,13 @@ impl Enrollment {
 }
 
 /// `custodyd enroll`: exchange a one-time token for this host's client certificate.
-pub async fn enroll(collector: &str, token: &str, host_id: &str, state_dir: &Path) -> Result<()> {
+pub async fn enroll(
+    collector: &str,
+    token: &str,
+    host_id: &str,
+    state_dir: &Path,
+    fleet_key: &Path,
+) -> Result<()> {
     if host_id.is_empty() || host_id.contains(':') || host_id.contains(char::is_whitespace) {
         bail!(
             "host id {host_id:?} must be non-empty with no ':' or spaces (it prefixes every exec id)"
@@ -44,16 +50,17 @@ pub async fn enroll(collector: &str, token: &str, host_id: &str, state_dir: &Pat
     }
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
-    let paths = shipper::enroll(collector, token, host_id, state_dir).await?;
+    let paths = shipper::enroll(collector, token, host_id, state_dir, fleet_key).await?;
     let e = Enrollment {
         collector: collector.to_string(),
         host_id: host_id.to_string(),
     };
     std::fs::write(path(state_dir), toml::to_string(&e)?)?;
     println!(
-        "enrolled host {host_id:?} with collector {collector}\n  client certificate {}\n  collector CA {}\nnext: systemctl enable --now custodyd (or run custodyd without --standalone)",
+        "enrolled host {host_id:?} with collector {collector}\n  client certificate {}\n  collector CA {}\n  fleet key {}\nnext: systemctl enable --now custodyd (or run custodyd without --standalone)",
         paths.cert_pem.display(),
-        paths.ca_pem.display()
+        paths.ca_pem.display(),
+        fleet_key.display()
     );
     Ok(())
 }

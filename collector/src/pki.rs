@@ -29,7 +29,53 @@ pub struct Pki {
     /// CA fingerprint finds it in the presented chain.
     pub server_chain_pem: String,
     pub server_key_pem: String,
+    /// The fleet key handed to sensors at enrollment (see [`load_or_create_fleet_key`]).
+    pub fleet_key: [u8; FLEET_KEY_LEN],
     issuer: Issuer<'static, KeyPair>,
+}
+
+pub const FLEET_KEY_LEN: usize = 32;
+const FLEET_KEY: &str = "fleet.key";
+
+/// The fleet's credential-fingerprint key, `DATA_DIR/fleet.key` (32 random bytes,
+/// 0600), created on first start. Every sensor gets it at enrollment so that a secret
+/// has the same fingerprint on every host; losing it means re-enrolling every host.
+pub fn load_or_create_fleet_key(data_dir: &Path) -> Result<[u8; FLEET_KEY_LEN]> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = data_dir.join(FLEET_KEY);
+    match std::fs::read(&path) {
+        Ok(b) => {
+            let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} has mode {mode:04o}: it must be readable by the collector only (chmod 600)",
+                    path.display()
+                );
+            }
+            b.try_into().map_err(|b: Vec<u8>| {
+                anyhow::anyhow!(
+                    "{} holds {} bytes, not {FLEET_KEY_LEN}: restore it from a backup (a new key \
+                     changes every fingerprint; hosts would have to re-enroll)",
+                    path.display(),
+                    b.len()
+                )
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = crate::auth::random_bytes::<FLEET_KEY_LEN>();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&key)?;
+            f.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -101,6 +147,7 @@ impl Pki {
             ca_fingerprint: sha256_hex(&ca_der),
             server_chain_pem: format!("{}{}", server_cert.pem(), ca_pem),
             server_key_pem: server_key.serialize_pem(),
+            fleet_key: load_or_create_fleet_key(data_dir)?,
             ca_pem,
             ca_der,
             issuer,

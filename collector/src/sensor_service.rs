@@ -146,6 +146,7 @@ impl SensorService for SensorSvc {
             client_cert_pem: cert_pem,
             ca_cert_pem: self.pki.ca_pem.clone(),
             not_after_ns,
+            fleet_key: self.pki.fleet_key.to_vec(),
         }))
     }
 

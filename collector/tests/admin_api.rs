@@ -78,9 +78,15 @@ async fn admin_api_requires_tokens_and_roles() {
         .token;
     // The minted token really enrolls (and only host-z).
     let state = tempfile::tempdir().unwrap();
-    let err = agent_user::shipper::enroll(&addr, &tok, "host-y", state.path())
-        .await
-        .unwrap_err();
+    let err = agent_user::shipper::enroll(
+        &addr,
+        &tok,
+        "host-y",
+        state.path(),
+        &state.path().join("fleet.key"),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{err:#}").contains("bound to host"), "{err:#}");
     enroll_host(&addr, &tok, "host-z", state.path()).await;
 

@@ -29,6 +29,30 @@ async fn enroll_then_stream_events() {
     for p in [&paths.ca_pem, &paths.cert_pem, &paths.key_pem] {
         assert_eq!(mode(p), 0o600, "{}", p.display());
     }
+    // Every host gets the collector's fleet key, so one secret has one fingerprint
+    // fleet-wide.
+    let other = tempfile::tempdir().unwrap();
+    enroll_host(
+        &addr,
+        &enroll_token(&c, Duration::from_secs(60)),
+        "host-z",
+        other.path(),
+    )
+    .await;
+    let fleet_key = std::fs::read(dir.path().join("fleet.key")).unwrap();
+    assert_eq!(fleet_key.len(), 32);
+    assert_eq!(mode(&dir.path().join("fleet.key")), 0o600);
+    for s in [state.path(), other.path()] {
+        let k = s.join("fleet.key");
+        assert_eq!(std::fs::read(&k).unwrap(), fleet_key, "{}", k.display());
+        assert_eq!(mode(&k), 0o600);
+        let key = agent_user::credential::FleetKey::load_or_create(&k).unwrap();
+        assert_eq!(
+            key.fingerprint(b"sk-proj-same-secret"),
+            agent_user::credential::FleetKey::from_bytes(fleet_key.clone().try_into().unwrap())
+                .fingerprint(b"sk-proj-same-secret")
+        );
+    }
     let spool = tempfile::tempdir().unwrap();
     let (ship, _cmds) =
         Shipper::start(shipper_config(&addr, &paths, spool.path(), "host-a")).unwrap();
@@ -55,8 +79,11 @@ async fn enroll_then_stream_events() {
         .unwrap()
         .into_inner()
         .hosts;
+    let hosts: Vec<_> = hosts
+        .into_iter()
+        .filter(|h| h.host_id == "host-a")
+        .collect();
     assert_eq!(hosts.len(), 1);
-    assert_eq!(hosts[0].host_id, "host-a");
     assert_eq!(hosts[0].events_stored, 500);
     assert!(hosts[0].connected);
     assert!(hosts[0].enrolled_at_ns > 0);
@@ -90,25 +117,43 @@ async fn reused_expired_and_mispinned_tokens_fail() {
 
     let token = enroll_token(&c, Duration::from_secs(60));
     enroll_host(&addr, &token, "host-a", state.path()).await;
-    let err = shipper::enroll(&addr, &token, "host-a", state.path())
-        .await
-        .unwrap_err();
+    let err = shipper::enroll(
+        &addr,
+        &token,
+        "host-a",
+        state.path(),
+        &state.path().join("fleet.key"),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{err:#}").contains("already used"), "{err:#}");
 
     let expired = enroll_token(&c, Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let err = shipper::enroll(&addr, &expired, "host-b", state.path())
-        .await
-        .unwrap_err();
+    let err = shipper::enroll(
+        &addr,
+        &expired,
+        "host-b",
+        state.path(),
+        &state.path().join("fleet.key"),
+    )
+    .await
+    .unwrap_err();
     assert!(format!("{err:#}").contains("expired"), "{err:#}");
 
     // A token pinning another CA never reaches the collector's Enroll.
     let good = enroll_token(&c, Duration::from_secs(60));
     let secret = good.rsplit('.').next().unwrap();
     let wrong = format!("cst1.{}.{secret}", "00".repeat(32));
-    let err = shipper::enroll(&addr, &wrong, "host-c", state.path())
-        .await
-        .unwrap_err();
+    let err = shipper::enroll(
+        &addr,
+        &wrong,
+        "host-c",
+        state.path(),
+        &state.path().join("fleet.key"),
+    )
+    .await
+    .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("does not match the token"), "{msg}");
     // ...and the good token is still unused.

@@ -63,12 +63,15 @@ pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
 
 /// Enrolls this host with the collector at `collector_addr` ("host:port"):
 /// fetches the collector CA over TLS pinned to the fingerprint in `token`, sends a
-/// CSR for a fresh key, and stores CA, certificate and key in `state_dir` (0600).
+/// CSR for a fresh key, and stores CA, certificate and key in `state_dir` (0600),
+/// and the fleet's fingerprint key at `fleet_key` (0600) so this host's credential
+/// fingerprints match every other host's.
 pub async fn enroll(
     collector_addr: &str,
     token: &str,
     host_id: &str,
     state_dir: &Path,
+    fleet_key: &Path,
 ) -> Result<EnrolledPaths> {
     let fp = token_fingerprint(token)?;
     let addr = collector_addr.to_owned();
@@ -103,6 +106,20 @@ pub async fn enroll(
     write_private(&paths.ca_pem, resp.ca_cert_pem.as_bytes())?;
     write_private(&paths.cert_pem, resp.client_cert_pem.as_bytes())?;
     write_private(&paths.key_pem, key.serialize_pem().as_bytes())?;
+    match resp.fleet_key.len() {
+        32 => {
+            if let Some(parent) = fleet_key.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            write_private(fleet_key, &resp.fleet_key)?;
+        }
+        0 => tracing::warn!(
+            "the collector sent no fleet key (older collector): this host keeps its own, so \
+             its credential fingerprints will not match other hosts'"
+        ),
+        n => bail!("collector sent a fleet key of {n} bytes, not 32"),
+    }
     tracing::info!(host = host_id, dir = %state_dir.display(), "enrolled with collector");
     Ok(paths)
 }

@@ -3,7 +3,7 @@
 //! reconnects, and commands coming back on the same stream.
 //!
 //! ```text
-//! let paths = shipper::enroll("collector:7443", &token, &host_id, state_dir).await?; // once
+//! let paths = shipper::enroll("collector:7443", &token, &host_id, state_dir, &fleet_key).await?; // once
 //! let (ship, mut commands) = Shipper::start(ShipperConfig::from_enrollment(
 //!     "collector:7443", &paths, spool_dir, host_id, boot_id))?;
 //! ship.send(event)?;                      // never blocks on the network

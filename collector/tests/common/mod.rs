@@ -42,7 +42,7 @@ pub fn operator(dir: &Path, role: Role) -> String {
 }
 
 pub async fn enroll_host(addr: &str, token: &str, host: &str, state: &Path) -> EnrolledPaths {
-    shipper::enroll(addr, token, host, state)
+    shipper::enroll(addr, token, host, state, &state.join("fleet.key"))
         .await
         .expect("enrollment succeeds")
 }
