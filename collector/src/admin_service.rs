@@ -24,6 +24,7 @@ pub struct AdminSvc {
     pub responder: Arc<Responder>,
     pub alerts: Arc<crate::alerts::Alerts>,
     pub policy: Arc<crate::live_policy::LivePolicy>,
+    pub telemetry: Arc<crate::metrics::Telemetry>,
 }
 
 /// Authenticates the caller of any admin request.
@@ -429,5 +430,17 @@ impl AdminService for AdminSvc {
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::invalid_argument(format!("policy set does not load:\n{e}")))?;
         Ok(Response::new(report))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<admin::GetStatusRequest>,
+    ) -> Result<Response<admin::CollectorStatus>, Status> {
+        self.require(&req, Role::Viewer, "status")?;
+        let t = self.telemetry.clone();
+        let s = tokio::task::spawn_blocking(move || t.status())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(s))
     }
 }

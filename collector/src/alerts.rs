@@ -22,6 +22,8 @@ pub struct Alerts {
     by_id: Mutex<BTreeMap<String, Alert>>,
     seq: std::sync::atomic::AtomicU64,
     live: broadcast::Sender<Alert>,
+    /// Alerts raised since start, by severity (metrics).
+    raised: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Alerts {
@@ -37,6 +39,7 @@ impl Alerts {
             by_id: Mutex::new(by_id),
             seq: Default::default(),
             live,
+            raised: Default::default(),
         }))
     }
 
@@ -73,6 +76,12 @@ impl Alerts {
             }
         }
         drop(m);
+        *self
+            .raised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(a.severity.clone())
+            .or_default() += 1;
         let _ = self.live.send(a.clone());
         Ok(a)
     }
@@ -115,6 +124,24 @@ impl Alerts {
             }
         }
         (chains, agents)
+    }
+
+    /// Alerts raised since start, by severity.
+    pub fn raised(&self) -> BTreeMap<String, u64> {
+        self.raised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Stored alerts by (severity, status).
+    pub fn counts(&self) -> BTreeMap<(String, String), u64> {
+        let mut out = BTreeMap::new();
+        for a in self.lock().values() {
+            *out.entry((a.severity.clone(), a.status.clone()))
+                .or_default() += 1;
+        }
+        out
     }
 
     /// Acknowledge and/or assign.

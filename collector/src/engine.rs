@@ -61,6 +61,18 @@ pub struct Metrics {
     pub batches_rejected: AtomicU64,
     pub clock_skewed: AtomicU64,
     pub stream_errors: AtomicU64,
+    /// Batches stored (rejected ones are in `batches_rejected`).
+    pub batches: AtomicU64,
+    /// Stored events by kind, indexed as [`crate::metrics::EVENT_KINDS`].
+    pub events_by_kind: [AtomicU64; crate::metrics::EVENT_KINDS.len()],
+    /// Events handed to policy evaluation (its queue depth is this minus what the
+    /// evaluator took).
+    pub policy_enqueued: AtomicU64,
+    pub retention_runs: AtomicU64,
+    pub retention_deleted_events: AtomicU64,
+    pub retention_deleted_bytes: AtomicU64,
+    /// Unix ns of the end of the last retention pass.
+    pub retention_last_ns: AtomicU64,
 }
 
 /// Where the stored events of one process (or host) are.
@@ -490,6 +502,7 @@ impl Engine {
                 let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
                 let (mut last_seq, mut newest, mut skewed) = (0, 0, 0);
                 let mut host_ix: Option<(u64, u32)> = None;
+                let mut kinds = [0u64; crate::metrics::EVENT_KINDS.len()];
                 for ev in eb.events {
                     if ev.seq <= hwm {
                         out.duplicates += 1;
@@ -517,6 +530,7 @@ impl Engine {
                     last_seq = ev.seq;
                     newest = newest.max(ev.time_ns.min(now));
                     out.stored += 1;
+                    kinds[crate::metrics::kind_index(&ev.kind)] += 1;
                     if want_tail {
                         published.push(StoredEvent {
                             key,
@@ -557,6 +571,10 @@ impl Engine {
                 self.metrics
                     .duplicates
                     .fetch_add(out.duplicates as u64, Ordering::Relaxed);
+                self.metrics.batches.fetch_add(1, Ordering::Relaxed);
+                for (i, n) in kinds.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                    self.metrics.events_by_kind[i].fetch_add(n, Ordering::Relaxed);
+                }
                 outcomes.push(out);
             }
             writes.extend(st.open.take_writes());
@@ -579,10 +597,11 @@ impl Engine {
         drop(gate);
         for se in published {
             let se = Arc::new(se);
-            if let Some(tx) = &sink
-                && tx.send(se.clone()).is_err()
-            {
-                tracing::error!("policy evaluation stopped; events are no longer evaluated");
+            if let Some(tx) = &sink {
+                self.metrics.policy_enqueued.fetch_add(1, Ordering::Relaxed);
+                if tx.send(se.clone()).is_err() {
+                    tracing::error!("policy evaluation stopped; events are no longer evaluated");
+                }
             }
             let _ = self.tail.send(se);
         }
@@ -706,6 +725,9 @@ impl Engine {
         } else {
             *n = n.saturating_sub(1);
         }
+        // Readers (list_hosts) take the state lock before this one: never hold both
+        // the other way round.
+        drop(c);
         if up {
             let mut st = self.write();
             st.fleet.host_mut(host).last_seen_ns = now_ns();

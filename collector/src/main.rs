@@ -6,23 +6,19 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use custody_collector::Collector;
 use custody_collector::auth::{Role, TokenStore};
+use custody_collector::config::{DEFAULT_DATA_DIR, Flags, Settings};
 use custody_collector::pki::Pki;
-use custody_collector::retention::Retention;
-use custody_collector::units::{parse_bytes, parse_duration};
-use custody_collector::{Collector, CollectorConfig};
+use custody_collector::units::parse_duration;
 
 #[derive(Parser)]
 #[command(name = "custody-collector", version, about = "Custody collector")]
 struct Cli {
-    /// Data directory: CA, token records and the sled store.
-    #[arg(
-        long,
-        global = true,
-        env = "CUSTODY_DATA_DIR",
-        default_value = "/var/lib/custody-collector"
-    )]
-    data_dir: PathBuf,
+    /// Data directory: CA, token records and the sled store [default:
+    /// /var/lib/custody-collector, or `data_dir` in the serve config file].
+    #[arg(long, global = true, env = "CUSTODY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -31,24 +27,37 @@ struct Cli {
 enum Cmd {
     /// Run the collector (sensor ingest and admin API on one mTLS port).
     Serve {
-        #[arg(long, default_value = "0.0.0.0:7443")]
-        listen: SocketAddr,
+        /// TOML config file; its keys mirror these flags, and a flag given here wins
+        /// over the file (see `check-config`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// [default: 0.0.0.0:7443]
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Extra DNS name or IP address for the server certificate (repeatable).
         #[arg(long = "san")]
         sans: Vec<String>,
-        /// Delete events older than this (e.g. 30d); "0" keeps them forever.
-        #[arg(long, default_value = "30d")]
-        retention_age: String,
+        /// Delete events older than this (e.g. 30d); "0" keeps them forever [default: 30d].
+        #[arg(long)]
+        retention_age: Option<String>,
         /// Delete the oldest events while stored events exceed this size (e.g. 50GiB).
         #[arg(long)]
         retention_max_bytes: Option<String>,
-        #[arg(long, default_value = "60s")]
-        retention_interval: String,
+        /// [default: 60s]
+        #[arg(long)]
+        retention_interval: Option<String>,
         /// TOML file of issuer hooks called when a credential is revoked
         /// ([[revocation_hook]] tables: name, kinds, url, method, form|json, headers).
         #[arg(long)]
         revocation_hooks: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP; keep it local
+        /// or firewalled).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
+    /// Validate a serve config file and print the settings it gives (defaults
+    /// filled in); exits 1 naming the problem if it is invalid.
+    CheckConfig { file: PathBuf },
     /// Check the audit log's hash chain offline (the collector must be stopped);
     /// exits 1 and names the first broken record if it was tampered with.
     VerifyAudit,
@@ -78,34 +87,41 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     match cli.cmd {
         Cmd::Serve {
+            config,
             listen,
             sans,
             retention_age,
             retention_max_bytes,
             retention_interval,
             revocation_hooks,
+            metrics_listen,
         } => {
-            let age = parse_duration(&retention_age)?;
-            let mut cfg = CollectorConfig::new(&cli.data_dir, listen);
-            cfg.sans = sans;
-            cfg.retention = Retention {
-                max_age: (!age.is_zero()).then_some(age),
-                max_bytes: retention_max_bytes
-                    .as_deref()
-                    .map(parse_bytes)
-                    .transpose()?,
+            let flags = Flags {
+                data_dir: cli.data_dir.clone(),
+                listen,
+                san: sans,
+                retention_age,
+                retention_max_bytes,
+                retention_interval,
+                revocation_hooks,
+                metrics_listen,
             };
-            cfg.retention_interval = parse_duration(&retention_interval)?;
-            if let Some(p) = &revocation_hooks {
-                cfg.revocation_hooks = custody_collector::response::hook::load(p)?;
-            }
+            let settings = Settings::load(flags, config.as_deref())?;
+            let cfg = settings.collector_config()?;
             let mut c = Collector::start(cfg).await?;
             // Tests and scripts read these lines.
             println!("listening on {}", c.addr);
             println!("ca fingerprint {}", c.ca_fingerprint);
             println!("ui on {}", custody_collector::ui::url(c.addr));
+            if let Some(m) = c.metrics_addr {
+                println!("metrics on http://{m}/metrics");
+            }
             tokio::select! {
                 r = c.wait() => r?,
                 _ = tokio::signal::ctrl_c() => {
@@ -114,9 +130,19 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        Cmd::CheckConfig { file } => {
+            let flags = Flags {
+                data_dir: cli.data_dir.clone(),
+                ..Default::default()
+            };
+            let settings = Settings::load(flags, Some(&file))?;
+            // Loads the hook file too, so a broken one is caught here.
+            settings.collector_config()?;
+            print!("{}", settings.to_toml());
+        }
         Cmd::EnrollToken { ttl, host } => {
-            let pki = Pki::load_or_create(&cli.data_dir, &[])?;
-            let tokens = TokenStore::open(&cli.data_dir)?;
+            let pki = Pki::load_or_create(&data_dir, &[])?;
+            let tokens = TokenStore::open(&data_dir)?;
             let (token, _) = tokens
                 .mint_enroll(&pki.ca_fingerprint, parse_duration(&ttl)?, host.as_deref())
                 .context("minting enrollment token")?;
@@ -124,7 +150,7 @@ async fn main() -> Result<()> {
         }
         Cmd::VerifyAudit => {
             let store = custody_collector::store::Store::open(
-                &custody_collector::server::store_dir(&cli.data_dir),
+                &custody_collector::server::store_dir(&data_dir),
             )?;
             let r = custody_collector::audit::AuditLog::verify(&store)?;
             if r.intact {
@@ -141,7 +167,7 @@ async fn main() -> Result<()> {
             }
         }
         Cmd::OperatorToken { role, name } => {
-            let tokens = TokenStore::open(&cli.data_dir)?;
+            let tokens = TokenStore::open(&data_dir)?;
             println!("{}", tokens.mint_operator(&name, role)?);
         }
     }

@@ -12,6 +12,7 @@
 //! others, and its summary (and the in-memory indexes) follow.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -43,6 +44,7 @@ impl Engine {
             .map(|a| now_ns.saturating_sub(a.as_nanos() as u64))
             .unwrap_or(0);
         let mut report = RetentionReport::default();
+        let mut deleted_bytes = 0u64;
         loop {
             let gate = self.gate();
             let mut guard = self.write();
@@ -74,6 +76,7 @@ impl Engine {
                     .1
                     .push(i);
             }
+            deleted_bytes += st.stored_bytes.saturating_sub(bytes);
             for (_, (b, gone)) in doomed {
                 drop_entries(st, &mut batch, &b, &gone);
             }
@@ -93,6 +96,14 @@ impl Engine {
             }
         }
         self.store.flush()?;
+        let m = &self.metrics;
+        m.retention_runs.fetch_add(1, Ordering::Relaxed);
+        m.retention_deleted_events
+            .fetch_add(report.events_deleted, Ordering::Relaxed);
+        m.retention_deleted_bytes
+            .fetch_add(deleted_bytes, Ordering::Relaxed);
+        m.retention_last_ns
+            .store(crate::auth::now_ns(), Ordering::Relaxed);
         if report.events_deleted > 0 {
             tracing::info!(
                 events = report.events_deleted,

@@ -18,6 +18,7 @@ use crate::auth::{TokenStore, now_ns};
 use crate::engine::Engine;
 use crate::ingest::IngestQueue;
 use crate::live_policy::LivePolicy;
+use crate::metrics::Telemetry;
 use crate::pki::Pki;
 use crate::response::Responder;
 use crate::retention::Retention;
@@ -38,6 +39,8 @@ pub struct CollectorConfig {
     pub max_message_bytes: usize,
     /// Issuer hooks called when a credential is revoked (see `response::hook`).
     pub revocation_hooks: Vec<crate::response::hook::Hook>,
+    /// Serve Prometheus metrics at `/metrics` here (plain HTTP).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl CollectorConfig {
@@ -53,6 +56,7 @@ impl CollectorConfig {
             retention_interval: Duration::from_secs(60),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             revocation_hooks: vec![],
+            metrics_listen: None,
         }
     }
 }
@@ -72,7 +76,11 @@ pub struct Collector {
     pub alerts: Arc<Alerts>,
     pub policy: Arc<LivePolicy>,
     pub tokens: TokenStore,
+    /// Where `/metrics` is served, when asked for.
+    pub metrics_addr: Option<SocketAddr>,
+    pub telemetry: Arc<Telemetry>,
     shutdown: watch::Sender<bool>,
+    metrics: Option<tokio::task::JoinHandle<()>>,
     follower: tokio::task::JoinHandle<()>,
     server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     retention: tokio::task::JoinHandle<()>,
@@ -81,6 +89,7 @@ pub struct Collector {
 
 impl Collector {
     pub async fn start(cfg: CollectorConfig) -> Result<Collector> {
+        let started_at_ns = now_ns();
         let mut names = cfg.sans.clone();
         if !cfg.listen.ip().is_unspecified() {
             names.push(cfg.listen.ip().to_string());
@@ -99,6 +108,24 @@ impl Collector {
         let follower = responder.spawn_follower();
         let alerts = Alerts::open(engine.store())?;
         let policy = LivePolicy::start(engine.clone(), alerts.clone(), responder.clone())?;
+        let telemetry = Arc::new(Telemetry {
+            engine: engine.clone(),
+            responder: responder.clone(),
+            alerts: alerts.clone(),
+            policy: policy.clone(),
+            started_at_ns,
+            retention: cfg.retention.clone(),
+            retention_interval: cfg.retention_interval,
+            metrics_listen: Default::default(),
+        });
+        let (metrics_addr, metrics) = match cfg.metrics_listen {
+            Some(a) => {
+                let (bound, task) =
+                    crate::metrics::serve(a, telemetry.clone(), shutdown_rx.clone()).await?;
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
 
         let sensor = SensorSvc {
             engine: engine.clone(),
@@ -116,6 +143,7 @@ impl Collector {
             responder: responder.clone(),
             alerts: alerts.clone(),
             policy: policy.clone(),
+            telemetry: telemetry.clone(),
         };
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
@@ -189,7 +217,10 @@ impl Collector {
             alerts,
             policy,
             tokens,
+            metrics_addr,
+            telemetry,
             shutdown,
+            metrics,
             follower,
             server,
             retention,
@@ -208,6 +239,9 @@ impl Collector {
         let _ = self.shutdown.send(true);
         self.retention.abort();
         self.follower.abort();
+        if let Some(m) = self.metrics {
+            let _ = tokio::time::timeout(Duration::from_secs(5), m).await;
+        }
         self.policy.stop();
         drop(self.policy);
         drop(self.responder);

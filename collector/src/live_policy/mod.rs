@@ -63,6 +63,8 @@ pub struct PolicyMetrics {
     pub events: AtomicU64,
     pub decisions: AtomicU64,
     pub denied: AtomicU64,
+    /// Events taken off the evaluation queue (actions or not).
+    pub dequeued: AtomicU64,
     /// Time spent building contexts and evaluating, ns.
     pub eval_ns: AtomicU64,
 }
@@ -180,6 +182,7 @@ impl LivePolicy {
             .spawn(move || {
                 let mut judge: Option<(u64, judge::Judge)> = None;
                 while let Ok(se) = rx.recv() {
+                    worker.metrics.dequeued.fetch_add(1, Ordering::Relaxed);
                     worker.evaluate(&se, &mut judge);
                 }
             })?;
@@ -196,6 +199,12 @@ impl LivePolicy {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The active set's version and number of policies (cheap, for metrics).
+    pub fn version_and_count(&self) -> (u64, usize) {
+        let a = self.active();
+        (a.stored.version, a.set.len())
     }
 
     pub fn info(&self) -> PolicySetInfo {

@@ -62,6 +62,23 @@ pub struct Responder {
     hooks: Vec<hook::Hook>,
     http: reqwest::Client,
     seq: std::sync::atomic::AtomicU64,
+    pub metrics: ResponseMetrics,
+}
+
+/// Command counters since start (metrics); commands are rare, so a lock is fine.
+#[derive(Default)]
+pub struct ResponseMetrics {
+    /// Commands delivered to a sensor stream, by kind.
+    pub sent: Mutex<BTreeMap<String, u64>>,
+    /// Sensor answers, by (kind, status).
+    pub results: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {
+    *m.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(k)
+        .or_default() += 1;
 }
 
 fn terminal(state: &str) -> bool {
@@ -124,6 +141,7 @@ impl Responder {
             hooks,
             http,
             seq: Default::default(),
+            metrics: Default::default(),
         }))
     }
 
@@ -157,6 +175,18 @@ impl Responder {
         v.sort_by(|a, b| b.issued_at_ns.cmp(&a.issued_at_ns).then(b.id.cmp(&a.id)));
         v.truncate(limit);
         v
+    }
+
+    /// Actions by (kind, status), and host deliveries not yet answered (pending or
+    /// sent; follow-ups included).
+    pub fn summary(&self) -> (BTreeMap<(String, String), u64>, u64) {
+        let mut by = BTreeMap::new();
+        let mut open = 0;
+        for a in self.lock().values() {
+            *by.entry((a.kind.clone(), a.status.clone())).or_default() += 1;
+            open += a.hosts.iter().filter(|d| !terminal(&d.state)).count() as u64;
+        }
+        (by, open)
     }
 
     /// Checks, resolves, records and delivers an operator's action.
@@ -485,6 +515,7 @@ impl Responder {
         let d = &a.hosts[i];
         let cmd = Self::command(a, d, d.follow_up.then_some(i));
         if self.sessions.send_command(&d.host, cmd).await {
+            bump(&self.metrics.sent, a.kind.clone());
             let mut actions = self.lock();
             if let Some(a) = actions.get_mut(&a.id)
                 && let Some(d) = a.hosts.get_mut(i)
@@ -568,6 +599,7 @@ impl Responder {
             // A redelivered command answered twice: the first answer stands.
             return;
         }
+        bump(&self.metrics.results, (a.kind.clone(), r.status.clone()));
         d.state = r.status.clone();
         d.message = r.message.clone();
         d.affected_exec_ids = r.affected_exec_ids.clone();
