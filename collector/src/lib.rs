@@ -14,6 +14,7 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod fleet;
 pub mod ingest;
 pub mod live_policy;

@@ -39,6 +39,8 @@ pub struct CollectorConfig {
     pub max_message_bytes: usize,
     /// Issuer hooks called when a credential is revoked (see `response::hook`).
     pub revocation_hooks: Vec<crate::response::hook::Hook>,
+    /// Event exports (JSON lines, OCSF, OTLP; see `export`).
+    pub exports: Vec<crate::export::ExportConfig>,
     /// Serve Prometheus metrics at `/metrics` here (plain HTTP).
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -56,6 +58,7 @@ impl CollectorConfig {
             retention_interval: Duration::from_secs(60),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             revocation_hooks: vec![],
+            exports: vec![],
             metrics_listen: None,
         }
     }
@@ -76,6 +79,8 @@ pub struct Collector {
     pub alerts: Arc<Alerts>,
     pub policy: Arc<LivePolicy>,
     pub tokens: TokenStore,
+    /// The running exports and their counters (`exports.stats()`).
+    pub exports: Arc<crate::export::Exports>,
     /// Where `/metrics` is served, when asked for.
     pub metrics_addr: Option<SocketAddr>,
     pub telemetry: Arc<Telemetry>,
@@ -108,6 +113,7 @@ impl Collector {
         let follower = responder.spawn_follower();
         let alerts = Alerts::open(engine.store())?;
         let policy = LivePolicy::start(engine.clone(), alerts.clone(), responder.clone())?;
+        let exports = crate::export::Exports::start(engine.clone(), alerts.clone(), &cfg.exports)?;
         let telemetry = Arc::new(Telemetry {
             engine: engine.clone(),
             responder: responder.clone(),
@@ -217,6 +223,7 @@ impl Collector {
             alerts,
             policy,
             tokens,
+            exports,
             metrics_addr,
             telemetry,
             shutdown,
@@ -250,6 +257,7 @@ impl Collector {
             Ok(r) => r?.context("gRPC server failed")?,
             Err(_) => tracing::warn!("server did not stop within 10 s"),
         }
+        self.exports.stop(Duration::from_secs(10)).await;
         // The writer ends when the last stream session drops its queue handle.
         let writer = self.writer;
         let engine = self.engine;
