@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub mod netns;
+pub mod story;
 
 /// True when the test may load eBPF. Otherwise prints why it skips, or panics when
 /// `CUSTODY_REQUIRE_BPF=1` (CI) so a skip can never pass silently.

@@ -177,6 +177,14 @@ pub struct Fleet {
     namespaces: Vec<String>,
 }
 
+/// The names one fleet uses: its bridge, and per host (namespace, host-side veth,
+/// namespace-side veth before it is renamed eth0).
+struct FleetNames {
+    bridge: String,
+    octet: u32,
+    hosts: Vec<(String, String, String)>,
+}
+
 impl Fleet {
     pub fn new(host_ids: &[&str]) -> Fleet {
         let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
@@ -184,7 +192,99 @@ impl Fleet {
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{pid}-{n}");
-        let octet = free_subnet(pid, n);
+        let names = FleetNames {
+            bridge: format!("cb{tag}"),
+            octet: free_subnet(pid, n),
+            hosts: (0..host_ids.len())
+                .map(|i| {
+                    (
+                        format!("cst-{tag}-{i}"),
+                        format!("cv{tag}-{i}"),
+                        format!("cp{tag}-{i}"),
+                    )
+                })
+                .collect(),
+        };
+        Fleet::build(names, host_ids).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A fleet with fixed names for a long-lived setup (the demo): namespaces
+    /// `PREFIX-HOST`, bridge `PREFIX0`. Refuses, saying which, when a name is taken;
+    /// removes nothing it did not create.
+    pub fn named(prefix: &str, host_ids: &[&str]) -> Result<Fleet, String> {
+        let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
+        let names = FleetNames {
+            bridge: format!("{prefix}0"),
+            octet: free_subnet(0, 0),
+            hosts: host_ids
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    (
+                        format!("{prefix}-{h}"),
+                        format!("{prefix}v{i}"),
+                        format!("{prefix}p{i}"),
+                    )
+                })
+                .collect(),
+        };
+        let netns = ip_quiet(&["netns", "list"]);
+        let links = ip_quiet(&["-o", "link", "show"]);
+        let link_taken = |name: &str| {
+            links.lines().any(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .is_some_and(|n| n.split('@').next() == Some(name))
+            })
+        };
+        for (ns, vh, vp) in &names.hosts {
+            if netns
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns))
+            {
+                return Err(format!(
+                    "network namespace {ns} already exists (another demo is running, or one was \
+                     killed before it could clean up): if nothing uses it, remove it with \
+                     `ip netns del {ns}`"
+                ));
+            }
+            for l in [vh, vp] {
+                if link_taken(l) {
+                    return Err(format!(
+                        "network interface {l} already exists: if nothing uses it, remove it \
+                         with `ip link del {l}`"
+                    ));
+                }
+            }
+        }
+        if link_taken(&names.bridge) {
+            return Err(format!(
+                "network interface {} already exists: if nothing uses it, remove it with \
+                 `ip link del {}`",
+                names.bridge, names.bridge
+            ));
+        }
+        Fleet::build(names, host_ids)
+    }
+
+    fn build(names: FleetNames, host_ids: &[&str]) -> Result<Fleet, String> {
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("running ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        let octet = names.octet;
+        // Dropped on error: whatever was made so far is removed.
         let mut fleet = Fleet {
             hosts: vec![],
             bridge_addr: format!("10.231.{octet}.1"),
@@ -192,32 +292,34 @@ impl Fleet {
             veths: vec![],
             namespaces: vec![],
         };
-        let br = format!("cb{tag}");
-        assert!(br.len() <= 15, "interface name {br} too long");
-        ip(&["link", "add", &br, "type", "bridge"]);
+        let br = names.bridge;
+        if br.len() > 15 {
+            return Err(format!("interface name {br} too long"));
+        }
+        run(&["link", "add", &br, "type", "bridge"])?;
         fleet.bridge = Some(br.clone());
-        ip(&[
+        run(&[
             "addr",
             "add",
             &format!("{}/24", fleet.bridge_addr),
             "dev",
             &br,
-        ]);
-        ip(&["link", "set", &br, "up"]);
-        for (i, host_id) in host_ids.iter().enumerate() {
-            let ns = format!("cst-{tag}-{i}");
-            ip(&["netns", "add", &ns]);
+        ])?;
+        run(&["link", "set", &br, "up"])?;
+        for (i, ((ns, vh, vp), host_id)) in names.hosts.into_iter().zip(host_ids).enumerate() {
+            if vh.len() > 15 || vp.len() > 15 {
+                return Err(format!("interface name {vh} or {vp} too long"));
+            }
+            run(&["netns", "add", &ns])?;
             fleet.namespaces.push(ns.clone());
-            let (vh, vp) = (format!("cv{tag}-{i}"), format!("cp{tag}-{i}"));
-            assert!(vh.len() <= 15 && vp.len() <= 15);
-            ip(&["link", "add", &vh, "type", "veth", "peer", "name", &vp]);
+            run(&["link", "add", &vh, "type", "veth", "peer", "name", &vp])?;
             fleet.veths.push(vh.clone());
-            ip(&["link", "set", &vh, "master", &br]);
-            ip(&["link", "set", &vh, "up"]);
-            ip(&["link", "set", &vp, "netns", &ns]);
-            ip(&["-n", &ns, "link", "set", &vp, "name", "eth0"]);
+            run(&["link", "set", &vh, "master", &br])?;
+            run(&["link", "set", &vh, "up"])?;
+            run(&["link", "set", &vp, "netns", &ns])?;
+            run(&["-n", &ns, "link", "set", &vp, "name", "eth0"])?;
             let addr = format!("10.231.{octet}.{}", i + 2);
-            ip(&[
+            run(&[
                 "-n",
                 &ns,
                 "addr",
@@ -225,16 +327,16 @@ impl Fleet {
                 &format!("{addr}/24"),
                 "dev",
                 "eth0",
-            ]);
-            ip(&["-n", &ns, "link", "set", "eth0", "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ])?;
+            run(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            run(&["-n", &ns, "link", "set", "lo", "up"])?;
             fleet.hosts.push(NsHost {
                 ns,
                 host_id: host_id.to_string(),
                 addr,
             });
         }
-        fleet
+        Ok(fleet)
     }
 
     pub fn host(&self, host_id: &str) -> &NsHost {

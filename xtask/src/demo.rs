@@ -1,31 +1,36 @@
-//! `cargo xtask demo`: the README's main job. Brings up a collector and an enrolled
-//! custodyd on this machine, runs the sample agents every 30 s, prints how to look at
-//! what Custody saw with custodyctl, and tears everything down on Ctrl-C.
+//! `cargo xtask demo`: the README's main job. Three hosts as network namespaces on a
+//! private bridge, a collector, an enrolled custodyd per host, and the finance story
+//! (tests/story.rs) on the real openai and mcp SDKs: a human's supervisor on host A
+//! delegates to a worker on host B, whose MCP tool server reads HR data; Custody shows
+//! the chain, raises the drift alert and kills the chain on every host. Prints the UI
+//! address, an operator token and what to look at; Ctrl-C tears everything down.
 //!
-//! Everything lives in `.custody/demo/` (recreated on every run) and listens on
-//! 127.0.0.1 only.
+//! Everything lives in `.custody/demo/` (recreated on every run).
 
+mod fleet;
 mod preflight;
 mod procs;
-mod scenario;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use custody_tests::netns::{Fleet, NsHost, enter_netns};
+use custody_tests::story::{self, Hosts, Story};
 use serde_json::Value;
 
 use crate::util::{exec, root};
 use procs::{Proc, StopWith, Watch, run_output, stopping};
-use scenario::{DnsStub, Secrets, World};
 
-const HOST_ID: &str = "demo-host";
-const SUPERVISOR: &str = "finance-supervisor";
-const ROUND_EVERY: Duration = Duration::from_secs(30);
-/// custodyd pins its enforcement maps and hooks here so they outlive a daemon
-/// restart; the demo owns this directory and removes it when it stops.
-const PIN_DIR: &str = "/sys/fs/bpf/custody-demo";
+const HOSTS: [&str; 3] = ["finance-a", "finance-b", "finance-c"];
+/// The OpenAI-compatible stand-in's port, on the bridge address.
+const LLM_PORT: u16 = 8443;
+/// A new run of the story this often, so the UI keeps getting chains.
+const ROUND_EVERY: Duration = Duration::from_secs(180);
+/// How long the supervisor stays in its session after its answer.
+const LINGER_S: u32 = 60;
 
 pub fn run(no_scenario: bool, port: u16) -> Result<()> {
     preflight::root()?;
@@ -38,8 +43,14 @@ pub fn run(no_scenario: bool, port: u16) -> Result<()> {
     crate::setup::run()?;
     preflight::bpf()?;
     preflight::stop_leftovers(&dir);
-    remove_pins();
+    fleet::remove_leftovers(&custody);
     preflight::port_free(port)?;
+    if std::net::TcpListener::bind(("0.0.0.0", LLM_PORT)).is_err() {
+        bail!(
+            "port {LLM_PORT} is taken: the demo's LLM stand-in listens there (on the demo \
+             bridge); stop what holds it (`ss -ltnp 'sport = :{LLM_PORT}'`)"
+        );
+    }
     eprintln!("demo: building custodyd, custody-collector and custodyctl (release)");
     exec(Command::new("cargo").current_dir(&root).args([
         "build",
@@ -52,22 +63,24 @@ pub fn run(no_scenario: bool, port: u16) -> Result<()> {
     if stopping() {
         return Err(procs::interrupted());
     }
-
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
             .with_context(|| format!("removing the previous demo's {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
 
+    let fleet = fleet::create(&custody)?;
     let mut demo = Demo {
-        root: root.clone(),
         bin: target_dir(&root).join("release"),
+        addr: format!("{}:{port}", fleet.bridge_addr),
         dir,
-        addr: format!("127.0.0.1:{port}"),
         token: String::new(),
         ui: String::new(),
         procs: Vec::new(),
-        dns: None,
+        agents: Vec::new(),
+        story: None,
+        fleet: Some(fleet),
+        custody,
     };
     let result = demo.run(no_scenario);
     let interrupted = stopping();
@@ -102,22 +115,44 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
+/// Where a host's custodyd pins its enforcement maps and hooks (removed at the end).
+fn pin_dir(host: &str) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/custody-demo-{host}"))
+}
+
 struct Demo {
-    root: PathBuf,
     bin: PathBuf,
     dir: PathBuf,
+    custody: PathBuf,
     addr: String,
     token: String,
-    /// The web UI's address, as the collector printed it.
     ui: String,
-    /// Long-running processes, in start order (stopped in reverse).
+    /// Collector and sensors, in start order (stopped in reverse).
     procs: Vec<Proc>,
-    dns: Option<DnsStub>,
+    /// The story's services and the current supervisor.
+    agents: Vec<Proc>,
+    story: Option<Story>,
+    fleet: Option<Fleet>,
+}
+
+/// What one run of the story led to.
+struct Round {
+    chain: Option<String>,
+    alert: Option<Value>,
+    action: Option<Value>,
 }
 
 impl Demo {
     fn bin(&self, name: &str) -> PathBuf {
         self.bin.join(name)
+    }
+
+    fn fleet(&self) -> &Fleet {
+        self.fleet.as_ref().expect("fleet up")
+    }
+
+    fn host(&self, i: usize) -> NsHost {
+        self.fleet().hosts[i].clone()
     }
 
     fn collector_dir(&self) -> PathBuf {
@@ -128,13 +163,24 @@ impl Demo {
         self.collector_dir().join("ca.pem")
     }
 
-    fn status_file(&self) -> PathBuf {
-        self.dir.join("sensor/status.json")
-    }
-
     fn run(&mut self, no_scenario: bool) -> Result<()> {
+        // The story's world first: the sensors' configs declare its agents.
+        let python = story::venv_python().map_err(anyhow::Error::msg)?;
+        let llm: SocketAddr = format!("{}:{LLM_PORT}", self.fleet().bridge_addr).parse()?;
+        let hosts = Hosts {
+            a: self.host(0),
+            b: self.host(1),
+            c: self.host(2),
+            llm,
+        };
+        self.story = Some(
+            Story::prepare(&self.dir.join("story"), hosts, python).map_err(anyhow::Error::msg)?,
+        );
         self.start_collector()?;
-        self.start_sensor()?;
+        for i in 0..HOSTS.len() {
+            self.start_sensor(i)?;
+        }
+        self.wait_connected()?;
         if no_scenario {
             self.guide(None, true);
             while procs::sleep(Duration::from_secs(1)) {
@@ -143,64 +189,28 @@ impl Demo {
             return Ok(());
         }
 
-        let work = self.dir.join("agents");
-        std::fs::create_dir_all(&work)?;
-        scenario::write_certs(&work)?;
-        let python = scenario::python()?;
-        let (tls, tls_port) = scenario::start_tls_server(
-            &python,
-            &self.root,
-            &work,
-            &self.dir.join("tls_server.log"),
-        )?;
-        self.procs.push(tls);
-        let dns = scenario::dns_stub()?;
-        let dns_ip = dns.ip.clone();
-        self.dns = Some(dns);
-        let world = World {
-            root: self.root.clone(),
-            python,
-            work,
-            tls_port,
-            dns_ip,
-            secrets: Secrets::generate(),
-        };
+        let human_uid = story::ensure_human().map_err(anyhow::Error::msg)?;
+        let story = self.story();
+        let policies = self.dir.join("policies");
+        std::fs::create_dir_all(&policies)?;
+        std::fs::write(policies.join("finance.cedar"), story.policy())?;
+        self.ctl(&["policy", "apply", &policies.display().to_string()])
+            .context("applying the finance policy")?;
+        self.start_services()?;
 
-        eprintln!("demo: round 1 of the scenario");
-        let first = world.round(1);
-        let chain = match &first {
-            Ok(r) => {
-                eprintln!(
-                    "demo: round 1 done: {SUPERVISOR} (pid {}) ran {} tool steps and its sub-agent; llm_client.py ran on its own",
-                    r.supervisor_pid
-                        .map(|p| p.to_string())
-                        .unwrap_or("?".into()),
-                    r.steps
-                );
-                self.find_chain(r.supervisor_pid)
-            }
-            Err(_) if stopping() => return Err(procs::interrupted()),
-            Err(e) => {
-                eprintln!("demo: round 1 FAILED: {e:#}");
-                None
-            }
-        };
-        self.guide(chain.as_deref(), false);
-
+        eprintln!("demo: the finance story, round 1");
+        let first = self.round(human_uid, 1)?;
+        self.guide(Some(&first), false);
         let mut n = 1;
-        while procs::sleep(ROUND_EVERY) {
+        let mut next = Instant::now() + ROUND_EVERY;
+        while procs::sleep(Duration::from_secs(1)) {
             self.check_health()?;
-            n += 1;
-            match world.round(n) {
-                Ok(r) => {
-                    let events = self.events_stored().unwrap_or_default();
-                    eprintln!(
-                        "demo: round {n} done: {SUPERVISOR} ran {} tool steps and its sub-agent, llm_client.py ran on its own; the collector holds {events} events from {HOST_ID}",
-                        r.steps
-                    );
-                }
-                Err(_) if stopping() => break,
-                Err(e) => eprintln!("demo: round {n} FAILED: {e:#}"),
+            if Instant::now() >= next {
+                n += 1;
+                eprintln!("demo: the finance story, round {n}");
+                let r = self.round(human_uid, n)?;
+                self.summary(n, &r);
+                next = Instant::now() + ROUND_EVERY;
             }
         }
         Ok(())
@@ -209,12 +219,13 @@ impl Demo {
     fn start_collector(&mut self) -> Result<()> {
         let data = self.collector_dir();
         eprintln!("demo: starting custody-collector on {}", self.addr);
+        let bridge = self.fleet().bridge_addr.clone();
         let mut p = Proc::spawn(
             "custody-collector",
             Command::new(self.bin("custody-collector"))
                 .arg("--data-dir")
                 .arg(&data)
-                .args(["serve", "--listen", &self.addr]),
+                .args(["serve", "--listen", &self.addr, "--san", &bridge]),
             StopWith::Int,
             &self.dir.join("collector.log"),
             Watch::Stdout,
@@ -228,12 +239,10 @@ impl Demo {
             })
         });
         self.procs.push(p);
-        let line = line?;
-        eprintln!("demo: custody-collector {line}");
+        line?;
         if let Some(ui) = ui {
             self.ui = ui?.trim_start_matches("ui on ").trim().to_string();
         }
-
         let token = run_output(
             Command::new(self.bin("custody-collector"))
                 .arg("--data-dir")
@@ -248,102 +257,183 @@ impl Demo {
         Ok(())
     }
 
-    fn start_sensor(&mut self) -> Result<()> {
-        let data = self.collector_dir();
+    fn start_sensor(&mut self, i: usize) -> Result<()> {
+        let host = self.host(i);
+        let id = host.host_id.clone();
         let enroll = run_output(
             Command::new(self.bin("custody-collector"))
                 .arg("--data-dir")
-                .arg(&data)
-                .args(["enroll-token", "--ttl", "10m", "--host", HOST_ID]),
-            "minting the enrollment token",
+                .arg(self.collector_dir())
+                .args(["enroll-token", "--ttl", "10m", "--host", &id]),
+            "minting an enrollment token",
         )?;
-        let enroll = enroll.trim();
-        let state = self.dir.join("sensor");
-        let config = self.dir.join("custodyd.toml");
+        let dir = self.dir.join("hosts").join(&id);
+        let state = dir.join("state");
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("custodyd.toml");
         std::fs::write(
             &config,
-            format!(
-                "# Written by `cargo xtask demo`.\n\
-                 [sensor]\n\
-                 host_id = \"{HOST_ID}\"\n\
-                 state_dir = \"{}\"\n\
-                 pin_dir = \"{PIN_DIR}\"\n\n\
-                 # Started with CUSTODY_AGENT=finance-supervisor in its environment.\n\
-                 [[agent]]\n\
-                 id = \"{SUPERVISOR}\"\n\
-                 name = \"Finance supervisor\"\n\
-                 owner = \"alice@example.com\"\n\
-                 scope = \"/data/finance\"\n\
-                 [agent.match]\n\
-                 env = \"{SUPERVISOR}\"\n",
-                state.display()
-            ),
+            self.story().sensor_config(&host, &state, &pin_dir(&id)),
         )?;
-        eprintln!("demo: enrolling custodyd as host {HOST_ID:?}");
-        run_output(
-            Command::new(self.bin("custodyd"))
-                .args(["enroll", "--collector", &self.addr, "--config"])
-                .arg(&config)
-                // The same as --token, without showing it in process listings.
-                .env("CUSTODY_ENROLL_TOKEN", enroll),
-            "custodyd enroll",
-        )?;
-
-        eprintln!("demo: starting custodyd (loading the eBPF programs)");
-        let p = Proc::spawn(
-            "custodyd",
-            Command::new(self.bin("custodyd"))
-                .arg("--config")
-                .arg(&config)
-                .arg("--status-file")
-                .arg(self.status_file()),
+        let _ = std::fs::remove_dir_all(pin_dir(&id));
+        let mut cmd = Command::new(self.bin("custodyd"));
+        cmd.args(["enroll", "--collector", &self.addr, "--config"])
+            .arg(&config)
+            .env("CUSTODY_ENROLL_TOKEN", enroll.trim());
+        enter_netns(&mut cmd, &host.ns);
+        run_output(&mut cmd, &format!("custodyd enroll on {id}"))?;
+        eprintln!("demo: starting custodyd on {id} (loading the eBPF programs)");
+        let mut cmd = Command::new(self.bin("custodyd"));
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("--status-file")
+            .arg(dir.join("status.json"));
+        enter_netns(&mut cmd, &host.ns);
+        let mut p = Proc::spawn(
+            &format!("custodyd {id}"),
+            &mut cmd,
             StopWith::Term,
-            &self.dir.join("custodyd.log"),
+            &dir.join("custodyd.log"),
             Watch::Stderr,
         )?;
+        let ready = p.wait_line("ready", Duration::from_secs(120), |l| {
+            l.starts_with("custodyd: ready")
+        });
         self.procs.push(p);
-        let p = self.procs.last_mut().expect("just pushed");
-        let ready = p
-            .wait_line("ready", Duration::from_secs(120), |l| {
-                l.starts_with("custodyd: ready")
-            })
-            .map_err(|e| {
-                e.context(
-                    "custodyd could not start: if it says eBPF programs failed to load, \
-                     this kernel or container does not allow what the sensor needs",
-                )
-            })?;
-        eprintln!("demo: {ready}");
+        ready.map_err(|e| {
+            e.context(
+                "custodyd could not start: if it says eBPF programs failed to load, this \
+                 kernel or container does not allow what the sensor needs",
+            )
+        })?;
+        Ok(())
+    }
 
-        // The guide's commands must work before it is printed: ask the collector.
+    /// The guide's commands must work before it is printed: ask the collector.
+    fn wait_connected(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let hosts = self.ctl(&["hosts"]);
             if let Ok(Value::Array(hs)) = &hosts {
-                if hs
-                    .iter()
-                    .any(|h| h["host_id"] == HOST_ID && h["connected"] == true)
-                {
-                    break;
+                if HOSTS.iter().all(|id| {
+                    hs.iter()
+                        .any(|h| h["host_id"] == *id && h["connected"] == true)
+                }) {
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
                 bail!(
-                    "custodyd started but the collector does not list {HOST_ID} as connected after 30 s \
-                     (custodyctl hosts: {}); see {} and {}",
+                    "the sensors started but the collector does not list all of {HOSTS:?} as \
+                     connected after 30 s (custodyctl hosts: {}); see the logs in {}",
                     match hosts {
                         Ok(v) => v.to_string(),
                         Err(e) => format!("{e:#}"),
                     },
-                    self.dir.join("custodyd.log").display(),
-                    self.dir.join("collector.log").display()
+                    self.dir.display()
                 );
             }
             if !procs::sleep(Duration::from_millis(300)) {
                 return Err(procs::interrupted());
             }
         }
+    }
+
+    fn story(&self) -> &Story {
+        self.story.as_ref().expect("story prepared")
+    }
+
+    /// The LLM stand-in, the reporter on C and the worker on B (again, if a chain
+    /// kill took them down: a service manager would restart them).
+    fn start_services(&mut self) -> Result<()> {
+        self.agents.retain_mut(|p| p.exited().is_none());
+        let running: Vec<String> = self.agents.iter().map(|p| p.name.clone()).collect();
+        let logs = self.dir.join("story");
+        let wanted = [
+            ("llm-standin", self.story().llm()),
+            ("finance-reporter", self.story().reporter()),
+            ("finance-worker", self.story().worker()),
+        ];
+        for (name, mut cmd) in wanted {
+            if running.iter().any(|r| r == name) {
+                continue;
+            }
+            let mut p = Proc::spawn(
+                name,
+                &mut cmd,
+                StopWith::Term,
+                &logs.join(format!("{name}.log")),
+                Watch::Stdout,
+            )?;
+            p.wait_line("listening", Duration::from_secs(60), |l| {
+                l.contains("\"listening\"")
+            })?;
+            self.agents.push(p);
+        }
         Ok(())
+    }
+
+    /// One run of the story: the supervisor starts, and the policy's alert and the
+    /// chain kill follow.
+    fn round(&mut self, human_uid: u32, n: u32) -> Result<Round> {
+        self.start_services()?;
+        self.agents.retain(|p| p.name != "finance-supervisor");
+        let mut sup = Proc::spawn(
+            "finance-supervisor",
+            &mut self.story().supervisor(human_uid, LINGER_S),
+            StopWith::Term,
+            &self.dir.join(format!("story/finance-supervisor-{n}.log")),
+            Watch::Stdout,
+        )?;
+        let start: Value =
+            serde_json::from_str(&sup.wait_line("its start", Duration::from_secs(30), |l| {
+                l.contains("\"start\"")
+            })?)?;
+        let root = format!("{}:{}:{}", HOSTS[0], start["pid"], start["start_ticks"]);
+        self.agents.push(sup);
+        eprintln!(
+            "demo: {} started {} (pid {}) for {:?}",
+            story::HUMAN,
+            story::SUPERVISOR,
+            start["pid"],
+            story::TASK
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut round = Round {
+            chain: None,
+            alert: None,
+            action: None,
+        };
+        while Instant::now() < deadline {
+            if !procs::sleep(Duration::from_millis(500)) {
+                return Err(procs::interrupted());
+            }
+            if round.alert.is_none() {
+                round.alert = self.ctl(&["alerts"]).ok().and_then(|v| {
+                    v.as_array()?
+                        .iter()
+                        .find(|a| a["chain_id"] == root.as_str())
+                        .cloned()
+                });
+            }
+            if let Some(id) = round
+                .alert
+                .as_ref()
+                .and_then(|a| a["response_action_id"].as_str())
+                .filter(|s| s.starts_with("act-"))
+            {
+                let act = self.ctl(&["action", id]).ok();
+                let done = act.as_ref().is_some_and(|a| a["status"] == "done");
+                round.action = act;
+                if done {
+                    break;
+                }
+            }
+        }
+        if self.ctl(&["chain", &root]).is_ok() {
+            round.chain = Some(root);
+        }
+        Ok(round)
     }
 
     fn check_health(&mut self) -> Result<()> {
@@ -371,49 +461,63 @@ impl Demo {
                 .env("CUSTODY_CA", self.ca()),
             &format!("custodyctl {}", args.join(" ")),
         )?;
-        serde_json::from_str(&out).with_context(|| format!("custodyctl output {out:?}"))
+        serde_json::from_str(&out)
+            .or_else(|_| {
+                out.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(serde_json::from_str)
+                    .collect::<Result<Vec<Value>, _>>()
+                    .map(Value::Array)
+            })
+            .with_context(|| format!("custodyctl output {out:?}"))
     }
 
-    fn events_stored(&self) -> Option<u64> {
-        let hosts = self.ctl(&["hosts"]).ok()?;
-        hosts.as_array()?.iter().find(|h| h["host_id"] == HOST_ID)?["events_stored"].as_u64()
-    }
-
-    /// The chain of the supervisor that just ran, else the most recent one the finance
-    /// supervisor is part of (events reach the collector within a second or two).
-    fn find_chain(&self, pid: Option<u32>) -> Option<String> {
-        let root = pid.map(|p| format!("{HOST_ID}:{p}:"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let late = Instant::now() > deadline;
-            if let Ok(Value::Array(chains)) = self.ctl(&["chains"]) {
-                let mut with_supervisor = chains.iter().filter(|c| {
-                    c["agents"]
-                        .as_array()
-                        .is_some_and(|a| a.iter().any(|x| x == SUPERVISOR))
-                });
-                let hit = match &root {
-                    Some(r) if !late => with_supervisor.find(|c| {
-                        c["root_exec_id"]
-                            .as_str()
-                            .is_some_and(|id| id.starts_with(r))
-                    }),
-                    _ => with_supervisor.next(),
-                };
-                if let Some(id) = hit.and_then(|c| c["chain_id"].as_str()) {
-                    return Some(id.to_string());
+    fn teardown(&mut self) {
+        while let Some(mut p) = self.agents.pop() {
+            p.shutdown();
+        }
+        while let Some(mut p) = self.procs.pop() {
+            eprintln!("demo: stopping {} (pid {})", p.name, p.pid());
+            p.shutdown();
+        }
+        for h in HOSTS {
+            let d = pin_dir(h);
+            if d.exists() {
+                if let Err(e) = std::fs::remove_dir_all(&d) {
+                    eprintln!(
+                        "demo: could not remove {}: {e}; remove it by hand (rm -r {})",
+                        d.display(),
+                        d.display()
+                    );
                 }
             }
-            if late || !procs::sleep(Duration::from_millis(500)) {
-                eprintln!(
-                    "demo: the collector has no chain with {SUPERVISOR} yet; see `custodyctl chains`"
-                );
-                return None;
-            }
+        }
+        if let Some(f) = self.fleet.take() {
+            drop(f); // its processes, namespaces and links
+            fleet::forget(&self.custody);
         }
     }
+}
 
-    fn guide(&self, chain: Option<&str>, no_scenario: bool) {
+impl Drop for Demo {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+impl Demo {
+    /// The worker's database credential, by its non-secret metadata.
+    fn db_credential(&self) -> Option<String> {
+        let creds = self.ctl(&["credentials"]).ok()?;
+        creds
+            .as_array()?
+            .iter()
+            .find(|c| c["metadata"]["username"] == "finance_svc")?["fingerprint"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    fn guide(&self, round: Option<&Round>, no_scenario: bool) {
         let env_file = self.dir.join("env");
         let exports = format!(
             "export PATH=\"{}:$PATH\"\n\
@@ -429,38 +533,71 @@ impl Demo {
         let mut s = String::new();
         s.push_str("\n================ Custody demo is running ================\n\n");
         s.push_str(&format!(
-            "  collector       {}  (data {}, log {})\n",
-            self.addr,
-            self.collector_dir().display(),
-            self.dir.join("collector.log").display()
-        ));
-        s.push_str(&format!(
-            "  sensor          custodyd, enrolled as host {HOST_ID}  (log {})\n",
-            self.dir.join("custodyd.log").display()
-        ));
-        s.push_str(&format!(
-            "  web UI          {}  (sign in with the operator token; the collector's CA is {})\n",
+            "  web UI          {}\n  operator token  {}  (role admin; sign in with it)\n  CA certificate  {}  (import it, or accept the warning)\n",
             self.ui,
+            self.token,
             self.ca().display()
         ));
         s.push_str(&format!(
-            "  operator token  {}  (role admin, name \"demo\")\n",
-            self.token
+            "  hosts           {} (network namespaces {}), each with custodyd\n  collector       {}  (logs and data in {})\n\n",
+            HOSTS.join(", "),
+            self.fleet().hosts.iter().map(|h| h.ns.as_str()).collect::<Vec<_>>().join(", "),
+            self.addr,
+            self.dir.display()
         ));
-        if no_scenario {
-            s.push_str(
-                "  scenario        none (--no-scenario). Start a declared agent yourself:\n\
-                 \x20                 CUSTODY_AGENT=finance-supervisor bash   # everything run in that shell is traced\n",
-            );
-        } else {
-            s.push_str(&format!(
-                "  scenario        every {} s: {SUPERVISOR} (declared; CUSTODY_AGENT={SUPERVISOR}) uses its tools\n\
-                 \x20                 (files, TCP, DNS, HTTPS with a delegation token, node, an MCP server over stdio)\n\
-                 \x20                 and delegates to llm_client.py, a sub-agent nobody declared that custodyd\n\
-                 \x20                 discovers from its LLM API call; llm_client.py also runs on its own (a shadow agent).\n\
-                 \x20                 Credentials are fake, generated for this run, and appear only as fingerprints.\n",
-                ROUND_EVERY.as_secs()
-            ));
+        match (no_scenario, round) {
+            (true, _) | (_, None) => s.push_str(
+                "  No agents run (--no-scenario). Start a declared agent yourself, e.g.\n\
+                 \x20   nsenter --net=/run/netns/cdemo-finance-a env CUSTODY_AGENT=finance-supervisor bash\n\
+                 \x20 and everything run in that shell is traced.\n",
+            ),
+            (false, Some(r)) => {
+                s.push_str(&format!(
+                    "  What happened: {human} started the finance supervisor on {a} to \"{task}\".\n\
+                     \x20 It asked the model (the openai SDK, over HTTPS to a local stand-in) and\n\
+                     \x20 delegated to the worker on {b} with a delegation token; the worker started\n\
+                     \x20 its MCP tool server over stdio (the mcp SDK), read the ledger, had the\n\
+                     \x20 reporter on {c} draft the report, then — following a note in the ledger —\n\
+                     \x20 read HR salaries with its database credential. That read is outside the\n\
+                     \x20 supervisor's declared scope: the policy raised an alert and killed the\n\
+                     \x20 chain on every host. In the UI open Chains, then the chain: the hops across\n\
+                     \x20 the three hosts, the credentials on each edge, the LLM prompts and tool\n\
+                     \x20 calls, the denied read in red; Alerts has the alert, Actions the kill with\n\
+                     \x20 each host's confirmation. Then play the responder: revoke the worker's\n\
+                     \x20 database credential (Credentials page, or the command below) and watch\n\
+                     \x20 every host confirm; the next run of the story (every {every} s) finds the\n\
+                     \x20 credential refused.\n\n",
+                    human = story::HUMAN,
+                    task = story::TASK,
+                    a = HOSTS[0],
+                    b = HOSTS[1],
+                    c = HOSTS[2],
+                    every = ROUND_EVERY.as_secs(),
+                ));
+                if let Some(chain) = &r.chain {
+                    s.push_str(&format!("  the chain       {}chains/{chain}\n", self.ui));
+                }
+                match &r.alert {
+                    Some(a) => s.push_str(&format!(
+                        "  the alert       {} — {} {} by {}\n",
+                        a["policy_id"].as_str().unwrap_or(""),
+                        a["action"].as_str().unwrap_or(""),
+                        a["resource"].as_str().unwrap_or(""),
+                        a["agent_id"].as_str().unwrap_or(a["exec_id"].as_str().unwrap_or("")),
+                    )),
+                    None => s.push_str(
+                        "  the alert       not raised within 60 s: see `custodyctl alerts` and the logs\n",
+                    ),
+                }
+                if let Some(act) = &r.action {
+                    s.push_str(&format!(
+                        "  containment     {} {} — {}\n",
+                        act["kind"].as_str().unwrap_or(""),
+                        act["status"].as_str().unwrap_or(""),
+                        confirmations(act)
+                    ));
+                }
+            }
         }
         s.push_str("\nIn another terminal, as root:\n\n");
         for l in exports.lines() {
@@ -469,90 +606,75 @@ impl Demo {
         if wrote {
             s.push_str(&format!("  # (or: . {})\n", env_file.display()));
         }
-        s.push('\n');
-        let (chain_cmd, chain_what) = match chain {
-            Some(id) => (
-                format!("custodyctl chain {id}"),
-                "the finance supervisor's chain as a tree",
-            ),
-            None => (
-                "custodyctl chain CHAIN_ID".to_string(),
-                "one chain as a tree (ids from `custodyctl chains`)",
-            ),
+        let revoke = format!(
+            "custodyctl revoke --credential {} --reason \"used to read HR data\"",
+            self.db_credential().unwrap_or_else(|| "FINGERPRINT".into())
+        );
+        let chain_cmd = match round.and_then(|r| r.chain.as_deref()) {
+            Some(id) => format!("custodyctl chain {id}"),
+            None => "custodyctl chain CHAIN_ID".into(),
         };
-        let cmds: Vec<(&str, &str)> = vec![
-            ("custodyctl hosts", "the sensor and its health"),
-            (
-                "custodyctl chains",
-                "chains of custody, most recently active first",
-            ),
-            (&chain_cmd, chain_what),
-            ("custodyctl events --follow", "live events (Ctrl-C to stop)"),
-            (
-                "custodyctl events --kind llm_request",
-                "LLM calls seen in TLS plaintext",
-            ),
-            ("custodyctl agents", "declared and discovered agents"),
-            (
-                "custodyctl credentials",
-                "credentials seen, by fingerprint only",
-            ),
-            (
-                "custodyctl policy list",
-                "policies in force (built-in intent drift) and where each is enforced",
-            ),
-            ("custodyctl alerts", "what the policies denied"),
-            (
-                "custodyctl kill --chain ID --reason TEXT",
-                "stop a chain everywhere; confirmed per host with timings",
-            ),
+        s.push('\n');
+        for (c, what) in [
+            ("custodyctl hosts", "the three sensors and their health"),
+            ("custodyctl chains", "chains of custody, newest first"),
+            (chain_cmd.as_str(), "one chain as a tree"),
+            ("custodyctl alerts", "what the policy denied"),
             (
                 "custodyctl actions",
-                "response actions and their confirmations",
+                "the automatic kill and per-host confirmations",
+            ),
+            (revoke.as_str(), "the responder's move"),
+            (
+                "custodyctl events --kind llm_request",
+                "LLM calls read from TLS plaintext",
             ),
             (
                 "custodyctl audit --verify",
                 "the hash-chained audit log, checked",
             ),
-        ];
-        let status = format!(
-            "custodyd status --status-file {}",
-            self.status_file().display()
-        );
-        for (c, what) in cmds {
+        ] {
             s.push_str(&format!("  {c:<44} # {what}\n"));
         }
-        s.push_str(&format!("  {status}\n"));
-        s.push_str("\nCtrl-C here stops the demo and everything it started.\n");
+        s.push_str("\nCtrl-C here stops the demo and removes everything it started.\n");
         s.push_str("==========================================================\n");
         println!("{s}");
     }
 
-    fn teardown(&mut self) {
-        while let Some(mut p) = self.procs.pop() {
-            eprintln!("demo: stopping {} (pid {})", p.name, p.pid());
-            p.shutdown();
-        }
-        self.dns = None;
-        remove_pins();
+    fn summary(&self, n: u32, r: &Round) {
+        let contained = r.action.as_ref().map(confirmations).unwrap_or_else(|| {
+            "no automatic kill (after the revocation the worker is stopped on sight)".into()
+        });
+        eprintln!(
+            "demo: round {n}: chain {} — alert: {} — {}",
+            r.chain.as_deref().unwrap_or("?"),
+            r.alert
+                .as_ref()
+                .and_then(|a| a["policy_id"].as_str())
+                .unwrap_or("none"),
+            contained
+        );
     }
 }
 
-impl Drop for Demo {
-    fn drop(&mut self) {
-        self.teardown();
-    }
-}
-
-/// Unpinning the enforcement hooks detaches them: nothing of the demo stays in the
-/// kernel.
-fn remove_pins() {
-    let dir = Path::new(PIN_DIR);
-    if dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            eprintln!("demo: could not remove {PIN_DIR}: {e}; remove it by hand (rm -r {PIN_DIR})");
-        }
-    }
+/// "finance-a ok (3 ms), …" from an action's per-host parts.
+fn confirmations(act: &Value) -> String {
+    act["hosts"]
+        .as_array()
+        .map(|hs| {
+            hs.iter()
+                .filter(|h| h["follow_up"] != true)
+                .map(|h| {
+                    format!(
+                        "{} {}",
+                        h["host"].as_str().unwrap_or("?"),
+                        h["state"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
 }
 
 /// A file only root can read (it holds the operator token).

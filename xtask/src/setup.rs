@@ -9,6 +9,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{exec, is_root, output};
 
+mod venv;
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo rely on (binary → package).
 const DEBIAN_TOOLS: &[(&str, &str)] = &[
@@ -27,6 +29,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     debian_tools()?;
     ui_test_deps()?;
+    venv::ensure()?;
     kernel_filesystems()?;
     eprintln!("setup: ready");
     Ok(())

@@ -117,7 +117,12 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
     if tracked.is_none() && !hold {
         // Untracked: sample connections that carry an HTTP request, writes and the
         // replies read on them, so the daemon can discover an agent from its first
-        // exchange even before it tracks the process.
+        // exchange even before it tracks the process. Only this sensor's own host:
+        // sensors sharing a kernel (netns scope) would otherwise each "discover" the
+        // others' agents as processes of their own host.
+        if !super::in_scope() {
+            return 0;
+        }
         if dir == direction::WRITE {
             if !looks_like_request(buf) {
                 return 0;

@@ -122,7 +122,7 @@ fn mentioning(dir: &Path) -> Vec<(u32, String)> {
         // Only what the demo starts; not, say, a custodyctl someone left open.
         let ours = base == "custodyd"
             || base == "custody-collector"
-            || base.starts_with("python3")
+            || base.starts_with("python")
             || base == "node";
         if ours && cmd.contains(&needle) {
             found.push((pid, cmd.trim().to_string()));
@@ -153,9 +153,10 @@ pub fn stop_leftovers(dir: &Path) {
     std::thread::sleep(Duration::from_millis(200));
 }
 
-/// Fails with who holds the port when 127.0.0.1:`port` cannot be bound.
+/// Fails with who holds the port when it cannot be bound on every address (the
+/// collector listens on the demo bridge's).
 pub fn port_free(port: u16) -> Result<()> {
-    match TcpListener::bind(("127.0.0.1", port)) {
+    match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => {
             drop(l);
             Ok(())
@@ -170,7 +171,7 @@ pub fn port_free(port: u16) -> Result<()> {
                 "Stop it, or pick"
             };
             bail!(
-                "port {port} on 127.0.0.1 is taken{who} ({e}). {what} another port with \
+                "port {port} is taken{who} ({e}). {what} another port with \
                  `cargo xtask demo --port N`"
             )
         }

@@ -223,32 +223,6 @@ impl Proc {
         }
     }
 
-    /// Wait for the process to finish (bounded); kills it on timeout or Ctrl-C.
-    pub fn finish(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.exited() {
-                // Children it left behind in its group go too.
-                signal_group(self.pid(), libc::SIGKILL);
-                return Ok(st);
-            }
-            if stopping() {
-                self.shutdown();
-                return Err(interrupted());
-            }
-            if Instant::now() > deadline {
-                self.shutdown();
-                bail!(
-                    "{} did not finish within {} s; its output:\n{}",
-                    self.name,
-                    timeout.as_secs(),
-                    self.tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Ask the process group to stop, then kill it; always reaps the process.
     pub fn shutdown(&mut self) {
         let pid = self.pid();
