@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod util;
@@ -44,6 +45,9 @@ enum Task {
         #[arg(long, default_value_t = 7443)]
         port: u16,
     },
+    /// Build the Debian packages custodyd and custody-collector (and, with --tarball,
+    /// a custodyd tarball for other distributions) into target/packages.
+    Package(package::Args),
     /// Run a benchmark and print ratios measured side by side.
     Bench {
         #[command(subcommand)]
@@ -57,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(),
         Task::Test { no_lint, args } => test::run(!no_lint, &args),
         Task::Bench { which } => bench::run(which),
+        Task::Package(a) => package::run(a),
         Task::Demo { no_scenario, port } => demo::run(no_scenario, port),
     }
 }
