@@ -62,11 +62,13 @@ use crate::pipeline::{Pipeline, Tracker};
         (`custodyd check-kernel` shows the same report without starting).\n\n\
         Runs as root with these capabilities (the packaged unit allows no others): \
         CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE (load programs and maps, attach \
-        tracepoints and uprobes), CAP_NET_ADMIN (the cgroup connect/sendmsg hooks), \
-        CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (read /proc/PID/environ, cwd and exe of \
-        every user's processes; take a quarantined process's sockets to shut them \
-        down), CAP_KILL (kill, hold and continue processes). CAP_SYS_ADMIN is needed \
-        only to mount tracefs or bpffs where they are missing.\n\n\
+        tracepoints), CAP_SYS_ADMIN (uprobes on OpenSSL for TLS plaintext — the kernel \
+        asks it for uprobe perf events — and mounting tracefs/bpffs where missing), \
+        CAP_NET_ADMIN (the cgroup connect/sendmsg hooks), CAP_SYS_PTRACE and \
+        CAP_DAC_READ_SEARCH (read /proc/PID/environ, cwd and exe of every user's \
+        processes; take a quarantined process's sockets to shut them down), CAP_KILL \
+        (kill, hold and continue processes). Without CAP_SYS_ADMIN everything but TLS \
+        plaintext works.\n\n\
         Files: /etc/custody/custodyd.toml (config), /var/lib/custody (enrollment, keys, \
         spool, cached revocations and policy), /run/custody/custodyd-status.json (status), \
         /sys/fs/bpf/custody/HOST (pinned enforcement).\n\n\

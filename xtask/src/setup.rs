@@ -22,6 +22,10 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // never downloads a browser of its own).
     ("chromium", "chromium"),
     ("npm", "npm"),
+    // The package test: unit checks, stripping binaries, the collector's service user.
+    ("systemd-analyze", "systemd"),
+    ("strip", "binutils"),
+    ("adduser", "adduser"),
 ];
 
 pub fn run() -> Result<()> {
