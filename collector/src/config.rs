@@ -63,11 +63,9 @@ pub struct FileConfig {
     pub retention_interval: Option<String>,
     pub revocation_hooks: Option<PathBuf>,
     pub metrics_listen: Option<String>,
-    /// `[[export]]` tables, checked by the export module.
-    // NOTE for the exports helper: switch to `Vec<crate::export::ExportConfig>` once
-    // `pub mod export` is in lib.rs (the lead reconciles).
+    /// `[[export]]` tables (see `export::ExportConfig`).
     #[serde(default)]
-    pub export: Vec<toml::Table>,
+    pub export: Vec<crate::export::ExportConfig>,
 }
 
 impl FileConfig {
@@ -88,6 +86,13 @@ impl FileConfig {
             && p.is_relative()
         {
             cfg.data_dir = Some(base.join(p));
+        }
+        for e in &mut cfg.export {
+            for p in [&mut e.path, &mut e.ca].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
         }
         Ok(cfg)
     }
@@ -121,7 +126,7 @@ pub struct Settings {
     pub retention_every: Duration,
     pub revocation_hooks: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
-    pub export: Vec<toml::Table>,
+    pub export: Vec<crate::export::ExportConfig>,
     /// The file the settings came from, if any.
     pub file: Option<PathBuf>,
 }
@@ -211,6 +216,8 @@ impl Settings {
         cfg.retention = self.retention.clone();
         cfg.retention_interval = self.retention_every;
         cfg.metrics_listen = self.metrics_listen;
+        crate::export::config::check_all(&self.export)?;
+        cfg.exports = self.export.clone();
         if let Some(p) = &self.revocation_hooks {
             cfg.revocation_hooks = crate::response::hook::load(p)?;
         }
@@ -257,7 +264,8 @@ impl Settings {
             }
         }
         for e in &self.export {
-            let _ = writeln!(o, "\n[[export]]\n{}", e.to_string().trim_end());
+            let t = toml::to_string(e).unwrap_or_default();
+            let _ = writeln!(o, "\n[[export]]\n{}", t.trim_end());
         }
         o
     }

@@ -54,6 +54,11 @@ enum Cmd {
         /// or firewalled).
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Export events (repeatable; adds to the config file's [[export]] tables):
+        /// jsonl:file:PATH, ocsf:file:PATH, jsonl:https://URL, ocsf:https://URL (POST
+        /// of JSON lines), otlp:http://HOST:4317 (chains as OTLP/gRPC traces).
+        #[arg(long = "export", value_name = "SPEC")]
+        export: Vec<String>,
     },
     /// Validate a serve config file and print the settings it gives (defaults
     /// filled in); exits 1 naming the problem if it is invalid.
@@ -101,6 +106,7 @@ async fn main() -> Result<()> {
             retention_interval,
             revocation_hooks,
             metrics_listen,
+            export,
         } => {
             let flags = Flags {
                 data_dir: cli.data_dir.clone(),
@@ -113,7 +119,12 @@ async fn main() -> Result<()> {
                 metrics_listen,
             };
             let settings = Settings::load(flags, config.as_deref())?;
-            let cfg = settings.collector_config()?;
+            let mut cfg = settings.collector_config()?;
+            for spec in &export {
+                cfg.exports
+                    .push(custody_collector::export::ExportConfig::parse_spec(spec)?);
+            }
+            custody_collector::export::config::check_all(&cfg.exports)?;
             let mut c = Collector::start(cfg).await?;
             // Tests and scripts read these lines.
             println!("listening on {}", c.addr);

@@ -78,7 +78,7 @@ pub struct ExportConfig {
     pub batch: Option<usize>,
     /// Extra request headers (HTTP) or gRPC metadata (OTLP); `${VAR}` in a value is
     /// read from the collector's environment when the config is loaded.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     /// PEM file of the CA(s) to trust for an https:// endpoint instead of the
     /// system's roots.
