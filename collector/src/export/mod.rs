@@ -119,13 +119,9 @@ impl Exports {
         let (alert_tx, alert_rx) = watch::channel(0u64);
         let mut live = alerts.subscribe();
         let alert_feeder = tokio::spawn(async move {
-            loop {
-                match live.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        alert_tx.send_modify(|n| *n += 1)
-                    }
-                    Err(_) => break,
-                }
+            use tokio::sync::broadcast::error::RecvError;
+            while let Ok(_) | Err(RecvError::Lagged(_)) = live.recv().await {
+                alert_tx.send_modify(|n| *n += 1);
             }
         });
         let mut tasks = vec![feeder, alert_feeder];
@@ -375,7 +371,7 @@ async fn deliver(ctx: &mut Ctx, sink: &mut Sink, pass: &Pass) -> bool {
                     let mut s = lock(&ctx.stats);
                     s.failures += 1;
                     s.consecutive_failures += 1;
-                    if s.consecutive_failures == 1 || s.consecutive_failures % 20 == 0 {
+                    if s.consecutive_failures == 1 || s.consecutive_failures.is_multiple_of(20) {
                         tracing::warn!(export = %ctx.name, failures = s.consecutive_failures, "export failed, retrying: {msg}");
                     }
                     s.last_error = msg;

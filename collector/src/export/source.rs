@@ -136,7 +136,7 @@ pub fn read_alerts(store: &Store, after: &str, limit: usize) -> Result<Vec<Alert
     let mut out = vec![];
     for r in store.scan(store::ALERT, false) {
         let (k, v) = r?;
-        if k.len() < 1 || &k[1..] <= after.as_bytes() {
+        if k.is_empty() || &k[1..] <= after.as_bytes() {
             continue;
         }
         out.push(serde_json::from_slice::<Alert>(&v)?);
