@@ -680,8 +680,8 @@ async fn otlp_trace_of_a_three_host_chain() {
 }
 
 /// A Python with `ocsf_json_schema` and `jsonschema`: $CUSTODY_OCSF_PYTHON, the
-/// project's venv (target/venv, made by `cargo xtask setup`), or a venv of its own
-/// under target/ocsf-venv, made here from PyPI (pinned versions).
+/// project's venv (.custody/venv, made by `cargo xtask setup`) when it has them, or
+/// a venv of its own under target/ocsf-venv, made here from PyPI (pinned versions).
 fn ocsf_python() -> PathBuf {
     let ok = |py: &Path| {
         Command::new(py)
@@ -695,7 +695,7 @@ fn ocsf_python() -> PathBuf {
         .map(PathBuf::from)
         .into_iter()
         .collect();
-    candidates.push(root.join("target/venv/bin/python"));
+    candidates.push(root.join(".custody/venv/bin/python"));
     let own = root.join("target/ocsf-venv");
     candidates.push(own.join("bin/python"));
     if let Some(p) = candidates.iter().find(|p| ok(p)) {
