@@ -97,7 +97,8 @@ struct RunArgs {
     /// Report every process on the host, not only agents and their descendants.
     #[arg(long)]
     observe_all: bool,
-    /// Configuration file (TOML): sensor settings and declared agents.
+    /// Configuration file (TOML): sensor settings and declared agents. Without it,
+    /// built-in defaults; the packaged unit passes /etc/custody/custodyd.toml.
     #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
     config: Option<PathBuf>,
     /// Where the status snapshot for `custodyd status` is written.
@@ -156,7 +157,8 @@ enum Command {
             hide_env_values = true
         )]
         token: String,
-        /// Configuration file (host id and state directory come from it).
+        /// Configuration file (host id and state directory come from it), e.g.
+        /// /etc/custody/custodyd.toml; without it, built-in defaults.
         #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -187,7 +189,8 @@ enum Command {
         /// pending kills, and kills processes still held for vetting (fail-closed).
         #[arg(long)]
         force: bool,
-        /// Configuration file (state directory, host id and pin_dir come from it).
+        /// Configuration file the sensor ran with (state directory, host id and
+        /// pin_dir come from it), e.g. /etc/custody/custodyd.toml.
         #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
         config: Option<PathBuf>,
     },
