@@ -185,6 +185,59 @@ struct FleetNames {
     hosts: Vec<(String, String, String)>,
 }
 
+impl FleetNames {
+    fn fixed(prefix: &str, host_ids: &[&str]) -> FleetNames {
+        FleetNames {
+            bridge: format!("{prefix}0"),
+            octet: free_subnet(0, 0),
+            hosts: host_ids
+                .iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    (
+                        format!("{prefix}-{h}"),
+                        format!("{prefix}v{i}"),
+                        format!("{prefix}p{i}"),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn check_free(&self) -> Result<(), String> {
+        let netns = ip_quiet(&["netns", "list"]);
+        let links = ip_quiet(&["-o", "link", "show"]);
+        let link_taken = |name: &str| {
+            links.lines().any(|l| {
+                l.split(": ")
+                    .nth(1)
+                    .is_some_and(|n| n.split('@').next() == Some(name))
+            })
+        };
+        for (ns, vh, vp) in &self.hosts {
+            if netns
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns))
+            {
+                return Err(format!(
+                    "network namespace {ns} already exists (another demo is running, or one was \
+                     killed before it could clean up): if nothing uses it, remove it with \
+                     `ip netns del {ns}`"
+                ));
+            }
+            for l in [vh, vp, &self.bridge] {
+                if link_taken(l) {
+                    return Err(format!(
+                        "network interface {l} already exists: if nothing uses it, remove it \
+                         with `ip link del {l}`"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Fleet {
     pub fn new(host_ids: &[&str]) -> Fleet {
         let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
@@ -213,58 +266,15 @@ impl Fleet {
     /// removes nothing it did not create.
     pub fn named(prefix: &str, host_ids: &[&str]) -> Result<Fleet, String> {
         let _guard = SETUP.lock().unwrap_or_else(|e| e.into_inner());
-        let names = FleetNames {
-            bridge: format!("{prefix}0"),
-            octet: free_subnet(0, 0),
-            hosts: host_ids
-                .iter()
-                .enumerate()
-                .map(|(i, h)| {
-                    (
-                        format!("{prefix}-{h}"),
-                        format!("{prefix}v{i}"),
-                        format!("{prefix}p{i}"),
-                    )
-                })
-                .collect(),
-        };
-        let netns = ip_quiet(&["netns", "list"]);
-        let links = ip_quiet(&["-o", "link", "show"]);
-        let link_taken = |name: &str| {
-            links.lines().any(|l| {
-                l.split(": ")
-                    .nth(1)
-                    .is_some_and(|n| n.split('@').next() == Some(name))
-            })
-        };
-        for (ns, vh, vp) in &names.hosts {
-            if netns
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(ns))
-            {
-                return Err(format!(
-                    "network namespace {ns} already exists (another demo is running, or one was \
-                     killed before it could clean up): if nothing uses it, remove it with \
-                     `ip netns del {ns}`"
-                ));
-            }
-            for l in [vh, vp] {
-                if link_taken(l) {
-                    return Err(format!(
-                        "network interface {l} already exists: if nothing uses it, remove it \
-                         with `ip link del {l}`"
-                    ));
-                }
-            }
-        }
-        if link_taken(&names.bridge) {
-            return Err(format!(
-                "network interface {} already exists: if nothing uses it, remove it with \
-                 `ip link del {}`",
-                names.bridge, names.bridge
-            ));
-        }
+        let names = FleetNames::fixed(prefix, host_ids);
+        names.check_free()?;
         Fleet::build(names, host_ids)
+    }
+
+    /// [`Fleet::named`]'s check alone: fails, saying what to do, if a name it would
+    /// use is taken.
+    pub fn check_names_free(prefix: &str, host_ids: &[&str]) -> Result<(), String> {
+        FleetNames::fixed(prefix, host_ids).check_free()
     }
 
     fn build(names: FleetNames, host_ids: &[&str]) -> Result<Fleet, String> {

@@ -32,7 +32,7 @@ const ROUND_EVERY: Duration = Duration::from_secs(180);
 /// How long the supervisor stays in its session after its answer.
 const LINGER_S: u32 = 60;
 
-pub fn run(no_scenario: bool, port: u16) -> Result<()> {
+pub fn run(no_scenario: bool, port: u16, dev: bool) -> Result<()> {
     preflight::root()?;
     let root = root();
     let custody = root.join(".custody");
@@ -44,6 +44,7 @@ pub fn run(no_scenario: bool, port: u16) -> Result<()> {
     preflight::bpf()?;
     preflight::stop_leftovers(&dir);
     fleet::remove_leftovers(&custody);
+    fleet::check_free()?;
     preflight::port_free(port)?;
     if std::net::TcpListener::bind(("0.0.0.0", LLM_PORT)).is_err() {
         bail!(
@@ -51,15 +52,19 @@ pub fn run(no_scenario: bool, port: u16) -> Result<()> {
              bridge); stop what holds it (`ss -ltnp 'sport = :{LLM_PORT}'`)"
         );
     }
-    eprintln!("demo: building custodyd, custody-collector and custodyctl (release)");
-    exec(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "agent-user",
-        "-p",
-        "collector",
-    ]))?;
+    // --dev (tests): the debug binaries `cargo build --bins` made, as they are.
+    let profile = if dev { "debug" } else { "release" };
+    if !dev {
+        eprintln!("demo: building custodyd, custody-collector and custodyctl (release)");
+        exec(Command::new("cargo").current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "agent-user",
+            "-p",
+            "collector",
+        ]))?;
+    }
     if stopping() {
         return Err(procs::interrupted());
     }
@@ -71,7 +76,7 @@ pub fn run(no_scenario: bool, port: u16) -> Result<()> {
 
     let fleet = fleet::create(&custody)?;
     let mut demo = Demo {
-        bin: target_dir(&root).join("release"),
+        bin: target_dir(&root).join(profile),
         addr: format!("{}:{port}", fleet.bridge_addr),
         dir,
         token: String::new(),

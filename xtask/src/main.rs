@@ -35,15 +35,19 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// The main job: a collector, an enrolled custodyd and sample agents on this
-    /// machine (needs root); prints how to inspect them, Ctrl-C tears down.
+    /// The main job: three hosts (network namespaces), a collector, an enrolled
+    /// custodyd per host and the finance story on the openai/mcp SDKs (needs root);
+    /// prints the web UI address and what to look at, Ctrl-C tears down.
     Demo {
-        /// Leave the collector and sensor up with no agents, for trying things by hand.
+        /// Leave the collector and sensors up with no agents, for trying things by hand.
         #[arg(long)]
         no_scenario: bool,
-        /// Collector port on 127.0.0.1.
+        /// Collector port (on the demo bridge's address).
         #[arg(long, default_value_t = 7443)]
         port: u16,
+        /// Use the debug binaries already built instead of building release ones (tests).
+        #[arg(long, hide = true)]
+        dev: bool,
     },
     /// Build the Debian packages custodyd and custody-collector (and, with --tarball,
     /// a custodyd tarball for other distributions) into target/packages.
@@ -62,6 +66,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test { no_lint, args } => test::run(!no_lint, &args),
         Task::Bench { which } => bench::run(which),
         Task::Package(a) => package::run(a),
-        Task::Demo { no_scenario, port } => demo::run(no_scenario, port),
+        Task::Demo {
+            no_scenario,
+            port,
+            dev,
+        } => demo::run(no_scenario, port, dev),
     }
 }

@@ -24,6 +24,12 @@ fn ip(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// Fails early, before anything is built or started, if a name is taken.
+pub fn check_free() -> Result<()> {
+    Fleet::check_names_free(PREFIX, &super::HOSTS)
+        .map_err(|e| anyhow::anyhow!("cannot create the demo's hosts: {e}"))
+}
+
 pub fn create(custody: &Path) -> Result<Fleet> {
     let fleet = match Fleet::named(PREFIX, &super::HOSTS) {
         Ok(f) => f,
