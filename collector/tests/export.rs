@@ -679,57 +679,25 @@ async fn otlp_trace_of_a_three_host_chain() {
     c.shutdown().await.unwrap();
 }
 
-/// A Python with `ocsf_json_schema` and `jsonschema`: $CUSTODY_OCSF_PYTHON, the
-/// project's venv (.custody/venv, made by `cargo xtask setup`) when it has them, or
-/// a venv of its own under target/ocsf-venv, made here from PyPI (pinned versions).
+/// A Python with `ocsf_json_schema` and `jsonschema`: $CUSTODY_OCSF_PYTHON, or the
+/// project's venv (.custody/venv), which `cargo xtask setup` makes from
+/// tests/agents/story/requirements.txt.
 fn ocsf_python() -> PathBuf {
-    let ok = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import ocsf_json_schema, jsonschema"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut candidates: Vec<PathBuf> = std::env::var_os("CUSTODY_OCSF_PYTHON")
+    let py = std::env::var_os("CUSTODY_OCSF_PYTHON")
         .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    candidates.push(root.join(".custody/venv/bin/python"));
-    let own = root.join("target/ocsf-venv");
-    candidates.push(own.join("bin/python"));
-    if let Some(p) = candidates.iter().find(|p| ok(p)) {
-        return p.clone();
-    }
-    // Serialize concurrent set-ups (test binaries run in parallel).
-    let _lock = std::fs::File::create(root.join("target/ocsf-venv.lock"))
-        .inspect(|f| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on a descriptor this File owns.
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        })
-        .unwrap();
-    let py = own.join("bin/python");
-    if !ok(&py) {
-        let st = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&own)
-            .status()
-            .unwrap();
-        assert!(st.success(), "python3 -m venv {}", own.display());
-        let st = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "ocsf-json-schema==1.2.0",
-                "jsonschema==4.23.0",
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "pip install ocsf-json-schema jsonschema");
-    }
+        .unwrap_or_else(|| root.join(".custody/venv/bin/python"));
+    let ok = Command::new(&py)
+        .args(["-c", "import ocsf_json_schema, jsonschema"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{} cannot import ocsf_json_schema and jsonschema: run `cargo xtask setup` (it makes \
+         the project's virtualenv from tests/agents/story/requirements.txt)",
+        py.display()
+    );
     py
 }
 
