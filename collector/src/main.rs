@@ -125,6 +125,14 @@ async fn main() -> Result<()> {
                     .push(custody_collector::export::ExportConfig::parse_spec(spec)?);
             }
             custody_collector::export::config::check_all(&cfg.exports)?;
+            // systemd stops services with SIGTERM, a terminal with SIGINT: both flush
+            // the store and stop exports before exiting. Installed before the first
+            // line is printed, so a signal sent on seeing it is never the default one.
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term =
+                signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+            let mut int =
+                signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
             let mut c = Collector::start(cfg).await?;
             // Tests and scripts read these lines.
             println!("listening on {}", c.addr);
@@ -135,8 +143,12 @@ async fn main() -> Result<()> {
             }
             tokio::select! {
                 r = c.wait() => r?,
-                _ = tokio::signal::ctrl_c() => {
-                    tracing::info!("shutting down");
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: shutting down");
+                    c.shutdown().await?;
+                }
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: shutting down");
                     c.shutdown().await?;
                 }
             }

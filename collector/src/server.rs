@@ -119,6 +119,7 @@ impl Collector {
             responder: responder.clone(),
             alerts: alerts.clone(),
             policy: policy.clone(),
+            exports: exports.clone(),
             started_at_ns,
             retention: cfg.retention.clone(),
             retention_interval: cfg.retention_interval,

@@ -501,7 +501,13 @@ async fn http_endpoint_down_then_back_nothing_lost() {
     let mut e = ExportConfig::new(ExportKind::Jsonl);
     e.url = Some(format!("http://{at}/ingest"));
     e.batch = Some(4);
-    let c = start(dir.path(), free_addr(), vec![e]).await;
+    e.name = Some("siem".into());
+    init_tracing();
+    let mut cfg = CollectorConfig::new(dir.path(), free_addr());
+    cfg.exports = vec![e];
+    cfg.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let c = Collector::start(cfg).await.expect("collector starts");
+    let metrics = c.metrics_addr.expect("metrics served");
     let f = fleet(&c).await;
     let (_, [a, b, cc]) = story();
     ship_all(&f.ships[0], &a).await;
@@ -514,6 +520,27 @@ async fn http_endpoint_down_then_back_nothing_lost() {
     .await;
     let s = c.exports.stats()[0].clone();
     assert!(s.last_error.contains("503"), "{s:?}");
+    // The same, as Prometheus sees it.
+    let text = metrics_text(metrics).await;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|x| {
+                x.metric == name
+                    && x.labels.get("export") == Some("siem")
+                    && x.labels.get("kind") == Some("jsonl")
+            })
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name} for export siem: {text}"))
+    };
+    assert!(value("custody_collector_export_failures_total") >= 2.0);
+    assert!(value("custody_collector_export_lag_events") >= total as f64);
+    assert_eq!(value("custody_collector_export_records_total"), 0.0);
     assert!(r.lines.lock().unwrap().is_empty());
     // More arrives while it is down; then the endpoint comes back.
     ship_all(&f.ships[2], &cc).await;
@@ -540,6 +567,22 @@ async fn http_endpoint_down_then_back_nothing_lost() {
     .await;
     drop(f);
     c.shutdown().await.unwrap();
+}
+
+/// GET /metrics over plain HTTP/1.1; the body.
+async fn metrics_text(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 /// A received span with its resource's attributes.

@@ -79,6 +79,7 @@ pub struct Telemetry {
     pub responder: Arc<Responder>,
     pub alerts: Arc<Alerts>,
     pub policy: Arc<LivePolicy>,
+    pub exports: Arc<crate::export::Exports>,
     pub started_at_ns: u64,
     pub retention: Retention,
     pub retention_interval: Duration,

@@ -414,7 +414,57 @@ pub fn render(t: &Telemetry) -> String {
             v,
         );
     }
+    exports(&mut o, t);
     o.0
+}
+
+/// One series per configured export, labelled by its name and kind.
+fn exports(o: &mut Out, t: &Telemetry) {
+    let stats = t.exports.stats();
+    let families: [(&str, &str, &str, fn(&crate::export::ExportStats) -> f64); 6] = [
+        (
+            "custody_collector_export_records_total",
+            "counter",
+            "Records an export delivered: lines (jsonl, ocsf) or spans (otlp).",
+            |s| s.records_sent as f64,
+        ),
+        (
+            "custody_collector_export_alerts_total",
+            "counter",
+            "Alerts an export delivered.",
+            |s| s.alerts_sent as f64,
+        ),
+        (
+            "custody_collector_export_failures_total",
+            "counter",
+            "Delivery attempts that failed (each is retried; nothing is skipped).",
+            |s| s.failures as f64,
+        ),
+        (
+            "custody_collector_export_lag_events",
+            "gauge",
+            "Stored events an export has not delivered yet.",
+            |s| s.lag_events as f64,
+        ),
+        (
+            "custody_collector_export_consecutive_failures",
+            "gauge",
+            "Failures since the export's last success (0 when healthy).",
+            |s| s.consecutive_failures as f64,
+        ),
+        (
+            "custody_collector_export_last_success_timestamp_seconds",
+            "gauge",
+            "When the export last delivered a batch (0: never).",
+            |s| secs(s.last_success_ns),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        o.family(name, kind, help);
+        for s in &stats {
+            o.sample(name, &[("export", &s.name), ("kind", s.kind)], get(s));
+        }
+    }
 }
 
 #[cfg(test)]
