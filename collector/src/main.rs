@@ -13,7 +13,21 @@ use custody_collector::pki::Pki;
 use custody_collector::units::parse_duration;
 
 #[derive(Parser)]
-#[command(name = "custody-collector", version, about = "Custody collector")]
+#[command(
+    name = "custody-collector",
+    version,
+    about = "Custody collector: joins every host's sensor events into chains of custody, \
+             evaluates policy, serves the web UI and carries out responses fleet-wide",
+    long_about = "Custody collector.\n\n\
+        Sensors (custodyd) enroll with a one-time token and stream their events over mTLS; \
+        the collector stores them (sled, in the data directory), joins them across hosts \
+        into chains rooted at a human, evaluates the Cedar policies on every action, and \
+        carries out kill / quarantine / revoke on every host. One port serves the sensors, \
+        the admin API used by custodyctl, and the web UI (https://ADDR:PORT/).\n\n\
+        Typical use: `custody-collector serve --config /etc/custody/collector.toml`, then \
+        `custody-collector enroll-token` per host and `custody-collector operator-token` per \
+        person."
+)]
 struct Cli {
     /// Data directory: CA, token records and the sled store [default:
     /// /var/lib/custody-collector, or `data_dir` in the serve config file].
@@ -31,7 +45,8 @@ enum Cmd {
         /// over the file (see `check-config`).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// [default: 0.0.0.0:7443]
+        /// Address for sensors, custodyctl and the web UI (one mTLS port)
+        /// [default: 0.0.0.0:7443].
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// Extra DNS name or IP address for the server certificate (repeatable).
@@ -43,7 +58,7 @@ enum Cmd {
         /// Delete the oldest events while stored events exceed this size (e.g. 50GiB).
         #[arg(long)]
         retention_max_bytes: Option<String>,
-        /// [default: 60s]
+        /// How often retention runs [default: 60s].
         #[arg(long)]
         retention_interval: Option<String>,
         /// TOML file of issuer hooks called when a credential is revoked

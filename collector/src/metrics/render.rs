@@ -418,10 +418,18 @@ pub fn render(t: &Telemetry) -> String {
     o.0
 }
 
+/// A metric family read off each export's stats: name, type, help, value.
+type ExportFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&crate::export::ExportStats) -> f64,
+);
+
 /// One series per configured export, labelled by its name and kind.
 fn exports(o: &mut Out, t: &Telemetry) {
     let stats = t.exports.stats();
-    let families: [(&str, &str, &str, fn(&crate::export::ExportStats) -> f64); 6] = [
+    let families: [ExportFamily; 6] = [
         (
             "custody_collector_export_records_total",
             "counter",

@@ -22,18 +22,41 @@ mod status;
 #[command(name = "custodyctl", version, about = "Custody operator CLI")]
 struct Cli {
     /// Collector address, host:port.
-    #[arg(long, global = true, env = "CUSTODY_COLLECTOR")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection (every command)",
+        env = "CUSTODY_COLLECTOR"
+    )]
     collector: Option<String>,
     /// Operator token (from `custody-collector operator-token`).
-    #[arg(long, global = true, env = "CUSTODY_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection (every command)",
+        env = "CUSTODY_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// The collector's CA certificate (its data dir's ca.pem).
-    #[arg(long, global = true, env = "CUSTODY_CA")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection (every command)",
+        env = "CUSTODY_CA"
+    )]
     ca: Option<PathBuf>,
-    #[arg(long, global = true, env = "CUSTODY_CONFIG")]
+    /// TOML file with `collector`, `token` (or `token_file`) and `ca`, used for what
+    /// the flags and environment do not set [default: ~/.config/custody/custodyctl.toml].
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection (every command)",
+        env = "CUSTODY_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// Print JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Connection (every command)")]
     json: bool,
     #[command(subcommand)]
     cmd: Cmd,
@@ -49,12 +72,16 @@ enum Cmd {
     Credentials,
     /// Stored events, newest first; --follow streams new ones.
     Events {
+        /// Only this host's events (its host id).
         #[arg(long)]
         host: Option<String>,
+        /// Only events of processes of this agent (agent id).
         #[arg(long)]
         agent: Option<String>,
+        /// Only events of this chain (a chain id, or any exec id in it).
         #[arg(long)]
         chain: Option<String>,
+        /// Only events of this process (exec id host:pid:start_ticks).
         #[arg(long)]
         exec: Option<String>,
         /// Event kind: exec, file_open, net, http_request, mcp, ...
@@ -63,24 +90,33 @@ enum Cmd {
         /// Only events newer than this (e.g. 15m, 2h, 1d).
         #[arg(long)]
         since: Option<String>,
+        /// At most this many events.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Keep printing new events as they are stored (Ctrl-C to stop).
         #[arg(long, short)]
         follow: bool,
     },
     /// Chains, most recently active first.
     Chains {
+        /// Only chains started by this human (login user or delegated subject).
         #[arg(long)]
         human: Option<String>,
+        /// Only chains with a process on this host.
         #[arg(long)]
         host: Option<String>,
+        /// At most this many chains.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// One chain as a tree; ID is a chain id, an exec id or an event id.
-    Chain { id: String },
+    Chain {
+        /// A chain id, an exec id (host:pid:start_ticks) or an event id.
+        id: String,
+    },
     /// The audit log, newest first; --verify checks its hash chain.
     Audit {
+        /// At most this many records.
         #[arg(long, default_value_t = 50)]
         limit: u32,
         /// Recompute the hash chain and report the first altered or missing record.
@@ -102,6 +138,7 @@ enum Cmd {
     Quarantine {
         #[command(flatten)]
         scope: response::Scope,
+        /// Why: recorded in the audit log and sent to the hosts.
         #[arg(long)]
         reason: String,
         #[command(flatten)]
@@ -111,6 +148,7 @@ enum Cmd {
     Release {
         #[command(flatten)]
         scope: response::ReleaseScope,
+        /// Why: recorded in the audit log.
         #[arg(long)]
         reason: String,
         #[command(flatten)]
@@ -122,6 +160,7 @@ enum Cmd {
         /// hmac-sha256:... (see `custodyctl credentials`).
         #[arg(long)]
         credential: String,
+        /// Why: recorded in the audit log, sent to the hosts and to issuer hooks.
         #[arg(long)]
         reason: String,
         /// Kill processes holding it (the default).
@@ -141,11 +180,15 @@ enum Cmd {
         /// Only actions still in force.
         #[arg(long)]
         active: bool,
+        /// At most this many actions.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// One action in detail: per-host state, affected processes, timings.
-    Action { id: String },
+    Action {
+        /// The action id (act-…, from `custodyctl actions`).
+        id: String,
+    },
     /// Policies: validate (locally), apply, list, test (dry run).
     Policy {
         #[command(subcommand)]
@@ -156,14 +199,18 @@ enum Cmd {
         /// Only open (unacknowledged) alerts.
         #[arg(long)]
         open: bool,
+        /// Only alerts of this chain.
         #[arg(long)]
         chain: Option<String>,
+        /// At most this many alerts.
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Acknowledge an alert, optionally assigning it (role responder).
     Ack {
+        /// The alert id (al-…, from `custodyctl alerts`).
         id: String,
+        /// Assign it to this person.
         #[arg(long)]
         assign: Option<String>,
     },
