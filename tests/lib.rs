@@ -300,3 +300,21 @@ pub fn python() -> &'static str {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     })
 }
+
+/// The exec id (host:pid:start_ticks) of a process that printed its identity as JSON
+/// (`{"pid": .., "start_ticks": ..}`, what every scenario agent prints first).
+pub fn exec_id(host: &str, who: &Value) -> String {
+    format!(
+        "{host}:{}:{}",
+        who["pid"].as_u64().expect("pid"),
+        who["start_ticks"].as_u64().expect("start_ticks")
+    )
+}
+
+/// Whether `pid` is running (a zombie has exited; it only waits to be reaped).
+pub fn pid_alive(pid: impl Into<u64>) -> bool {
+    let pid = pid.into();
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
+        .unwrap_or(false)
+}

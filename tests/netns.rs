@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::bin;
 
 mod hosts;
-pub use hosts::{Fleet, NsHost, cleanup_stale, enter_netns, ip, set_login_uid};
+pub use hosts::{Fleet, NsHost, cleanup_stale, enter_netns, ip, ip_quiet, set_login_uid};
 
 /// Reads a child's stdout/stderr lines into a shared buffer (echoed with a prefix),
 /// and returns a channel of the stdout lines.

@@ -26,7 +26,7 @@ pub fn ip(args: &[&str]) {
 }
 
 /// Runs `ip ARGS` ignoring failure (cleanup paths).
-fn ip_quiet(args: &[&str]) -> String {
+pub fn ip_quiet(args: &[&str]) -> String {
     Command::new("ip")
         .args(args)
         .stderr(Stdio::null())

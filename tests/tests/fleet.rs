@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use custody_tests::exec_id;
 use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, sensor_config, set_login_uid,
 };
@@ -40,14 +41,6 @@ fn scenario(host: &NsHost, agent: &str, script: &str) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     c
-}
-
-fn exec_id(host: &str, who: &Value) -> String {
-    format!(
-        "{host}:{}:{}",
-        who["pid"].as_u64().expect("pid"),
-        who["start_ticks"].as_u64().expect("start_ticks")
-    )
 }
 
 fn hosts(collector: &Collector, token: &str) -> Vec<Value> {

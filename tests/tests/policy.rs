@@ -14,6 +14,7 @@ use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, sensor_config_scoped, set_login_uid,
 };
 use custody_tests::{agents_dir, bpf_available, python};
+use custody_tests::{exec_id, pid_alive};
 use serde_json::Value;
 
 fn finance(host: &NsHost, agent: &str, args: &[&str]) -> Command {
@@ -25,16 +26,6 @@ fn finance(host: &NsHost, agent: &str, args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     c
-}
-
-fn exec_id(host: &str, v: &Value) -> String {
-    format!("{host}:{}:{}", v["pid"], v["start_ticks"])
-}
-
-fn pid_alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
-        .unwrap_or(false)
 }
 
 /// The finance policy, over this test's data directory.

@@ -13,6 +13,7 @@ use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, set_login_uid,
 };
 use custody_tests::{agents_dir, bpf_available, python, write_tls_files};
+use custody_tests::{exec_id, pid_alive};
 use serde_json::Value;
 
 fn now_ns() -> u64 {
@@ -36,14 +37,6 @@ fn agent(host: &NsHost, agent: &str, marker: &str, args: &[&str]) -> Command {
     c
 }
 
-fn exec_id(host: &str, who: &Value) -> String {
-    format!(
-        "{host}:{}:{}",
-        who["pid"].as_u64().expect("pid"),
-        who["start_ticks"].as_u64().expect("start_ticks")
-    )
-}
-
 /// Live processes whose environment holds CUSTODY_TEST_MARK=`marker` (every host
 /// shares this machine's pid namespace).
 fn alive_with(marker: &str) -> Vec<u32> {
@@ -61,16 +54,6 @@ fn alive_with(marker: &str) -> Vec<u32> {
         }
     }
     out
-}
-
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            // A zombie has exited; it only waits for its parent to reap it.
-            let state = s[s.rfind(')').unwrap() + 2..].chars().next();
-            state != Some('Z')
-        })
-        .unwrap_or(false)
 }
 
 fn start_fleet(

@@ -19,19 +19,10 @@ use std::time::Duration;
 use custody_tests::bpf_available;
 use custody_tests::netns::{Collector, Fleet, NsSensor, Proc, WorkDir, pin_dir_for, poll};
 use custody_tests::story::{self, Hosts, Story};
+use custody_tests::{exec_id, pid_alive};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
-
-fn exec_id(host: &str, v: &Value) -> String {
-    format!("{host}:{}:{}", v["pid"], v["start_ticks"])
-}
-
-fn pid_alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
-        .unwrap_or(false)
-}
 
 /// The sensors' fingerprint of a secret (HMAC-SHA256 with the fleet key, 16 bytes).
 fn fingerprint(key: &[u8], secret: &str) -> String {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use custody_tests::exec_id;
 use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, set_login_uid,
 };
@@ -30,14 +31,6 @@ fn agent(host: &NsHost, agent: &str, marker: &str, args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     c
-}
-
-fn exec_id(host: &str, who: &Value) -> String {
-    format!(
-        "{host}:{}:{}",
-        who["pid"].as_u64().expect("pid"),
-        who["start_ticks"].as_u64().expect("start_ticks")
-    )
 }
 
 /// Live (non-zombie) processes whose environment holds CUSTODY_TEST_MARK=`marker`.

@@ -10,6 +10,7 @@ Configuration comes from the environment, as deployments do it:
   STORY_LLM_URL       the OpenAI-compatible endpoint, e.g. https://10.0.0.1:8443/v1
   STORY_ENV_FILE      the agent's credential file (dotenv format)
 """
+import http.server
 import json
 import os
 import ssl
@@ -104,3 +105,37 @@ def verify_delegation(header, key, aud):
 def fail(msg):
     print(json.dumps({"error": msg, **me()}), flush=True)
     sys.exit(1)
+
+
+class Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # A client killed mid-request (a chain kill does that) is not news.
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
+            super().handle_error(request, client_address)
+
+
+class JsonHandler(http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with JSON bodies; subclasses implement do_POST."""
+    protocol_version = "HTTP/1.1"
+
+    def body(self):
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def reply(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def serve_https(role, host, port, handler):
+    """Serve `handler` over TLS with this host's certificate; announce the port."""
+    srv = Server((host, port), handler)
+    srv.socket = server_tls().wrap_socket(srv.socket, server_side=True)
+    say(role, "listening", port=srv.server_address[1])
+    srv.serve_forever()

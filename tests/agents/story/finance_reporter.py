@@ -7,36 +7,18 @@ draft in the finance reports directory.
 Credentials from its credential file (STORY_ENV_FILE): OPENAI_API_KEY,
 FINANCE_DELEGATION_KEY.
 """
-import http.server
 import json
-import ssl
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import MONTH, llm, load_env_file, say, server_tls, verify_delegation  # noqa: E402
+from common import (MONTH, JsonHandler, llm, load_env_file, say, serve_https,  # noqa: E402
+                    verify_delegation)
 
 
-class Server(http.server.ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        # A client killed mid-request (a chain kill does that) is not news.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
-            super().handle_error(request, client_address)
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def reply(self, code, body):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(JsonHandler):
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        body = json.loads(self.body())
         secrets = load_env_file()
         try:
             claims = verify_delegation(self.headers.get("Authorization"),
@@ -60,15 +42,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             f.write(draft)
         self.reply(200, {"draft": draft})
 
-    def log_message(self, *args):
-        pass
 
 
 def main():
-    srv = Server(("0.0.0.0", int(sys.argv[1])), Handler)
-    srv.socket = server_tls().wrap_socket(srv.socket, server_side=True)
-    say("reporter", "listening", port=srv.server_address[1])
-    srv.serve_forever()
+    serve_https("reporter", "0.0.0.0", int(sys.argv[1]), Handler)
 
 
 if __name__ == "__main__":

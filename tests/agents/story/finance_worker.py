@@ -13,20 +13,17 @@ model names — and answers with the model's summary.
 Credentials come from its credential file (STORY_ENV_FILE): OPENAI_API_KEY,
 DATABASE_URL, FINANCE_DELEGATION_KEY.
 """
-import http.server
 import json
-import ssl
 import os
 import sys
-import time
 
 import anyio
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import (MONTH, delegation_token, https_client, llm, load_env_file, say,  # noqa: E402
-                    server_tls, verify_delegation)
+from common import (MONTH, JsonHandler, delegation_token, https_client, llm,  # noqa: E402
+                    load_env_file, say, serve_https, verify_delegation)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPORTER = sys.argv[2] if len(sys.argv) > 2 else ""
@@ -90,26 +87,9 @@ def draft(args, claims, secrets):
     return r.json()["draft"]
 
 
-class Server(http.server.ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        # A client killed mid-request (a chain kill does that) is not news.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
-            super().handle_error(request, client_address)
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def reply(self, code, body):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(JsonHandler):
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        body = json.loads(self.body())
         secrets = load_env_file()
         try:
             claims = verify_delegation(self.headers.get("Authorization"),
@@ -124,15 +104,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(500, {"error": str(e)})
         self.reply(200, {"month": body.get("month", MONTH), "summary": answer})
 
-    def log_message(self, *args):
-        pass
 
 
 def main():
-    srv = Server(("0.0.0.0", int(sys.argv[1])), Handler)
-    srv.socket = server_tls().wrap_socket(srv.socket, server_side=True)
-    say("worker", "listening", port=srv.server_address[1])
-    srv.serve_forever()
+    serve_https("worker", "0.0.0.0", int(sys.argv[1]), Handler)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,17 @@ Which script plays is chosen from the tools the caller offers (the supervisor of
 number of tool results already in the conversation. The worker's script follows a
 note in the ledger to the HR salary file: the drift the story is about.
 """
-import http.server
 import json
-import ssl
+import os
 import re
 import sys
 import time
 import uuid
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
-from common import MONTH, say, server_tls  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from common import MONTH, JsonHandler, serve_https  # noqa: E402
 
-
-LATENCY = float(__import__("os").environ.get("STORY_LLM_LATENCY", "0.7"))
+LATENCY = float(os.environ.get("STORY_LLM_LATENCY", "0.7"))
 
 
 def call(name, args):
@@ -63,26 +61,9 @@ def last_tool(msgs):
     return ""
 
 
-class Server(http.server.ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        # A client killed mid-request (a chain kill does that) is not news.
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
-            super().handle_error(request, client_address)
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def reply(self, code, body):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(JsonHandler):
     def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = self.body()
         if not self.path.rstrip("/").endswith("/chat/completions"):
             return self.reply(404, {"error": {"message": f"no route {self.path}"}})
         if not (self.headers.get("Authorization") or "").startswith("Bearer sk-proj-"):
@@ -115,16 +96,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                       "total_tokens": 42 * len(msgs) + 17},
         })
 
-    def log_message(self, *args):
-        pass
 
 
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
-    srv = Server((host, port), Handler)
-    srv.socket = server_tls().wrap_socket(srv.socket, server_side=True)
-    say("llm", "listening", port=srv.server_address[1])
-    srv.serve_forever()
+    serve_https("llm", host, port, Handler)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::stats::summarize;
 use crate::util::{exec, is_root, root};
+use custody_tests::exec_id;
 
 const KILL_P99_BUDGET_MS: f64 = 50.0;
 const CHAIN_PROCESSES: usize = 50;
@@ -128,10 +129,6 @@ fn wait_all_gone(fds: &[OwnedFd], timeout: Duration) -> bool {
         }
     }
     true
-}
-
-fn exec_id(host: &str, v: &Value) -> String {
-    format!("{host}:{}:{}", v["pid"], v["start_ticks"])
 }
 
 struct Bench {

@@ -4,24 +4,14 @@
 //! name that is taken by anything else stops the demo with what to do.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use anyhow::{Result, bail};
-use custody_tests::netns::Fleet;
+use custody_tests::netns::{Fleet, ip_quiet as ip};
 
 const PREFIX: &str = "cdemo";
 
 fn record(custody: &Path) -> PathBuf {
     custody.join("demo-fleet")
-}
-
-fn ip(args: &[&str]) -> String {
-    Command::new("ip")
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
 }
 
 /// Fails early, before anything is built or started, if a name is taken.
