@@ -161,7 +161,8 @@ pub(crate) fn scan_var(
                     plausible_secret_value(&text, GENERIC_MIN_LEN)
                         && !(upper.contains("CREDENTIAL") && looks_like_path(&text))
                 })
-            });
+            })
+            .or_else(|| key_named_random(&upper, &text).then_some("generic_secret"));
         if let Some(kind) = kind {
             if !trim_value(&text).is_empty() {
                 let mut c = Credential::new(kind, value, key, source, location);
@@ -219,6 +220,24 @@ pub(crate) fn secret_name_kind(name: &str) -> Option<&'static str> {
         .iter()
         .any(|g| n.contains(g))
         .then_some("generic_secret")
+}
+
+/// `*_KEY` names hold secrets (signing, HMAC, delegation keys) as often as identifiers
+/// (SORT_KEY, PRIMARY_KEY, CACHE_KEY): only a value shaped like key material counts —
+/// letters of both cases and digits, or a long hex string — with no spaces.
+fn key_named_random(name: &str, value: &str) -> bool {
+    let v = trim_value(value);
+    let classes = [
+        v.bytes().any(|b| b.is_ascii_lowercase()),
+        v.bytes().any(|b| b.is_ascii_uppercase()),
+        v.bytes().any(|b| b.is_ascii_digit()),
+    ];
+    let hex = v.len() >= 32 && v.bytes().all(|b| b.is_ascii_hexdigit());
+    (name.ends_with("_KEY") || name == "KEY")
+        && v.len() >= 16
+        && !v.contains(char::is_whitespace)
+        && !looks_like_path(v)
+        && (classes.iter().all(|c| *c) || hex)
 }
 
 /// False for values that are flags, counts or placeholders rather than secrets.

@@ -283,3 +283,32 @@ fn pem_private_key_in_env() {
     assert_eq!(creds[0].kind, "private_key");
     assert_eq!(meta(&creds[0], "key_type"), Some("rsa"));
 }
+
+#[test]
+fn key_named_variables_count_only_with_key_material() {
+    let k = key();
+    let kinds = |env: &str| -> Vec<String> {
+        scan_env(env.as_bytes(), &k)
+            .into_iter()
+            .map(|c| c.kind)
+            .collect()
+    };
+    assert_eq!(
+        kinds("FINANCE_DELEGATION_KEY=q8ZtR2vLwX9mKp4sN7yB3cHd6fJ1gT5e\0"),
+        ["generic_secret"]
+    );
+    assert_eq!(
+        kinds("WEBHOOK_KEY=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\0"),
+        ["generic_secret"]
+    );
+    for plain in [
+        "SORT_KEY=created_at",
+        "PRIMARY_KEY=id",
+        "CACHE_KEY=user-profile-version2",
+        "PARTITION_KEY=tenant_id_and_region",
+        "SSH_KEY=/home/alice/.ssh/id_ed25519",
+        "KEYBOARD_KEY=Shift Left Control 42",
+    ] {
+        assert!(kinds(&format!("{plain}\0")).is_empty(), "{plain}");
+    }
+}
