@@ -237,6 +237,11 @@ fn finance_story_across_three_hosts() {
     assert_eq!(reporter_node["host"], "fin-c");
     assert_eq!(reporter_node["upstream"], worker_id.as_str());
     let sec = &story.secrets;
+    // The delegation signing key in the supervisor's environment is a secret too.
+    assert!(
+        fingerprints(sup_node).contains(&fp(&sec.delegation_key)),
+        "{sup_node:#}"
+    );
     assert!(
         fingerprints(sup_node).contains(&fp(&sec.supervisor_openai)),
         "{sup_node:#}"
