@@ -68,7 +68,7 @@ impl Secrets {
 }
 
 /// Letters and digits from the kernel's random source.
-fn random_text(n: usize) -> String {
+pub fn random_text(n: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom")

@@ -262,6 +262,9 @@ fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
         ],
     );
     set_login_uid(&mut cmd, 4242);
+    // A token the root agent holds, which the browser revokes everywhere.
+    let token = format!("ghp_{}", custody_tests::story::random_text(36));
+    cmd.env("GITHUB_TOKEN", &token);
     let mut root = Proc::spawn(&mut cmd);
     let a_info: Value = serde_json::from_str(&root.first_line(Duration::from_secs(15))).unwrap();
     let (a_id, b_id, c_id) = (
@@ -326,6 +329,26 @@ fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
         })
         .unwrap_or_else(|| panic!("still alive with {m}: {:?}", alive_with(m)));
     }
+    // The revocation issued from the browser: done on every host, for the root's
+    // token (its fingerprint never shows the token itself).
+    let revoke_id = result["revoke_id"].as_str().expect("revoke action id");
+    let rv = collector.ctl(&responder, &["action", revoke_id]);
+    assert_eq!(rv["kind"], "revoke_credential", "{rv:#}");
+    assert_eq!(rv["target"], result["fingerprint"], "{rv:#}");
+    assert_eq!(rv["operator"], "oncall");
+    assert_eq!(rv["reason"], "ui test: token pasted in a public issue");
+    assert_eq!(rv["status"], "done", "{rv:#}");
+    for h in &hosts {
+        assert!(
+            rv["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["host"] == *h && x["state"] == "ok"),
+            "{h} confirmed the revocation: {rv:#}"
+        );
+    }
+    assert!(!rv.to_string().contains(&token));
     // The viewer's forged kill was refused and audited; nothing but the one kill
     // was issued (the other action is the policy update sent to the sensors).
     let actions = collector.ctl(&responder, &["actions"]);

@@ -227,6 +227,31 @@ async function main() {
     check(audited >= 1 + hosts.length, `audit trail: issued + a confirmation per host (${audited})`);
     await shot(page, 'actions.png');
 
+    // Revoke the root agent's token everywhere from its credential page: the
+    // confirmation needs a reason, and every host confirms.
+    await page.goto(`${base}/credentials?kind=github_token`);
+    const credRow = page.locator('table.creds tbody tr[data-fingerprint]').first();
+    await credRow.waitFor({ timeout: WAIT });
+    const fingerprint = await credRow.getAttribute('data-fingerprint');
+    await credRow.locator('th a').click();
+    await page.waitForURL(/\/credentials\/hmac-sha256/);
+    await page.locator('a[data-verb="revoke"]').click();
+    await page.waitForURL(/\/respond\?/);
+    await page.getByLabel(/Reason/).fill('ui test: token pasted in a public issue');
+    await page.getByRole('button', { name: /Confirm/ }).click();
+    await page.waitForURL(/\/actions\/act-/);
+    const revokeId = decodeURIComponent(page.url().split('/actions/')[1]);
+    for (const h of hosts) {
+      await page.locator(`table.deliveries tr[data-host="${h}"][data-follow-up="false"][data-state="ok"]`)
+        .waitFor({ timeout: WAIT });
+    }
+    await page.locator('p.status-line[data-status="done"]').waitFor();
+    await page.goto(`${base}/credentials/${encodeURIComponent(fingerprint)}`);
+    check((await page.locator('.badge', { hasText: 'revoked' }).count()) >= 1, 'the credential shows as revoked');
+    check((await page.locator('a[data-verb="revoke"]').count()) === 0, 'no second revoke offered');
+    step(`revoked ${fingerprint} from the UI (${revokeId}): every host confirmed`);
+    await shot(page, 'credential.png');
+
     // Sign out: the cookie goes, and the old session id is dead on the server.
     const saved = await ctx.cookies();
     check(saved.some((c) => c.name === '__Host-custody' && c.httpOnly && c.secure && c.sameSite === 'Strict'),
@@ -240,7 +265,7 @@ async function main() {
     check(/\/login/.test(page.url()), 'the old session cookie no longer works');
     step('signed out');
     await ctx.close();
-    console.log(JSON.stringify({ action_id: actionId, node: execId, alert_id: alertId, screenshots: shots }));
+    console.log(JSON.stringify({ action_id: actionId, node: execId, alert_id: alertId, revoke_id: revokeId, fingerprint, screenshots: shots }));
   } catch (e) {
     if (current) {
       const f = path.join(shotDir, 'failure');
