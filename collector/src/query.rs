@@ -16,27 +16,56 @@ use crate::store::{self, BlockCache, EntryFilter, EventKey, TimeScan};
 
 const MAX_ACTIONS_PER_NODE: usize = 50;
 
-pub fn kind_name(k: &Option<Kind>) -> &'static str {
+/// Event kind names (the `Event.kind` oneof), as `custodyctl events --kind`, the UI's
+/// filter and `custody_collector_events_total{kind}` use them; "unknown" (no kind)
+/// last.
+pub const EVENT_KINDS: [&str; 18] = [
+    "exec",
+    "fork",
+    "exit",
+    "file_open",
+    "file_unlink",
+    "file_rename",
+    "net",
+    "dns",
+    "credential",
+    "http_request",
+    "http_response",
+    "llm_request",
+    "llm_response",
+    "mcp",
+    "agent_discovered",
+    "warning",
+    "enforcement",
+    "unknown",
+];
+
+/// Index of an event's kind in [`EVENT_KINDS`].
+pub fn kind_index(k: &Option<Kind>) -> usize {
     match k {
-        Some(Kind::Exec(_)) => "exec",
-        Some(Kind::Fork(_)) => "fork",
-        Some(Kind::Exit(_)) => "exit",
-        Some(Kind::FileOpen(_)) => "file_open",
-        Some(Kind::FileUnlink(_)) => "file_unlink",
-        Some(Kind::FileRename(_)) => "file_rename",
-        Some(Kind::Net(_)) => "net",
-        Some(Kind::Dns(_)) => "dns",
-        Some(Kind::Credential(_)) => "credential",
-        Some(Kind::HttpRequest(_)) => "http_request",
-        Some(Kind::HttpResponse(_)) => "http_response",
-        Some(Kind::LlmRequest(_)) => "llm_request",
-        Some(Kind::LlmResponse(_)) => "llm_response",
-        Some(Kind::Mcp(_)) => "mcp",
-        Some(Kind::AgentDiscovered(_)) => "agent_discovered",
-        Some(Kind::Warning(_)) => "warning",
-        Some(Kind::Enforcement(_)) => "enforcement",
-        None => "unknown",
+        Some(Kind::Exec(_)) => 0,
+        Some(Kind::Fork(_)) => 1,
+        Some(Kind::Exit(_)) => 2,
+        Some(Kind::FileOpen(_)) => 3,
+        Some(Kind::FileUnlink(_)) => 4,
+        Some(Kind::FileRename(_)) => 5,
+        Some(Kind::Net(_)) => 6,
+        Some(Kind::Dns(_)) => 7,
+        Some(Kind::Credential(_)) => 8,
+        Some(Kind::HttpRequest(_)) => 9,
+        Some(Kind::HttpResponse(_)) => 10,
+        Some(Kind::LlmRequest(_)) => 11,
+        Some(Kind::LlmResponse(_)) => 12,
+        Some(Kind::Mcp(_)) => 13,
+        Some(Kind::AgentDiscovered(_)) => 14,
+        Some(Kind::Warning(_)) => 15,
+        Some(Kind::Enforcement(_)) => 16,
+        None => 17,
     }
+}
+
+pub fn kind_name(k: &Option<Kind>) -> &'static str {
+    EVENT_KINDS[kind_index(k)]
 }
 
 /// One line describing what an event did, for chain trees and tables.

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use custody_proto::sensor::v1::event::Kind;
 use tokio::sync::watch;
 
 use crate::alerts::Alerts;
@@ -26,52 +25,7 @@ use crate::retention::Retention;
 pub use render::render;
 pub use status::{Finding, Verdict, ago, assess};
 
-/// Event kinds as labelled in `custody_collector_events_total{kind}` (the names of
-/// the `Event.kind` oneof, as in `custodyctl events --kind`).
-pub const EVENT_KINDS: [&str; 18] = [
-    "exec",
-    "fork",
-    "exit",
-    "file_open",
-    "file_unlink",
-    "file_rename",
-    "net",
-    "dns",
-    "credential",
-    "http_request",
-    "http_response",
-    "llm_request",
-    "llm_response",
-    "mcp",
-    "agent_discovered",
-    "warning",
-    "enforcement",
-    "unknown",
-];
-
-/// Index of an event's kind in [`EVENT_KINDS`].
-pub fn kind_index(k: &Option<Kind>) -> usize {
-    match k {
-        Some(Kind::Exec(_)) => 0,
-        Some(Kind::Fork(_)) => 1,
-        Some(Kind::Exit(_)) => 2,
-        Some(Kind::FileOpen(_)) => 3,
-        Some(Kind::FileUnlink(_)) => 4,
-        Some(Kind::FileRename(_)) => 5,
-        Some(Kind::Net(_)) => 6,
-        Some(Kind::Dns(_)) => 7,
-        Some(Kind::Credential(_)) => 8,
-        Some(Kind::HttpRequest(_)) => 9,
-        Some(Kind::HttpResponse(_)) => 10,
-        Some(Kind::LlmRequest(_)) => 11,
-        Some(Kind::LlmResponse(_)) => 12,
-        Some(Kind::Mcp(_)) => 13,
-        Some(Kind::AgentDiscovered(_)) => 14,
-        Some(Kind::Warning(_)) => 15,
-        Some(Kind::Enforcement(_)) => 16,
-        None => 17,
-    }
-}
+pub use crate::query::{EVENT_KINDS, kind_index};
 
 /// What metrics and status read: the running collector's parts and settings.
 pub struct Telemetry {
@@ -88,6 +42,18 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
+    /// Stored events, their bytes, and the time of the oldest (0 when empty).
+    pub fn store_stats(&self) -> (u64, u64, u64) {
+        let st = self.engine.read();
+        let oldest = st
+            .blocks
+            .values()
+            .map(|b| crate::store::event_key_time(&b.min))
+            .min()
+            .unwrap_or(0);
+        (st.stored_events, st.stored_bytes, oldest)
+    }
+
     /// Stored events waiting for policy evaluation.
     pub fn policy_queue_events(&self) -> u64 {
         let queued = self

@@ -213,16 +213,7 @@ pub fn render(t: &Telemetry) -> String {
     }
 
     // Store and retention.
-    let (events, bytes, oldest) = {
-        let st = t.engine.read();
-        let oldest = st
-            .blocks
-            .values()
-            .map(|b| crate::store::event_key_time(&b.min))
-            .min()
-            .unwrap_or(0);
-        (st.stored_events, st.stored_bytes, oldest)
-    };
+    let (events, bytes, oldest) = t.store_stats();
     o.one(
         "custody_collector_store_events",
         "gauge",

@@ -19,16 +19,7 @@ pub const POLICY_BEHIND_EVENTS: u64 = 10_000;
 impl Telemetry {
     pub fn status(&self) -> CollectorStatus {
         let m = &self.engine.metrics;
-        let (stored_events, stored_bytes, oldest) = {
-            let st = self.engine.read();
-            let oldest = st
-                .blocks
-                .values()
-                .map(|b| crate::store::event_key_time(&b.min))
-                .min()
-                .unwrap_or(0);
-            (st.stored_events, st.stored_bytes, oldest)
-        };
+        let (stored_events, stored_bytes, oldest) = self.store_stats();
         let mut open_alerts = std::collections::HashMap::new();
         for ((sev, status), n) in self.alerts.counts() {
             if status == "open" {

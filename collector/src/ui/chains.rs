@@ -227,26 +227,8 @@ pub struct ChainQuery {
     kind: String,
 }
 
-/// Event kinds, as the timeline filter offers them.
-const KINDS: [&str; 17] = [
-    "exec",
-    "fork",
-    "exit",
-    "file_open",
-    "file_unlink",
-    "file_rename",
-    "net",
-    "dns",
-    "credential",
-    "http_request",
-    "http_response",
-    "llm_request",
-    "llm_response",
-    "mcp",
-    "agent_discovered",
-    "warning",
-    "enforcement",
-];
+/// Event kinds, as the timeline filter offers them (not "unknown": no event kind).
+const KINDS: &[&str] = crate::query::EVENT_KINDS.split_last().unwrap().1;
 
 async fn load_chain(ui: &Ui, target: Target) -> Result<Option<admin::Chain>, UiError> {
     let engine = ui.engine.clone();
