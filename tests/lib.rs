@@ -318,3 +318,37 @@ pub fn pid_alive(pid: impl Into<u64>) -> bool {
         .map(|s| !s[s.rfind(')').unwrap() + 2..].starts_with('Z'))
         .unwrap_or(false)
 }
+
+/// A `tests/agents/response_agent.py` process in `host`'s namespace: a declared agent
+/// (CUSTODY_AGENT) whose processes all carry `marker` in their environment, so a test
+/// finds every one of them without the sensor's help (see [`alive_with`]).
+pub fn response_agent(host: &netns::NsHost, agent: &str, marker: &str, args: &[&str]) -> Command {
+    let mut c = host.command(python());
+    c.arg(agents_dir().join("response_agent.py"))
+        .args(args)
+        .env("CUSTODY_AGENT", agent)
+        .env("CUSTODY_TEST_MARK", marker)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    c
+}
+
+/// Live (non-zombie) processes whose environment holds CUSTODY_TEST_MARK=`marker`
+/// (every netns host shares this machine's pid namespace).
+pub fn alive_with(marker: &str) -> Vec<u32> {
+    let needle = format!("CUSTODY_TEST_MARK={marker}\0");
+    let mut out = vec![];
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if pid_alive(pid) && env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -15,7 +15,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ChildStdin, Stdio};
-use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -23,18 +22,8 @@ use custody_tests::bpf_available;
 use custody_tests::netns::{
     Collector, Fleet, NsHost, NsSensor, WorkDir, poll, sensor_config_scoped,
 };
+use custody_tests::python;
 use serde_json::Value;
-
-fn python() -> &'static str {
-    static PY: OnceLock<String> = OnceLock::new();
-    PY.get_or_init(|| {
-        let out = std::process::Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    })
-}
 
 /// A scenario agent: a python process in `host`'s namespace labelled
 /// `CUSTODY_AGENT=<agent>`, running one command per stdin line and answering one

@@ -6,13 +6,12 @@
 //! and a request that carries it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use custody_tests::netns::{
-    Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, set_login_uid,
-};
+use custody_tests::netns::{Collector, Fleet, NsSensor, Proc, WorkDir, poll, set_login_uid};
 use custody_tests::{agents_dir, bpf_available, python, write_tls_files};
+use custody_tests::{alive_with, response_agent};
 use custody_tests::{exec_id, pid_alive};
 use serde_json::Value;
 
@@ -21,39 +20,6 @@ fn now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64
-}
-
-/// A scenario process in `host`'s namespace: a declared agent (CUSTODY_AGENT) whose
-/// processes all carry `marker` in their environment.
-fn agent(host: &NsHost, agent: &str, marker: &str, args: &[&str]) -> Command {
-    let mut c = host.command(python());
-    c.arg(agents_dir().join("response_agent.py"))
-        .args(args)
-        .env("CUSTODY_AGENT", agent)
-        .env("CUSTODY_TEST_MARK", marker)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    c
-}
-
-/// Live processes whose environment holds CUSTODY_TEST_MARK=`marker` (every host
-/// shares this machine's pid namespace).
-fn alive_with(marker: &str) -> Vec<u32> {
-    let needle = format!("CUSTODY_TEST_MARK={marker}\0");
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 fn start_fleet(
@@ -137,7 +103,7 @@ fn chain_kill_across_three_hosts_including_offline_host_and_late_children() {
     // C forks a child every 200 ms once it has a task; B relays to C; A, in a login
     // session, sends the task and forks a child every 50 ms.
     let log_c = work.join("children-c.log");
-    let mut hop_c = Proc::spawn(&mut agent(
+    let mut hop_c = Proc::spawn(&mut response_agent(
         c,
         "agent-c",
         &mc,
@@ -145,7 +111,7 @@ fn chain_kill_across_three_hosts_including_offline_host_and_late_children() {
     ));
     let c_info: Value = serde_json::from_str(&hop_c.first_line(Duration::from_secs(15))).unwrap();
     let c_addr = format!("{}:{}", c.addr, c_info["port"]);
-    let mut hop_b = Proc::spawn(&mut agent(
+    let mut hop_b = Proc::spawn(&mut response_agent(
         b,
         "agent-b",
         &mb,
@@ -153,7 +119,7 @@ fn chain_kill_across_three_hosts_including_offline_host_and_late_children() {
     ));
     let b_info: Value = serde_json::from_str(&hop_b.first_line(Duration::from_secs(15))).unwrap();
     let b_addr = format!("{}:{}", b.addr, b_info["port"]);
-    let mut cmd = agent(
+    let mut cmd = response_agent(
         a,
         "agent-a",
         &ma,
@@ -349,7 +315,7 @@ fn quarantine_holds_without_the_daemon_and_revocation_stops_holders_and_newcomer
     // A: the probe, sending every 100 ms on an old connection, new connections and UDP.
     let plog = work.join("probe.log");
     let mark = format!("q{tag}");
-    let mut probe = Proc::spawn(&mut agent(
+    let mut probe = Proc::spawn(&mut response_agent(
         a,
         "prober",
         &mark,
@@ -474,7 +440,8 @@ fn quarantine_holds_without_the_daemon_and_revocation_stops_holders_and_newcomer
     // Revocation. A holder of the key (in its environment) is running.
     let key = format!("sk-proj-{}", "Zq7".repeat(16));
     let hmark = format!("h{tag}");
-    let mut holder = Proc::spawn(agent(a, "holder", &hmark, &["idle"]).env("OPENAI_API_KEY", &key));
+    let mut holder =
+        Proc::spawn(response_agent(a, "holder", &hmark, &["idle"]).env("OPENAI_API_KEY", &key));
     let h_info: Value = serde_json::from_str(&holder.first_line(Duration::from_secs(15))).unwrap();
     let h_id = exec_id("host-a", &h_info);
     let fp = poll(Duration::from_secs(20), || {

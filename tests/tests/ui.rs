@@ -12,48 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use custody_tests::bpf_available;
 use custody_tests::exec_id;
-use custody_tests::netns::{
-    Collector, Fleet, NsHost, NsSensor, Proc, WorkDir, poll, set_login_uid,
-};
-use custody_tests::{agents_dir, bpf_available, python};
+use custody_tests::netns::{Collector, Fleet, NsSensor, Proc, WorkDir, poll, set_login_uid};
+use custody_tests::{alive_with, response_agent};
 use serde_json::Value;
-
-/// A scenario process in `host`'s namespace: a declared agent whose processes all
-/// carry `marker` in their environment.
-fn agent(host: &NsHost, agent: &str, marker: &str, args: &[&str]) -> Command {
-    let mut c = host.command(python());
-    c.arg(agents_dir().join("response_agent.py"))
-        .args(args)
-        .env("CUSTODY_AGENT", agent)
-        .env("CUSTODY_TEST_MARK", marker)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    c
-}
-
-/// Live (non-zombie) processes whose environment holds CUSTODY_TEST_MARK=`marker`.
-fn alive_with(marker: &str) -> Vec<u32> {
-    let needle = format!("CUSTODY_TEST_MARK={marker}\0");
-    let mut out = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
-            == Some('Z');
-        if !zombie && env.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
-}
 
 /// What the browser test needs: node, Chromium and tests/ui/node_modules (`cargo
 /// xtask setup` installs them). None (with the reason) when something is missing.
@@ -229,7 +192,7 @@ fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
     );
     let log_c = work.join("children-c.log");
     let mut hop_c = Proc::spawn(
-        agent(
+        response_agent(
             c,
             "agent-c",
             &marks[2],
@@ -238,7 +201,7 @@ fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
         .env("CUSTODY_TEST_READ", &salaries),
     );
     let c_info: Value = serde_json::from_str(&hop_c.first_line(Duration::from_secs(15))).unwrap();
-    let mut hop_b = Proc::spawn(&mut agent(
+    let mut hop_b = Proc::spawn(&mut response_agent(
         b,
         "agent-b",
         &marks[1],
@@ -250,7 +213,7 @@ fn web_ui_in_a_browser_fleet_chain_kill_viewer_csrf_sign_out() {
         ],
     ));
     let b_info: Value = serde_json::from_str(&hop_b.first_line(Duration::from_secs(15))).unwrap();
-    let mut cmd = agent(
+    let mut cmd = response_agent(
         a,
         "agent-a",
         &marks[0],
