@@ -328,25 +328,8 @@ mod tests {
     use std::process::{Child, ChildStdin, Command, Stdio};
 
     use super::*;
+    use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
     use crate::loader;
-
-    fn root_or_skip(name: &str) -> bool {
-        let required = std::env::var("CUSTODY_REQUIRE_BPF").as_deref() == Ok("1");
-        // SAFETY: no preconditions.
-        let why = if unsafe { libc::geteuid() } != 0 {
-            "needs root to load eBPF"
-        } else if !loader::has_programs() {
-            "was built with AYA_BUILD_SKIP=1 (no kernel programs)"
-        } else {
-            return true;
-        };
-        assert!(
-            !required,
-            "{name} {why}, and CUSTODY_REQUIRE_BPF=1 forbids skipping"
-        );
-        eprintln!("skipping {name}: {why}");
-        false
-    }
 
     struct Loaded {
         ebpf: Ebpf,
@@ -355,14 +338,6 @@ mod tests {
         _links: Attached,
         /// Removes the test's pins when the test ends (declared last: dropped last).
         _cleanup: PinCleanup,
-    }
-
-    struct PinCleanup(PathBuf);
-
-    impl Drop for PinCleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     /// What a daemon start does: load the programs with pins under `base`, attach
@@ -380,16 +355,6 @@ mod tests {
         let enforcer =
             Enforcer::attach(&mut ebpf, &base.join(PIN_LAYOUT)).expect("attach enforcement");
         (ebpf, enforcer, Attached(l.links))
-    }
-
-    /// The tracing attachments (the exit program clears kill marks), released in
-    /// parallel when the test ends.
-    struct Attached(loader::Links);
-
-    impl Drop for Attached {
-        fn drop(&mut self) {
-            loader::release(std::mem::take(&mut self.0));
-        }
     }
 
     fn load(tag: &str) -> Loaded {

@@ -18,6 +18,8 @@ mod enrollment;
 mod hold;
 mod identity;
 mod kernel;
+#[cfg(test)]
+mod kernel_test_support;
 mod loader;
 mod metrics;
 mod output;

@@ -1,47 +1,12 @@
-//! What the hold's kernel tests share: a root check, pin and link cleanup, a judge
+//! What the hold's kernel tests share (besides crate::kernel_test_support): a judge
 //! with one revoked fingerprint, and waiting for a process state.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agent_user::credential::{FleetKey, scan_env, scan_headers};
 
 use super::{Hit, Judge, proc_state};
-use crate::loader;
-
-pub(super) fn root_or_skip(name: &str) -> bool {
-    let required = std::env::var("CUSTODY_REQUIRE_BPF").as_deref() == Ok("1");
-    // SAFETY: no preconditions.
-    let why = if unsafe { libc::geteuid() } != 0 {
-        "needs root to load eBPF"
-    } else if !loader::has_programs() {
-        "was built with AYA_BUILD_SKIP=1 (no kernel programs)"
-    } else {
-        return true;
-    };
-    assert!(
-        !required,
-        "{name} {why}, and CUSTODY_REQUIRE_BPF=1 forbids skipping"
-    );
-    eprintln!("skipping {name}: {why}");
-    false
-}
-
-pub(super) struct PinCleanup(pub(super) PathBuf);
-
-impl Drop for PinCleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub(super) struct Attached(pub(super) loader::Links);
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        loader::release(std::mem::take(&mut self.0));
-    }
-}
+pub(super) use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
 
 pub(super) struct TestJudge {
     pub(super) key: FleetKey,

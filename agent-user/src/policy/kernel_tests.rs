@@ -16,41 +16,8 @@ use super::compile::Plan;
 use super::maps::PolicyMaps;
 use super::rules::{AgentRules, EndpointRule, HostRules, PathMatch, PathRule};
 use crate::enforce::{Enforcer, PIN_LAYOUT};
+use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
 use crate::loader;
-
-fn root_or_skip(name: &str) -> bool {
-    let required = std::env::var("CUSTODY_REQUIRE_BPF").as_deref() == Ok("1");
-    // SAFETY: no preconditions.
-    let why = if unsafe { libc::geteuid() } != 0 {
-        "needs root to load eBPF"
-    } else if !loader::has_programs() {
-        "was built with AYA_BUILD_SKIP=1 (no kernel programs)"
-    } else {
-        return true;
-    };
-    assert!(
-        !required,
-        "{name} {why}, and CUSTODY_REQUIRE_BPF=1 forbids skipping"
-    );
-    eprintln!("skipping {name}: {why}");
-    false
-}
-
-struct PinCleanup(PathBuf);
-
-impl Drop for PinCleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct Attached(loader::Links);
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        loader::release(std::mem::take(&mut self.0));
-    }
-}
 
 /// A python child running one command per stdin line.
 struct Agent {
