@@ -383,6 +383,12 @@ pub struct Offsets {
     pub sk_protocol: u64,
     /// Offset of the `filename` `__data_loc` in the sched_process_exec record.
     pub tp_exec_filename: u64,
+    /// Offset of the `group_dead` flag in the sched_process_exit record; 0 where the
+    /// kernel's record has none (before 6.16), and the programs then read
+    /// `task->signal->live` instead.
+    pub tp_exit_group_dead: u64,
+    pub task_signal: u64,
+    pub signal_live: u64,
 }
 
 /// Run-time switches patched in at load.

@@ -207,7 +207,7 @@ impl Btf {
 }
 
 /// Resolve every offset the kernel programs need.
-pub fn offsets(btf: &Btf, tp_exec_filename: u64) -> Result<Offsets> {
+pub fn offsets(btf: &Btf, tp_exec_filename: u64, tp_exit_group_dead: u64) -> Result<Offsets> {
     let o = |s: &str, m: &str| btf.offset(s, m);
     Ok(Offsets {
         task_real_parent: o("task_struct", "real_parent")?,
@@ -245,6 +245,9 @@ pub fn offsets(btf: &Btf, tp_exec_filename: u64) -> Result<Offsets> {
         sk_type: o("sock", "sk_type")?,
         sk_protocol: o("sock", "sk_protocol")?,
         tp_exec_filename,
+        tp_exit_group_dead,
+        task_signal: o("task_struct", "signal")?,
+        signal_live: o("signal_struct", "live")?,
     })
 }
 
@@ -258,7 +261,7 @@ mod tests {
             eprintln!("skipping: no /sys/kernel/btf/vmlinux");
             return;
         };
-        let o = offsets(&btf, 8).expect("all offsets resolve");
+        let o = offsets(&btf, 8, 32).expect("all offsets resolve");
         // Sanity: distinct, non-zero where the field cannot be first.
         assert!(o.task_tgid > 0 && o.task_pid > 0 && o.task_tgid != o.task_pid);
         assert!(o.task_start_boottime > o.task_tgid);

@@ -382,12 +382,20 @@ mod tests {
     impl Agent {
         fn start() -> Agent {
             let code = r#"
-import socket, sys, os
+import socket, sys, os, threading, ctypes
 keep = None
-for line in sys.stdin:
+def serve():
+  global keep
+  for line in sys.stdin:
     cmd, _, arg = line.strip().partition(" ")
     try:
-        if cmd == "connect":
+        if cmd == "leader_exit":
+            # Serve on from a second thread; the main thread ends with SYS_exit (60),
+            # not exit_group: the process lives on without its leader.
+            threading.Thread(target=serve).start()
+            print("ok", flush=True)
+            ctypes.CDLL(None).syscall(60, 0)
+        elif cmd == "connect":
             s = socket.create_connection(("127.0.0.1", int(arg)), timeout=2); s.close(); print("ok", flush=True)
         elif cmd == "open":
             keep = socket.create_connection(("127.0.0.1", int(arg)), timeout=2); print("ok", flush=True)
@@ -400,6 +408,7 @@ for line in sys.stdin:
             os.waitpid(pid, 0); print("ok", flush=True)
     except OSError as e:
         print("err", e.errno, flush=True)
+serve()
 "#;
             let mut child = Command::new("python3")
                 .args(["-c", code])
@@ -481,6 +490,46 @@ for line in sys.stdin:
             a.ask(&format!("connect {port}")),
             "ok",
             "release restores connectivity"
+        );
+    }
+
+    #[test]
+    fn quarantine_outlives_the_main_thread_of_the_process() {
+        // The attack: a quarantined process ends its main thread (SYS_exit) while a
+        // second thread runs on. The exit tracepoint fires for the leader; the
+        // quarantine must stay until the last thread of the group is gone.
+        if !root_or_skip("quarantine_outlives_the_main_thread_of_the_process") {
+            return;
+        }
+        let mut l = load("qleader");
+        let (_srv, port) = listener();
+        let mut a = Agent::start();
+        let pid = a.child.id();
+        assert!(l.enforcer.quarantine(pid, a.start_ticks()).unwrap());
+        assert_eq!(
+            a.ask(&format!("connect {port}")),
+            format!("err {}", libc::EPERM)
+        );
+        assert_eq!(a.ask("leader_exit"), "ok");
+        // The leader is a zombie now; its sibling thread still answers.
+        std::thread::sleep(Duration::from_millis(100));
+        let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(state.contains("State:\tZ"), "leader has exited: {state}");
+        assert_eq!(
+            a.ask(&format!("connect {port}")),
+            format!("err {}", libc::EPERM),
+            "the process is still quarantined after its main thread exited"
+        );
+        assert_eq!(l.enforcer.quarantined(), vec![pid]);
+        drop(a);
+        // When the whole group is gone the entry goes with it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !l.enforcer.quarantined().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            l.enforcer.quarantined().is_empty(),
+            "entry removed at group death"
         );
     }
 

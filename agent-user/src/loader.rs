@@ -144,27 +144,45 @@ pub fn ensure_mounts() {
     }
 }
 
-/// Offset of the `filename` field in the sched_process_exec record, from tracefs.
-fn exec_filename_offset() -> Result<u64> {
+/// Offset of `field` in the record of tracepoint `sched/event`, from its tracefs format
+/// file; `None` when this kernel's record has no such field.
+fn sched_field_offset(event: &str, field: &str) -> Result<Option<u64>> {
+    let needle = format!(" {field}");
     for base in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
-        let p = format!("{base}/events/sched/sched_process_exec/format");
+        let p = format!("{base}/events/sched/{event}/format");
         if let Ok(s) = std::fs::read_to_string(&p) {
             for line in s.lines() {
-                if line.contains("filename;") {
+                if line
+                    .split(';')
+                    .next()
+                    .is_some_and(|decl| decl.ends_with(&needle))
+                {
                     let off = line
                         .split(';')
                         .find_map(|f| f.trim().strip_prefix("offset:"))
                         .and_then(|v| v.trim().parse().ok())
                         .with_context(|| format!("{p}: cannot parse {line:?}"))?;
-                    return Ok(off);
+                    return Ok(Some(off));
                 }
             }
-            bail!("{p}: no filename field");
+            return Ok(None);
         }
     }
     bail!(
         "tracefs not mounted (neither /sys/kernel/tracing nor /sys/kernel/debug/tracing): run `mount -t tracefs tracefs /sys/kernel/tracing`"
     )
+}
+
+/// Offset of the `filename` field in the sched_process_exec record.
+fn exec_filename_offset() -> Result<u64> {
+    sched_field_offset("sched_process_exec", "filename")?
+        .context("sched_process_exec record has no filename field")
+}
+
+/// Offset of `group_dead` in the sched_process_exit record (kernel 6.16+), 0 when
+/// absent: the exit program then asks `task->signal->live` whether the group is dead.
+fn exit_group_dead_offset() -> Result<u64> {
+    Ok(sched_field_offset("sched_process_exit", "group_dead")?.unwrap_or(0))
 }
 
 /// The system's libssl.so.3, by the usual library directories.
@@ -269,7 +287,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     }
     ensure_mounts();
     let btf = btf::Btf::from_sys()?;
-    let offsets = btf::offsets(&btf, exec_filename_offset()?)?;
+    let offsets = btf::offsets(&btf, exec_filename_offset()?, exit_group_dead_offset()?)?;
     let cfg = ProbeConfig {
         observe_all: u32::from(opts.observe_all),
         self_tgid: std::process::id(),

@@ -60,6 +60,9 @@ static OFFSETS: Offsets = Offsets {
     sk_type: 0,
     sk_protocol: 0,
     tp_exec_filename: 0,
+    tp_exit_group_dead: 0,
+    task_signal: 0,
+    signal_live: 0,
 };
 
 #[unsafe(no_mangle)]

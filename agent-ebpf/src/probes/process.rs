@@ -141,7 +141,7 @@ pub fn custody_fork(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[tracepoint]
-pub fn custody_exit(_ctx: TracePointContext) -> u32 {
+pub fn custody_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // A thread that dies inside a syscall leaves its arguments behind.
@@ -149,8 +149,11 @@ pub fn custody_exit(_ctx: TracePointContext) -> u32 {
     // Likewise a TLS call (a process killed while held before send never returns):
     // a stale entry would be vetted again for a later thread with this id.
     let _ = super::tls::TLS_CALLS.remove(&pid_tgid);
-    if pid_tgid as u32 != tgid {
-        return 0; // a thread, not the process
+    // The tracepoint fires per thread, and the leader can exit (`SYS_exit` on the main
+    // thread) while the others run on: the process — and its quarantine, kill mark,
+    // hold and tracking — ends only with the last thread of the group.
+    if !group_dead(&ctx) {
+        return 0;
     }
     if tgid == unsafe { core::ptr::read_volatile(&super::CONFIG.self_tgid) } {
         return 0;
@@ -175,4 +178,24 @@ pub fn custody_exit(_ctx: TracePointContext) -> u32 {
     ev._pad = 0;
     entry.submit(0);
     0
+}
+
+/// Whether the exiting thread is the last of its thread group: the record's
+/// `group_dead` where the kernel has it, else `task->signal->live` (decremented before
+/// the tracepoint fires). Two threads dying at once may both see 0; cleaning up twice is
+/// harmless, missing the group's end is not.
+#[inline(always)]
+fn group_dead(ctx: &TracePointContext) -> bool {
+    let off = off!(tp_exit_group_dead);
+    if off != 0 {
+        return unsafe { ctx.read_at::<u8>(off as usize) }
+            .map(|v| v != 0)
+            .unwrap_or(true);
+    }
+    let task = current_task();
+    let Ok(signal) = (unsafe { kread::<u64>(task, off!(task_signal)) }) else {
+        return true;
+    };
+    let live: i32 = unsafe { kread(signal as *const u8, off!(signal_live)) }.unwrap_or(0);
+    live == 0
 }
