@@ -36,6 +36,10 @@ SECRET_HEADERS = {"authorization", "x-api-key", "x-goog-api-key", "proxy-authori
 
 
 def digest(value):
+    """`sha256:<hex>` of a secret; an auth scheme (`Bearer`) stays in front."""
+    scheme, sep, token = value.partition(" ")
+    if sep and scheme.lower() in ("bearer", "basic"):
+        return f"{scheme} sha256:" + hashlib.sha256(token.encode()).hexdigest()
     return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 

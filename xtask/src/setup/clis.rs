@@ -22,8 +22,7 @@ const EXPECTED: &[&str] = &[
 pub fn ensure() -> Result<()> {
     let dir = crate::util::root().join("tests/agents/clis");
     let lock_path = dir.join("package-lock.json");
-    let lock =
-        fs::read(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
+    let lock = fs::read(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
     let stamp = dir.join("node_modules/.custody-package-lock.json");
     let complete = EXPECTED.iter().all(|p| dir.join(p).exists());
     if complete && fs::read(&stamp).ok().as_deref() == Some(lock.as_slice()) {
