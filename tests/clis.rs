@@ -121,19 +121,26 @@ impl Cli {
     /// Whether an exec of `exe` with `argv` is the program that holds the key and
     /// talks to the model: Claude Code's native Bun binary, Codex's native Rust
     /// binary (started by its node shim), node running Gemini CLI's bundle (which
-    /// relaunches itself, so there are two).
+    /// relaunches itself, so there are two). npm's `.bin` links are resolved, since the kernel reports the path a program
+    /// was started by.
     pub fn is_engine(self, exe: &str, argv: &[String]) -> bool {
+        let real = |p: &str| {
+            std::fs::canonicalize(p)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| p.to_owned())
+        };
+        let exe = real(exe);
         match self {
             Cli::ClaudeCode => {
-                exe.ends_with("/claude-code/bin/claude.exe")
-                    || exe.ends_with("/claude-code-linux-x64/claude")
+                exe.ends_with("/@anthropic-ai/claude-code/bin/claude.exe")
+                    || exe.ends_with("/@anthropic-ai/claude-code-linux-x64/claude")
             }
-            Cli::Codex => {
-                exe.contains("/codex-linux-x64/") && exe.ends_with("/bin/codex")
-                    || exe.ends_with("/node_modules/@openai/codex/bin/codex")
-            }
+            Cli::Codex => exe.ends_with("/x86_64-unknown-linux-musl/bin/codex"),
             Cli::GeminiCli => {
-                exe.ends_with("/node") && argv.iter().any(|a| a.ends_with("bundle/gemini.js"))
+                exe.ends_with("/node")
+                    && argv
+                        .iter()
+                        .any(|a| real(a).ends_with("/@google/gemini-cli/bundle/gemini.js"))
             }
         }
     }
