@@ -8,7 +8,7 @@
 //! `~/.gemini/settings.json`, Codex's `CODEX_HOME`), an environment holding only what
 //! the CLI needs (a fake but real-shaped API key generated for the run, the test CA,
 //! the flags that keep it quiet and offline), and a working directory with the file the
-//! tool call reads and a ~18 KB project context file (`CLAUDE.md`, `AGENTS.md`,
+//! tool call reads and a ~22 KB project context file (`CLAUDE.md`, `AGENTS.md`,
 //! `GEMINI.md`) that pushes the user prompt, and the codeword in it, beyond the first
 //! 16 KB of the request body. The facts behind each command line are in
 //! `shared/AGENT-CLIS.md` of the project's notes; the caller decides what to assert.
@@ -435,11 +435,11 @@ pub fn write_fleet_key(path: &Path) -> [u8; 32] {
     key
 }
 
-/// Project context of ~18 KB: long enough that every CLI's user prompt, which follows
+/// Project context of ~22 KB: long enough (with room to spare) that every CLI's user prompt, which follows
 /// it in the request, starts beyond [`DEEP_OFFSET`].
 fn context_text() -> String {
     let mut t = String::from("# Project conventions\n\n");
-    for i in 0..170 {
+    for i in 0..220 {
         t.push_str(&format!(
             "- Convention {i}: keep functions small, name them after the domain, and say why in comments.\n"
         ));

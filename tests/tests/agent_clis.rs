@@ -157,7 +157,7 @@ fn agent_clis_under_custodyd() {
             out.stdout,
             out.stderr
         );
-        check_standin(run, &run.requests(&requests), &who);
+        let sent = check_standin(run, &run.requests(&requests), &who);
         // -- the raw key: nowhere custodyd wrote
         for (what, text) in [
             ("events", &raw_output),
@@ -177,7 +177,7 @@ fn agent_clis_under_custodyd() {
             UNDECLARED_CHECKS
         };
         report.push(format!(
-            "{who}: {:.1} s, {} events of its process tree",
+            "{who}: {:.1} s, {} events of its process tree; {sent}",
             out.elapsed.as_secs_f64(),
             view.events.len()
         ));
@@ -214,7 +214,8 @@ fn agent_clis_under_custodyd() {
 
 /// What the stand-in received from one run: the CLI sent its model, its shell tool and
 /// the prompt beyond the first 16 KB, then a follow-up carrying the file's contents.
-fn check_standin(run: &Run, reqs: &[Value], who: &str) {
+/// Returns a summary of the first request (where things sit in the body).
+fn check_standin(run: &Run, reqs: &[Value], who: &str) -> String {
     let bodies: Vec<&str> = reqs.iter().filter_map(|r| r["body"].as_str()).collect();
     let first = bodies
         .iter()
@@ -243,6 +244,19 @@ fn check_standin(run: &Run, reqs: &[Value], who: &str) {
             "{who}: Codex did not speak HTTP/2 though the stand-in offered h2"
         );
     }
+    let versions: HashSet<&str> = reqs
+        .iter()
+        .filter_map(|r| r["http_version"].as_str())
+        .collect();
+    let tool_at = first
+        .find(&format!("\"{}\"", run.cli.shell_tool()))
+        .unwrap_or_default();
+    format!(
+        "stand-in got {} requests over HTTP {versions:?}, the first {} bytes with the \
+         prompt at byte {at} and the shell tool at byte {tool_at}",
+        reqs.len(),
+        first.len()
+    )
 }
 
 fn is_cat_notes(e: &Value) -> bool {
