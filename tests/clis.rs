@@ -435,8 +435,8 @@ pub fn write_fleet_key(path: &Path) -> [u8; 32] {
     key
 }
 
-/// Project context of ~22 KB: long enough (with room to spare) that every CLI's user prompt, which follows
-/// it in the request, starts beyond [`DEEP_OFFSET`].
+/// Project context of ~22 KB: long enough that every CLI's user prompt, which follows
+/// it in the request, starts well beyond [`DEEP_OFFSET`] (Gemini's by ~6 KB).
 fn context_text() -> String {
     let mut t = String::from("# Project conventions\n\n");
     for i in 0..220 {
