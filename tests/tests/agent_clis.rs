@@ -87,7 +87,7 @@ fn agent_clis_under_custodyd() {
     }
     clis::installed().unwrap_or_else(|e| panic!("{e}"));
     let python = clis::standin_python().unwrap_or_else(|e| panic!("{e}"));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = KeepOnPanic(Some(tempfile::tempdir().unwrap()));
     let work = dir.path();
     write_tls_files(work);
     let ca = work.join("ca.pem");
@@ -138,6 +138,7 @@ fn agent_clis_under_custodyd() {
     let log = daemon.stderr.clone();
     let evs = daemon.stop();
     let log = log.lock().unwrap().join("\n");
+    std::fs::write(work.join("custodyd.log"), &log).unwrap();
     let requests = standin.requests();
 
     let mut failures = vec![];
@@ -201,14 +202,28 @@ fn agent_clis_under_custodyd() {
         }
     }
     eprintln!("agent CLIs under custodyd:\n{}", report.join("\n"));
-    if !failures.is_empty() {
-        // Keep custodyd's events, its config and the stand-in's records to look at.
-        let kept = dir.keep();
-        panic!(
-            "checks that held before fail now (events and records kept in {}):\n{}",
-            kept.display(),
-            failures.join("\n")
-        );
+    assert!(
+        failures.is_empty(),
+        "checks that held before fail now:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The test's directory, kept when the test fails: custodyd's events, log, status and
+/// config and the stand-in's records are what one looks at then.
+struct KeepOnPanic(Option<tempfile::TempDir>);
+
+impl KeepOnPanic {
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("present until drop").path()
+    }
+}
+
+impl Drop for KeepOnPanic {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take().filter(|_| std::thread::panicking()) {
+            eprintln!("agent_clis: kept {} for inspection", dir.keep().display());
+        }
     }
 }
 
@@ -216,6 +231,10 @@ fn agent_clis_under_custodyd() {
 /// the prompt beyond the first 16 KB, then a follow-up carrying the file's contents.
 /// Returns a summary of the first request (where things sit in the body).
 fn check_standin(run: &Run, reqs: &[Value], who: &str) -> String {
+    assert!(
+        !reqs.iter().any(|r| r.to_string().contains(&run.key)),
+        "{who}: the stand-in's record holds the raw key (it must keep digests only)"
+    );
     let bodies: Vec<&str> = reqs.iter().filter_map(|r| r["body"].as_str()).collect();
     let first = bodies
         .iter()
