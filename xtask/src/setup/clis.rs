@@ -49,6 +49,18 @@ pub fn ensure() -> Result<()> {
             dir.display()
         );
     }
+    // Claude Code's postinstall replaces the placeholder bin/claude.exe with the native
+    // binary; an npm that skips install scripts leaves the stub, which cannot run.
+    let len = |p: &str| fs::metadata(dir.join(p)).map(|m| m.len()).unwrap_or(0);
+    if len("node_modules/@anthropic-ai/claude-code/bin/claude.exe")
+        != len("node_modules/@anthropic-ai/claude-code-linux-x64/claude")
+    {
+        bail!(
+            "npm ci in {} did not run Claude Code's postinstall (bin/claude.exe is still the \
+             placeholder): allow its install script",
+            dir.display()
+        );
+    }
     fs::write(&stamp, lock).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(())
 }
