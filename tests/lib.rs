@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod clis;
 pub mod netns;
 pub mod story;
 

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{exec, is_root, output};
 
+mod clis;
 mod venv;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -26,6 +27,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     ("strip", "binutils"),
     ("adduser", "adduser"),
+    // A Go HTTPS client built by the tests (Go's own crypto/tls, stripped).
+    ("go", "golang-go"),
 ];
 
 pub fn run() -> Result<()> {
@@ -34,6 +37,7 @@ pub fn run() -> Result<()> {
     debian_tools()?;
     ui_test_deps()?;
     venv::ensure()?;
+    clis::ensure()?;
     kernel_filesystems()?;
     eprintln!("setup: ready");
     Ok(())
