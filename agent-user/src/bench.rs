@@ -78,7 +78,7 @@ pub fn pipeline(n: u64) -> Result<()> {
     let mut bytes = 0u64;
     let t = Instant::now();
     for i in 0..n {
-        let raw = crate::decode::decode(&records[(i % 1000) as usize])
+        let raw = crate::kernel::decode::decode(&records[(i % 1000) as usize])
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         pipe.handle(raw, &mut NoTrack, &mut out);
         for ev in out.drain(..) {

@@ -187,7 +187,7 @@ pub(crate) fn run_cli(cli: Cli) -> Result<i32> {
             ))?;
             Ok(0)
         }
-        Some(Command::CheckKernel) => Ok(kernel::check()),
+        Some(Command::CheckKernel) => Ok(kernel::support::check()),
         Some(Command::Detach { force, config }) => {
             let cfg = match &config {
                 Some(p) => Config::load(p)?,

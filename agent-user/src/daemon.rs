@@ -22,9 +22,9 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::pipeline::{self, Pipeline, Tracker};
 use crate::sighting::{DaemonJudge, HeldRecord, held_record, stop_on_sight};
+use crate::kernel::{decode, loader, support};
 use crate::{
-    decode, detach, enforce, enrollment, hold, kernel, loader, metrics, output, policy, response,
-    revocation, status,
+    detach, enforce, enrollment, hold, metrics, output, policy, response, revocation, status,
 };
 
 struct MapTracker(BpfHashMap<MapData, u32, Tracked>);
@@ -125,11 +125,11 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     // What the kernel offers, before anything is loaded: a missing piece is named with
     // what it degrades, even when the load below then fails.
     loader::ensure_mounts();
-    let kernel_probes = kernel::probe_all();
+    let kernel_probes = support::probe_all();
     tracing::info!(
         "kernel {}: {}",
         kernel_release(),
-        kernel::summary(&kernel_probes)
+        support::summary(&kernel_probes)
     );
     for p in kernel_probes.iter().filter(|p| !p.active) {
         tracing::warn!(probe = %p.name, "kernel: {}", p.detail);

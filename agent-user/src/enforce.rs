@@ -39,7 +39,7 @@ pub struct Enforcer {
 /// The cgroup v2 root, from mountinfo (hybrid hosts mount it at .../unified).
 pub fn cgroup2_root() -> Result<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    match crate::kernel::mount_of(&mi, "cgroup2") {
+    match crate::kernel::support::mount_of(&mi, "cgroup2") {
         Some(p) => Ok(p),
         None => bail!("no cgroup v2 hierarchy is mounted: network quarantine needs one"),
     }
@@ -328,8 +328,8 @@ mod tests {
     use std::process::{Child, ChildStdin, Command, Stdio};
 
     use super::*;
-    use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
-    use crate::loader;
+    use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
+    use crate::kernel::loader;
 
     struct Loaded {
         ebpf: Ebpf,

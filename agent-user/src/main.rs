@@ -6,21 +6,16 @@
 //! fingerprints.
 
 mod bench;
-mod btf;
 mod cli;
 mod commands;
 mod config;
 mod daemon;
-mod decode;
 mod detach;
 mod enforce;
 mod enrollment;
 mod hold;
 mod identity;
 mod kernel;
-#[cfg(test)]
-mod kernel_test_support;
-mod loader;
 mod metrics;
 mod output;
 mod pipeline;

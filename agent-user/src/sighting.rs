@@ -6,7 +6,8 @@ use agent_ebpf::flag;
 use custody_proto::sensor::v1::Event;
 
 use crate::pipeline::{self, Pipeline};
-use crate::{decode, enforce, hold};
+use crate::kernel::decode;
+use crate::{enforce, hold};
 
 /// The exec record of a process held at exec: what settling needs from it.
 pub(crate) struct HeldExec {

@@ -11,7 +11,7 @@ use custody_proto::sensor::v1::{Event, event::Kind};
 
 use super::{Pipeline, Tracker};
 use crate::config::Config;
-use crate::decode::Raw;
+use crate::kernel::decode::Raw;
 use crate::identity::Identity;
 
 #[derive(Default)]

@@ -16,8 +16,8 @@ use super::compile::Plan;
 use super::maps::PolicyMaps;
 use super::rules::{AgentRules, EndpointRule, HostRules, PathMatch, PathRule};
 use crate::enforce::{Enforcer, PIN_LAYOUT};
-use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
-use crate::loader;
+use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
+use crate::kernel::loader;
 
 /// A python child running one command per stdin line.
 struct Agent {

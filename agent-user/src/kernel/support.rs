@@ -11,7 +11,7 @@ use aya::maps::MapType;
 use aya::programs::ProgramType;
 use aya::sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported};
 
-use crate::loader::Feature;
+use crate::kernel::loader::Feature;
 
 /// One probe's outcome: `active` is false when the kernel lacks it; `detail` says
 /// where it was found, or what goes without it.
@@ -209,7 +209,7 @@ pub fn can_run(probes: &[Feature]) -> bool {
 /// `custodyd check-kernel`: print the report; exit 0 when everything is there, 1
 /// when parts would be degraded, 2 when custodyd cannot run on this kernel.
 pub fn check() -> i32 {
-    crate::loader::ensure_mounts();
+    crate::kernel::loader::ensure_mounts();
     let probes = probe_all();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel {}", release.trim());

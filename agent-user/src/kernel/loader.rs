@@ -11,7 +11,7 @@ use aya::{
     programs::{BtfTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
 };
 
-use crate::btf;
+use super::btf;
 
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custody-probes"));
 
