@@ -22,7 +22,8 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::pipeline::{self, Pipeline, Tracker};
 use crate::sighting::{DaemonJudge, HeldRecord, held_record, stop_on_sight};
-use crate::kernel::{decode, loader, support};
+use crate::kernel::pins::PIN_LAYOUT;
+use crate::kernel::{Feature, decode, loader, mounts, support};
 use crate::{
     detach, enforce, enrollment, hold, metrics, output, policy, response, revocation, status,
 };
@@ -124,7 +125,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let _run_lock = (!args.floor).then(|| detach::RunLock::take(&cfg.state_dir));
     // What the kernel offers, before anything is loaded: a missing piece is named with
     // what it degrades, even when the load below then fails.
-    loader::ensure_mounts();
+    mounts::ensure_mounts();
     let kernel_probes = support::probe_all();
     tracing::info!(
         "kernel {}: {}",
@@ -171,9 +172,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let mut enforcer = if args.floor {
         None
     } else {
-        match enforce::Enforcer::attach(&mut ebpf, &cfg.pin_dir.join(enforce::PIN_LAYOUT)) {
+        match enforce::Enforcer::attach(&mut ebpf, &cfg.pin_dir.join(PIN_LAYOUT)) {
             Ok(e) => {
-                features.push(loader::Feature {
+                features.push(Feature {
                     name: "enforcement".into(),
                     active: true,
                     detail: String::new(),
@@ -182,7 +183,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
             }
             Err(e) => {
                 tracing::warn!(reason = %format!("{e:#}"), "enforcement degraded");
-                features.push(loader::Feature {
+                features.push(Feature {
                     name: "enforcement".into(),
                     active: false,
                     detail: format!("{e:#}"),
@@ -224,7 +225,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
             )?;
             Ok(h)
         });
-        features.push(loader::Feature {
+        features.push(Feature {
             name: "revocation_hold".into(),
             active: h.is_ok(),
             detail: h
@@ -736,7 +737,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         if en.quarantined().is_empty() && en.pending_kills() == 0 {
             drop(enforcer);
             drop(ebpf);
-            let _ = std::fs::remove_dir_all(cfg.pin_dir.join(enforce::PIN_LAYOUT));
+            let _ = std::fs::remove_dir_all(cfg.pin_dir.join(PIN_LAYOUT));
             let _ = std::fs::remove_dir(&cfg.pin_dir);
         } else {
             tracing::warn!(

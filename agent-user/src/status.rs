@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::loader::Feature;
+use crate::kernel::Feature;
 
 pub const DEFAULT_PATH: &str = "/run/custody/custodyd-status.json";
 

@@ -7,6 +7,18 @@
 pub mod btf;
 pub mod decode;
 pub mod loader;
+pub mod mounts;
+pub mod pins;
 pub mod support;
 #[cfg(test)]
 pub(crate) mod test_support;
+
+/// One part of what the kernel offers (a probe at start) or of what the sensor runs
+/// (an attached feature): `active` is false when it is missing or degraded, and
+/// `detail` says where it was found or what goes without it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Feature {
+    pub name: String,
+    pub active: bool,
+    pub detail: String,
+}

@@ -15,7 +15,8 @@ use agent_ebpf::{Tracked, track};
 use super::compile::Plan;
 use super::maps::PolicyMaps;
 use super::rules::{AgentRules, EndpointRule, HostRules, PathMatch, PathRule};
-use crate::enforce::{Enforcer, PIN_LAYOUT};
+use crate::enforce::Enforcer;
+use crate::kernel::pins::PIN_LAYOUT;
 use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
 use crate::kernel::loader;
 
