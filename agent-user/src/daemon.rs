@@ -25,7 +25,7 @@ use crate::sighting::{DaemonJudge, HeldRecord, held_record, stop_on_sight};
 use crate::kernel::pins::PIN_LAYOUT;
 use crate::kernel::{Feature, decode, loader, mounts, support};
 use crate::{
-    detach, enforce, enrollment, hold, metrics, output, policy, response, revocation, status,
+    clock, detach, enforce, enrollment, hold, metrics, output, policy, response, revocation, status,
 };
 
 struct MapTracker(BpfHashMap<MapData, u32, Tracked>);
@@ -330,7 +330,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         metrics::serve(addr, metrics_text.clone()).await?;
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
-    let started = status::now_unix();
+    let started = clock::now_unix();
     let mut st = status::Status {
         host: cfg.host_id.clone(),
         pid: std::process::id(),
@@ -584,7 +584,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                     hs.stats.held_now = hs.entries().len();
                     st.holds = Some(hs.stats.clone());
                 }
-                st.updated_unix = status::now_unix();
+                st.updated_unix = clock::now_unix();
                 if pol.active() {
                     pol.status.connects_denied = counters_now["policy_net_denied"];
                     pol.status.opens_killed = counters_now["policy_open_killed"];
@@ -623,7 +623,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                 // the authenticated collector stream.
                 tracing::info!(id = %cmd.id, kind = %cmd.kind, reason = %cmd.reason, by = %cmd.issued_by, "command received");
                 if cmd.kind == "policy_update" {
-                    let received = status::now_ns();
+                    let received = clock::now_ns();
                     match policy::parse(cmd.params.get("rules").map(String::as_str).unwrap_or("")) {
                         Ok((rules, raw)) => {
                             // Names are resolved off the loop; the rules are put in force
@@ -651,7 +651,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                             });
                         }
                         Err(e) => {
-                            let now = status::now_ns();
+                            let now = clock::now_ns();
                             let r = CommandResult {
                                 command_id: cmd.id.clone(),
                                 host: cfg.host_id.clone(),
@@ -697,7 +697,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                     emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                 }
                 tracing::info!(%version, %status, "policy: {message}");
-                let now = status::now_ns();
+                let now = clock::now_ns();
                 let r = CommandResult {
                     command_id: cmd.id.clone(),
                     host: cfg.host_id.clone(),

@@ -7,6 +7,7 @@
 
 mod bench;
 mod cli;
+mod clock;
 mod commands;
 mod config;
 mod daemon;

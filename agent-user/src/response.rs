@@ -9,7 +9,7 @@ use custody_proto::sensor::v1::{Command, CommandResult};
 
 use crate::enforce::{Enforcer, wait_gone};
 use crate::proctable::ProcTable;
-use crate::status::now_ns;
+use crate::clock::now_ns;
 
 /// A live process targeted by a command.
 #[derive(Clone, Copy, Debug)]
