@@ -8,7 +8,6 @@
 mod bench;
 mod cli;
 mod clock;
-mod commands;
 mod config;
 mod daemon;
 mod detach;
@@ -17,15 +16,13 @@ mod enrollment;
 mod hold;
 mod identity;
 mod kernel;
-mod metrics;
-mod output;
 mod pipeline;
 mod policy;
 mod proctable;
+mod report;
 mod response;
 mod revocation;
 mod sighting;
-mod status;
 mod users;
 
 use clap::Parser;

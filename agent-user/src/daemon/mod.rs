@@ -2,6 +2,9 @@
 //! collector stream) and the event loop that turns kernel records into events,
 //! applies commands and settles holds until SIGTERM/SIGINT.
 
+mod args;
+mod commands;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -16,8 +19,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use agent_user::shipper::{Shipper, ShipperConfig, ShipperHandle};
 use custody_proto::sensor::v1::{Command as SensorCommand, CommandResult, Event};
 
-use crate::cli::RunArgs;
-use crate::commands::{POLICY_RESOLVE_TIMEOUT, answer, apply_policy, next_command};
+use crate::report::{metrics, output, status};
+use commands::{POLICY_RESOLVE_TIMEOUT, answer, apply_policy, next_command};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::pipeline::{self, Pipeline, Tracker};
@@ -25,7 +28,7 @@ use crate::sighting::{DaemonJudge, HeldRecord, held_record, stop_on_sight};
 use crate::kernel::pins::PIN_LAYOUT;
 use crate::kernel::{Feature, decode, loader, mounts, support};
 use crate::{
-    clock, detach, enforce, enrollment, hold, metrics, output, policy, response, revocation, status,
+    clock, detach, enforce, enrollment, hold, policy, response, revocation,
 };
 
 struct MapTracker(BpfHashMap<MapData, u32, Tracked>);
@@ -98,6 +101,8 @@ fn own_netns() -> Result<u32> {
     let m = std::fs::metadata("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
     Ok(m.ino() as u32)
 }
+
+pub(crate) use args::RunArgs;
 
 pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let mut cfg = match &args.config {

@@ -9,7 +9,8 @@ use custody_proto::sensor::v1::{Command as SensorCommand, CommandResult, Event};
 
 use crate::pipeline::{self, Pipeline};
 use crate::sighting::stop_on_sight;
-use crate::{enforce, hold, metrics, policy, response};
+use crate::report::metrics;
+use crate::{enforce, hold, policy, response};
 
 pub(crate) async fn next_command(
     rx: &mut Option<tokio::sync::mpsc::Receiver<SensorCommand>>,
