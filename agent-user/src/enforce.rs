@@ -7,10 +7,10 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_ebpf::{Endpoint, KillMark};
-use anyhow::{Context, Result};
 use crate::kernel::mounts::cgroup2_root;
 use crate::kernel::pins::pin_replacing;
+use agent_ebpf::{Endpoint, KillMark};
+use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
@@ -292,9 +292,9 @@ mod tests {
     use std::process::{Child, ChildStdin, Command, Stdio};
 
     use super::*;
-    use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
     use crate::kernel::loader;
     use crate::kernel::pins::PIN_LAYOUT;
+    use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
 
     struct Loaded {
         ebpf: Ebpf,

@@ -7,9 +7,9 @@ use std::time::Duration;
 use aya::Ebpf;
 use custody_proto::sensor::v1::{Command, CommandResult};
 
+use crate::clock::now_ns;
 use crate::enforce::{Enforcer, wait_gone};
 use crate::proctable::ProcTable;
-use crate::clock::now_ns;
 
 /// A live process targeted by a command.
 #[derive(Clone, Copy, Debug)]

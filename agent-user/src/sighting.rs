@@ -5,8 +5,8 @@
 use agent_ebpf::flag;
 use custody_proto::sensor::v1::Event;
 
-use crate::pipeline::{self, Pipeline};
 use crate::kernel::decode;
+use crate::pipeline::{self, Pipeline};
 use crate::{enforce, hold};
 
 /// The exec record of a process held at exec: what settling needs from it.

@@ -14,8 +14,8 @@ use custody_proto::sensor::v1::{
     self as pb, Event, ProcessExec, ProcessExit, ProcessFork, SensorWarning, event::Kind,
 };
 
-use crate::kernel::decode::Raw;
 use crate::identity::{ExecFacts, Identity, env_agent};
+use crate::kernel::decode::Raw;
 use crate::proctable::{ProcTable, split_nul};
 use crate::users::Users;
 

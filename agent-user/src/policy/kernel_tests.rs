@@ -16,9 +16,9 @@ use super::compile::Plan;
 use super::maps::PolicyMaps;
 use super::rules::{AgentRules, EndpointRule, HostRules, PathMatch, PathRule};
 use crate::enforce::Enforcer;
+use crate::kernel::loader;
 use crate::kernel::pins::PIN_LAYOUT;
 use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
-use crate::kernel::loader;
 
 /// A python child running one command per stdin line.
 struct Agent {
