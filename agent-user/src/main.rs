@@ -24,6 +24,7 @@ mod response;
 mod revocation;
 mod sighting;
 mod users;
+mod watch;
 
 use clap::Parser;
 

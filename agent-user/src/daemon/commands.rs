@@ -3,16 +3,13 @@
 //! in force, and how results are answered.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
-use agent_user::shipper::ShipperHandle;
 use anyhow::Result;
 use custody_proto::sensor::v1::{Command as SensorCommand, CommandResult, Event};
 
 use super::Daemon;
-use crate::pipeline;
-use crate::report::metrics;
-use crate::sighting::stop_on_sight;
+use crate::sighting::DaemonJudge;
+use crate::watch::Violation;
 use crate::{clock, policy, response};
 
 /// A policy update whose endpoint names were resolved off the loop: the command,
@@ -25,41 +22,6 @@ pub(crate) async fn next_command(
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Send a command's result to the collector (off the event loop; kills are
-/// confirmed first) and count it.
-pub(crate) fn answer(
-    shipper: Option<&ShipperHandle>,
-    counts: &Arc<Mutex<metrics::Counters>>,
-    kind: String,
-    result: CommandResult,
-    kills: Vec<response::Target>,
-) {
-    let counts = counts.clone();
-    if let Some(h) = shipper.cloned() {
-        // Confirmation waits for the processes to be gone: off the event loop.
-        tokio::spawn(async move {
-            let r = if kills.is_empty() {
-                result
-            } else {
-                tokio::task::spawn_blocking(move || response::confirm_kills(result, kills))
-                    .await
-                    .unwrap_or_else(|e| CommandResult {
-                        status: "failed".into(),
-                        message: format!("confirmation task failed: {e}"),
-                        ..Default::default()
-                    })
-            };
-            if let Ok(mut c) = counts.lock() {
-                *c.commands.entry((kind, r.status.clone())).or_default() += 1;
-            }
-            tracing::info!(id = %r.command_id, status = %r.status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
-            if let Err(e) = h.send_result(r).await {
-                tracing::warn!("could not answer a command: {e:#}");
-            }
-        });
     }
 }
 
@@ -79,6 +41,7 @@ impl Daemon {
             _ if cmd.kind == "revoke_credential" => {
                 let r = response::revoke(
                     &mut self.pipe,
+                    &mut self.watch,
                     &mut self.revocations,
                     self.enforcer.as_mut(),
                     &mut self.ebpf,
@@ -98,13 +61,7 @@ impl Daemon {
                 Vec::new(),
             ),
         };
-        answer(
-            self.report.shipper(),
-            self.report.counts(),
-            cmd.kind.clone(),
-            result,
-            kills,
-        );
+        self.report.answer(cmd.kind.clone(), result, kills);
     }
 
     /// A `policy_update`: names are resolved off the loop; the rules are put in
@@ -148,13 +105,7 @@ impl Daemon {
                     apply_ns: now - received,
                     ..Default::default()
                 };
-                answer(
-                    self.report.shipper(),
-                    self.report.counts(),
-                    cmd.kind.clone(),
-                    r,
-                    Vec::new(),
-                );
+                self.report.answer(cmd.kind.clone(), r, Vec::new());
             }
         }
     }
@@ -176,13 +127,7 @@ impl Daemon {
             completed_ns: now,
             apply_ns: now.saturating_sub(received),
         };
-        answer(
-            self.report.shipper(),
-            self.report.counts(),
-            cmd.kind.clone(),
-            r,
-            Vec::new(),
-        );
+        self.report.answer(cmd.kind.clone(), r, Vec::new());
         Ok(())
     }
 
@@ -211,17 +156,23 @@ impl Daemon {
         if status == "failed" {
             return (status, message, Vec::new(), Vec::new());
         }
-        self.pipe.policy_creds = pol.plan().map(|pl| pl.creds.clone()).unwrap_or_default();
-        self.pipe.policy_command = command_id.clone();
+        let creds = pol.plan().map(|pl| pl.creds.clone()).unwrap_or_default();
+        self.watch.set_policy(creds, command_id.clone());
         self.arm_holds();
-        let pipe = &mut self.pipe;
-        let mut events = Vec::new();
+        let holders = self.watch.policy_holders(&self.pipe.table);
+        let mut judge = DaemonJudge {
+            pipe: &mut self.pipe,
+            watch: &mut self.watch,
+            enforcer: self.enforcer.as_mut(),
+            ebpf: &mut self.ebpf,
+            out: Vec::new(),
+        };
         let mut affected = Vec::new();
-        for (tgid, rule, seen_in) in pipe.policy_holders() {
-            let Some(p) = pipe.table.get(tgid) else {
+        for (tgid, rule, seen_in) in holders {
+            let Some(p) = judge.pipe.table.get(tgid) else {
                 continue;
             };
-            let v = pipeline::Violation {
+            let v = Violation {
                 tgid,
                 tid: tgid,
                 start_ticks: p.start_ticks,
@@ -233,13 +184,11 @@ impl Daemon {
                 held: false,
                 policy: rule.policy.clone(),
             };
-            let ev = stop_on_sight(pipe, self.enforcer.as_mut(), &mut self.ebpf, &v);
-            if matches!(&ev.kind, Some(custody_proto::sensor::v1::event::Kind::Enforcement(e)) if e.applied)
-            {
-                affected.push(pipe.table.exec_id(tgid, v.start_ticks));
+            if judge.stop(&v) {
+                affected.push(judge.pipe.table.exec_id(tgid, v.start_ticks));
             }
-            events.push(ev);
         }
+        let events = judge.out;
         (status, message, events, affected)
     }
 }

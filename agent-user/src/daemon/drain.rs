@@ -9,7 +9,8 @@ use custody_proto::sensor::v1::{EnforcementApplied, event::Kind};
 
 use super::{DRAIN_MAX, Daemon};
 use crate::kernel::decode;
-use crate::sighting::{HeldRecord, held_record, stop_on_sight};
+use crate::pipeline::Output;
+use crate::sighting::{DaemonJudge, HeldRecord, held_record};
 
 impl Daemon {
     /// Read up to [`DRAIN_MAX`] records, turn them into events and hand them out;
@@ -66,8 +67,21 @@ impl Daemon {
     /// Report the record's events and act on what they show.
     fn act_on_record(&mut self, held: Option<HeldRecord>) -> Result<()> {
         let mut open_kills = Vec::new();
+        let mut sightings = Vec::new();
+        let mut policy_records = Vec::new();
         let mut batch = std::mem::take(&mut self.batch);
-        for ev in batch.drain(..) {
+        for out in batch.drain(..) {
+            let ev = match out {
+                Output::Event(ev) => ev,
+                Output::Sighting(s) => {
+                    sightings.push(s);
+                    continue;
+                }
+                Output::PolicyRecord(r) => {
+                    policy_records.push(r);
+                    continue;
+                }
+            };
             // Opens the kernel could not match (relative paths, `..`,
             // symlinks): killed after the fact.
             if self.policy.active() {
@@ -81,7 +95,7 @@ impl Daemon {
             self.report.emit(ev)?;
         }
         self.batch = batch;
-        for hit in std::mem::take(&mut self.pipe.policy_hits) {
+        for hit in policy_records {
             let e = self.policy.enforcement(&hit);
             tracing::warn!(pid = hit.hdr.tgid, reason = %e.reason, "kernel policy rule applied");
             let ev = self.pipe.event_for(&hit.hdr, Kind::Enforcement(e));
@@ -112,16 +126,29 @@ impl Daemon {
             );
             self.report.emit(ev)?;
         }
-        let mut violations = std::mem::take(&mut self.pipe.violations);
+        let mut violations: Vec<_> = sightings
+            .iter()
+            .filter_map(|s| self.watch.judge(s))
+            .collect();
         // A held exec is vetted (and enforced) by its hold, with the whole
         // environment: the pipeline's own sighting of it would be a duplicate.
         let pending = held.and_then(|h| Some((self.pending_hold(&h)?, h)));
         if let Some((_, HeldRecord::Exec(h))) = &pending {
             violations.retain(|v| !(v.tgid == h.tgid && v.seen_in == "env"));
         }
-        for v in violations {
-            let ev = stop_on_sight(&mut self.pipe, self.enforcer.as_mut(), &mut self.ebpf, &v);
-            self.report.emit(ev)?;
+        if !violations.is_empty() {
+            let mut judge = DaemonJudge {
+                pipe: &mut self.pipe,
+                watch: &mut self.watch,
+                enforcer: self.enforcer.as_mut(),
+                ebpf: &mut self.ebpf,
+                out: Vec::new(),
+            };
+            for v in &violations {
+                judge.stop(v);
+            }
+            let out = judge.out;
+            self.report.emit_all(out)?;
         }
         if let Some((entry, h)) = pending {
             self.settle_held(h, entry)?;

@@ -8,21 +8,21 @@ use anyhow::Result;
 
 use super::Daemon;
 use crate::hold;
-use crate::pipeline::Pipeline;
 use crate::sighting::{DaemonJudge, HeldRecord};
+use crate::watch::CredentialWatch;
 
 /// The hold-arming rule: new processes (and TLS sends) are held for vetting while
 /// there is something to vet them against — cached revocations or credential rules
 /// of a policy — and enforcement works to act on what is found.
-pub(super) fn hold_wanted(enforcing: bool, pipe: &Pipeline) -> bool {
-    enforcing && (!pipe.revoked.is_empty() || !pipe.policy_creds.is_empty())
+pub(super) fn hold_wanted(enforcing: bool, watch: &CredentialWatch) -> bool {
+    enforcing && watch.is_watching()
 }
 
 impl Daemon {
     /// Arm or disarm the hold by [`hold_wanted`] (after the revocations or the
     /// credential rules changed).
     pub(super) fn arm_holds(&mut self) {
-        let on = hold_wanted(self.enforcer.is_some(), &self.pipe);
+        let on = hold_wanted(self.enforcer.is_some(), &self.watch);
         if let Some(hs) = self.holds.as_mut() {
             if let Err(e) = hs.arm(on) {
                 tracing::warn!("revocation hold: {e:#}");
@@ -41,6 +41,7 @@ impl Daemon {
         };
         let mut judge = DaemonJudge {
             pipe: &mut self.pipe,
+            watch: &mut self.watch,
             enforcer: self.enforcer.as_mut(),
             ebpf: &mut self.ebpf,
             out: Vec::new(),

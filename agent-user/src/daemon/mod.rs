@@ -1,10 +1,14 @@
 //! The running sensor as one type: [`Daemon`] owns what the sensor holds while it
-//! runs (the loaded programs, the pipeline, enforcement, holds, policy, the reporter
-//! and the collector's command stream), and [`Daemon::run`] is its event loop, one
-//! method per source, until SIGTERM/SIGINT.
+//! runs (the loaded programs, the pipeline, the credential watch, enforcement,
+//! holds, policy, the reporter and the collector's command stream), and
+//! [`Daemon::run`] is its event loop, one method per source, until SIGTERM/SIGINT.
 //!
-//! The rooms of a turn: `start.rs` builds the daemon, `drain.rs` takes kernel records
-//! through the pipeline to the reporter, `holds.rs` settles held processes,
+//! A record's way through a turn: the kernel's ring buffer (`kernel/`) → `drain.rs`
+//! → the pipeline (`pipeline/`: events, credential sightings, kernel policy
+//! records) → the credential watch (`watch/`: which sightings are violations) and
+//! the policy → the enforcer and holds (`enforce.rs`, `sighting.rs`, `hold/`) → the
+//! reporter (`report/`: JSON lines, the collector shipper, counters). Besides
+//! `drain.rs`: `start.rs` builds the daemon, `holds.rs` settles held processes,
 //! `commands.rs` applies what the collector asks, `tick.rs` writes the status and
 //! metrics once a second, `stop.rs` settles and releases at the end.
 
@@ -23,7 +27,7 @@ use std::time::Duration;
 use agent_ebpf::Tracked;
 use anyhow::Result;
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use custody_proto::sensor::v1::{Command as SensorCommand, Event};
+use custody_proto::sensor::v1::Command as SensorCommand;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
@@ -31,9 +35,10 @@ use tokio::sync::mpsc;
 
 use crate::enrollment::Enrollment;
 use crate::kernel::loader::Links;
-use crate::pipeline::{Pipeline, Tracker};
+use crate::pipeline::{Output, Pipeline, Tracker};
 use crate::report::Reporter;
 use crate::report::status::Status;
+use crate::watch::CredentialWatch;
 use crate::{enforce, hold, policy, revocation};
 
 pub(crate) use args::RunArgs;
@@ -70,6 +75,8 @@ pub(crate) struct Daemon {
     kernel_counters: PerCpuArray<MapData, u64>,
     tracker: MapTracker,
     pipe: Pipeline,
+    /// Revoked and policy-forbidden credentials, checked against what the pipeline saw.
+    watch: CredentialWatch,
     revocations: revocation::Revocations,
     enforcer: Option<enforce::Enforcer>,
     holds: Option<hold::Holds>,
@@ -83,8 +90,9 @@ pub(crate) struct Daemon {
     /// The last metrics rendering, served by the metrics endpoint.
     metrics_text: Arc<Mutex<String>>,
     status: Status,
-    /// Events of the record being handled (reused to spare an allocation per record).
-    batch: Vec<Event>,
+    /// What the pipeline made of the record being handled (reused to spare an
+    /// allocation per record).
+    batch: Vec<Output>,
     /// Kernel loss counters as last reported, to warn once per increase.
     reported_lost: HashMap<&'static str, u64>,
 }

@@ -19,6 +19,7 @@ use crate::kernel::pins::PIN_LAYOUT;
 use crate::kernel::{Feature, loader, mounts, support};
 use crate::pipeline::Pipeline;
 use crate::report::{Reporter, metrics, output, status};
+use crate::watch::CredentialWatch;
 use crate::{clock, detach, enforce, enrollment, hold, policy, revocation};
 
 pub(super) fn boot_id() -> String {
@@ -162,16 +163,13 @@ impl Daemon {
             observe_all,
         );
         let revocations = revocation::Revocations::load(&cfg.state_dir)?;
-        for (fp, r) in &revocations.by_fingerprint {
-            pipe.revoked
-                .insert(fp.clone(), (r.action.clone(), r.command_id.clone()));
-        }
+        let watch = CredentialWatch::new(&revocations);
         let seeded = pipe.seed(&mut tracker, netns);
         // Revocation hold: armed while revocations are cached and enforcement works.
         let holds = if args.floor {
             None
         } else {
-            let armed = super::holds::hold_wanted(enforcer.is_some(), &pipe);
+            let armed = super::holds::hold_wanted(enforcer.is_some(), &watch);
             let h = hold::Holds::attach(&mut ebpf, cfg.revocation_hold).and_then(|mut h| {
                 h.arm(armed)?;
                 Ok(h)
@@ -261,6 +259,7 @@ impl Daemon {
             kernel_counters: counters,
             tracker,
             pipe,
+            watch,
             revocations,
             enforcer,
             holds,

@@ -68,7 +68,7 @@ impl Daemon {
         if pol.active() {
             pol.status.connects_denied = counters_now["policy_net_denied"];
             pol.status.opens_killed = counters_now["policy_open_killed"];
-            pol.status.credential_stops = self.pipe.stats.policy_credential_stops;
+            pol.status.credential_stops = self.watch.policy_stops;
             st.policy = Some(pol.status.clone());
         }
         st.kernel_counters = counters_now;

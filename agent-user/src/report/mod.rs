@@ -1,7 +1,8 @@
 //! Reporting, where an event leaves the daemon: every event goes through
 //! [`Reporter::emit`] — counted by kind, written to the JSON-lines output when there
-//! is one, handed to the collector shipper when enrolled — and the status snapshot
-//! behind `custodyd status` and the Prometheus metrics rendered from it live here too.
+//! is one, handed to the collector shipper when enrolled — and every command result
+//! through [`Reporter::answer`]. The status snapshot behind `custodyd status` and the
+//! Prometheus metrics rendered from it live here too.
 
 pub mod metrics;
 pub mod output;
@@ -11,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use agent_user::shipper::ShipperHandle;
 use anyhow::Result;
-use custody_proto::sensor::v1::Event;
+use custody_proto::sensor::v1::{CommandResult, Event};
 
-use crate::pipeline;
+use crate::{pipeline, response};
 
 /// Where events go: the local output, the collector shipper, the per-kind counters.
 pub struct Reporter {
@@ -67,6 +68,35 @@ impl Reporter {
     /// Events and command results counted so far (rendered as metrics).
     pub fn counts(&self) -> &Arc<Mutex<metrics::Counters>> {
         &self.counts
+    }
+
+    /// Send a command's result to the collector (off the event loop; kills are
+    /// confirmed first) and count it.
+    pub fn answer(&self, kind: String, result: CommandResult, kills: Vec<response::Target>) {
+        let counts = self.counts.clone();
+        if let Some(h) = self.shipper.clone() {
+            // Confirmation waits for the processes to be gone: off the event loop.
+            tokio::spawn(async move {
+                let r = if kills.is_empty() {
+                    result
+                } else {
+                    tokio::task::spawn_blocking(move || response::confirm_kills(result, kills))
+                        .await
+                        .unwrap_or_else(|e| CommandResult {
+                            status: "failed".into(),
+                            message: format!("confirmation task failed: {e}"),
+                            ..Default::default()
+                        })
+                };
+                if let Ok(mut c) = counts.lock() {
+                    *c.commands.entry((kind, r.status.clone())).or_default() += 1;
+                }
+                tracing::info!(id = %r.command_id, status = %r.status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
+                if let Err(e) = h.send_result(r).await {
+                    tracing::warn!("could not answer a command: {e:#}");
+                }
+            });
+        }
     }
 
     /// Flush the output and let the shipper hand over what it holds.
