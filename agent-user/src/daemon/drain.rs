@@ -3,13 +3,14 @@
 //! an open a policy forbids, a kernel policy record, a revoked or forbidden
 //! credential, a held process — is acted on before the next record.
 
+use agent_ebpf::PolicyEvent;
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use custody_proto::sensor::v1::{EnforcementApplied, event::Kind};
 
 use super::{DRAIN_MAX, Daemon};
 use crate::kernel::decode;
-use crate::pipeline::Output;
+use crate::pipeline::{Output, Sighting};
 use crate::sighting::{DaemonJudge, HeldRecord, held_record};
 
 impl Daemon {
@@ -95,64 +96,90 @@ impl Daemon {
             self.report.emit(ev)?;
         }
         self.batch = batch;
-        for hit in policy_records {
-            let e = self.policy.enforcement(&hit);
-            tracing::warn!(pid = hit.hdr.tgid, reason = %e.reason, "kernel policy rule applied");
-            let ev = self.pipe.event_for(&hit.hdr, Kind::Enforcement(e));
-            self.report.emit(ev)?;
+        for r in policy_records {
+            self.report_policy_record(&r)?;
         }
         for ((pid, ticks, reason), boot) in open_kills {
-            let (applied, error) = match self.enforcer.as_mut() {
-                None => (false, "enforcement is degraded on this host".to_string()),
-                Some(en) => match en.kill(&mut self.ebpf, pid, boot, ticks, 0) {
-                    Ok(true) => (true, String::new()),
-                    Ok(false) => (false, "process already gone".to_string()),
-                    Err(e) => (false, format!("{e:#}")),
-                },
-            };
-            self.policy.status.killed_after_open += u64::from(applied);
-            tracing::warn!(pid, applied, %reason, "policy: forbidden open");
-            let ev = self.pipe.enforcement_for(
-                pid,
-                EnforcementApplied {
-                    action: "kill".into(),
-                    reason,
-                    command_id: self.policy.status.command_id.clone(),
-                    seen_in: "open".into(),
-                    applied,
-                    error,
-                    ..Default::default()
-                },
-            );
-            self.report.emit(ev)?;
+            self.kill_forbidden_open(pid, ticks, boot, reason)?;
         }
-        let mut violations: Vec<_> = sightings
-            .iter()
-            .filter_map(|s| self.watch.judge(s))
-            .collect();
         // A held exec is vetted (and enforced) by its hold, with the whole
         // environment: the pipeline's own sighting of it would be a duplicate.
         let pending = held.and_then(|h| Some((self.pending_hold(&h)?, h)));
-        if let Some((_, HeldRecord::Exec(h))) = &pending {
-            violations.retain(|v| !(v.tgid == h.tgid && v.seen_in == "env"));
-        }
-        if !violations.is_empty() {
-            let mut judge = DaemonJudge {
-                pipe: &mut self.pipe,
-                watch: &mut self.watch,
-                enforcer: self.enforcer.as_mut(),
-                ebpf: &mut self.ebpf,
-                out: Vec::new(),
-            };
-            for v in &violations {
-                judge.stop(v);
-            }
-            let out = judge.out;
-            self.report.emit_all(out)?;
-        }
+        let vetted_exec = match &pending {
+            Some((_, HeldRecord::Exec(h))) => Some(h.tgid),
+            _ => None,
+        };
+        self.stop_violations(&sightings, vetted_exec)?;
         if let Some((entry, h)) = pending {
             self.settle_held(h, entry)?;
         }
         Ok(())
+    }
+
+    /// A kernel policy record (a connect refused, a process killed at an open),
+    /// reported with the rule that applied.
+    fn report_policy_record(&mut self, r: &PolicyEvent) -> Result<()> {
+        let e = self.policy.enforcement(r);
+        tracing::warn!(pid = r.hdr.tgid, reason = %e.reason, "kernel policy rule applied");
+        let ev = self.pipe.event_for(&r.hdr, Kind::Enforcement(e));
+        self.report.emit(ev)
+    }
+
+    /// Kill a process after the fact for an open a policy forbids it, and report it.
+    fn kill_forbidden_open(
+        &mut self,
+        pid: u32,
+        ticks: u64,
+        boot: u64,
+        reason: String,
+    ) -> Result<()> {
+        let (applied, error) = match self.enforcer.as_mut() {
+            None => (false, "enforcement is degraded on this host".to_string()),
+            Some(en) => match en.kill(&mut self.ebpf, pid, boot, ticks, 0) {
+                Ok(true) => (true, String::new()),
+                Ok(false) => (false, "process already gone".to_string()),
+                Err(e) => (false, format!("{e:#}")),
+            },
+        };
+        self.policy.status.killed_after_open += u64::from(applied);
+        tracing::warn!(pid, applied, %reason, "policy: forbidden open");
+        let ev = self.pipe.enforcement_for(
+            pid,
+            EnforcementApplied {
+                action: "kill".into(),
+                reason,
+                command_id: self.policy.status.command_id.clone(),
+                seen_in: "open".into(),
+                applied,
+                error,
+                ..Default::default()
+            },
+        );
+        self.report.emit(ev)
+    }
+
+    /// Stop the processes whose sightings the credential watch finds violations
+    /// (but not a held exec's own environment: its hold vets that), and report them.
+    fn stop_violations(&mut self, sightings: &[Sighting], vetted_exec: Option<u32>) -> Result<()> {
+        let violations: Vec<_> = sightings
+            .iter()
+            .filter_map(|s| self.watch.judge(s))
+            .filter(|v| !(Some(v.tgid) == vetted_exec && v.seen_in == "env"))
+            .collect();
+        if violations.is_empty() {
+            return Ok(());
+        }
+        let mut judge = DaemonJudge {
+            pipe: &mut self.pipe,
+            watch: &mut self.watch,
+            enforcer: self.enforcer.as_mut(),
+            ebpf: &mut self.ebpf,
+            out: Vec::new(),
+        };
+        for v in &violations {
+            judge.stop(v);
+        }
+        let out = judge.out;
+        self.report.emit_all(out)
     }
 }
