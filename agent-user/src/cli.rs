@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::{bench, daemon, detach, enrollment, kernel, status};
+use crate::daemon::{self, RunArgs};
+use crate::report::status;
+use crate::{bench, detach, enrollment, kernel};
 
 #[derive(Parser)]
 #[command(
@@ -44,35 +46,6 @@ pub(crate) struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
-}
-
-#[derive(clap::Args)]
-pub(crate) struct RunArgs {
-    /// Run without a collector: report locally only.
-    #[arg(long)]
-    pub(crate) standalone: bool,
-    /// Write one JSON object per event, one per line (to stdout unless --output).
-    #[arg(long)]
-    pub(crate) json: bool,
-    /// Write the JSON lines to this file instead of stdout.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) output: Option<PathBuf>,
-    /// Report every process on the host, not only agents and their descendants.
-    #[arg(long)]
-    pub(crate) observe_all: bool,
-    /// Configuration file (TOML): sensor settings and declared agents. Without it,
-    /// built-in defaults; the packaged unit passes /etc/custody/custodyd.toml.
-    #[arg(long, short, value_name = "FILE", env = "CUSTODYD_CONFIG")]
-    pub(crate) config: Option<PathBuf>,
-    /// Where the status snapshot for `custodyd status` is written.
-    #[arg(long, value_name = "FILE", default_value = status::DEFAULT_PATH)]
-    pub(crate) status_file: PathBuf,
-    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464) at /metrics.
-    #[arg(long, value_name = "ADDR")]
-    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
-    /// Benchmarking only: attach empty programs at the same points and report nothing.
-    #[arg(long, hide = true)]
-    pub(crate) floor: bool,
 }
 
 #[derive(Subcommand)]
@@ -187,7 +160,7 @@ pub(crate) fn run_cli(cli: Cli) -> Result<i32> {
             ))?;
             Ok(0)
         }
-        Some(Command::CheckKernel) => Ok(kernel::check()),
+        Some(Command::CheckKernel) => Ok(kernel::support::check()),
         Some(Command::Detach { force, config }) => {
             let cfg = match &config {
                 Some(p) => Config::load(p)?,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 
 use crate::config::Config;
-use crate::enforce::PIN_LAYOUT;
+use crate::kernel::pins::PIN_LAYOUT;
 
 /// Exit code: a custodyd is running with this state directory.
 pub const EXIT_RUNNING: i32 = 2;

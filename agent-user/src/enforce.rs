@@ -7,8 +7,10 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::kernel::mounts::cgroup2_root;
+use crate::kernel::pins::pin_replacing;
 use agent_ebpf::{Endpoint, KillMark};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
@@ -17,9 +19,6 @@ use aya::{
         links::{FdLink, PinnedLink},
     },
 };
-
-/// Bumped whenever a pinned map's layout changes: stale pins are then replaced.
-pub const PIN_LAYOUT: &str = "custody-enforce-v1";
 
 const HOOKS: [&str; 4] = [
     "custody_connect4",
@@ -34,41 +33,6 @@ pub struct Enforcer {
     allow: BpfHashMap<MapData, Endpoint, u8>,
     pin_dir: PathBuf,
     kill_attached: bool,
-}
-
-/// The cgroup v2 root, from mountinfo (hybrid hosts mount it at .../unified).
-pub fn cgroup2_root() -> Result<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    match crate::kernel::mount_of(&mi, "cgroup2") {
-        Some(p) => Ok(p),
-        None => bail!("no cgroup v2 hierarchy is mounted: network quarantine needs one"),
-    }
-}
-
-/// The pin directory for this layout: the layout version is part of the path (bpffs
-/// holds only maps, programs and links), so a daemon with a new map layout never
-/// reuses an incompatible pinned map.
-pub fn prepare_pin_dir(base: &Path) -> Result<PathBuf> {
-    let dir = base.join(PIN_LAYOUT);
-    std::fs::create_dir_all(dir.join("links")).with_context(|| {
-        format!(
-            "creating pin dir {} (is bpffs mounted at /sys/fs/bpf?)",
-            dir.display()
-        )
-    })?;
-    Ok(dir)
-}
-
-/// Replace a pinned link: the new link is already attached (held by its fd) when
-/// the previous daemon's pinned one is detached, so enforcement has no gap.
-fn pin_replacing(link: FdLink, path: &Path) -> Result<()> {
-    if let Ok(old) = PinnedLink::from_pin(path) {
-        drop(old.unpin()?); // detaches the previous link
-    }
-    let _ = std::fs::remove_file(path);
-    link.pin(path)
-        .with_context(|| format!("pinning {}", path.display()))?;
-    Ok(())
 }
 
 impl Enforcer {
@@ -328,8 +292,9 @@ mod tests {
     use std::process::{Child, ChildStdin, Command, Stdio};
 
     use super::*;
-    use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
-    use crate::loader;
+    use crate::kernel::loader;
+    use crate::kernel::pins::PIN_LAYOUT;
+    use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
 
     struct Loaded {
         ebpf: Ebpf,

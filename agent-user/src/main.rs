@@ -6,31 +6,25 @@
 //! fingerprints.
 
 mod bench;
-mod btf;
 mod cli;
-mod commands;
+mod clock;
 mod config;
 mod daemon;
-mod decode;
 mod detach;
 mod enforce;
 mod enrollment;
 mod hold;
 mod identity;
 mod kernel;
-#[cfg(test)]
-mod kernel_test_support;
-mod loader;
-mod metrics;
-mod output;
 mod pipeline;
 mod policy;
 mod proctable;
+mod report;
 mod response;
 mod revocation;
 mod sighting;
-mod status;
 mod users;
+mod watch;
 
 use clap::Parser;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use aya::Ebpf;
 use custody_proto::sensor::v1::{Command, CommandResult};
 
+use crate::clock::now_ns;
 use crate::enforce::{Enforcer, wait_gone};
 use crate::proctable::ProcTable;
-use crate::status::now_ns;
 
 /// A live process targeted by a command.
 #[derive(Clone, Copy, Debug)]
@@ -205,6 +205,7 @@ pub fn confirm_kills(mut r: CommandResult, kills: Vec<Target>) -> CommandResult 
 /// collector is away), then stop every live process that has shown the credential.
 pub fn revoke(
     pipe: &mut crate::pipeline::Pipeline,
+    watch: &mut crate::watch::CredentialWatch,
     revocations: &mut crate::revocation::Revocations,
     enforcer: Option<&mut Enforcer>,
     ebpf: &mut Ebpf,
@@ -251,8 +252,7 @@ pub fn revoke(
         return result;
     }
     for fp in &fps {
-        pipe.revoked
-            .insert(fp.clone(), (action.clone(), cmd.id.clone()));
+        watch.revoke(fp.clone(), action.clone(), cmd.id.clone());
     }
     let mut errors = Vec::new();
     if let Some(en) = enforcer {

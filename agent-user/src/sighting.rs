@@ -1,12 +1,15 @@
-//! A process seen with a revoked credential, or one a policy forbids to its agent:
-//! stopped on sight, or — when the kernel held it at exec or before a TLS send —
-//! vetted and settled through its hold, reported the same way.
+//! A process seen with a revoked credential, or one a policy forbids to its agent
+//! (a [`Violation`], found by the credential watch): stopped on sight, or — when the
+//! kernel held it at exec or before a TLS send — vetted and settled through its
+//! hold, reported the same way.
 
 use agent_ebpf::flag;
 use custody_proto::sensor::v1::Event;
 
-use crate::pipeline::{self, Pipeline};
-use crate::{decode, enforce, hold};
+use crate::kernel::decode;
+use crate::pipeline::Pipeline;
+use crate::watch::{CredentialWatch, Violation};
+use crate::{enforce, hold};
 
 /// The exec record of a process held at exec: what settling needs from it.
 pub(crate) struct HeldExec {
@@ -53,10 +56,13 @@ pub(crate) fn held_record(raw: &decode::Raw) -> Option<HeldRecord> {
     }
 }
 
-/// Settles holds for the daemon: revoked fingerprints from the pipeline, enforcement
-/// through [`stop_on_sight`] (so a held process is reported like any sighting).
+/// Settles holds for the daemon — the credential watch's checks over what the
+/// pipeline fingerprints — and stops violations through [`DaemonJudge::stop`] (so a
+/// held process is reported like any sighting). The enforcement events it makes
+/// collect in `out`.
 pub(crate) struct DaemonJudge<'a> {
     pub(crate) pipe: &'a mut Pipeline,
+    pub(crate) watch: &'a mut CredentialWatch,
     pub(crate) enforcer: Option<&'a mut enforce::Enforcer>,
     pub(crate) ebpf: &'a mut aya::Ebpf,
     pub(crate) out: Vec<Event>,
@@ -64,15 +70,25 @@ pub(crate) struct DaemonJudge<'a> {
 
 impl hold::Judge for DaemonJudge<'_> {
     fn revoked(&self, tgid: u32, env: &[u8]) -> Option<hold::Hit> {
-        self.pipe
-            .revoked_in_env(env)
-            .or_else(|| self.pipe.forbidden_in_env(tgid, env))
+        if !self.watch.is_watching() {
+            return None;
+        }
+        let creds = self.pipe.credentials_in_env(env);
+        self.watch.revoked_hit(&creds, "env").or_else(|| {
+            let agent = self.pipe.agent_of(tgid, Some(env));
+            self.watch.forbidden_hit(agent.as_deref(), &creds, "env")
+        })
     }
 
     fn revoked_headers(&self, tgid: u32, headers: &[(String, String)]) -> Option<hold::Hit> {
-        self.pipe
-            .revoked_in_headers(headers)
-            .or_else(|| self.pipe.forbidden_in_headers(tgid, headers))
+        if !self.watch.is_watching() {
+            return None;
+        }
+        let creds = self.pipe.credentials_in_headers(headers);
+        self.watch.revoked_hit(&creds, "header").or_else(|| {
+            let agent = self.pipe.agent_of(tgid, None);
+            self.watch.forbidden_hit(agent.as_deref(), &creds, "header")
+        })
     }
 
     fn enforce(&mut self, tgid: u32, start_ticks: u64, start_boottime: u64, hit: &hold::Hit) {
@@ -84,7 +100,7 @@ impl hold::Judge for DaemonJudge<'_> {
         {
             self.pipe.table.scan_one(tgid);
         }
-        let v = pipeline::Violation {
+        let v = Violation {
             tgid,
             tid: tgid,
             start_ticks,
@@ -96,44 +112,46 @@ impl hold::Judge for DaemonJudge<'_> {
             held: true,
             policy: hit.policy.clone(),
         };
-        let ev = stop_on_sight(self.pipe, self.enforcer.as_deref_mut(), self.ebpf, &v);
-        self.out.push(ev);
+        self.stop(&v);
     }
 }
 
-/// Enforce a cached revocation on a process that just showed the credential.
-pub(crate) fn stop_on_sight(
-    pipe: &mut Pipeline,
-    enforcer: Option<&mut enforce::Enforcer>,
-    ebpf: &mut aya::Ebpf,
-    v: &pipeline::Violation,
-) -> Event {
-    let (applied, error) = match enforcer {
-        None => (false, "enforcement is degraded on this host".to_string()),
-        Some(en) => {
-            let r = if v.action == "quarantine" {
-                en.quarantine(v.tgid, v.start_ticks)
-            } else {
-                en.kill(ebpf, v.tgid, v.start_boottime, v.start_ticks, 0)
-            };
-            match r {
-                Ok(done) => (
-                    done,
-                    if done {
-                        String::new()
-                    } else {
-                        "process already gone".into()
-                    },
-                ),
-                Err(e) => (false, format!("{e:#}")),
+impl DaemonJudge<'_> {
+    /// Stop a process that just showed a revoked or forbidden credential (kill, or
+    /// quarantine, as the revocation or rule says) and report it; returns whether
+    /// the stop was applied.
+    pub(crate) fn stop(&mut self, v: &Violation) -> bool {
+        let (applied, error) = match self.enforcer.as_deref_mut() {
+            None => (false, "enforcement is degraded on this host".to_string()),
+            Some(en) => {
+                let r = if v.action == "quarantine" {
+                    en.quarantine(v.tgid, v.start_ticks)
+                } else {
+                    en.kill(self.ebpf, v.tgid, v.start_boottime, v.start_ticks, 0)
+                };
+                match r {
+                    Ok(done) => (
+                        done,
+                        if done {
+                            String::new()
+                        } else {
+                            "process already gone".into()
+                        },
+                    ),
+                    Err(e) => (false, format!("{e:#}")),
+                }
             }
+        };
+        if v.policy.is_empty() {
+            tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, applied, "revoked credential seen");
+        } else {
+            self.watch.policy_stops += 1;
+            tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, policy = %v.policy, applied, "credential forbidden by a policy seen");
         }
-    };
-    if v.policy.is_empty() {
-        tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, applied, "revoked credential seen");
-    } else {
-        pipe.stats.policy_credential_stops += 1;
-        tracing::warn!(pid = v.tgid, fingerprint = %v.fingerprint, action = %v.action, policy = %v.policy, applied, "credential forbidden by a policy seen");
+        let ev = self
+            .pipe
+            .enforcement_event(v.tgid, v.tid, v.enforcement(applied, error));
+        self.out.push(ev);
+        applied
     }
-    pipe.enforcement_event(v, applied, error)
 }

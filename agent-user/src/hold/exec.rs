@@ -66,7 +66,7 @@ mod tests {
 
     use super::super::Holds;
     use super::super::test_support::{Attached, PinCleanup, TestJudge, root_or_skip, wait_state};
-    use crate::loader;
+    use crate::kernel::loader;
 
     /// A child that waits for one stdin line, then execs `sh -c CMD` with `env`.
     struct Waiting {

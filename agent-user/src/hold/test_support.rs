@@ -1,4 +1,4 @@
-//! What the hold's kernel tests share (besides crate::kernel_test_support): a judge
+//! What the hold's kernel tests share (besides crate::kernel::test_support): a judge
 //! with one revoked fingerprint, and waiting for a process state.
 
 use std::time::{Duration, Instant};
@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use agent_user::credential::{FleetKey, scan_env, scan_headers};
 
 use super::{Hit, Judge, proc_state};
-pub(super) use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
+pub(super) use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
 
 pub(super) struct TestJudge {
     pub(super) key: FleetKey,

@@ -210,7 +210,7 @@ mod tests {
 
     use super::super::Holds;
     use super::super::test_support::{Attached, PinCleanup, TestJudge, root_or_skip, wait_state};
-    use crate::loader;
+    use crate::kernel::loader;
 
     /// A Python TLS client (system libssl) that waits for one stdin line, connects to
     /// 127.0.0.1:PORT and sends each further argument with its own `sendall` (one

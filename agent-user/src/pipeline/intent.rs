@@ -8,11 +8,11 @@ use agent_user::intent::{
     parse_jsonrpc, parse_llm_request, parse_llm_response,
 };
 use custody_proto::sensor::v1::{
-    self as pb, AgentDiscovered, CredentialSeen, Event, LlmRequest, LlmResponse, McpMessage,
-    Principal, ToolCall, event::Kind,
+    self as pb, AgentDiscovered, CredentialSeen, LlmRequest, LlmResponse, McpMessage, Principal,
+    ToolCall, event::Kind,
 };
 
-use super::{Pipeline, Tracker, is_tracked};
+use super::{Output, Pipeline, Tracker, is_tracked};
 
 const EXCERPT: usize = 1024;
 
@@ -93,7 +93,7 @@ fn mcp_pb(m: Mcp, transport: &str) -> McpMessage {
 }
 
 impl Pipeline {
-    pub(super) fn tls(&mut self, e: &TlsEvent, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+    pub(super) fn tls(&mut self, e: &TlsEvent, tracker: &mut dyn Tracker, out: &mut Vec<Output>) {
         let tgid = e.hdr.tgid;
         let data = &e.data[..(e.captured as usize).min(e.data.len())];
         let key = (tgid, e.conn, e.direction);
@@ -119,7 +119,7 @@ impl Pipeline {
         reason: &str,
         evidence: String,
         tracker: &mut dyn Tracker,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Output>,
     ) {
         let tgid = h.tgid;
         let Some(p) = self.table.get(tgid) else {
@@ -154,7 +154,7 @@ impl Pipeline {
                 evidence,
             }),
         );
-        out.push(ev);
+        out.push(Output::Event(ev));
     }
 
     fn http_request(
@@ -164,7 +164,7 @@ impl Pipeline {
         dir: u32,
         r: HttpRequest,
         tracker: &mut dyn Tracker,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Output>,
     ) {
         let tgid = h.tgid;
         let sent = dir == direction::WRITE;
@@ -225,14 +225,14 @@ impl Pipeline {
                 }
             }
         }
-        for c in self.note_credentials(tgid, creds) {
+        for c in self.note_credentials(tgid, creds, out) {
             let ev = self.event(
                 h,
                 Kind::Credential(CredentialSeen {
                     credential: Some(c),
                 }),
             );
-            out.push(ev);
+            out.push(Output::Event(ev));
         }
         let conn_id = format!("{tgid}:{conn:x}");
         let req = pb::HttpRequest {
@@ -249,7 +249,7 @@ impl Pipeline {
             direction: if sent { "sent" } else { "received" }.into(),
         };
         let ev = self.event(h, Kind::HttpRequest(req));
-        out.push(ev);
+        out.push(Output::Event(ev));
         if let Some(l) = llm {
             self.conn_llm.insert((tgid, conn), l.provider.clone());
             let ev = self.event(
@@ -266,13 +266,13 @@ impl Pipeline {
                     stream: l.stream,
                 }),
             );
-            out.push(ev);
+            out.push(Output::Event(ev));
         } else if let Some(p) = host_provider.filter(|_| sent) {
             self.conn_llm.insert((tgid, conn), p.to_string());
         }
         for m in mcp {
             let ev = self.event(h, Kind::Mcp(mcp_pb(m, "http")));
-            out.push(ev);
+            out.push(Output::Event(ev));
         }
     }
 
@@ -282,7 +282,7 @@ impl Pipeline {
         conn: u64,
         dir: u32,
         r: HttpResponse,
-        out: &mut Vec<Event>,
+        out: &mut Vec<Output>,
     ) {
         let tgid = h.tgid;
         if !is_tracked(h)
@@ -307,7 +307,7 @@ impl Pipeline {
                 .into(),
             }),
         );
-        out.push(ev);
+        out.push(Output::Event(ev));
         if let Some(provider) = self.conn_llm.get(&(tgid, conn)).cloned() {
             if let Some(l) = parse_llm_response(&provider, r.as_ref()) {
                 let ev = self.event(
@@ -329,17 +329,17 @@ impl Pipeline {
                         finish_reason: l.finish_reason,
                     }),
                 );
-                out.push(ev);
+                out.push(Output::Event(ev));
             }
             return;
         }
         for m in parse_jsonrpc(&r.body) {
             let ev = self.event(h, Kind::Mcp(mcp_pb(m, "http")));
-            out.push(ev);
+            out.push(Output::Event(ev));
         }
     }
 
-    pub(super) fn pipe(&mut self, e: &PipeEvent, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+    pub(super) fn pipe(&mut self, e: &PipeEvent, tracker: &mut dyn Tracker, out: &mut Vec<Output>) {
         let data = &e.data[..(e.captured as usize).min(e.data.len())];
         let msgs = parse_jsonrpc(data);
         if msgs.is_empty() {
@@ -365,7 +365,7 @@ impl Pipeline {
         }
         for m in msgs {
             let ev = self.event(&e.hdr, Kind::Mcp(mcp_pb(m, "stdio")));
-            out.push(ev);
+            out.push(Output::Event(ev));
         }
     }
 }

@@ -1,21 +1,24 @@
-//! Kernel records → Custody events: keeps the process table, agent identities and
-//! per-connection parsers, and decides what is reported (tracked processes, or all
-//! in observe-all mode).
+//! Kernel records → Custody events, the observing step between the kernel and
+//! enforcement: keeps the process table, agent identities and per-connection
+//! parsers, decides what is reported (tracked processes, or all in observe-all
+//! mode), and returns what it saw as [`Output`]s — events, credential sightings and
+//! kernel policy records. It judges nothing: which sightings are violations is the
+//! credential watch's business (`watch.rs`), acting on them the daemon's.
 
 mod intent;
 mod resources;
 
 use std::collections::HashMap;
 
-use agent_ebpf::{EventHeader, ExecEvent, Tracked, flag, track};
+use agent_ebpf::{EventHeader, ExecEvent, PolicyEvent, Tracked, flag, track};
 use agent_user::credential::{self, Credential, FleetKey};
 use agent_user::intent::HttpStream;
 use custody_proto::sensor::v1::{
     self as pb, Event, ProcessExec, ProcessExit, ProcessFork, SensorWarning, event::Kind,
 };
 
-use crate::decode::Raw;
 use crate::identity::{ExecFacts, Identity, env_agent};
+use crate::kernel::decode::Raw;
 use crate::proctable::{ProcTable, split_nul};
 use crate::users::Users;
 
@@ -30,8 +33,6 @@ pub struct Stats {
     pub decode_errors: u64,
     pub emitted: u64,
     pub discovered_agents: u64,
-    /// Processes stopped for a credential a kernel policy forbids to their agent.
-    pub policy_credential_stops: u64,
 }
 
 pub struct Pipeline {
@@ -45,36 +46,35 @@ pub struct Pipeline {
     streams: HashMap<(u32, u64, u32), HttpStream>,
     /// LLM provider of the last request on (tgid, SSL*), to parse its response.
     conn_llm: HashMap<(u32, u64), String>,
-    /// Revoked credential fingerprints → (action, command id): stopped on sight.
-    pub revoked: HashMap<String, (String, String)>,
-    /// Sightings of revoked credentials, for the daemon to enforce.
-    pub violations: Vec<Violation>,
-    /// Credentials the kernel policy forbids to some agents (stopped on sight like
-    /// revocations, for processes of those agents only), and the policy_update
-    /// command that brought them.
-    pub policy_creds: Vec<crate::policy::compile::CredEntry>,
-    pub policy_command: String,
-    /// Kernel policy records (a connect refused, a process killed at an open), for
-    /// the daemon to report.
-    pub policy_hits: Vec<agent_ebpf::PolicyEvent>,
 }
 
-/// A process seen holding or using a revoked credential.
-#[derive(Clone, Debug)]
-pub struct Violation {
+/// What the pipeline makes of a kernel record, in the order it saw them.
+// Events are nearly every output and travel by value through a reused buffer;
+// boxing them would add an allocation per event on the hot path, for the sake of
+// the rare sightings and policy records.
+#[allow(clippy::large_enum_variant)]
+pub enum Output {
+    /// An event to report.
+    Event(Event),
+    /// A credential seen on a process, for the credential watch to judge.
+    Sighting(Sighting),
+    /// A kernel policy record (a connect refused, a process killed at an open), for
+    /// enforcement to report with its rule.
+    PolicyRecord(Box<PolicyEvent>),
+}
+
+/// A credential (by its keyed fingerprint) seen on a live process: in its
+/// environment at exec, a credential file it opened, or a request header it sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
     pub tgid: u32,
-    pub tid: u32,
     pub start_ticks: u64,
     pub start_boottime: u64,
     pub fingerprint: String,
+    /// Where it was seen: the credential source ("env", "header", "file", …).
     pub seen_in: String,
-    pub action: String,
-    pub command_id: String,
-    /// Seen while the process was held (at exec: stopped before it ran; before a TLS
-    /// send: stopped before the request left).
-    pub held: bool,
-    /// The policy that forbids the credential to this agent ("" for a revocation).
-    pub policy: String,
+    /// The agent the process belongs to, if any.
+    pub agent: Option<String>,
 }
 
 fn is_tracked(h: &EventHeader) -> bool {
@@ -92,11 +92,6 @@ impl Pipeline {
             observe_all,
             streams: HashMap::new(),
             conn_llm: HashMap::new(),
-            revoked: HashMap::new(),
-            violations: Vec::new(),
-            policy_creds: Vec::new(),
-            policy_command: String::new(),
-            policy_hits: Vec::new(),
         }
     }
 
@@ -206,7 +201,7 @@ impl Pipeline {
         is_tracked(h) || self.observe_all
     }
 
-    pub fn handle(&mut self, raw: Raw, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+    pub fn handle(&mut self, raw: Raw, tracker: &mut dyn Tracker, out: &mut Vec<Output>) {
         self.stats.records += 1;
         match raw {
             Raw::Exec(e) => self.exec(&e, tracker, out),
@@ -235,7 +230,7 @@ impl Pipeline {
                             child_pid: e.child_tgid,
                         }),
                     );
-                    out.push(ev);
+                    out.push(Output::Event(ev));
                 }
             }
             Raw::Exit(e) => {
@@ -249,7 +244,7 @@ impl Pipeline {
                             signal: code & 0x7f,
                         }),
                     );
-                    out.push(ev);
+                    out.push(Output::Event(ev));
                 }
                 self.table.remove(e.hdr.tgid);
                 self.streams.retain(|k, _| k.0 != e.hdr.tgid);
@@ -265,14 +260,14 @@ impl Pipeline {
                 if self.wanted(&e.hdr) {
                     self.touch(&e.hdr);
                     let kind = resources::net(&e);
-                    out.push(self.event(&e.hdr, kind));
+                    out.push(Output::Event(self.event(&e.hdr, kind)));
                 }
             }
             Raw::Dns(e) => {
                 if self.wanted(&e.hdr) {
                     self.touch(&e.hdr);
                     if let Some(kind) = resources::dns(&e) {
-                        out.push(self.event(&e.hdr, kind));
+                        out.push(Output::Event(self.event(&e.hdr, kind)));
                     }
                 }
             }
@@ -288,12 +283,12 @@ impl Pipeline {
             }
             Raw::Policy(e) => {
                 self.touch(&e.hdr);
-                self.policy_hits.push(*e);
+                out.push(Output::PolicyRecord(e));
             }
         }
     }
 
-    fn exec(&mut self, e: &ExecEvent, tracker: &mut dyn Tracker, out: &mut Vec<Event>) {
+    fn exec(&mut self, e: &ExecEvent, tracker: &mut dyn Tracker, out: &mut Vec<Output>) {
         let tgid = self.touch(&e.hdr);
         let path = credential::escape_bytes(&e.path[..(e.path_len as usize).min(e.path.len())]);
         let argv = split_nul(&e.args[..(e.args_len as usize).min(e.args.len())]);
@@ -354,50 +349,36 @@ impl Pipeline {
             p.cgroup_path = crate::identity::cgroup_of(tgid);
         }
         let creds = credential::scan_env(env, &self.key);
-        let env_credentials = self.note_credentials(tgid, creds);
+        let env_credentials = self.note_credentials(tgid, creds, out);
         let env_truncated = e.hdr.flags & flag::ENV_TRUNCATED != 0;
-        out.push(self.event(
+        out.push(Output::Event(self.event(
             &e.hdr,
             Kind::Exec(ProcessExec {
                 env_credentials,
                 env_truncated,
             }),
-        ));
+        )));
     }
 
-    /// Record credential sightings on the process; return the ones not reported yet.
-    fn note_credentials(&mut self, tgid: u32, creds: Vec<Credential>) -> Vec<pb::Credential> {
-        for c in &creds {
-            if let Some((action, command_id)) = self.revoked.get(&c.fingerprint) {
-                if let Some(p) = self.table.get(tgid) {
-                    self.violations.push(Violation {
-                        tgid,
-                        tid: tgid,
-                        start_ticks: p.start_ticks,
-                        start_boottime: p.start_boottime,
-                        fingerprint: c.fingerprint.clone(),
-                        seen_in: c.source.as_str().to_string(),
-                        action: action.clone(),
-                        command_id: command_id.clone(),
-                        held: false,
-                        policy: String::new(),
-                    });
-                }
-            } else if let Some(r) = self.forbidden_credential(tgid, None, &c.fingerprint) {
-                if let Some(p) = self.table.get(tgid) {
-                    self.violations.push(Violation {
-                        tgid,
-                        tid: tgid,
-                        start_ticks: p.start_ticks,
-                        start_boottime: p.start_boottime,
-                        fingerprint: c.fingerprint.clone(),
-                        seen_in: c.source.as_str().to_string(),
-                        action: r.action,
-                        command_id: self.policy_command.clone(),
-                        held: false,
-                        policy: r.policy,
-                    });
-                }
+    /// Record credential sightings on the process (each one is an output for the
+    /// credential watch); return the ones not reported yet.
+    fn note_credentials(
+        &mut self,
+        tgid: u32,
+        creds: Vec<Credential>,
+        out: &mut Vec<Output>,
+    ) -> Vec<pb::Credential> {
+        if let Some(p) = self.table.get(tgid) {
+            let agent = p.agent.as_ref().map(|a| a.id.clone());
+            for c in &creds {
+                out.push(Output::Sighting(Sighting {
+                    tgid,
+                    start_ticks: p.start_ticks,
+                    start_boottime: p.start_boottime,
+                    fingerprint: c.fingerprint.clone(),
+                    seen_in: c.source.as_str().to_string(),
+                    agent: agent.clone(),
+                }));
             }
         }
         let Some(p) = self.table.get_mut(tgid) else {
@@ -417,139 +398,24 @@ impl Pipeline {
             .collect()
     }
 
-    /// The first revoked credential in an environment block (NUL-separated
-    /// `KEY=VALUE`), fingerprinted with the fleet key like every sighting.
-    pub fn revoked_in_env(&self, env: &[u8]) -> Option<crate::hold::Hit> {
-        if self.revoked.is_empty() {
-            return None;
-        }
+    /// The credentials in an environment block (NUL-separated `KEY=VALUE`),
+    /// fingerprinted with the fleet key like every sighting (a held exec's vetting).
+    pub fn credentials_in_env(&self, env: &[u8]) -> Vec<Credential> {
         credential::scan_env(env, &self.key)
-            .into_iter()
-            .find_map(|c| {
-                self.revoked
-                    .get(&c.fingerprint)
-                    .map(|(action, command_id)| crate::hold::Hit {
-                        fingerprint: c.fingerprint,
-                        action: action.clone(),
-                        command_id: command_id.clone(),
-                        seen_in: "env".into(),
-                        policy: String::new(),
-                    })
-            })
     }
 
-    /// The first revoked credential in a request's header fields (the header scan of
-    /// every sighting, fingerprinted with the fleet key).
-    pub fn revoked_in_headers(&self, headers: &[(String, String)]) -> Option<crate::hold::Hit> {
-        if self.revoked.is_empty() {
-            return None;
-        }
+    /// The credentials in a request's header fields (a held TLS send's vetting).
+    pub fn credentials_in_headers(&self, headers: &[(String, String)]) -> Vec<Credential> {
         credential::scan_headers(headers, &self.key)
-            .into_iter()
-            .find_map(|c| {
-                self.revoked
-                    .get(&c.fingerprint)
-                    .map(|(action, command_id)| crate::hold::Hit {
-                        fingerprint: c.fingerprint,
-                        action: action.clone(),
-                        command_id: command_id.clone(),
-                        seen_in: "header".into(),
-                        policy: String::new(),
-                    })
-            })
     }
 
     /// The agent id of a process: its entry in the table, else the `CUSTODY_AGENT`
     /// marker of `env` (a held process whose exec record was lost).
-    fn agent_of(&self, tgid: u32, env: Option<&[u8]>) -> Option<String> {
+    pub fn agent_of(&self, tgid: u32, env: Option<&[u8]>) -> Option<String> {
         if let Some(a) = self.table.get(tgid).and_then(|p| p.agent.as_ref()) {
             return Some(a.id.clone());
         }
         env.and_then(env_agent).map(str::to_string)
-    }
-
-    /// The kernel policy rule forbidding `fingerprint` to the agent of `tgid`.
-    fn forbidden_credential(
-        &self,
-        tgid: u32,
-        env: Option<&[u8]>,
-        fingerprint: &str,
-    ) -> Option<crate::policy::compile::CredEntry> {
-        if self.policy_creds.is_empty() {
-            return None;
-        }
-        let agent = self.agent_of(tgid, env);
-        // Rules for every agent apply to tracked processes, i.e. those of an agent.
-        agent.as_ref()?;
-        self.policy_creds
-            .iter()
-            .find(|c| c.fingerprint == fingerprint && (c.agent.is_none() || c.agent == agent))
-            .cloned()
-    }
-
-    fn policy_hit(
-        &self,
-        c: crate::policy::compile::CredEntry,
-        fp: String,
-        seen_in: &str,
-    ) -> crate::hold::Hit {
-        crate::hold::Hit {
-            fingerprint: fp,
-            action: c.action,
-            command_id: self.policy_command.clone(),
-            seen_in: seen_in.into(),
-            policy: c.policy,
-        }
-    }
-
-    /// The first credential in an environment block that a kernel policy forbids
-    /// to the agent of `tgid`.
-    pub fn forbidden_in_env(&self, tgid: u32, env: &[u8]) -> Option<crate::hold::Hit> {
-        if self.policy_creds.is_empty() {
-            return None;
-        }
-        credential::scan_env(env, &self.key)
-            .into_iter()
-            .find_map(|c| {
-                let r = self.forbidden_credential(tgid, Some(env), &c.fingerprint)?;
-                Some(self.policy_hit(r, c.fingerprint, "env"))
-            })
-    }
-
-    /// As [`Pipeline::forbidden_in_env`], for a request's header fields.
-    pub fn forbidden_in_headers(
-        &self,
-        tgid: u32,
-        headers: &[(String, String)],
-    ) -> Option<crate::hold::Hit> {
-        if self.policy_creds.is_empty() {
-            return None;
-        }
-        credential::scan_headers(headers, &self.key)
-            .into_iter()
-            .find_map(|c| {
-                let r = self.forbidden_credential(tgid, None, &c.fingerprint)?;
-                Some(self.policy_hit(r, c.fingerprint, "header"))
-            })
-    }
-
-    /// Live processes of the credential rules' agents that have shown a credential
-    /// a rule forbids them (stopped when the rules arrive).
-    pub fn policy_holders(&self) -> Vec<(u32, crate::policy::compile::CredEntry, String)> {
-        let mut out = Vec::new();
-        for t in self.table.tgids() {
-            let Some(p) = self.table.get(t) else { continue };
-            for seen in &p.seen_credentials {
-                let mut parts = seen.split('|');
-                let fp = parts.next().unwrap_or("");
-                let source = parts.next().unwrap_or("").to_string();
-                if let Some(r) = self.forbidden_credential(t, None, fp) {
-                    out.push((t, r, source));
-                    break;
-                }
-            }
-        }
-        out
     }
 
     /// An event for the process of a kernel record (policy enforcement).
@@ -559,8 +425,13 @@ impl Pipeline {
 
     /// An enforcement event for process `tgid` (by the daemon's own authority).
     pub fn enforcement_for(&mut self, tgid: u32, e: pb::EnforcementApplied) -> Event {
+        self.enforcement_event(tgid, tgid, e)
+    }
+
+    /// An enforcement event for thread `tid` of process `tgid`.
+    pub fn enforcement_event(&mut self, tgid: u32, tid: u32, e: pb::EnforcementApplied) -> Event {
         self.stats.emitted += 1;
-        let process = self.table.process_proto(tgid, tgid, &mut self.users);
+        let process = self.table.process_proto(tgid, tid, &mut self.users);
         Event {
             host: self.table.host.clone(),
             time_ns: std::time::SystemTime::now()
@@ -585,50 +456,6 @@ impl Pipeline {
                 })
             })
             .collect()
-    }
-
-    /// An event for an enforcement the sensor applied on its own authority.
-    pub fn enforcement_event(&mut self, v: &Violation, applied: bool, error: String) -> Event {
-        self.stats.emitted += 1;
-        let process = self.table.process_proto(v.tgid, v.tid, &mut self.users);
-        Event {
-            host: self.table.host.clone(),
-            time_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-            seq: 0,
-            process,
-            kind: Some(Kind::Enforcement(pb::EnforcementApplied {
-                action: v.action.clone(),
-                reason: match (v.held, v.seen_in.as_str()) {
-                    _ if !v.policy.is_empty() => format!(
-                        "policy {}: credential forbidden to this agent seen in {}{}",
-                        v.policy,
-                        v.seen_in,
-                        match (v.held, v.seen_in.as_str()) {
-                            (true, "env") => "; held at exec, stopped before it ran",
-                            (true, _) => "; held before send, stopped before the request left",
-                            _ => "",
-                        }
-                    ),
-                    (true, "env") => format!(
-                        "revoked credential seen in {}; held at exec, stopped before it ran",
-                        v.seen_in
-                    ),
-                    (true, _) if v.fingerprint.is_empty() => "request held before send could not be vetted (record lost, buffer unreadable): quarantined fail-closed".to_string(),
-                    (true, _) => format!(
-                        "revoked credential seen in {}; held before send, stopped before the request left",
-                        v.seen_in
-                    ),
-                    (false, _) => format!("revoked credential seen in {}", v.seen_in),
-                },
-                command_id: v.command_id.clone(),
-                credential_fingerprint: v.fingerprint.clone(),
-                seen_in: v.seen_in.clone(),
-                applied,
-                error,
-            })),
-        }
     }
 
     /// Periodic warning when the kernel lost events (ring buffer or map full).
@@ -691,4 +518,4 @@ pub fn to_pb(c: Credential) -> pb::Credential {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,7 +9,7 @@ use custody_proto::sensor::v1::{
     Connection, DnsQuery, FileOpen, FileRename, FileUnlink, NetSocket, event::Kind,
 };
 
-use super::Pipeline;
+use super::{Output, Pipeline};
 
 const AT_FDCWD: i32 = -100;
 
@@ -46,7 +46,7 @@ fn access(flags: u32) -> &'static str {
 }
 
 impl Pipeline {
-    pub(super) fn file(&mut self, e: &FileEvent, out: &mut Vec<custody_proto::sensor::v1::Event>) {
+    pub(super) fn file(&mut self, e: &FileEvent, out: &mut Vec<Output>) {
         let tgid = e.hdr.tgid;
         let p1 = credential::escape_bytes(&e.path[..(e.path_len as usize).min(e.path.len())]);
         let path = absolute(tgid, e.dirfd, p1);
@@ -78,7 +78,7 @@ impl Pipeline {
             }
         };
         let ev = self.event(&e.hdr, k);
-        out.push(ev);
+        out.push(Output::Event(ev));
         // A credential file opened successfully: fingerprint what it holds. The daemon
         // reads it itself (as root); the contents never leave this function.
         if e.hdr.kind == kind::FILE_OPEN
@@ -87,14 +87,14 @@ impl Pipeline {
         {
             if let Ok(contents) = std::fs::read(&path) {
                 let creds = credential::scan_file(&path, &contents, &self.key);
-                for c in self.note_credentials(tgid, creds) {
+                for c in self.note_credentials(tgid, creds, out) {
                     let ev = self.event(
                         &e.hdr,
                         Kind::Credential(custody_proto::sensor::v1::CredentialSeen {
                             credential: Some(c),
                         }),
                     );
-                    out.push(ev);
+                    out.push(Output::Event(ev));
                 }
             }
         }

@@ -9,13 +9,13 @@ use agent_ebpf::{
 use agent_user::credential::FleetKey;
 use custody_proto::sensor::v1::{Event, event::Kind};
 
-use super::{Pipeline, Tracker};
+use super::{Output, Pipeline, Sighting, Tracker};
 use crate::config::Config;
-use crate::decode::Raw;
 use crate::identity::Identity;
+use crate::kernel::decode::Raw;
 
 #[derive(Default)]
-struct Recorder(Vec<(u32, Tracked)>);
+pub(crate) struct Recorder(Vec<(u32, Tracked)>);
 impl Tracker for Recorder {
     fn track(&mut self, tgid: u32, t: Tracked) {
         self.0.push((tgid, t));
@@ -23,9 +23,9 @@ impl Tracker for Recorder {
 }
 
 /// A pid that does not exist, so the pipeline builds the entry from headers alone.
-const PID: u32 = 3_999_001;
+pub(crate) const PID: u32 = 3_999_001;
 
-fn hdr(k: u32, tracked: bool, agent: u32) -> EventHeader {
+pub(crate) fn hdr(k: u32, tracked: bool, agent: u32) -> EventHeader {
     EventHeader {
         kind: k,
         flags: if tracked { flag::TRACKED } else { 0 },
@@ -45,7 +45,7 @@ fn hdr(k: u32, tracked: bool, agent: u32) -> EventHeader {
     }
 }
 
-fn pipeline(cfg: &str) -> Pipeline {
+pub(crate) fn pipeline(cfg: &str) -> Pipeline {
     Pipeline::new(
         "t-host".into(),
         Identity::new(Config::parse(cfg, "t").unwrap().agents),
@@ -54,9 +54,30 @@ fn pipeline(cfg: &str) -> Pipeline {
     )
 }
 
-fn zeroed<T>() -> Box<T> {
+pub(crate) fn zeroed<T>() -> Box<T> {
     // SAFETY: the kernel record types are plain integers and byte arrays.
     Box::new(unsafe { std::mem::zeroed() })
+}
+
+/// Run one record through the pipeline: its events land in `out` (what most tests
+/// look at), its credential sightings are returned.
+pub(crate) fn handle(
+    p: &mut Pipeline,
+    raw: Raw,
+    rec: &mut dyn Tracker,
+    out: &mut Vec<Event>,
+) -> Vec<Sighting> {
+    let mut outputs = Vec::new();
+    p.handle(raw, rec, &mut outputs);
+    let mut sightings = Vec::new();
+    for o in outputs {
+        match o {
+            Output::Event(ev) => out.push(ev),
+            Output::Sighting(s) => sightings.push(s),
+            Output::PolicyRecord(_) => {}
+        }
+    }
+    sightings
 }
 
 fn tls(dir: u32, tracked: bool, data: &[u8]) -> Raw {
@@ -97,7 +118,8 @@ fn untracked_llm_client_is_discovered_with_request_and_gzip_response() {
         "POST /v1/chat/completions HTTP/1.1\r\nHost: llm.internal:8443\r\nAuthorization: Bearer sk-proj-AAAAbbbbCCCCddddEEEEffff0000\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    p.handle(
+    handle(
+        &mut p,
         tls(direction::WRITE, false, req.as_bytes()),
         &mut rec,
         &mut out,
@@ -131,7 +153,12 @@ fn untracked_llm_client_is_discovered_with_request_and_gzip_response() {
     resp.extend_from_slice(&gz);
     out.clear();
     // Still flagged untracked by the kernel: the reply raced the tracking update.
-    p.handle(tls(direction::READ, false, &resp), &mut rec, &mut out);
+    handle(
+        &mut p,
+        tls(direction::READ, false, &resp),
+        &mut rec,
+        &mut out,
+    );
     assert_eq!(kinds(&out), ["http_response", "llm_response"]);
     match out[1].kind.as_ref().unwrap() {
         Kind::LlmResponse(l) => assert_eq!(l.tool_calls[0].name, "read_ledger"),
@@ -144,7 +171,8 @@ fn ordinary_untracked_https_reports_nothing() {
     let mut p = pipeline("");
     let mut rec = Recorder::default();
     let mut out = Vec::new();
-    p.handle(
+    handle(
+        &mut p,
         tls(
             direction::WRITE,
             false,
@@ -153,7 +181,8 @@ fn ordinary_untracked_https_reports_nothing() {
         &mut rec,
         &mut out,
     );
-    p.handle(
+    handle(
+        &mut p,
         tls(
             direction::READ,
             false,
@@ -179,7 +208,7 @@ fn mcp_server_over_stdio_becomes_its_own_hop() {
     e.len = line.len() as u32;
     e.captured = line.len() as u32;
     e.data[..line.len()].copy_from_slice(line);
-    p.handle(Raw::Pipe(e), &mut rec, &mut out);
+    handle(&mut p, Raw::Pipe(e), &mut rec, &mut out);
     assert_eq!(kinds(&out), ["agent_discovered", "mcp"]);
     let pr = out[1].process.as_ref().unwrap();
     assert_eq!(pr.agent_id, "mcp:ledger-tools");
@@ -213,7 +242,7 @@ fn exec_reports_env_secrets_as_fingerprints_and_redacts_argv() {
     let env = format!("PATH=/usr/bin\0CUSTODY_AGENT=fin\0OPENAI_API_KEY={secret}\0");
     e.env[..env.len()].copy_from_slice(env.as_bytes());
     e.env_len = env.len() as u32;
-    p.handle(Raw::Exec(e), &mut rec, &mut out);
+    handle(&mut p, Raw::Exec(e), &mut rec, &mut out);
     assert_eq!(rec.0, vec![(PID, Tracked::new(1, track::DECLARED))]);
     assert_eq!(kinds(&out), ["exec"]);
     let json = serde_json::to_string(&out[0]).unwrap();
@@ -248,7 +277,8 @@ fn open_event(path: &[u8], ret: i64) -> Raw {
 fn non_utf8_paths_are_escaped_losslessly() {
     let mut p = pipeline("");
     let mut out = Vec::new();
-    p.handle(
+    handle(
+        &mut p,
         open_event(b"/tmp/caf\xe9/\xff.txt", -13),
         &mut Recorder::default(),
         &mut out,
@@ -273,7 +303,8 @@ fn opened_credential_file_is_fingerprinted_not_copied() {
     std::fs::write(&file, format!("[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = {secret}\n")).unwrap();
     let mut p = pipeline("");
     let mut out = Vec::new();
-    p.handle(
+    handle(
+        &mut p,
         open_event(file.to_str().unwrap().as_bytes(), 3),
         &mut Recorder::default(),
         &mut out,
@@ -292,173 +323,11 @@ fn opened_credential_file_is_fingerprinted_not_copied() {
     );
     // Seen once per process: opening it again adds no credential event.
     out.clear();
-    p.handle(
+    handle(
+        &mut p,
         open_event(file.to_str().unwrap().as_bytes(), 3),
         &mut Recorder::default(),
         &mut out,
     );
     assert_eq!(kinds(&out), ["file_open"]);
-}
-
-#[test]
-fn revoked_credential_in_env_is_a_violation() {
-    let mut p = pipeline("[[agent]]\nid = \"fin\"\n[agent.match]\nenv = \"fin\"\n");
-    let secret = "sk-proj-RRRRvvvvKKKKdddd5678aaaa";
-    let fp = FleetKey::from_bytes([1; 32]).fingerprint(secret.as_bytes());
-    p.revoked
-        .insert(fp.clone(), ("kill".into(), "cmd-9".into()));
-    let mut e = zeroed::<ExecEvent>();
-    e.hdr = hdr(kind::EXEC, false, 0);
-    let env = format!("CUSTODY_AGENT=fin\0OPENAI_API_KEY={secret}\0");
-    e.env[..env.len()].copy_from_slice(env.as_bytes());
-    e.env_len = env.len() as u32;
-    let hit = p.revoked_in_env(env.as_bytes()).expect("revoked in env");
-    assert_eq!(
-        (hit.fingerprint.as_str(), hit.action.as_str()),
-        (fp.as_str(), "kill")
-    );
-    assert!(
-        p.revoked_in_env(b"CUSTODY_AGENT=fin\0HOME=/root\0")
-            .is_none()
-    );
-    let mut out = Vec::new();
-    p.handle(Raw::Exec(e), &mut Recorder::default(), &mut out);
-    assert_eq!(p.violations.len(), 1);
-    let v = &p.violations[0];
-    assert_eq!(
-        (
-            v.tgid,
-            v.fingerprint.as_str(),
-            v.seen_in.as_str(),
-            v.action.as_str(),
-            v.command_id.as_str()
-        ),
-        (PID, fp.as_str(), "env", "kill", "cmd-9")
-    );
-    assert_eq!(p.holders(std::slice::from_ref(&fp)), vec![PID]);
-    let ev = p.enforcement_event(&p.violations[0].clone(), true, String::new());
-    let json = serde_json::to_string(&ev).unwrap();
-    assert!(json.contains("\"enforcement\"") && !json.contains(secret));
-}
-
-#[test]
-fn revoked_credential_in_request_headers_is_found() {
-    let mut p = pipeline("[[agent]]\nid = \"fin\"\n[agent.match]\nenv = \"fin\"\n");
-    let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLW5vdC1yZWFs";
-    let fp = FleetKey::from_bytes([1; 32]).fingerprint(token.as_bytes());
-    assert!(
-        p.revoked_in_headers(&[("Authorization".into(), format!("Bearer {token}"))])
-            .is_none(),
-        "nothing is revoked yet"
-    );
-    p.revoked
-        .insert(fp.clone(), ("kill".into(), "cmd-h".into()));
-    let hit = p
-        .revoked_in_headers(&[
-            ("Host".into(), "api.example.com".into()),
-            ("Authorization".into(), format!("Bearer {token}")),
-        ])
-        .expect("revoked in a header");
-    assert_eq!(
-        (
-            hit.fingerprint.as_str(),
-            hit.seen_in.as_str(),
-            hit.command_id.as_str()
-        ),
-        (fp.as_str(), "header", "cmd-h")
-    );
-    assert!(
-        p.revoked_in_headers(&[(
-            "Authorization".into(),
-            "Bearer other-token-value-123456".into()
-        )])
-        .is_none()
-    );
-    let v = super::Violation {
-        tgid: PID,
-        tid: PID,
-        start_ticks: 0,
-        start_boottime: 0,
-        fingerprint: fp.clone(),
-        seen_in: "header".into(),
-        action: "kill".into(),
-        command_id: "cmd-h".into(),
-        held: true,
-        policy: String::new(),
-    };
-    let ev = p.enforcement_event(&v, true, String::new());
-    let json = serde_json::to_string(&ev).unwrap();
-    assert!(json.contains("held before send"), "{json}");
-}
-
-#[test]
-fn credential_forbidden_by_a_policy_is_stopped_for_its_agent_only() {
-    let mut p = pipeline(
-        "[[agent]]\nid = \"fin\"\n[agent.match]\nenv = \"fin\"\n\
-         [[agent]]\nid = \"ops\"\n[agent.match]\nenv = \"ops\"\n",
-    );
-    let secret = "sk-proj-PPPPoooollllIIIIcccc9999";
-    let fp = FleetKey::from_bytes([1; 32]).fingerprint(secret.as_bytes());
-    p.policy_creds = vec![crate::policy::compile::CredEntry {
-        agent: Some("fin".into()),
-        fingerprint: fp.clone(),
-        policy: "leaked-key".into(),
-        action: "kill".into(),
-    }];
-    p.policy_command = "act-p".into();
-    let env = |agent: &str| format!("CUSTODY_AGENT={agent}\0OPENAI_API_KEY={secret}\0");
-    // The hold's check: by the agent of the process (here from the env marker).
-    let hit = p
-        .forbidden_in_env(PID, env("fin").as_bytes())
-        .expect("forbidden to fin");
-    assert_eq!(
-        (
-            hit.policy.as_str(),
-            hit.action.as_str(),
-            hit.command_id.as_str(),
-            hit.seen_in.as_str()
-        ),
-        ("leaked-key", "kill", "act-p", "env")
-    );
-    assert!(p.forbidden_in_env(PID, env("ops").as_bytes()).is_none());
-    assert!(
-        p.revoked_in_env(env("fin").as_bytes()).is_none(),
-        "not a revocation"
-    );
-    // Seen at exec by the pipeline: a violation naming the policy.
-    let mut e = zeroed::<ExecEvent>();
-    e.hdr = hdr(kind::EXEC, false, 0);
-    let block = env("fin");
-    e.env[..block.len()].copy_from_slice(block.as_bytes());
-    e.env_len = block.len() as u32;
-    let mut out = Vec::new();
-    p.handle(Raw::Exec(e), &mut Recorder::default(), &mut out);
-    assert_eq!(p.violations.len(), 1);
-    let v = p.violations[0].clone();
-    assert_eq!(
-        (v.policy.as_str(), v.command_id.as_str(), v.seen_in.as_str()),
-        ("leaked-key", "act-p", "env")
-    );
-    assert_eq!(
-        p.policy_holders().len(),
-        1,
-        "a holder when the rules arrive"
-    );
-    let ev = p.enforcement_event(&v, true, String::new());
-    let json = serde_json::to_string(&ev).unwrap();
-    assert!(
-        json.contains("policy leaked-key: credential forbidden"),
-        "{json}"
-    );
-    assert!(!json.contains(secret));
-    // The same credential under another agent is not a violation.
-    let mut q = pipeline("[[agent]]\nid = \"ops\"\n[agent.match]\nenv = \"ops\"\n");
-    q.policy_creds = p.policy_creds.clone();
-    let mut e = zeroed::<ExecEvent>();
-    e.hdr = hdr(kind::EXEC, false, 0);
-    let block = env("ops");
-    e.env[..block.len()].copy_from_slice(block.as_bytes());
-    e.env_len = block.len() as u32;
-    q.handle(Raw::Exec(e), &mut Recorder::default(), &mut Vec::new());
-    assert!(q.violations.is_empty());
 }

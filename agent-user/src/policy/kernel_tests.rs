@@ -15,9 +15,10 @@ use agent_ebpf::{Tracked, track};
 use super::compile::Plan;
 use super::maps::PolicyMaps;
 use super::rules::{AgentRules, EndpointRule, HostRules, PathMatch, PathRule};
-use crate::enforce::{Enforcer, PIN_LAYOUT};
-use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
-use crate::loader;
+use crate::enforce::Enforcer;
+use crate::kernel::loader;
+use crate::kernel::pins::PIN_LAYOUT;
+use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
 
 /// A python child running one command per stdin line.
 struct Agent {

@@ -242,7 +242,7 @@ impl Policy {
         let stored = Stored {
             version: p.version.clone(),
             command_id: p.command_id.clone(),
-            received_unix: crate::status::now_unix(),
+            received_unix: crate::clock::now_unix(),
             rules: p.raw,
             resolved: p
                 .resolved
@@ -277,7 +277,7 @@ impl Policy {
         s.version = p.version;
         s.command_id = p.command_id;
         s.source = p.source;
-        s.applied_unix = crate::status::now_unix();
+        s.applied_unix = crate::clock::now_unix();
         s.status = status.clone();
         s.message = message.clone();
         s.endpoint_rules = plan.endpoint_rules;

@@ -5,13 +5,14 @@
 //! depends on it, so a missing piece reads as "this part is degraded" rather than a
 //! bare load error; the loader's per-attach feature list then says what is active.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use aya::maps::MapType;
 use aya::programs::ProgramType;
 use aya::sys::{BpfHelper, is_helper_supported, is_map_supported, is_program_supported};
 
-use crate::loader::Feature;
+use super::Feature;
+use super::mounts::{ensure_mounts, mount_of};
 
 /// One probe's outcome: `active` is false when the kernel lacks it; `detail` says
 /// where it was found, or what goes without it.
@@ -21,17 +22,6 @@ fn probe(name: &str, ok: bool, detail: impl Into<String>) -> Feature {
         active: ok,
         detail: detail.into(),
     }
-}
-
-/// Mount points by filesystem type, from a `/proc/self/mountinfo` text: the first
-/// mount of `fstype` (field after the " - " separator), as a path.
-pub fn mount_of(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next() == Some(fstype))
-            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))
-            .flatten()
-    })
 }
 
 /// The lockdown mode from `/sys/kernel/security/lockdown` ("none [integrity]
@@ -209,7 +199,7 @@ pub fn can_run(probes: &[Feature]) -> bool {
 /// `custodyd check-kernel`: print the report; exit 0 when everything is there, 1
 /// when parts would be degraded, 2 when custodyd cannot run on this kernel.
 pub fn check() -> i32 {
-    crate::loader::ensure_mounts();
+    ensure_mounts();
     let probes = probe_all();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kernel {}", release.trim());
@@ -232,45 +222,6 @@ pub fn check() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const HYBRID: &str = "\
-22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/root rw
-25 22 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
-30 25 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
-31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
-32 30 0:28 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
-40 25 0:35 / /sys/fs/bpf rw,nosuid,nodev,noexec,relatime shared:16 - bpf bpf rw,mode=700
-41 25 0:12 / /sys/kernel/tracing rw,nosuid,nodev,noexec,relatime shared:17 - tracefs tracefs rw
-";
-
-    #[test]
-    fn mounts_are_found_by_type_not_by_path() {
-        assert_eq!(
-            mount_of(HYBRID, "cgroup2"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(mount_of(HYBRID, "bpf"), Some(PathBuf::from("/sys/fs/bpf")));
-        assert_eq!(
-            mount_of(HYBRID, "tracefs"),
-            Some(PathBuf::from("/sys/kernel/tracing"))
-        );
-        // A v1 "cgroup" mount is not a v2 hierarchy.
-        let v1_only: String =
-            HYBRID
-                .lines()
-                .filter(|l| !l.contains("cgroup2"))
-                .fold(String::new(), |mut s, l| {
-                    s.push_str(l);
-                    s.push('\n');
-                    s
-                });
-        assert_eq!(mount_of(&v1_only, "cgroup2"), None);
-        let unified = "29 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            mount_of(unified, "cgroup2"),
-            Some(PathBuf::from("/sys/fs/cgroup"))
-        );
-    }
 
     #[test]
     fn lockdown_and_summary() {

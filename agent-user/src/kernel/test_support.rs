@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use crate::loader;
+use crate::kernel::loader;
 
 /// True when the kernel programs can be loaded here; otherwise says why and returns
 /// false, or fails the test when CUSTODY_REQUIRE_BPF=1.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
-use crate::status::Status;
+use super::status::Status;
 
 /// Counters kept by the daemon loop beside the status snapshot.
 #[derive(Default)]

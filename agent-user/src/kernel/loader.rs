@@ -11,16 +11,10 @@ use aya::{
     programs::{BtfTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
 };
 
-use crate::btf;
+use super::mounts::ensure_mounts;
+use super::{Feature, btf, pins};
 
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custody-probes"));
-
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Feature {
-    pub name: String,
-    pub active: bool,
-    pub detail: String,
-}
 
 pub struct Options {
     pub observe_all: bool,
@@ -101,48 +95,6 @@ const TLS_FUNCS: &[(&str, &str)] = &[
     ("custody_ssl_read", "SSL_read"),
     ("custody_ssl_read_ex", "SSL_read_ex"),
 ];
-
-/// Mount tracefs and bpffs where they are missing (a fresh mount namespace, e.g.
-/// under `ip netns exec`, has a new /sys without them). Failures are left to the
-/// steps that need the mounts, which say what is missing.
-pub fn ensure_mounts() {
-    for (fstype, target, probe) in [
-        (
-            "tracefs",
-            "/sys/kernel/tracing",
-            "/sys/kernel/tracing/events",
-        ),
-        ("bpf", "/sys/fs/bpf", ""),
-    ] {
-        let mounted = if probe.is_empty() {
-            std::fs::read_to_string("/proc/self/mounts")
-                .unwrap_or_default()
-                .lines()
-                .any(|l| {
-                    l.split_whitespace().nth(1) == Some(target)
-                        && l.split_whitespace().nth(2) == Some(fstype)
-                })
-        } else {
-            std::path::Path::new(probe).exists()
-        };
-        if mounted {
-            continue;
-        }
-        let (Ok(src), Ok(dst), Ok(ty)) = (
-            std::ffi::CString::new(fstype),
-            std::ffi::CString::new(target),
-            std::ffi::CString::new(fstype),
-        ) else {
-            continue;
-        };
-        // SAFETY: valid NUL-terminated strings; a failed mount only returns an error.
-        let rc =
-            unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
-        if rc == 0 {
-            tracing::info!("mounted {fstype} at {target}");
-        }
-    }
-}
 
 /// Offset of `field` in the record of tracepoint `sched/event`, from its tracefs format
 /// file; `None` when this kernel's record has no such field.
@@ -304,7 +256,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     ));
     match &opts.pin_dir {
         Some(dir) => {
-            let dir = crate::enforce::prepare_pin_dir(dir)?;
+            let dir = pins::prepare_pin_dir(dir)?;
             loader.default_map_pin_directory(dir);
         }
         None => {

@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::loader::Feature;
+use crate::clock::now_unix;
+use crate::kernel::Feature;
 
 pub const DEFAULT_PATH: &str = "/run/custody/custodyd-status.json";
 
@@ -74,18 +75,6 @@ impl From<&Feature> for FeatureStatus {
             detail: f.detail.clone(),
         }
     }
-}
-
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 pub fn write(path: &Path, s: &Status) -> Result<()> {
