@@ -59,7 +59,9 @@ fn relay_quietly() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("could not re-run {} for the eBPF build: {e}", me.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!("could not re-run {} for the eBPF build: {e}", me.display())
+        })?;
     // stderr (a panic, an error aya-build returns) is read on a thread so neither pipe
     // can fill up while the other is read.
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -83,7 +85,10 @@ fn relay_quietly() -> anyhow::Result<()> {
     let errors = stderr.join().unwrap_or_default();
     if !status.success() {
         let mut err = std::io::stderr().lock();
-        writeln!(err, "the eBPF build (agent-ebpf via aya-build) failed; its output:")?;
+        writeln!(
+            err,
+            "the eBPF build (agent-ebpf via aya-build) failed; its output:"
+        )?;
         for line in relayed.iter().chain(&errors) {
             writeln!(err, "{line}")?;
         }

@@ -15,11 +15,10 @@
 //! features it turns on are already on in this build (see docs/testing.md).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::Result;
 
-use crate::util::{exec, root, setup, target_dir};
+use crate::util::{cargo, exec, setup, target_dir};
 
 /// A cargo profile: `dev` (target/debug) or `release`, or a custom one.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,8 +58,7 @@ pub const WORKSPACE: [&str; 3] = ["--workspace", "--exclude", "agent-ebpf"];
 pub fn build(profile: Profile) -> Result<PathBuf> {
     setup()?;
     exec(
-        Command::new("cargo")
-            .current_dir(root())
+        cargo()
             // Every task's binaries run the sensor: a custodyd built without its kernel
             // programs is never what a task wants (and would be rebuilt next time).
             .env_remove("AYA_BUILD_SKIP")

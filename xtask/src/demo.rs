@@ -57,7 +57,9 @@ pub fn run(no_scenario: bool, port: u16, dev: bool) -> Result<()> {
     let bin = if dev {
         Profile::DEV.bin_dir()
     } else {
-        eprintln!("demo: building the release binaries (the build the benchmarks and packages share)");
+        eprintln!(
+            "demo: building the release binaries (the build the benchmarks and packages share)"
+        );
         binaries::build(Profile::RELEASE)?
     };
     if stopping() {

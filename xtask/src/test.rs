@@ -4,20 +4,12 @@
 //! build adds only test targets to what `cargo xtask package --profile dev` or
 //! `cargo xtask demo --dev` use. Which test goes where: docs/testing.md.
 
-use std::process::Command;
-
 use anyhow::Result;
 
 use crate::binaries::{self, Profile, WORKSPACE};
-use crate::util::{exec, root};
+use crate::util::{cargo, exec};
 
 pub fn run(lint: bool, extra: &[String]) -> Result<()> {
-    let root = root();
-    let cargo = || {
-        let mut c = Command::new("cargo");
-        c.current_dir(&root);
-        c
-    };
     if lint {
         // First: it needs no build and fails in a second.
         exec(cargo().args(["fmt", "--all", "--", "--check"]))?;

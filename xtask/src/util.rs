@@ -35,6 +35,35 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// `cargo`, run in the workspace root with the environment a shell would give it.
+///
+/// `cargo xtask` is `cargo run`, which sets `CARGO_PKG_NAME=xtask`,
+/// `CARGO_MANIFEST_DIR` and the like for the running task. A cargo started from here
+/// would inherit them, and build scripts that declare `rerun-if-env-changed` on them
+/// (ring's does, on `CARGO_PKG_*` and `CARGO_MANIFEST_DIR`) would rerun, rebuilding
+/// ring, rustls, tonic and everything above them whenever one goes from `cargo xtask
+/// …` to a plain `cargo test -p …` and back.
+pub fn cargo() -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root());
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+            )
+        {
+            c.env_remove(name);
+        }
+    }
+    c
+}
+
 /// Run a command, failing with the command line when it does not succeed.
 pub fn exec(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
