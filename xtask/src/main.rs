@@ -34,7 +34,7 @@ enum Task {
         /// The release profile (what the demo, benchmarks and packages use).
         #[arg(long, conflicts_with = "profile")]
         release: bool,
-        /// Any cargo profile [default: dev].
+        /// Any cargo profile.
         #[arg(long, default_value = "dev")]
         profile: String,
     },
