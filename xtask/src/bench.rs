@@ -26,7 +26,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Subcommand, ValueEnum};
 
-use crate::util::{exec, is_root, output, root};
+use crate::binaries::{self, Profile};
+use crate::util::{is_root, output};
 use proc::{Guard, Stop};
 
 /// The declared agent of the benchmark config; a process is tracked when started
@@ -136,36 +137,15 @@ fn sensor(args: &SensorArgs) -> Result<()> {
     Ok(())
 }
 
+/// The release build every task shares (custodyd with its kernel programs, and the
+/// syscall-loop workload among the rest).
 fn build() -> Result<()> {
-    crate::setup::run()?;
-    let root = root();
-    // agent-user's build.rs builds the eBPF object; skipping it would bench a sensor
-    // without programs.
-    exec(
-        Command::new("cargo")
-            .current_dir(&root)
-            .env_remove("AYA_BUILD_SKIP")
-            .args(["build", "--release", "-p", "agent-user"]),
-    )?;
-    exec(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "xtask",
-        "--bin",
-        "syscall-loop",
-    ]))
-}
-
-fn release_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root().join("target"), PathBuf::from)
-        .join("release")
+    binaries::build(Profile::RELEASE).map(drop)
 }
 
 impl Env {
     fn prepare(dir: &Path) -> Result<Env> {
-        let bin = release_dir();
+        let bin = Profile::RELEASE.bin_dir();
         let custodyd = bin.join("custodyd");
         let syscall_loop = bin.join("syscall-loop");
         for b in [&custodyd, &syscall_loop] {

@@ -21,7 +21,8 @@ use custody_tests::netns::{Fleet, NsHost, enter_netns};
 use custody_tests::story::{self, Hosts, Story};
 use serde_json::Value;
 
-use crate::util::{exec, root};
+use crate::binaries::{self, Profile};
+use crate::util::{root, setup};
 use procs::{Proc, StopWith, Watch, run_output, stopping};
 
 const HOSTS: [&str; 3] = ["finance-a", "finance-b", "finance-c"];
@@ -40,7 +41,7 @@ pub fn run(no_scenario: bool, port: u16, dev: bool) -> Result<()> {
     let dir = custody.join("demo");
     procs::install_signal_handlers();
 
-    crate::setup::run()?;
+    setup()?;
     preflight::bpf()?;
     preflight::stop_leftovers(&dir);
     fleet::remove_leftovers(&custody);
@@ -52,19 +53,15 @@ pub fn run(no_scenario: bool, port: u16, dev: bool) -> Result<()> {
              bridge); stop what holds it (`ss -ltnp 'sport = :{LLM_PORT}'`)"
         );
     }
-    // --dev (tests): the debug binaries `cargo build --bins` made, as they are.
-    let profile = if dev { "debug" } else { "release" };
-    if !dev {
-        eprintln!("demo: building custodyd, custody-collector and custodyctl (release)");
-        exec(Command::new("cargo").current_dir(&root).args([
-            "build",
-            "--release",
-            "-p",
-            "agent-user",
-            "-p",
-            "collector",
-        ]))?;
-    }
+    // --dev (tests): the debug binaries `cargo xtask test` built, as they are.
+    let bin = if dev {
+        Profile::DEV.bin_dir()
+    } else {
+        eprintln!(
+            "demo: building the release binaries (the build the benchmarks and packages share)"
+        );
+        binaries::build(Profile::RELEASE)?
+    };
     if stopping() {
         return Err(procs::interrupted());
     }
@@ -76,7 +73,7 @@ pub fn run(no_scenario: bool, port: u16, dev: bool) -> Result<()> {
 
     let fleet = fleet::create(&custody)?;
     let mut demo = Demo {
-        bin: target_dir(&root).join(profile),
+        bin,
         addr: format!("{}:{port}", fleet.bridge_addr),
         dir,
         token: String::new(),
@@ -110,13 +107,6 @@ pub fn run(no_scenario: bool, port: u16, dev: bool) -> Result<()> {
             );
             Ok(())
         }
-    }
-}
-
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => root.join(d),
-        None => root.join("target"),
     }
 }
 

@@ -1,9 +1,11 @@
-//! Project tasks: `cargo xtask setup | test | bench | demo`.
+//! Project tasks: `cargo xtask setup | build | test | demo | package | bench`.
 //!
 //! Every task installs what it needs itself, so the README's two commands work on a
-//! fresh machine and in CI without anything installed by hand.
+//! fresh machine and in CI without anything installed by hand, and every task builds
+//! through binaries.rs, so going from one task to another rebuilds nothing.
 
 mod bench;
+mod binaries;
 mod demo;
 mod package;
 mod setup;
@@ -26,6 +28,16 @@ struct Cli {
 enum Task {
     /// Make this machine ready to build and run Custody (idempotent).
     Setup,
+    /// Set up and build every binary of the workspace (the build all tasks share);
+    /// prints the directory the binaries are in.
+    Build {
+        /// The release profile (what the demo, benchmarks and packages use).
+        #[arg(long, conflicts_with = "profile")]
+        release: bool,
+        /// Any cargo profile.
+        #[arg(long, default_value = "dev")]
+        profile: String,
+    },
     /// Set up, build, lint and run every test (eBPF tests need root).
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -63,6 +75,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Setup => setup::run(),
+        Task::Build { release, profile } => {
+            let profile = if release {
+                binaries::Profile::RELEASE
+            } else {
+                binaries::Profile::named(&profile)
+            };
+            let dir = binaries::build(profile)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
         Task::Test { no_lint, args } => test::run(!no_lint, &args),
         Task::Bench { which } => bench::run(which),
         Task::Package(a) => package::run(a),

@@ -10,7 +10,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{exec, output, root};
+use crate::binaries::{self, Profile};
+use crate::util::{exec, output, root, target_dir};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,23 +53,9 @@ struct Pkg {
 
 const MAINTAINER: &str = "Custody maintainers <custody@example.com>";
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_relative() { root().join(p) } else { p })
-        .unwrap_or_else(|| root().join("target"))
-}
-
 pub fn run(a: Args) -> Result<()> {
-    let profile_dir = match a.profile.as_str() {
-        "dev" | "debug" => "debug",
-        "release" => "release",
-        p => p,
-    };
-    let bin_dir = a
-        .bin_dir
-        .clone()
-        .unwrap_or_else(|| target_dir().join(profile_dir));
+    let profile = Profile::named(&a.profile);
+    let bin_dir = a.bin_dir.clone().unwrap_or_else(|| profile.bin_dir());
     let out = a
         .out
         .clone()
@@ -79,21 +66,7 @@ pub fn run(a: Args) -> Result<()> {
                 "AYA_BUILD_SKIP=1 builds a custodyd without kernel programs: unset it to package"
             );
         }
-        let cargo_profile = if a.profile == "debug" {
-            "dev"
-        } else {
-            &a.profile
-        };
-        exec(Command::new("cargo").current_dir(root()).args([
-            "build",
-            "--profile",
-            cargo_profile,
-            "-p",
-            "agent-user",
-            "-p",
-            "collector",
-            "--bins",
-        ]))?;
+        binaries::build(profile)?;
     }
     let version = a
         .version
@@ -104,9 +77,9 @@ pub fn run(a: Args) -> Result<()> {
         let p = bin_dir.join(n);
         if !p.is_file() {
             bail!(
-                "{} not built (cargo build --profile {} --bins)",
+                "{} not built (cargo xtask build --profile {})",
                 p.display(),
-                a.profile
+                profile.name()
             );
         }
         Ok(p)
@@ -189,7 +162,7 @@ pub fn run(a: Args) -> Result<()> {
     let stage_root = out.join(".stage");
     let _ = fs::remove_dir_all(&stage_root);
     for p in &pkgs {
-        let deb = build_deb(p, &pk, &stage_root, &out, &version, &arch, profile_dir)?;
+        let deb = build_deb(p, &pk, &stage_root, &out, &version, &arch, profile)?;
         let size = fs::metadata(&deb)?.len();
         println!("{} ({:.1} MiB)", deb.display(), size as f64 / 1048576.0);
     }
@@ -278,7 +251,7 @@ fn build_deb(
     out: &Path,
     version: &str,
     arch: &str,
-    profile_dir: &str,
+    profile: Profile,
 ) -> Result<PathBuf> {
     let stage = stage_root.join(p.name);
     fs::create_dir_all(stage.join("DEBIAN"))?;
@@ -349,7 +322,7 @@ fn build_deb(
     fs::write(stage.join("DEBIAN/md5sums"), sums)?;
     let deb = out.join(format!("{}_{version}_{arch}.deb", p.name));
     // Debug binaries are big even stripped of debug info: compress them fast.
-    let z: &[&str] = if profile_dir == "debug" {
+    let z: &[&str] = if profile == Profile::DEV {
         &["-Zgzip", "-z1"]
     } else {
         &["-Zxz"]

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use super::run_to_end;
 use super::stats::summarize;
-use crate::util::{exec, output, root};
+use crate::binaries::{self, Profile};
+use crate::util::output;
 
 const INGEST_BUDGET: f64 = 200_000.0;
 const P99_BUDGET_MS: f64 = 10.0;
@@ -32,7 +33,7 @@ pub struct CollectorArgs {
 }
 
 fn one(events: u64, dir: &std::path::Path) -> Result<Value> {
-    let bin = root().join("target/release/collector-bench");
+    let bin = Profile::RELEASE.bin_dir().join("collector-bench");
     let pin = output(Command::new("sh").args(["-c", "command -v taskset"])).is_some();
     let mut cmd = if pin {
         let mut c = Command::new("taskset");
@@ -58,14 +59,7 @@ fn verdict(ok: bool) -> &'static str {
 
 pub fn run(args: &CollectorArgs) -> Result<()> {
     if !args.no_build {
-        exec(Command::new("cargo").current_dir(root()).args([
-            "build",
-            "--release",
-            "-p",
-            "collector",
-            "--bin",
-            "collector-bench",
-        ]))?;
+        binaries::build(Profile::RELEASE)?;
     }
     let scratch = tempfile_dir()?;
     let mut rates = Vec::new();

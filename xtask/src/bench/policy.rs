@@ -13,7 +13,8 @@ use serde_json::Value;
 
 use super::run_to_end;
 use super::stats::summarize;
-use crate::util::{exec, output, root};
+use crate::binaries::{self, Profile};
+use crate::util::output;
 
 const DECISIONS_BUDGET: f64 = 100_000.0;
 
@@ -43,22 +44,10 @@ fn json_line(out: &str, what: &str) -> Result<Value> {
 }
 
 pub fn run(args: &PolicyArgs) -> Result<()> {
-    let root = root();
     if !args.no_build {
-        exec(Command::new("cargo").current_dir(&root).args([
-            "build",
-            "--release",
-            "-p",
-            "collector",
-            "--bin",
-            "policy-bench",
-            "--bin",
-            "collector-bench",
-        ]))?;
+        binaries::build(Profile::RELEASE)?;
     }
-    let bin = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), std::path::PathBuf::from)
-        .join("release");
+    let bin = Profile::RELEASE.bin_dir();
     let pin = output(Command::new("sh").args(["-c", "command -v taskset"])).is_some();
     let mut cmd = if pin {
         let mut c = Command::new("taskset");

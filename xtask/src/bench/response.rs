@@ -20,7 +20,8 @@ use custody_tests::netns::{Collector, Fleet, NsHost, NsSensor, Proc, poll};
 use serde_json::Value;
 
 use super::stats::summarize;
-use crate::util::{exec, is_root, root};
+use crate::binaries::{self, Profile};
+use crate::util::{is_root, root};
 use custody_tests::exec_id;
 
 const KILL_P99_BUDGET_MS: f64 = 50.0;
@@ -220,27 +221,10 @@ pub fn run(args: &ResponseArgs) -> Result<()> {
     if !is_root() {
         bail!("bench response runs sensors and network namespaces and must run as root");
     }
-    let root = root();
     if !args.no_build {
-        crate::setup::run()?;
-        exec(
-            Command::new("cargo")
-                .current_dir(&root)
-                .env_remove("AYA_BUILD_SKIP")
-                .args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "agent-user",
-                    "-p",
-                    "collector",
-                    "--bins",
-                ]),
-        )?;
+        binaries::build(Profile::RELEASE)?;
     }
-    let bin_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| root.join("target"), PathBuf::from)
-        .join("release");
+    let bin_dir = Profile::RELEASE.bin_dir();
     // SAFETY: set before any thread that reads the environment is started.
     unsafe { std::env::set_var("CUSTODY_BIN_DIR", &bin_dir) };
     let work = std::env::temp_dir().join(format!("custody-bench-response-{}", std::process::id()));
