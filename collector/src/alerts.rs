@@ -8,7 +8,7 @@ use anyhow::Result;
 use custody_proto::admin::v1::Alert;
 use tokio::sync::broadcast;
 
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 use crate::store::{self, Store};
 
 /// Alerts kept in memory (and on disk); the oldest acknowledged ones go first.

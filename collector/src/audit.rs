@@ -12,7 +12,7 @@ use custody_proto::admin::v1::{AuditEntry, VerifyAuditResponse};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 use crate::store::{self, Store};
 
 /// The previous-hash of the first record.

@@ -15,9 +15,9 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::audit::AuditLog;
-use crate::auth::now_ns;
 use crate::block::{BlockBuilder, BlockMeta, BlockSummary, Part};
 use crate::chain::{ChainIndex, Edge, Half, Node};
+use crate::clock::now_ns;
 use crate::fleet::{AgentRecord, CredentialRecord, Fleet, HostRecord};
 use crate::store::{self, BlockCache, EventKey, Store};
 
@@ -63,8 +63,8 @@ pub struct Metrics {
     pub stream_errors: AtomicU64,
     /// Batches stored (rejected ones are in `batches_rejected`).
     pub batches: AtomicU64,
-    /// Stored events by kind, indexed as [`crate::metrics::EVENT_KINDS`].
-    pub events_by_kind: [AtomicU64; crate::metrics::EVENT_KINDS.len()],
+    /// Stored events by kind, indexed as [`crate::event_kind::EVENT_KINDS`].
+    pub events_by_kind: [AtomicU64; crate::event_kind::EVENT_KINDS.len()],
     /// Events handed to policy evaluation (its queue depth is this minus what the
     /// evaluator took).
     pub policy_enqueued: AtomicU64,
@@ -502,7 +502,7 @@ impl Engine {
                 let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
                 let (mut last_seq, mut newest, mut skewed) = (0, 0, 0);
                 let mut host_ix: Option<(u64, u32)> = None;
-                let mut kinds = [0u64; crate::metrics::EVENT_KINDS.len()];
+                let mut kinds = [0u64; crate::event_kind::EVENT_KINDS.len()];
                 for ev in eb.events {
                     if ev.seq <= hwm {
                         out.duplicates += 1;
@@ -530,7 +530,7 @@ impl Engine {
                     last_seq = ev.seq;
                     newest = newest.max(ev.time_ns.min(now));
                     out.stored += 1;
-                    kinds[crate::metrics::kind_index(&ev.kind)] += 1;
+                    kinds[crate::event_kind::kind_index(&ev.kind)] += 1;
                     if want_tail {
                         published.push(StoredEvent {
                             key,

@@ -103,7 +103,7 @@ impl Engine {
         m.retention_deleted_bytes
             .fetch_add(deleted_bytes, Ordering::Relaxed);
         m.retention_last_ns
-            .store(crate::auth::now_ns(), Ordering::Relaxed);
+            .store(crate::clock::now_ns(), Ordering::Relaxed);
         if report.events_deleted > 0 {
             tracing::info!(
                 events = report.events_deleted,

@@ -14,7 +14,8 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin_service::AdminSvc;
 use crate::alerts::Alerts;
-use crate::auth::{TokenStore, now_ns};
+use crate::auth::TokenStore;
+use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::ingest::IngestQueue;
 use crate::live_policy::LivePolicy;

@@ -403,7 +403,7 @@ async fn jsonl_file_exactly_once_across_sigkill() {
     let (mut child, addr) = spawn("127.0.0.1:0");
     let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
     let fp =
-        custody_collector::pki::sha256_hex(&custody_collector::pki::pem_to_der(&ca_pem).unwrap());
+        custody_collector::secret::sha256_hex(&custody_collector::pki::pem_to_der(&ca_pem).unwrap());
     let tokens = custody_collector::auth::TokenStore::open(dir.path()).unwrap();
     let token = tokens
         .mint_enroll(&fp, Duration::from_secs(60), None)

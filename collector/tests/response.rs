@@ -70,7 +70,7 @@ impl Host {
         tokio::spawn(async move {
             while let Some(cmd) = cmds.recv().await {
                 seen.lock().unwrap().push(cmd.clone());
-                let now = custody_collector::auth::now_ns();
+                let now = custody_collector::clock::now_ns();
                 let _ = answer
                     .send_result(CommandResult {
                         command_id: cmd.id.clone(),

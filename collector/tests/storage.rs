@@ -291,7 +291,7 @@ fn restart_restores_the_in_memory_indexes() {
 #[test]
 fn retention_cuts_through_blocks_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let now = custody_collector::auth::now_ns();
+    let now = custody_collector::clock::now_ns();
     let hour = 3_600_000_000_000u64;
     let t0 = now - 10 * hour;
     let work = workload(2, 3000, t0);
@@ -491,7 +491,7 @@ fn first_events_of_a_process_that_arrive_last() {
     let want_actions: Vec<String> = of_p
         .iter()
         .take(50)
-        .map(|s| custody_collector::query::describe(&s.event))
+        .map(|s| custody_collector::event_kind::describe(&s.event))
         .collect();
     assert_eq!(node.actions, want_actions);
     assert_eq!(e.first_exec_keys(&p.exec_id, 1).unwrap()[0], of_p[0].key);

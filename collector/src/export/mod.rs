@@ -35,7 +35,7 @@ use tokio::sync::watch;
 pub use config::{ExportConfig, ExportKind, StartAt};
 
 use crate::alerts::Alerts;
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 use crate::engine::Engine;
 use cursor::Cursor;
 use source::Numbered;

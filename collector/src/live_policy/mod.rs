@@ -24,7 +24,7 @@ use custody_proto::sensor::v1::event::Kind;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::Alerts;
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 use crate::engine::{Engine, StoredEvent};
 use crate::policy::{
     AgentInfo, Decision, Enforcement, Evaluator, HostRules, PolicyLoadError, PolicySet, Response,

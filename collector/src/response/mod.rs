@@ -22,7 +22,8 @@ use custody_proto::admin::v1::{
 use custody_proto::sensor::v1::{Command, CommandResult};
 use tonic::Status;
 
-use crate::auth::{Operator, now_ns};
+use crate::auth::Operator;
+use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::sensor_service::Sessions;
 use crate::store;

@@ -128,7 +128,7 @@ const SCRIPT: &str = include_str!("../../ui/app.js");
 pub(crate) fn asset_version() -> &'static str {
     static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     V.get_or_init(|| {
-        crate::pki::sha256_hex(format!("{STYLE}{SCRIPT}").as_bytes())[..12].to_string()
+        crate::secret::sha256_hex(format!("{STYLE}{SCRIPT}").as_bytes())[..12].to_string()
     })
 }
 

@@ -15,7 +15,8 @@ use serde::Deserialize;
 use super::layout::{self, Nav, PER_PAGE, badge, csrf, ms, pager, short, state_badge, when};
 use super::session::Op;
 use super::{FormData, Params, Seg, Ui, UiError, enc, link};
-use crate::auth::{Role, now_ns};
+use crate::auth::Role;
+use crate::clock::now_ns;
 use crate::engine::State as EngineState;
 use crate::response::{Issuer, resolve};
 

@@ -145,7 +145,7 @@ fn ingest(t: &T, host: &str, mut events: Vec<Event>) {
 /// The three-host scenario with attacker-controlled strings in argv, agent id and a
 /// file path; returns the chain id.
 fn hostile_chain(t: &T) -> (String, synth::Scenario) {
-    let mut s = synth::three_hosts(["h-a", "h-b", "h-c"], crate::auth::now_ns());
+    let mut s = synth::three_hosts(["h-a", "h-b", "h-c"], crate::clock::now_ns());
     for e in &mut s.a {
         let p = e.process.as_mut().unwrap();
         p.argv = vec![
@@ -645,7 +645,7 @@ async fn kill_from_the_ui_shows_the_blast_radius_then_the_action() {
 async fn a_chain_of_500_processes_is_collapsed_and_stays_small() {
     use custody_proto::sensor::v1::{ProcessFork, event::Kind};
     let t = setup();
-    let t0 = crate::auth::now_ns();
+    let t0 = crate::clock::now_ns();
     let root = synth::with_login(
         synth::process("h-a", 100, 1, "/usr/bin/agent", "big-agent"),
         1000,
