@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::auth::{Operator, Role, TokenStore};
 use crate::engine::Engine;
 use crate::pki::Pki;
-use crate::query::{id_to_key, key_to_id, matches, to_proto};
+use crate::engine::query::{id_to_key, key_to_id, matches, to_proto};
 use crate::response::Responder;
 
 pub struct AdminSvc {

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{EnrollTokenError, TokenStore};
 use crate::engine::Engine;
-use crate::ingest::IngestQueue;
+use crate::engine::group_commit::IngestQueue;
 use crate::pki::{Pki, host_from_cert_der};
 use crate::response::Responder;
 

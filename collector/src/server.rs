@@ -17,12 +17,12 @@ use crate::alerts::Alerts;
 use crate::auth::TokenStore;
 use crate::clock::now_ns;
 use crate::engine::Engine;
-use crate::ingest::IngestQueue;
+use crate::engine::group_commit::IngestQueue;
 use crate::live_policy::LivePolicy;
 use crate::metrics::Telemetry;
 use crate::pki::Pki;
 use crate::response::Responder;
-use crate::retention::Retention;
+use crate::engine::retention::Retention;
 use crate::sensor_service::{SensorSvc, Sessions};
 
 /// Largest protobuf message accepted from a sensor or operator; a batch beyond it

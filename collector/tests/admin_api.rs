@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use custody_collector::auth::Role;
-use custody_collector::retention::Retention;
+use custody_collector::engine::retention::Retention;
 use custody_collector::{Collector, CollectorConfig, synth};
 use custody_proto::admin::v1::{
     CreateEnrollTokenRequest, EventFilter, GetAuditRequest, ListHostsRequest, WhoAmIRequest,

@@ -30,7 +30,7 @@ use crate::policy::{
     AgentInfo, Decision, Enforcement, Evaluator, HostRules, PolicyLoadError, PolicySet, Response,
     compile_host_rules,
 };
-use crate::query::key_to_id;
+use crate::engine::query::key_to_id;
 use crate::response::{Issuer, Responder};
 use crate::store;
 

@@ -20,7 +20,7 @@ use crate::alerts::Alerts;
 use crate::engine::Engine;
 use crate::live_policy::LivePolicy;
 use crate::response::Responder;
-use crate::retention::Retention;
+use crate::engine::retention::Retention;
 
 pub use render::render;
 pub use status::{Finding, Verdict, ago, assess};
