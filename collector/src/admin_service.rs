@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Operator, Role, TokenStore};
 use crate::engine::Engine;
+use crate::engine::query::{matches, to_proto};
+use crate::event_key::{id_to_key, key_to_id};
 use crate::pki::Pki;
-use crate::engine::query::{id_to_key, key_to_id, matches, to_proto};
 use crate::response::Responder;
 
 pub struct AdminSvc {

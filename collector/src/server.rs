@@ -18,11 +18,11 @@ use crate::auth::TokenStore;
 use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::engine::group_commit::IngestQueue;
+use crate::engine::retention::Retention;
 use crate::live_policy::LivePolicy;
 use crate::metrics::Telemetry;
 use crate::pki::Pki;
 use crate::response::Responder;
-use crate::engine::retention::Retention;
 use crate::sensor_service::{SensorSvc, Sessions};
 
 /// Largest protobuf message accepted from a sensor or operator; a batch beyond it

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use custody_collector::Engine;
 use custody_collector::engine::StoredEvent;
-use custody_collector::engine::query::key_to_id;
+use custody_collector::event_key::key_to_id;
 use custody_collector::engine::retention::Retention;
 use custody_collector::synth::{self, T0};
 use custody_proto::admin::v1::{EventFilter, GetChainRequest, get_chain_request::Target};
@@ -173,7 +173,7 @@ fn events_come_back_exactly_and_in_key_order() {
     let mut desc = list(&e, EventFilter::default(), false, 499);
     desc.reverse();
     assert_eq!(desc.iter().map(|s| s.key).collect::<Vec<_>>(), keys);
-    assert!(e.read().block_count() > 6000 / custody_collector::block::BLOCK_MAX_EVENTS);
+    assert!(e.read().block_count() > 6000 / custody_collector::store::block::BLOCK_MAX_EVENTS);
 
     // Time ranges, by host, by process.
     let (since, until) = (T0 + 500_000_000, T0 + 900_000_000);
@@ -499,7 +499,7 @@ fn first_events_of_a_process_that_arrive_last() {
     // Blocks overlapping in time: the first block holds the earliest event and then
     // only late ones, the next block the events in between.
     let r = synth::process("g", 10, 1, "/bin/r", "");
-    let bs = custody_collector::block::BLOCK_MAX_EVENTS as u64;
+    let bs = custody_collector::store::block::BLOCK_MAX_EVENTS as u64;
     let mut evs: Vec<Event> = std::iter::once(1)
         .chain((1..bs).map(|i| 1_000_000 + i))
         .chain((0..100).map(|i| 2 + i))

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use custody_collector::Engine;
-use custody_collector::engine::query::key_to_id;
+use custody_collector::event_key::key_to_id;
 use custody_collector::synth;
 use custody_proto::admin::v1::{GetChainRequest, get_chain_request::Target};
 use custody_proto::sensor::v1::{Event, EventBatch, McpMessage, event::Kind};

@@ -11,8 +11,8 @@ use custody_proto::sensor::v1::EventBatch;
 use prost::Message;
 
 use super::{Engine, State, StoredEvent};
-use crate::block::BlockBuilder;
 use crate::clock::now_ns;
+use crate::store::block::BlockBuilder;
 use crate::store::{self, Store};
 
 /// Events further in the future than this are stored under their arrival time (the
@@ -180,7 +180,7 @@ impl Engine {
                     }
                     let id = st.next_event_id;
                     st.next_event_id += 1;
-                    let key = store::event_key(t, id);
+                    let key = crate::event_key::event_key(t, id);
                     let size = u32::try_from(ev.encoded_len()).unwrap_or(u32::MAX);
                     st.stored_bytes += size as u64;
                     st.stored_events += 1;

@@ -15,11 +15,12 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use crate::audit::AuditLog;
-use crate::block::BlockBuilder;
 use crate::chain::{ChainIndex, Edge, Half, Node};
 use crate::clock::now_ns;
+use crate::event_key::EventKey;
 use crate::fleet::{AgentRecord, CredentialRecord, Fleet, HostRecord};
-use crate::store::{self, BlockCache, EventKey, Store};
+use crate::store::block::BlockBuilder;
+use crate::store::{self, BlockCache, Store};
 
 pub mod group_commit;
 mod ingest;

@@ -7,23 +7,16 @@ use anyhow::Result;
 use custody_proto::admin::v1 as admin;
 use custody_proto::sensor::v1::Event;
 
-use crate::block::BlockMeta;
 use crate::chain::ChainIndex;
 use crate::clock::now_ns;
 use crate::engine::Placement;
 use crate::engine::{Engine, StoredEvent};
+use crate::event_key::EventKey;
 use crate::event_kind::{describe, kind_name};
-use crate::store::{self, BlockCache, EntryFilter, EventKey, TimeScan};
+use crate::store::block::BlockMeta;
+use crate::store::{self, BlockCache, EntryFilter, TimeScan};
 
 const MAX_ACTIONS_PER_NODE: usize = 50;
-
-pub fn key_to_id(k: &EventKey) -> String {
-    hex::encode(k)
-}
-
-pub fn id_to_key(id: &str) -> Option<EventKey> {
-    hex::decode(id).ok()?.try_into().ok()
-}
 
 pub fn to_proto(se: &StoredEvent) -> admin::StoredEvent {
     admin::StoredEvent {
@@ -83,7 +76,7 @@ impl Engine {
         let limit = limit.clamp(1, 10_000);
         let st = self.read();
         let in_range = |k: &EventKey| {
-            let t = store::event_key_time(k);
+            let t = crate::event_key::event_key_time(k);
             (f.since_ns == 0 || t >= f.since_ns) && (f.until_ns == 0 || t <= f.until_ns)
         };
         let after_page = |k: &EventKey| match page {
@@ -149,9 +142,9 @@ impl Engine {
         };
         let start = page.or_else(|| {
             if ascending && f.since_ns > 0 {
-                Some(store::event_key(f.since_ns, 0))
+                Some(crate::event_key::event_key(f.since_ns, 0))
             } else if !ascending && f.until_ns > 0 {
-                Some(store::event_key(f.until_ns, u64::MAX))
+                Some(crate::event_key::event_key(f.until_ns, u64::MAX))
             } else {
                 None
             }
@@ -170,7 +163,7 @@ impl Engine {
                 continue;
             }
             if !in_range(&k) {
-                let t = store::event_key_time(&k);
+                let t = crate::event_key::event_key_time(&k);
                 let past_end = if ascending {
                     f.until_ns > 0 && t > f.until_ns
                 } else {

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::block::{Block, BlockSummary};
 use crate::engine::{Engine, State};
+use crate::store::block::{Block, BlockSummary};
 use crate::store::{EntryFilter, TimeScan};
 
 /// Deletions per write-lock hold, so ingest keeps flowing during a large cleanup.

@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Result;
 
-use crate::block::{BlockBuilder, BlockMeta, BlockSummary, Part};
 use crate::chain::ChainIndex;
+use crate::event_key::EventKey;
 use crate::fleet::Fleet;
-use crate::store::{self, BlockCache, EventKey};
+use crate::store::block::{BlockBuilder, BlockMeta, BlockSummary, Part};
+use crate::store::{self, BlockCache};
 
 /// Where the stored events of one process (or host) are.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

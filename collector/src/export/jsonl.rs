@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::Line;
 use super::source::Numbered;
+use crate::event_key::key_to_id;
 use crate::event_kind::kind_name;
-use crate::engine::query::key_to_id;
 
 /// RFC 3339 UTC with nanoseconds.
 pub fn rfc3339(ns: u64) -> String {

@@ -32,8 +32,8 @@ use super::Line;
 use super::source::Numbered;
 use crate::chain::ChainIndex;
 use crate::engine::Engine;
+use crate::event_key::key_to_id;
 use crate::event_kind::describe;
-use crate::engine::query::key_to_id;
 
 pub const OCSF_VERSION: &str = "1.3.0";
 

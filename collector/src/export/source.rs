@@ -48,7 +48,7 @@ pub fn follow_tail(
         loop {
             match tail.recv().await {
                 Ok(se) => {
-                    let next = store::event_key_id(&se.key) + 1;
+                    let next = crate::event_key::event_key_id(&se.key) + 1;
                     tx.send_if_modified(|w| {
                         let newer = next > *w;
                         if newer {
@@ -88,7 +88,7 @@ pub fn read_events(
         u64,
         String,
         custody_proto::sensor::v1::Event,
-        store::EventKey,
+        crate::event_key::EventKey,
     )> = vec![];
     let mut next = until;
     for b in blocks {

@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::alerts::Alerts;
 use crate::clock::now_ns;
 use crate::engine::{Engine, StoredEvent};
+use crate::event_key::key_to_id;
 use crate::policy::{
     AgentInfo, Decision, Enforcement, Evaluator, HostRules, PolicyLoadError, PolicySet, Response,
     compile_host_rules,
 };
-use crate::engine::query::key_to_id;
 use crate::response::{Issuer, Responder};
 use crate::store;
 

@@ -18,9 +18,9 @@ use tokio::sync::watch;
 
 use crate::alerts::Alerts;
 use crate::engine::Engine;
+use crate::engine::retention::Retention;
 use crate::live_policy::LivePolicy;
 use crate::response::Responder;
-use crate::engine::retention::Retention;
 
 pub use render::render;
 pub use status::{Finding, Verdict, ago, assess};
@@ -46,7 +46,7 @@ impl Telemetry {
         let oldest = st
             .blocks
             .values()
-            .map(|b| crate::store::event_key_time(&b.min))
+            .map(|b| crate::event_key::event_key_time(&b.min))
             .min()
             .unwrap_or(0);
         (st.stored_events, st.stored_bytes, oldest)

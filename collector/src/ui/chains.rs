@@ -16,8 +16,8 @@ use super::layout::{self, Nav, PER_PAGE, badge, pager, paginate, short, when};
 use super::session::Op;
 use super::{Params, Seg, Ui, UiError, blocking, enc, link};
 use crate::engine::{Engine, State as EngineState};
+use crate::event_key::{id_to_key, key_to_id};
 use crate::event_kind::{describe, kind_name};
-use crate::engine::query::{id_to_key, key_to_id};
 
 pub struct ChainRow {
     pub summary: admin::ChainSummary,
@@ -632,7 +632,8 @@ pub async fn process(
         engine.list_events(&filter, 200, after, true)
     })
     .await?;
-    let proto_events: Vec<admin::StoredEvent> = events.iter().map(crate::engine::query::to_proto).collect();
+    let proto_events: Vec<admin::StoredEvent> =
+        events.iter().map(crate::engine::query::to_proto).collect();
     let refs: Vec<&admin::StoredEvent> = proto_events.iter().collect();
     let details = node_details(&ui, &op, n, exited.contains(&exec), &refs, &alerts);
     let path = format!("/processes/{}", enc(&exec));

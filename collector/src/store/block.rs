@@ -38,7 +38,7 @@ use custody_proto::sensor::v1::{Event, Principal, Process};
 use prost::Message;
 use prost::encoding::{decode_varint, encode_varint};
 
-use crate::store::{EventKey, event_key, event_key_id, event_key_time};
+use crate::event_key::{EventKey, event_key, event_key_id, event_key_time};
 
 /// A block is sealed (never appended to again) at this many events...
 pub const BLOCK_MAX_EVENTS: usize = 512;

@@ -32,7 +32,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::block::{Block, BlockMeta, BlockSummary};
+use crate::event_key::{EventKey, event_key_id, event_key_time};
+
+pub mod block;
+
+use block::{Block, BlockMeta, BlockSummary};
 
 pub const BLOCK: u8 = b'B';
 pub const BLOCK_SUMMARY: u8 = b'D';
@@ -52,24 +56,6 @@ pub const META: u8 = b'M';
 pub const LEGACY_EVENT: u8 = b'E';
 /// Version of the layout above.
 pub const LAYOUT: u64 = 2;
-
-/// time_ns:8 ++ id:8 — identifies a stored event and orders events by time.
-pub type EventKey = [u8; 16];
-
-pub fn event_key(time_ns: u64, id: u64) -> EventKey {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&time_ns.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-pub fn event_key_time(k: &EventKey) -> u64 {
-    u64::from_be_bytes(k[..8].try_into().expect("8 bytes"))
-}
-
-pub fn event_key_id(k: &EventKey) -> u64 {
-    u64::from_be_bytes(k[8..].try_into().expect("8 bytes"))
-}
 
 pub fn prefixed(prefix: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut v = Vec::with_capacity(1 + parts.iter().map(|p| p.len() + 1).sum::<usize>());
@@ -323,7 +309,7 @@ impl Mask {
         }
     }
 
-    fn ok(&self, e: &crate::block::EntryHead) -> bool {
+    fn ok(&self, e: &block::EntryHead) -> bool {
         match self {
             Mask::All => true,
             Mask::Host(h) => e.host == *h,
