@@ -5,8 +5,8 @@
 //! [`engine::Engine`] (`Engine::open`, `Engine::ingest`/`ingest_group`,
 //! `Engine::get_chain`); the benchmark drives it directly.
 
-pub mod admin_service;
 pub mod alerts;
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod chain;
@@ -24,7 +24,7 @@ pub mod pki;
 pub mod policy;
 pub mod response;
 pub mod secret;
-pub mod sensor_service;
+pub mod sensor_streams;
 pub mod server;
 pub mod store;
 pub mod synth;

@@ -12,8 +12,9 @@ use custody_proto::sensor::v1::sensor_service_server::SensorServiceServer;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::admin_service::AdminSvc;
 use crate::alerts::Alerts;
+use crate::api::admin_service::AdminSvc;
+use crate::api::sensor_service::SensorSvc;
 use crate::auth::TokenStore;
 use crate::clock::now_ns;
 use crate::engine::Engine;
@@ -23,7 +24,7 @@ use crate::live_policy::LivePolicy;
 use crate::metrics::Telemetry;
 use crate::pki::Pki;
 use crate::response::Responder;
-use crate::sensor_service::{SensorSvc, Sessions};
+use crate::sensor_streams::SensorStreams;
 
 /// Largest protobuf message accepted from a sensor or operator; a batch beyond it
 /// ends that stream with a clear error, nothing else.
@@ -75,7 +76,7 @@ pub struct Collector {
     pub ca_pem: String,
     pub ca_fingerprint: String,
     pub engine: Arc<Engine>,
-    pub sessions: Arc<Sessions>,
+    pub streams: Arc<SensorStreams>,
     pub responder: Arc<Responder>,
     pub alerts: Arc<Alerts>,
     pub policy: Arc<LivePolicy>,
@@ -105,10 +106,10 @@ impl Collector {
         let engine = Arc::new(Engine::open(&store_dir(&cfg.data_dir))?);
         let (queue, writer) = IngestQueue::start(engine.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let sessions = Arc::new(Sessions::default());
+        let streams = Arc::new(SensorStreams::default());
         let responder = Responder::open(
             engine.clone(),
-            sessions.clone(),
+            streams.clone(),
             cfg.revocation_hooks.clone(),
         )?;
         let follower = responder.spawn_follower();
@@ -140,7 +141,7 @@ impl Collector {
             queue,
             pki: pki.clone(),
             tokens: tokens.clone(),
-            sessions: sessions.clone(),
+            streams: streams.clone(),
             responder: responder.clone(),
             shutdown: shutdown_rx.clone(),
         };
@@ -220,7 +221,7 @@ impl Collector {
             ca_pem: pki.ca_pem.clone(),
             ca_fingerprint: pki.ca_fingerprint.clone(),
             engine,
-            sessions,
+            streams,
             responder,
             alerts,
             policy,

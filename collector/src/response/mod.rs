@@ -25,7 +25,7 @@ use tonic::Status;
 use crate::auth::Operator;
 use crate::clock::now_ns;
 use crate::engine::Engine;
-use crate::sensor_service::Sessions;
+use crate::sensor_streams::SensorStreams;
 use crate::store;
 
 /// Kills keep following their scope (new processes of the chain / agent) this long.
@@ -55,7 +55,7 @@ impl From<&Operator> for Issuer {
 
 pub struct Responder {
     engine: Arc<Engine>,
-    sessions: Arc<Sessions>,
+    streams: Arc<SensorStreams>,
     actions: Mutex<BTreeMap<String, Action>>,
     /// Exec ids each action has already reached (targets and affected), so follow-ups
     /// go out once per new process.
@@ -112,7 +112,7 @@ fn overall(a: &Action) -> &'static str {
 impl Responder {
     pub fn open(
         engine: Arc<Engine>,
-        sessions: Arc<Sessions>,
+        streams: Arc<SensorStreams>,
         hooks: Vec<hook::Hook>,
     ) -> Result<Arc<Responder>> {
         let mut actions = BTreeMap::new();
@@ -136,7 +136,7 @@ impl Responder {
             .build()?;
         Ok(Arc::new(Responder {
             engine,
-            sessions,
+            streams,
             actions: Mutex::new(actions),
             covered: Mutex::new(covered),
             hooks,
@@ -515,7 +515,7 @@ impl Responder {
     async fn send(&self, a: &Action, i: usize) {
         let d = &a.hosts[i];
         let cmd = Self::command(a, d, d.follow_up.then_some(i));
-        if self.sessions.send_command(&d.host, cmd).await {
+        if self.streams.send_command(&d.host, cmd).await {
             bump(&self.metrics.sent, a.kind.clone());
             let mut actions = self.lock();
             if let Some(a) = actions.get_mut(&a.id)

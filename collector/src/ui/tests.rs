@@ -16,7 +16,7 @@ use crate::alerts::Alerts;
 use crate::auth::{Role, TokenStore};
 use crate::engine::Engine;
 use crate::response::Responder;
-use crate::sensor_service::Sessions;
+use crate::sensor_streams::SensorStreams;
 use crate::synth;
 
 struct T {
@@ -29,7 +29,8 @@ struct T {
 fn setup_with(sessions: SessionStore) -> T {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(&dir.path().join("store")).unwrap());
-    let responder = Responder::open(engine.clone(), Arc::new(Sessions::default()), vec![]).unwrap();
+    let responder =
+        Responder::open(engine.clone(), Arc::new(SensorStreams::default()), vec![]).unwrap();
     let alerts = Alerts::open(engine.store()).unwrap();
     let tokens = TokenStore::open(dir.path()).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
