@@ -21,7 +21,6 @@ pub mod fleet;
 pub mod live_policy;
 pub mod metrics;
 pub mod pki;
-pub mod policy;
 pub mod response;
 pub mod secret;
 pub mod sensor_streams;

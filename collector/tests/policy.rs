@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use custody_collector::policy::{
+use custody_policy::{
     self, Action, AgentInfo, ChainContext, CredentialInfo, Enforcement, ErrorKind, Evaluator,
     HostRules, HumanInfo, PolicySet, Response, Severity, compile_host_rules, dry_run,
 };

@@ -153,7 +153,7 @@ fn start_evaluation(
     engine: std::sync::Arc<Engine>,
 ) -> (std::thread::JoinHandle<EvalTotals>, Instant) {
     use custody_collector::live_policy::{is_action, judge::Judge};
-    use custody_collector::policy::{Evaluator, PolicySet};
+    use custody_policy::{Evaluator, PolicySet};
     let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
     engine.set_policy_sink(tx);
     let mut judge = Judge::new(Evaluator::new(&PolicySet::builtin()));

@@ -8,7 +8,7 @@ use custody_proto::admin::v1::{DryRunDecision, DryRunReport, EventFilter};
 use super::{context, is_action};
 use crate::engine::Engine;
 use crate::event_key::key_to_id;
-use crate::policy::{Evaluator, PolicySet};
+use custody_policy::{Evaluator, PolicySet};
 
 const PAGE: usize = 2000;
 const MAX_LISTED: usize = 1000;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::engine::{Engine, StoredEvent};
-use crate::policy::{Decision, Evaluator, PreparedChain};
+use custody_policy::{Decision, Evaluator, PreparedChain};
 
 /// Prepared contexts kept at most; the cache starts over beyond it.
 const MAX_CACHED: usize = 50_000;

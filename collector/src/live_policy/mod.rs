@@ -27,12 +27,12 @@ use crate::alerts::Alerts;
 use crate::clock::now_ns;
 use crate::engine::{Engine, StoredEvent};
 use crate::event_key::key_to_id;
-use crate::policy::{
+use crate::response::{Issuer, Responder};
+use crate::store;
+use custody_policy::{
     AgentInfo, Decision, Enforcement, Evaluator, HostRules, PolicyLoadError, PolicySet, Response,
     compile_host_rules,
 };
-use crate::response::{Issuer, Responder};
-use crate::store;
 
 /// Events waiting for evaluation before ingest is held back.
 const QUEUE: usize = 65_536;
@@ -286,7 +286,7 @@ impl LivePolicy {
         }
     }
 
-    fn deny(&self, a: &Active, se: &StoredEvent, ctx: &crate::policy::ChainContext, d: Decision) {
+    fn deny(&self, a: &Active, se: &StoredEvent, ctx: &custody_policy::ChainContext, d: Decision) {
         let p = se.event.process.clone().unwrap_or_default();
         let kernel = d.denied_by.iter().any(|id| {
             a.rules

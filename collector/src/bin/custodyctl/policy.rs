@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use custody_collector::client::AdminClient;
-use custody_collector::policy::{PolicyLoadError, PolicySet};
+use custody_policy::{PolicyLoadError, PolicySet};
 use custody_proto::admin::v1 as admin;
 
 use crate::{explain, json, table, ts};
