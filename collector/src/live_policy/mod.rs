@@ -6,9 +6,9 @@
 //! stays on any error), stores it, and pushes the chain-independent part to every
 //! sensor as kernel rules.
 
-pub mod context;
-mod dryrun;
-pub mod judge;
+pub mod build_context;
+pub mod cached_eval;
+mod replay;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +29,7 @@ use crate::engine::{Engine, StoredEvent};
 use crate::event_key::key_to_id;
 use crate::response::{Issuer, Responder};
 use crate::store;
+use cached_eval::CachedEvaluator;
 use custody_policy::{
     AgentInfo, Decision, Enforcement, Evaluator, HostRules, PolicyLoadError, PolicySet, Response,
     compile_host_rules,
@@ -180,10 +181,10 @@ impl LivePolicy {
         std::thread::Builder::new()
             .name("custody-policy".into())
             .spawn(move || {
-                let mut judge: Option<(u64, judge::Judge)> = None;
+                let mut cached: Option<(u64, CachedEvaluator)> = None;
                 while let Ok(se) = rx.recv() {
                     worker.metrics.dequeued.fetch_add(1, Ordering::Relaxed);
-                    worker.evaluate(&se, &mut judge);
+                    worker.evaluate(&se, &mut cached);
                 }
             })?;
         Ok(me)
@@ -260,18 +261,20 @@ impl LivePolicy {
     }
 
     /// Evaluates one stored event; denials become alerts and responses.
-    fn evaluate(&self, se: &StoredEvent, judge: &mut Option<(u64, judge::Judge)>) {
+    fn evaluate(&self, se: &StoredEvent, cached: &mut Option<(u64, CachedEvaluator)>) {
         if !is_action(&se.event) {
             return;
         }
         let start = std::time::Instant::now();
         let a = self.active();
-        // A new policy version starts with a fresh judge (and cache).
-        if judge.as_ref().is_none_or(|(v, _)| *v != a.stored.version) {
-            *judge = Some((a.stored.version, judge::Judge::new(a.evaluator.clone())));
+        // A new policy version starts with a fresh evaluator (and cache).
+        if cached.as_ref().is_none_or(|(v, _)| *v != a.stored.version) {
+            *cached = Some((a.stored.version, CachedEvaluator::new(a.evaluator.clone())));
         }
-        let Some((_, j)) = judge.as_mut() else { return };
-        let (prepared, decisions) = j.judge(&self.engine, se);
+        let Some((_, j)) = cached.as_mut() else {
+            return;
+        };
+        let (prepared, decisions) = j.decide(&self.engine, se);
         let ctx = prepared.context();
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         self.metrics
@@ -409,7 +412,7 @@ impl LivePolicy {
         } else {
             PolicySet::from_sources(files)?
         };
-        Ok(dryrun::run(
+        Ok(replay::run(
             &self.engine,
             &set,
             since_ns,
