@@ -265,7 +265,7 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         match self.responder.respond((&op).into(), r.clone()).await {
             Ok(a) => Ok(Response::new(a)),
-            Err(status) => {
+            Err(e) => {
                 // Refusals are audited too: who tried what, and why it was refused.
                 let target = match &r.target {
                     Some(admin::respond_request::Target::Process(t))
@@ -281,10 +281,10 @@ impl AdminService for AdminSvc {
                     action: r.verb,
                     target,
                     reason: r.reason,
-                    result: format!("refused: {}", status.message()),
+                    result: format!("refused: {e}"),
                     ..Default::default()
                 });
-                Err(status)
+                Err(e.into())
             }
         }
     }

@@ -4,4 +4,5 @@
 //! which are converted to and from the wire here.
 
 pub mod admin_service;
+mod errors;
 pub mod sensor_service;

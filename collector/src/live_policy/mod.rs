@@ -27,7 +27,7 @@ use crate::alerts::Alerts;
 use crate::clock::now_ns;
 use crate::engine::{Engine, StoredEvent};
 use crate::event_key::key_to_id;
-use crate::response::{Issuer, Responder};
+use crate::response::{Issuer, Responder, ResponseError};
 use crate::store;
 use cached_eval::CachedEvaluator;
 use custody_policy::{
@@ -384,15 +384,10 @@ impl LivePolicy {
             let outcome = match responder.respond(who, req).await {
                 Ok(act) => act.id,
                 // Already in force (another denial in the same chain): point there.
-                Err(s) if s.code() == tonic::Code::AlreadyExists => s
-                    .message()
-                    .split_whitespace()
-                    .find(|w| w.starts_with("act-"))
-                    .unwrap_or("")
-                    .to_string(),
-                Err(s) => {
-                    tracing::warn!(alert = %alert.id, "automatic response refused: {}", s.message());
-                    format!("refused: {}", s.message())
+                Err(ResponseError::Duplicate { action_id, .. }) => action_id,
+                Err(e) => {
+                    tracing::warn!(alert = %alert.id, "automatic response refused: {e}");
+                    format!("refused: {e}")
                 }
             };
             let _ = alerts.set_response_action(engine.store(), &alert.id, &outcome);

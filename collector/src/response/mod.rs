@@ -8,9 +8,12 @@
 //! that joins a killed chain (or starts as a quarantined agent) after the command
 //! gets a follow-up command as soon as its first event arrives (see [`follow`]).
 
+mod error;
 pub mod follow;
 pub mod hook;
 pub mod resolve;
+
+pub use error::ResponseError;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,6 @@ use custody_proto::admin::v1::{
     Action, AuditEntry, HostDelivery, RespondRequest, respond_request::Target,
 };
 use custody_proto::sensor::v1::{Command, CommandResult};
-use tonic::Status;
 
 use crate::auth::Operator;
 use crate::clock::now_ns;
@@ -191,15 +193,15 @@ impl Responder {
     }
 
     /// Checks, resolves, records and delivers an operator's action.
-    pub async fn respond(&self, who: Issuer, req: RespondRequest) -> Result<Action, Status> {
+    pub async fn respond(&self, who: Issuer, req: RespondRequest) -> Result<Action, ResponseError> {
         let reason = req.reason.trim().to_string();
         if reason.is_empty() {
-            return Err(Status::invalid_argument(
+            return Err(ResponseError::invalid(
                 "a reason is required: it goes to the audit log with the action",
             ));
         }
         let target = req.target.clone().ok_or_else(|| {
-            Status::invalid_argument(
+            ResponseError::invalid(
                 "no target: name a process, an agent, a chain, a credential or (release) an action",
             )
         })?;
@@ -216,7 +218,7 @@ impl Responder {
             ("release", Target::Action(a)) => ("release", "action", a),
             ("revoke", Target::Credential(f)) => ("revoke_credential", "credential", f),
             (v @ ("kill" | "quarantine" | "release" | "revoke"), t) => {
-                return Err(Status::invalid_argument(format!(
+                return Err(ResponseError::invalid(format!(
                     "{v} cannot target {}: kill/quarantine take a process, agent or chain; \
                      release also takes an action; revoke takes a credential",
                     match t {
@@ -229,7 +231,7 @@ impl Responder {
                 )));
             }
             (v, _) => {
-                return Err(Status::invalid_argument(format!(
+                return Err(ResponseError::invalid(format!(
                     "unknown verb {v:?}: expected kill, quarantine, release or revoke"
                 )));
             }
@@ -239,7 +241,7 @@ impl Responder {
             "" | "kill" => "kill",
             "quarantine" => "quarantine",
             m => {
-                return Err(Status::invalid_argument(format!(
+                return Err(ResponseError::invalid(format!(
                     "revoke mode {m:?}: expected kill or quarantine"
                 )));
             }
@@ -271,14 +273,17 @@ impl Responder {
                         || (kind.starts_with("kill_")
                             && now.saturating_sub(a.issued_at_ns) < DUPLICATE_WINDOW_NS))
             }) {
-                return Err(Status::already_exists(format!(
-                    "identical to action {} issued by {} {:.0} s ago (status {}{}); nothing sent",
-                    prev.id,
-                    prev.operator,
-                    now.saturating_sub(prev.issued_at_ns) as f64 / 1e9,
-                    prev.status,
-                    if prev.active { ", still in force" } else { "" }
-                )));
+                return Err(ResponseError::Duplicate {
+                    action_id: prev.id.clone(),
+                    message: format!(
+                        "identical to action {} issued by {} {:.0} s ago (status {}{}); nothing sent",
+                        prev.id,
+                        prev.operator,
+                        now.saturating_sub(prev.issued_at_ns) as f64 / 1e9,
+                        prev.status,
+                        if prev.active { ", still in force" } else { "" }
+                    ),
+                });
             }
         }
         let id = self.new_id(now);
@@ -340,7 +345,7 @@ impl Responder {
                 details: details.into_iter().collect(),
                 ..Default::default()
             })
-            .map_err(|e| Status::internal(format!("audit log: {e:#}")))?;
+            .map_err(|e| ResponseError::storage(format!("audit log: {e:#}")))?;
         self.covered
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -357,7 +362,7 @@ impl Responder {
         }
         self.lock().insert(id.clone(), action.clone());
         self.save(&action)
-            .map_err(|e| Status::internal(format!("storing the action: {e:#}")))?;
+            .map_err(|e| ResponseError::storage(format!("storing the action: {e:#}")))?;
         self.deliver_action(&id).await;
         if kind == "revoke_credential" && !self.hooks.is_empty() {
             self.run_hooks(&id).await;
@@ -431,19 +436,19 @@ impl Responder {
     }
 
     /// release --action: everything the quarantine put in force, per host.
-    fn resolve_release_of(&self, id: &str) -> Result<resolve::Resolved, Status> {
+    fn resolve_release_of(&self, id: &str) -> Result<resolve::Resolved, ResponseError> {
         let actions = self.lock();
         let a = actions.get(id).ok_or_else(|| {
-            Status::not_found(format!("no action {id:?} (see `custodyctl actions`)"))
+            ResponseError::not_found(format!("no action {id:?} (see `custodyctl actions`)"))
         })?;
         if a.kind != "quarantine" {
-            return Err(Status::invalid_argument(format!(
+            return Err(ResponseError::invalid(format!(
                 "action {id} is a {}; only a quarantine can be released",
                 a.kind
             )));
         }
         if !a.active {
-            return Err(Status::failed_precondition(format!(
+            return Err(ResponseError::not_applicable(format!(
                 "quarantine {id} was already released by {}",
                 a.released_by_action
             )));
