@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ns;
 use crate::secret::{random_bytes, sha256_hex, write_private};
 
 const ENROLL_PREFIX: &str = "cst1";

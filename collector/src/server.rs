@@ -113,7 +113,7 @@ impl Collector {
             cfg.revocation_hooks.clone(),
         )?;
         let follower = responder.spawn_follower();
-        let alerts = Alerts::open(engine.store())?;
+        let alerts = Alerts::open(engine.store_handle())?;
         let policy = LivePolicy::start(engine.clone(), alerts.clone(), responder.clone())?;
         let exports = crate::export::Exports::start(engine.clone(), alerts.clone(), &cfg.exports)?;
         let telemetry = Arc::new(Telemetry {

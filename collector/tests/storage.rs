@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use custody_collector::Engine;
 use custody_collector::engine::StoredEvent;
-use custody_collector::event_key::key_to_id;
 use custody_collector::engine::retention::Retention;
+use custody_collector::event_key::key_to_id;
 use custody_collector::synth::{self, T0};
 use custody_proto::admin::v1::{EventFilter, GetChainRequest, get_chain_request::Target};
 use custody_proto::sensor::v1::{Event, EventBatch, Process};

@@ -346,13 +346,7 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         let a = self
             .alerts
-            .update(
-                self.engine.store(),
-                &r.id,
-                &op.name,
-                r.acknowledge,
-                &r.assignee,
-            )
+            .update(&r.id, &op.name, r.acknowledge, &r.assignee)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no alert {:?}", r.id)))?;
         let mut what = vec![];

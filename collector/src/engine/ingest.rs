@@ -13,7 +13,7 @@ use prost::Message;
 use super::{Engine, State, StoredEvent};
 use crate::clock::now_ns;
 use crate::store::block::BlockBuilder;
-use crate::store::{self, Store};
+use crate::store::{Commit, Counters, HostAppend};
 
 /// Events further in the future than this are stored under their arrival time (the
 /// event keeps the sensor's timestamp): a skewed clock must not park events beyond
@@ -127,7 +127,7 @@ impl Engine {
     /// and one flush — group commit. Outcomes are in input order.
     pub fn ingest_group(&self, items: Vec<(String, EventBatch)>) -> Result<Vec<IngestOutcome>> {
         let mut outcomes = Vec::with_capacity(items.len());
-        let mut batch = sled::Batch::default();
+        let mut commit = Commit::default();
         let mut published = vec![];
         let sink = self
             .policy_sink
@@ -165,7 +165,7 @@ impl Engine {
                 // Sequence numbers increase within a batch (validated), so the
                 // high-water mark only matters for the first events.
                 let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
-                let (mut last_seq, mut newest, mut skewed) = (0, 0, 0);
+                let (mut first_seq, mut last_seq, mut newest, mut skewed) = (0, 0, 0, 0);
                 let mut host_ix: Option<(u64, u32)> = None;
                 let mut kinds = [0u64; crate::event_kind::EVENT_KINDS.len()];
                 for ev in eb.events {
@@ -192,6 +192,9 @@ impl Engine {
                     let new_process = !exec_id.is_empty() && st.chains.node(exec_id).is_none();
                     st.chains.observe(&ev);
                     st.fleet.observe(&ev, new_process);
+                    if first_seq == 0 {
+                        first_seq = ev.seq;
+                    }
                     last_seq = ev.seq;
                     newest = newest.max(ev.time_ns.min(now));
                     out.stored += 1;
@@ -221,6 +224,11 @@ impl Engine {
                     let h = st.fleet.host_mut(&host);
                     if out.stored > 0 {
                         h.last_seq = last_seq;
+                        commit.appends.push(HostAppend {
+                            host: host.clone(),
+                            first_seq,
+                            last_seq,
+                        });
                         h.events_stored += out.stored as u64;
                         h.newest_event_ns = h.newest_event_ns.max(newest);
                     }
@@ -244,9 +252,9 @@ impl Engine {
             }
             writes.extend(st.open.take_writes());
             for w in writes {
-                st.put_block(&mut batch, w.id, Some(w.value), None, Some(w.summary));
+                st.put_block(&mut commit, w.id, Some(w.value), None, Some(w.summary));
             }
-            Self::persist_changes(st, &mut batch);
+            Self::persist_changes(st, &mut commit);
             for se in &mut published {
                 let exec_id = se
                     .event
@@ -257,7 +265,7 @@ impl Engine {
                 se.chain_id = st.chains.chain_of(exec_id).unwrap_or("").to_owned();
             }
         }
-        self.store.apply(batch)?;
+        self.store.commit(commit)?;
         self.store.flush()?;
         drop(gate);
         for se in published {
@@ -273,51 +281,42 @@ impl Engine {
         Ok(outcomes)
     }
 
-    /// Adds everything the in-memory indexes changed to `batch`.
-    pub(crate) fn persist_changes(st: &mut State, batch: &mut sled::Batch) {
+    /// Adds everything the in-memory indexes changed to `commit`.
+    pub(super) fn persist_changes(st: &mut State, commit: &mut Commit) {
         let ch = st.chains.take_changes();
         for id in &ch.nodes {
             if let Some(n) = st.chains.node(id) {
-                Store::put_json(batch, store::PROCESS, id.as_bytes(), n);
+                commit.put_process(id, n);
             }
         }
         for id in &ch.removed_nodes {
-            batch.remove(store::prefixed(store::PROCESS, &[id.as_bytes()]));
+            commit.remove_process(id);
         }
-        for e in &ch.new_edges {
-            batch.insert(
-                store::edge_key(e),
-                serde_json::to_vec(e).expect("edge serializes"),
-            );
-        }
-        for e in &ch.removed_edges {
-            batch.remove(store::edge_key(e));
-        }
+        commit.edges_added.extend(ch.new_edges);
+        commit.edges_removed.extend(ch.removed_edges);
         for k in &ch.pending {
-            let key = store::prefixed(store::PENDING, &[k.as_bytes()]);
-            match st.chains.pending(k) {
-                Some(v) => batch.insert(key, serde_json::to_vec(v).expect("halves serialize")),
-                None => batch.remove(key),
-            }
+            commit.set_pending(k, st.chains.pending(k));
         }
         let f = &mut st.fleet;
         for h in f.dirty_hosts.drain() {
             if let Some(r) = f.hosts.get(&h) {
-                Store::put_json(batch, store::HOST, h.as_bytes(), r);
+                commit.put_host(&h, r);
             }
         }
         for a in f.dirty_agents.drain() {
             if let Some(r) = f.agents.get(&a) {
-                Store::put_json(batch, store::AGENT, a.as_bytes(), r);
+                commit.put_agent(&a, r);
             }
         }
         for c in f.dirty_creds.drain() {
             if let Some(r) = f.creds.get(&c) {
-                Store::put_json(batch, store::CREDENTIAL, c.as_bytes(), r);
+                commit.put_credential(&c, r);
             }
         }
-        Store::put_meta(batch, "next_event_id", st.next_event_id);
-        Store::put_meta(batch, "stored_bytes", st.stored_bytes);
-        Store::put_meta(batch, "stored_events", st.stored_events);
+        commit.counters = Some(Counters {
+            next_event_id: st.next_event_id,
+            stored_bytes: st.stored_bytes,
+            stored_events: st.stored_events,
+        });
     }
 }

@@ -5,29 +5,30 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Result;
 use custody_proto::admin::v1::AuditEntry;
-use custody_proto::sensor::v1::{Event, EventBatch, Heartbeat, Hello};
-use prost::Message;
+use custody_proto::sensor::v1::{Event, Heartbeat, Hello};
 use tokio::sync::broadcast;
 
 use crate::audit::AuditLog;
-use crate::chain::{ChainIndex, Edge, Half, Node};
+use crate::chain::ChainIndex;
 use crate::clock::now_ns;
 use crate::event_key::EventKey;
-use crate::fleet::{AgentRecord, CredentialRecord, Fleet, HostRecord};
+use crate::fleet::Fleet;
 use crate::store::block::BlockBuilder;
-use crate::store::{self, BlockCache, Store};
+use crate::store::{BlockCache, Commit, SledStore, Store};
 
+mod by_id;
 pub mod group_commit;
 mod ingest;
 pub mod query;
 pub mod retention;
 mod state;
 
+pub use by_id::Numbered;
 pub use ingest::{IngestOutcome, MAX_BATCH_EVENTS, MAX_FUTURE_SKEW_NS, Rejection};
 use state::set_parts;
 pub use state::{Placement, State};
@@ -63,12 +64,12 @@ pub struct Metrics {
 }
 
 pub struct Engine {
-    pub(crate) store: Store,
-    pub(crate) state: RwLock<State>,
+    store: Arc<dyn Store>,
+    state: RwLock<State>,
     /// Held by whatever writes to the store, from building its batch until the
     /// batch is applied: the open block is rewritten by every ingest group, and two
     /// writers applying out of order would lose events.
-    pub(crate) write_gate: Mutex<()>,
+    write_gate: Mutex<()>,
     tail: broadcast::Sender<Arc<StoredEvent>>,
     connected: Mutex<HashMap<String, usize>>,
     pub metrics: Metrics,
@@ -79,72 +80,31 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the store in `dir` and rebuilds the in-memory indexes from it.
+    /// Opens the sled store in `dir` and rebuilds the in-memory indexes from it.
     pub fn open(dir: &Path) -> Result<Engine> {
-        let store = Store::open(dir)?;
-        match store.meta("layout")? {
-            0 if store.has_legacy_events()? => anyhow::bail!(
-                "store {} was written by an earlier development build of the collector \
-                 (one key per event, layout 1); move it aside to start empty",
-                dir.display()
-            ),
-            0 => {
-                let mut b = sled::Batch::default();
-                Store::put_meta(&mut b, "layout", store::LAYOUT);
-                store.apply(b)?;
-            }
-            store::LAYOUT => {}
-            v => anyhow::bail!(
-                "store {} has layout {v}, which this collector does not know (it writes \
-                 layout {}); use a newer collector",
-                dir.display(),
-                store::LAYOUT
-            ),
-        }
-        let nodes = store
-            .load_json::<Node>(store::PROCESS)?
-            .into_iter()
-            .map(|(k, n)| (String::from_utf8_lossy(&k).into_owned(), n))
-            .collect();
-        let edges = store
-            .load_json::<Edge>(store::EDGE)?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect();
-        let pending = store
-            .load_json::<Vec<Half>>(store::PENDING)?
-            .into_iter()
-            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
-            .collect();
+        Engine::with_store(Arc::new(SledStore::open(dir)?))
+    }
+
+    /// Rebuilds the in-memory indexes from `store` and runs on it.
+    pub fn with_store(store: Arc<dyn Store>) -> Result<Engine> {
+        let snap = store.load()?;
         let mut fleet = Fleet::default();
-        for (k, h) in store.load_json::<HostRecord>(store::HOST)? {
-            fleet
-                .hosts
-                .insert(String::from_utf8_lossy(&k).into_owned(), h);
-        }
-        for (k, a) in store.load_json::<AgentRecord>(store::AGENT)? {
-            fleet
-                .agents
-                .insert(String::from_utf8_lossy(&k).into_owned(), a);
-        }
-        for (k, c) in store.load_json::<CredentialRecord>(store::CREDENTIAL)? {
-            fleet
-                .creds
-                .insert(String::from_utf8_lossy(&k).into_owned(), c);
-        }
-        let next_event_id = store.meta("next_event_id")?.max(1);
+        fleet.hosts.extend(snap.hosts);
+        fleet.agents.extend(snap.agents);
+        fleet.creds.extend(snap.credentials);
+        let next_event_id = snap.counters.next_event_id.max(1);
         let (mut blocks, mut execs, mut hosts) = (BTreeMap::new(), HashMap::new(), HashMap::new());
-        for (id, s) in store.load_summaries()? {
+        for (id, s) in snap.summaries {
             blocks.insert(id, s.meta);
             set_parts(&mut execs, id, s.execs);
             set_parts(&mut hosts, id, s.hosts);
         }
         let state = State {
-            chains: ChainIndex::restore(nodes, edges, pending),
+            chains: ChainIndex::restore(snap.processes, snap.edges, snap.pending),
             fleet,
             next_event_id,
-            stored_bytes: store.meta("stored_bytes")?,
-            stored_events: store.meta("stored_events")?,
+            stored_bytes: snap.counters.stored_bytes,
+            stored_events: snap.counters.stored_events,
             blocks,
             // A fresh block: the last one stored stays as it is.
             open: BlockBuilder::new(next_event_id),
@@ -152,7 +112,7 @@ impl Engine {
             hosts,
         };
         let (tail, _) = broadcast::channel(4096);
-        let audit = AuditLog::open(&store)?;
+        let audit = AuditLog::open(&*store)?;
         Ok(Engine {
             store,
             state: RwLock::new(state),
@@ -165,8 +125,13 @@ impl Engine {
         })
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// The store, shared (for parts that keep their own records in it: alerts).
+    pub fn store_handle(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// Sends every event stored from now on to `tx`, after it is durable.
@@ -190,33 +155,33 @@ impl Engine {
         self.state.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
+    fn gate(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write_gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One stored event by key.
     pub fn get_event(&self, k: &EventKey) -> Result<Option<Event>> {
         let st = self.read();
-        BlockCache::new(&self.store, &st.blocks).event(k)
+        BlockCache::new(&*self.store, &st.blocks).event(k)
     }
 
     /// The first `n` keys of one process's events, in key order.
     pub fn first_exec_keys(&self, exec_id: &str, n: usize) -> Result<Vec<EventKey>> {
         let st = self.read();
-        let mut cache = BlockCache::new(&self.store, &st.blocks);
+        let mut cache = BlockCache::new(&*self.store, &st.blocks);
         st.first_exec_keys(&mut cache, exec_id, n)
     }
 
     /// Writes what changed outside ingest (hello, heartbeat). The caller holds the
     /// write gate (taken before the state lock).
-    pub(crate) fn persist_now(&self, st: &mut State) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        Self::persist_changes(st, &mut batch);
-        self.store.apply(batch)
+    fn persist_now(&self, st: &mut State) -> Result<()> {
+        let mut commit = Commit::default();
+        Self::persist_changes(st, &mut commit);
+        self.store.commit(commit)
     }
 
     /// A sensor said hello: records what it reported and returns the sequence
@@ -282,11 +247,11 @@ impl Engine {
 
     /// Appends to the hash-chained audit log (durably); returns the stored record.
     pub fn audit(&self, entry: AuditEntry) -> Result<AuditEntry> {
-        self.audit.append(&self.store, entry)
+        self.audit.append(&*self.store, entry)
     }
 
     /// Newest first, down to `since_ns`.
     pub fn audit_log(&self, since_ns: u64, limit: usize) -> Result<Vec<AuditEntry>> {
-        AuditLog::list(&self.store, since_ns, limit)
+        AuditLog::list(&*self.store, since_ns, limit)
     }
 }

@@ -12,9 +12,10 @@ use crate::clock::now_ns;
 use crate::engine::Placement;
 use crate::engine::{Engine, StoredEvent};
 use crate::event_key::EventKey;
+use crate::event_key::{id_to_key, key_to_id};
 use crate::event_kind::{describe, kind_name};
 use crate::store::block::BlockMeta;
-use crate::store::{self, BlockCache, EntryFilter, TimeScan};
+use crate::store::{BlockCache, EntryFilter, TimeScan};
 
 const MAX_ACTIONS_PER_NODE: usize = 50;
 
@@ -150,7 +151,7 @@ impl Engine {
             }
         });
         let scan = TimeScan::new(
-            &self.store,
+            &*self.store,
             candidates.into_iter(),
             start,
             ascending,
@@ -247,7 +248,7 @@ impl Engine {
     pub fn get_chain(&self, req: &admin::GetChainRequest) -> Result<Option<admin::Chain>> {
         use admin::get_chain_request::Target;
         let st = self.read();
-        let mut cache = BlockCache::new(&self.store, &st.blocks);
+        let mut cache = BlockCache::new(&*self.store, &st.blocks);
         let focus: Option<String> = match &req.target {
             Some(Target::ChainId(_)) | None => None,
             Some(Target::ExecId(e)) => Some(e.clone()),

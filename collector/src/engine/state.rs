@@ -10,7 +10,7 @@ use crate::chain::ChainIndex;
 use crate::event_key::EventKey;
 use crate::fleet::Fleet;
 use crate::store::block::{BlockBuilder, BlockMeta, BlockSummary, Part};
-use crate::store::{self, BlockCache};
+use crate::store::{BlockCache, Commit};
 
 /// Where the stored events of one process (or host) are.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -79,13 +79,13 @@ pub struct State {
     pub stored_bytes: u64,
     pub stored_events: u64,
     /// Every stored block by id (the id of its first event).
-    pub(crate) blocks: BTreeMap<u64, BlockMeta>,
+    pub(super) blocks: BTreeMap<u64, BlockMeta>,
     /// The block new events are appended to.
-    pub(crate) open: BlockBuilder,
+    pub(super) open: BlockBuilder,
     /// Blocks holding each process's events, by exec id.
-    pub(crate) execs: HashMap<String, Placement>,
+    pub(super) execs: HashMap<String, Placement>,
     /// Blocks holding each host's events.
-    pub(crate) hosts: HashMap<String, Placement>,
+    pub(super) hosts: HashMap<String, Placement>,
 }
 
 impl State {
@@ -109,16 +109,25 @@ impl State {
         self.blocks.len()
     }
 
+    /// Time of the oldest stored event (0 when the store is empty).
+    pub fn oldest_event_ns(&self) -> u64 {
+        self.blocks
+            .values()
+            .map(|b| crate::event_key::event_key_time(&b.min))
+            .min()
+            .unwrap_or(0)
+    }
+
     /// Starts a new open block (the current one stays as stored).
-    pub(crate) fn reset_open_block(&mut self) {
+    pub(super) fn reset_open_block(&mut self) {
         self.open = BlockBuilder::new(self.next_event_id);
     }
 
-    /// Records a block (re)write in `batch` and in the in-memory indexes. `old` is
+    /// Records a block (re)write in `commit` and in the in-memory indexes. `old` is
     /// the block's previous summary when parts of it may have gone.
-    pub(crate) fn put_block(
+    pub(super) fn put_block(
         &mut self,
-        batch: &mut sled::Batch,
+        commit: &mut Commit,
         id: u64,
         value: Option<Vec<u8>>,
         old: Option<&BlockSummary>,
@@ -130,15 +139,13 @@ impl State {
         }
         match (value, new) {
             (Some(value), Some(new)) => {
-                batch.insert(&store::b_key(id), value);
-                batch.insert(&store::d_key(id), new.encode());
+                commit.put_block(id, value, &new);
                 self.blocks.insert(id, new.meta);
                 set_parts(&mut self.execs, id, new.execs);
                 set_parts(&mut self.hosts, id, new.hosts);
             }
             _ => {
-                batch.remove(&store::b_key(id));
-                batch.remove(&store::d_key(id));
+                commit.remove_block(id);
                 self.blocks.remove(&id);
             }
         }
@@ -147,7 +154,7 @@ impl State {
     /// The first `n` keys of one process's events in key order: its blocks are
     /// read in order of the earliest of its events there, until the next block
     /// cannot hold anything earlier than the n-th key found.
-    pub(crate) fn first_exec_keys(
+    pub(super) fn first_exec_keys(
         &self,
         cache: &mut BlockCache<'_>,
         exec_id: &str,

@@ -18,7 +18,7 @@ use custody_proto::admin::v1::Alert;
 use serde_json::{Value, json};
 
 use super::Line;
-use super::source::Numbered;
+use crate::engine::Numbered;
 use crate::event_key::key_to_id;
 use crate::event_kind::kind_name;
 

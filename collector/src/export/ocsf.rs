@@ -29,9 +29,9 @@ use custody_proto::sensor::v1::{Event, Process, event::Kind};
 use serde_json::{Map, Value, json};
 
 use super::Line;
-use super::source::Numbered;
 use crate::chain::ChainIndex;
 use crate::engine::Engine;
+use crate::engine::Numbered;
 use crate::event_key::key_to_id;
 use crate::event_kind::describe;
 

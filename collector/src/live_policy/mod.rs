@@ -28,7 +28,6 @@ use crate::clock::now_ns;
 use crate::engine::{Engine, StoredEvent};
 use crate::event_key::key_to_id;
 use crate::response::{Issuer, Responder, ResponseError};
-use crate::store;
 use cached_eval::CachedEvaluator;
 use custody_policy::{
     AgentInfo, Decision, Enforcement, Evaluator, HostRules, PolicyLoadError, PolicySet, Response,
@@ -38,9 +37,8 @@ use custody_policy::{
 /// Events waiting for evaluation before ingest is held back.
 const QUEUE: usize = 65_536;
 
-fn sources_key() -> Vec<u8> {
-    store::prefixed(store::META, &[b"policy_sources"])
-}
+/// The setting holding the policy set in force.
+const SOURCES: &str = "policy_sources";
 
 /// The stored form of the active set.
 #[derive(Serialize, Deserialize, Default, Clone)]
@@ -132,7 +130,7 @@ impl LivePolicy {
         alerts: Arc<Alerts>,
         responder: Arc<Responder>,
     ) -> Result<Arc<LivePolicy>> {
-        let stored = match engine.store().get(&sources_key())? {
+        let stored = match engine.store().setting(SOURCES)? {
             Some(v) => serde_json::from_slice::<Stored>(&v)?,
             None => Stored {
                 version: 1,
@@ -239,7 +237,7 @@ impl LivePolicy {
         }
         next.stored = stored;
         if let Ok(v) = serde_json::to_vec(&next.stored) {
-            let _ = self.engine.store().insert(sources_key(), v);
+            let _ = self.engine.store().put_setting(SOURCES, v);
             let _ = self.engine.store().flush();
         }
         let _ = self.engine.audit(AuditEntry {
@@ -331,7 +329,7 @@ impl LivePolicy {
             context_incomplete: d.context_incomplete,
             ..Default::default()
         };
-        let alert = match self.alerts.raise(self.engine.store(), alert) {
+        let alert = match self.alerts.raise(alert) {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("storing an alert failed: {e:#}");
@@ -375,11 +373,7 @@ impl LivePolicy {
             name: format!("policy:{first}"),
             role: "policy".into(),
         };
-        let (responder, alerts, engine) = (
-            self.responder.clone(),
-            self.alerts.clone(),
-            self.engine.clone(),
-        );
+        let (responder, alerts) = (self.responder.clone(), self.alerts.clone());
         self.rt.spawn(async move {
             let outcome = match responder.respond(who, req).await {
                 Ok(act) => act.id,
@@ -390,7 +384,7 @@ impl LivePolicy {
                     format!("refused: {e}")
                 }
             };
-            let _ = alerts.set_response_action(engine.store(), &alert.id, &outcome);
+            let _ = alerts.set_response_action(&alert.id, &outcome);
         });
     }
 

@@ -43,13 +43,7 @@ impl Telemetry {
     /// Stored events, their bytes, and the time of the oldest (0 when empty).
     pub fn store_stats(&self) -> (u64, u64, u64) {
         let st = self.engine.read();
-        let oldest = st
-            .blocks
-            .values()
-            .map(|b| crate::event_key::event_key_time(&b.min))
-            .min()
-            .unwrap_or(0);
-        (st.stored_events, st.stored_bytes, oldest)
+        (st.stored_events, st.stored_bytes, st.oldest_event_ns())
     }
 
     /// Stored events waiting for policy evaluation.

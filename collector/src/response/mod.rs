@@ -28,16 +28,12 @@ use crate::auth::Operator;
 use crate::clock::now_ns;
 use crate::engine::Engine;
 use crate::sensor_streams::SensorStreams;
-use crate::store;
+use crate::store::RecordKind;
 
 /// Kills keep following their scope (new processes of the chain / agent) this long.
 pub const KILL_FOLLOW_NS: u64 = 10 * 60 * 1_000_000_000;
 /// An identical kill within this window is refused as a duplicate.
 const DUPLICATE_WINDOW_NS: u64 = 60 * 1_000_000_000;
-
-fn key(id: &str) -> Vec<u8> {
-    store::prefixed(store::ACTION, &[id.as_bytes()])
-}
 
 /// Who issued an action.
 #[derive(Clone, Debug)]
@@ -119,7 +115,7 @@ impl Responder {
     ) -> Result<Arc<Responder>> {
         let mut actions = BTreeMap::new();
         let mut covered = BTreeMap::new();
-        for r in engine.store().scan(store::ACTION, false) {
+        for r in engine.store().records(RecordKind::Action) {
             let (_, v) = r?;
             let a: Action = serde_json::from_slice(&v)?;
             let c: HashSet<String> = a
@@ -154,7 +150,9 @@ impl Responder {
 
     fn save(&self, a: &Action) -> Result<()> {
         let v = serde_json::to_vec(a)?;
-        self.engine.store().insert(key(&a.id), v)?;
+        self.engine
+            .store()
+            .put_record(RecordKind::Action, &a.id, v)?;
         self.engine.store().flush()
     }
 

@@ -31,7 +31,7 @@ fn setup_with(sessions: SessionStore) -> T {
     let engine = Arc::new(Engine::open(&dir.path().join("store")).unwrap());
     let responder =
         Responder::open(engine.clone(), Arc::new(SensorStreams::default()), vec![]).unwrap();
-    let alerts = Alerts::open(engine.store()).unwrap();
+    let alerts = Alerts::open(engine.store_handle()).unwrap();
     let tokens = TokenStore::open(dir.path()).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let ui = Arc::new(Ui {
@@ -290,10 +290,7 @@ async fn state_changes_without_the_csrf_token_are_refused() {
         "nothing was issued"
     );
     // Alert updates and sign-out are checked the same way.
-    let a =
-        t.ui.alerts
-            .raise(t.ui.engine.store(), Alert::default())
-            .unwrap();
+    let a = t.ui.alerts.raise(Alert::default()).unwrap();
     let r = post(&t, &format!("/alerts/{}", a.id), &cookie, "acknowledge=1").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(t.ui.alerts.get(&a.id).unwrap().status, "open");
@@ -365,14 +362,11 @@ async fn viewers_see_no_buttons_and_are_refused_with_403() {
     let (chain, s) = hostile_chain(&t);
     let a =
         t.ui.alerts
-            .raise(
-                t.ui.engine.store(),
-                Alert {
-                    chain_id: chain.clone(),
-                    severity: "high".into(),
-                    ..Default::default()
-                },
-            )
+            .raise(Alert {
+                chain_id: chain.clone(),
+                severity: "high".into(),
+                ..Default::default()
+            })
             .unwrap();
     let (viewer, vcsrf) = sign_in(&t, Role::Viewer).await;
     let (responder, _) = sign_in(&t, Role::Responder).await;
@@ -442,19 +436,16 @@ async fn hostile_strings_from_events_are_escaped_everywhere() {
     let t = setup();
     let (chain, s) = hostile_chain(&t);
     t.ui.alerts
-        .raise(
-            t.ui.engine.store(),
-            Alert {
-                chain_id: chain.clone(),
-                exec_id: s.c1.clone(),
-                host: "h-c".into(),
-                severity: "critical".into(),
-                action: "open_read".into(),
-                resource: "File::\"<script>alert(4)</script>\"".into(),
-                policy_id: "<img src=x onerror=alert(5)>".into(),
-                ..Default::default()
-            },
-        )
+        .raise(Alert {
+            chain_id: chain.clone(),
+            exec_id: s.c1.clone(),
+            host: "h-c".into(),
+            severity: "critical".into(),
+            action: "open_read".into(),
+            resource: "File::\"<script>alert(4)</script>\"".into(),
+            policy_id: "<img src=x onerror=alert(5)>".into(),
+            ..Default::default()
+        })
         .unwrap();
     let (cookie, _) = sign_in(&t, Role::Responder).await;
     let c = super::enc(&chain);

@@ -159,7 +159,8 @@ pub async fn run(c: &mut AdminClient, cmd: &PolicyCmd, as_json: bool) -> Result<
                 None => vec![],
             };
             let back = custody_collector::units::parse_duration(since)?;
-            let since_ns = custody_collector::clock::now_ns().saturating_sub(back.as_nanos() as u64);
+            let since_ns =
+                custody_collector::clock::now_ns().saturating_sub(back.as_nanos() as u64);
             let r = c
                 .dry_run_policies(admin::DryRunPoliciesRequest {
                     files: to_proto(files),
