@@ -1,5 +1,13 @@
-//! Custody's collector: mTLS gRPC ingest from host sensors, durable storage in
-//! sled, cross-host chain reconstruction, and the operator (admin) API.
+//! Custody's collector: mTLS gRPC ingest from host sensors, durable storage
+//! (sled, behind the `store::Store` trait), cross-host chain reconstruction, the
+//! operator (admin) API and the web UI.
+//!
+//! Rooms: `api/` is the gRPC edge (the only tonic-speaking domain code);
+//! `engine/` owns ingest, the chain and fleet indexes and the read API; `store/`
+//! is durable storage; `response/`, `live_policy/`, `export/`, `metrics/` and
+//! `ui/` use the engine; `clock`, `secret`, `event_key`, `event_kind` and
+//! `sensor_streams` are leaves; the policy language itself is the `custody-policy`
+//! crate (collector/policy). `server.rs` wires it all together.
 //!
 //! The ingest and chain-index logic is usable without the network through
 //! [`engine::Engine`] (`Engine::open`, `Engine::ingest`/`ingest_group`,
