@@ -21,10 +21,13 @@ pub trait CommandSink: Send + Sync {
     fn push(&self, cmd: Command) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
 }
 
+/// A registered stream: its registration id and where its commands go.
+type Registered = (u64, Arc<dyn CommandSink>);
+
 /// Open sensor streams, by host; a host's newest stream wins.
 #[derive(Default)]
 pub struct SensorStreams {
-    by_host: Mutex<HashMap<String, (u64, Arc<dyn CommandSink>)>>,
+    by_host: Mutex<HashMap<String, Registered>>,
     next: AtomicU64,
 }
 
