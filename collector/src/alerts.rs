@@ -1,4 +1,4 @@
-//! Policy alerts: stored in sled (JSON by id), newest first in memory, broadcast to
+//! Policy alerts: stored as records (JSON by id), newest first in memory, broadcast to
 //! live viewers. Acknowledging or assigning is audited by the caller.
 
 use std::collections::BTreeMap;
@@ -8,28 +8,25 @@ use anyhow::Result;
 use custody_proto::admin::v1::Alert;
 use tokio::sync::broadcast;
 
-use crate::auth::now_ns;
-use crate::store::{self, Store};
+use crate::clock::now_ns;
+use crate::store::{RecordKind, Store};
 
 /// Alerts kept in memory (and on disk); the oldest acknowledged ones go first.
 const MAX_ALERTS: usize = 100_000;
 
-fn key(id: &str) -> Vec<u8> {
-    store::prefixed(store::ALERT, &[id.as_bytes()])
-}
-
 pub struct Alerts {
     by_id: Mutex<BTreeMap<String, Alert>>,
     seq: std::sync::atomic::AtomicU64,
+    store: Arc<dyn Store>,
     live: broadcast::Sender<Alert>,
     /// Alerts raised since start, by severity (metrics).
     raised: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Alerts {
-    pub fn open(store: &Store) -> Result<Arc<Alerts>> {
+    pub fn open(store: Arc<dyn Store>) -> Result<Arc<Alerts>> {
         let mut by_id = BTreeMap::new();
-        for r in store.scan(store::ALERT, false) {
+        for r in store.records(RecordKind::Alert) {
             let (_, v) = r?;
             let a: Alert = serde_json::from_slice(&v)?;
             by_id.insert(a.id.clone(), a);
@@ -37,6 +34,7 @@ impl Alerts {
         let (live, _) = broadcast::channel(1024);
         Ok(Arc::new(Alerts {
             by_id: Mutex::new(by_id),
+            store,
             seq: Default::default(),
             live,
             raised: Default::default(),
@@ -48,7 +46,7 @@ impl Alerts {
     }
 
     /// Stores a new alert (id and time assigned here unless set) and tells viewers.
-    pub fn raise(&self, store: &Store, mut a: Alert) -> Result<Alert> {
+    pub fn raise(&self, mut a: Alert) -> Result<Alert> {
         if a.time_ns == 0 {
             a.time_ns = now_ns();
         }
@@ -60,7 +58,8 @@ impl Alerts {
         if a.status.is_empty() {
             a.status = "open".into();
         }
-        store.insert(key(&a.id), serde_json::to_vec(&a)?)?;
+        self.store
+            .put_record(RecordKind::Alert, &a.id, serde_json::to_vec(&a)?)?;
         let mut m = self.lock();
         m.insert(a.id.clone(), a.clone());
         if m.len() > MAX_ALERTS {
@@ -72,7 +71,7 @@ impl Alerts {
                 .collect();
             for id in old {
                 m.remove(&id);
-                let _ = store.remove(&key(&id));
+                let _ = self.store.remove_record(RecordKind::Alert, &id);
             }
         }
         drop(m);
@@ -87,11 +86,12 @@ impl Alerts {
     }
 
     /// Records the response action an alert caused.
-    pub fn set_response_action(&self, store: &Store, id: &str, action_id: &str) -> Result<()> {
+    pub fn set_response_action(&self, id: &str, action_id: &str) -> Result<()> {
         let mut m = self.lock();
         if let Some(a) = m.get_mut(id) {
             a.response_action_id = action_id.to_string();
-            store.insert(key(id), serde_json::to_vec(a)?)?;
+            self.store
+                .put_record(RecordKind::Alert, id, serde_json::to_vec(a)?)?;
             let _ = self.live.send(a.clone());
         }
         Ok(())
@@ -147,7 +147,6 @@ impl Alerts {
     /// Acknowledge and/or assign.
     pub fn update(
         &self,
-        store: &Store,
         id: &str,
         by: &str,
         acknowledge: bool,
@@ -165,7 +164,8 @@ impl Alerts {
         if !assignee.is_empty() {
             a.assignee = assignee.to_string();
         }
-        store.insert(key(id), serde_json::to_vec(a)?)?;
+        self.store
+            .put_record(RecordKind::Alert, id, serde_json::to_vec(a)?)?;
         let a = a.clone();
         drop(m);
         let _ = self.live.send(a.clone());

@@ -12,15 +12,11 @@ use custody_proto::admin::v1::{AuditEntry, VerifyAuditResponse};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::auth::now_ns;
-use crate::store::{self, Store};
+use crate::clock::now_ns;
+use crate::store::Store;
 
 /// The previous-hash of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-fn key(seq: u64) -> Vec<u8> {
-    store::prefixed(store::AUDIT, &[&seq.to_be_bytes()])
-}
 
 /// SHA-256 over the record with `hash` left out, hex.
 pub fn record_hash(e: &AuditEntry) -> String {
@@ -63,16 +59,16 @@ pub struct AuditLog {
 impl AuditLog {
     /// Finds the head of the chain; records from before the chain existed (keyed by
     /// time) are re-appended in order, so an older store keeps its history.
-    pub fn open(store: &Store) -> Result<AuditLog> {
+    pub fn open(store: &dyn Store) -> Result<AuditLog> {
         let mut legacy = vec![];
         let mut last: Option<AuditEntry> = None;
-        for r in store.scan(store::AUDIT, false) {
-            let (k, v) = r?;
-            let e = AuditEntry::decode(&*v).context("audit record does not decode")?;
-            if k.len() == 9 {
+        for r in store.audit_records(false) {
+            let r = r?;
+            let e = AuditEntry::decode(&*r.bytes).context("audit record does not decode")?;
+            if r.seq != 0 {
                 last = Some(e);
             } else {
-                legacy.push((k, e));
+                legacy.push(e);
             }
         }
         let head = match last {
@@ -83,18 +79,17 @@ impl AuditLog {
             head: Mutex::new(head),
         };
         if !legacy.is_empty() {
-            for (k, mut e) in legacy {
+            for mut e in legacy {
                 e.seq = 0;
                 log.append(store, e)?;
-                store.remove(&k)?;
             }
-            store.flush()?;
+            store.remove_unchained_audit()?;
         }
         Ok(log)
     }
 
     /// Chains and stores a record durably; returns it as stored.
-    pub fn append(&self, store: &Store, mut e: AuditEntry) -> Result<AuditEntry> {
+    pub fn append(&self, store: &dyn Store, mut e: AuditEntry) -> Result<AuditEntry> {
         if e.time_ns == 0 {
             e.time_ns = now_ns();
         }
@@ -103,18 +98,16 @@ impl AuditLog {
         e.prev_hash = head.1.clone();
         e.hash = String::new();
         e.hash = record_hash(&e);
-        store.insert(key(e.seq), e.encode_to_vec())?;
-        store.flush()?;
+        store.audit_append(e.seq, e.encode_to_vec())?;
         *head = (e.seq + 1, e.hash.clone());
         Ok(e)
     }
 
     /// Newest first, down to `since_ns`.
-    pub fn list(store: &Store, since_ns: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+    pub fn list(store: &dyn Store, since_ns: u64, limit: usize) -> Result<Vec<AuditEntry>> {
         let mut out = vec![];
-        for r in store.scan(store::AUDIT, true) {
-            let (_, v) = r?;
-            let e = AuditEntry::decode(&*v)?;
+        for r in store.audit_records(true) {
+            let e = AuditEntry::decode(&*r?.bytes)?;
             if e.time_ns < since_ns {
                 break;
             }
@@ -127,11 +120,10 @@ impl AuditLog {
     }
 
     /// Records of one response action, oldest first.
-    pub fn of_action(store: &Store, action_id: &str) -> Result<Vec<AuditEntry>> {
+    pub fn of_action(store: &dyn Store, action_id: &str) -> Result<Vec<AuditEntry>> {
         let mut out = vec![];
-        for r in store.scan(store::AUDIT, false) {
-            let (_, v) = r?;
-            let e = AuditEntry::decode(&*v)?;
+        for r in store.audit_records(false) {
+            let e = AuditEntry::decode(&*r?.bytes)?;
             if e.action_id == action_id {
                 out.push(e);
             }
@@ -141,7 +133,7 @@ impl AuditLog {
 
     /// Walks the whole chain: every record must decode, sit at its own sequence
     /// number with no gap, link to its predecessor's hash and hash to what it says.
-    pub fn verify(store: &Store) -> Result<VerifyAuditResponse> {
+    pub fn verify(store: &dyn Store) -> Result<VerifyAuditResponse> {
         let mut prev = GENESIS.to_string();
         let mut n = 0u64;
         let bad = |seq: u64, n: u64, problem: String| VerifyAuditResponse {
@@ -151,14 +143,10 @@ impl AuditLog {
             problem,
             head_hash: String::new(),
         };
-        for (expect, r) in (1u64..).zip(store.scan(store::AUDIT, false)) {
-            let (k, v) = r?;
-            let key_seq = k
-                .get(1..9)
-                .filter(|_| k.len() == 9)
-                .map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default()))
-                .unwrap_or(0);
-            let e = match AuditEntry::decode(&*v) {
+        for (expect, r) in (1u64..).zip(store.audit_records(false)) {
+            let r = r?;
+            let key_seq = r.seq;
+            let e = match AuditEntry::decode(&*r.bytes) {
                 Ok(e) => e,
                 Err(err) => {
                     return Ok(bad(key_seq, n, format!("record does not decode: {err}")));

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::retention::Retention;
+use crate::engine::retention::Retention;
 use crate::units::{parse_bytes, parse_duration};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/custody-collector";

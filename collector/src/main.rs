@@ -193,7 +193,7 @@ async fn main() -> Result<()> {
             println!("{token}");
         }
         Cmd::VerifyAudit => {
-            let store = custody_collector::store::Store::open(
+            let store = custody_collector::store::SledStore::open(
                 &custody_collector::server::store_dir(&data_dir),
             )?;
             let r = custody_collector::audit::AuditLog::verify(&store)?;

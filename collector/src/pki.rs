@@ -2,8 +2,6 @@
 //! it signs the collector's server certificate and every enrolled host's client
 //! certificate. Sensors pin it by the SHA-256 of its DER, which enrollment tokens carry.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -11,8 +9,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
-use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
+
+use crate::secret::{sha256_hex, write_private};
 
 const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
@@ -63,7 +62,7 @@ pub fn load_or_create_fleet_key(data_dir: &Path) -> Result<[u8; FLEET_KEY_LEN]> 
             })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = crate::auth::random_bytes::<FLEET_KEY_LEN>();
+            let key = crate::secret::random_bytes::<FLEET_KEY_LEN>();
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -78,30 +77,8 @@ pub fn load_or_create_fleet_key(data_dir: &Path) -> Result<[u8; FLEET_KEY_LEN]> 
     }
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Writes a file readable only by its owner (keys, certificates, token records).
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
 fn random_serial() -> SerialNumber {
-    let mut b = crate::auth::random_bytes::<16>();
+    let mut b = crate::secret::random_bytes::<16>();
     b[0] &= 0x7f; // positive INTEGER
     SerialNumber::from_slice(&b)
 }

@@ -12,17 +12,19 @@ use custody_proto::sensor::v1::sensor_service_server::SensorServiceServer;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::admin_service::AdminSvc;
 use crate::alerts::Alerts;
-use crate::auth::{TokenStore, now_ns};
+use crate::api::admin_service::AdminSvc;
+use crate::api::sensor_service::SensorSvc;
+use crate::auth::TokenStore;
+use crate::clock::now_ns;
 use crate::engine::Engine;
-use crate::ingest::IngestQueue;
+use crate::engine::group_commit::IngestQueue;
+use crate::engine::retention::Retention;
 use crate::live_policy::LivePolicy;
 use crate::metrics::Telemetry;
 use crate::pki::Pki;
 use crate::response::Responder;
-use crate::retention::Retention;
-use crate::sensor_service::{SensorSvc, Sessions};
+use crate::sensor_streams::SensorStreams;
 
 /// Largest protobuf message accepted from a sensor or operator; a batch beyond it
 /// ends that stream with a clear error, nothing else.
@@ -74,7 +76,7 @@ pub struct Collector {
     pub ca_pem: String,
     pub ca_fingerprint: String,
     pub engine: Arc<Engine>,
-    pub sessions: Arc<Sessions>,
+    pub streams: Arc<SensorStreams>,
     pub responder: Arc<Responder>,
     pub alerts: Arc<Alerts>,
     pub policy: Arc<LivePolicy>,
@@ -104,14 +106,14 @@ impl Collector {
         let engine = Arc::new(Engine::open(&store_dir(&cfg.data_dir))?);
         let (queue, writer) = IngestQueue::start(engine.clone());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let sessions = Arc::new(Sessions::default());
+        let streams = Arc::new(SensorStreams::default());
         let responder = Responder::open(
             engine.clone(),
-            sessions.clone(),
+            streams.clone(),
             cfg.revocation_hooks.clone(),
         )?;
         let follower = responder.spawn_follower();
-        let alerts = Alerts::open(engine.store())?;
+        let alerts = Alerts::open(engine.store_handle())?;
         let policy = LivePolicy::start(engine.clone(), alerts.clone(), responder.clone())?;
         let exports = crate::export::Exports::start(engine.clone(), alerts.clone(), &cfg.exports)?;
         let telemetry = Arc::new(Telemetry {
@@ -139,7 +141,7 @@ impl Collector {
             queue,
             pki: pki.clone(),
             tokens: tokens.clone(),
-            sessions: sessions.clone(),
+            streams: streams.clone(),
             responder: responder.clone(),
             shutdown: shutdown_rx.clone(),
         };
@@ -219,7 +221,7 @@ impl Collector {
             ca_pem: pki.ca_pem.clone(),
             ca_fingerprint: pki.ca_fingerprint.clone(),
             engine,
-            sessions,
+            streams,
             responder,
             alerts,
             policy,

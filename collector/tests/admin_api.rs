@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use custody_collector::auth::Role;
-use custody_collector::retention::Retention;
+use custody_collector::engine::retention::Retention;
 use custody_collector::{Collector, CollectorConfig, synth};
 use custody_proto::admin::v1::{
     CreateEnrollTokenRequest, EventFilter, GetAuditRequest, ListHostsRequest, WhoAmIRequest,
@@ -120,7 +120,7 @@ async fn admin_api_requires_tokens_and_roles() {
 fn retention_by_age_and_size() {
     let dir = tempfile::tempdir().unwrap();
     let e = custody_collector::Engine::open(dir.path()).unwrap();
-    let now = custody_collector::auth::now_ns();
+    let now = custody_collector::clock::now_ns();
     let hour = 3_600_000_000_000u64;
     let old = synth::process("h", 1, 0, "/bin/old", "");
     let new = synth::process("h", 2, 0, "/bin/new", "");
@@ -209,7 +209,7 @@ async fn retention_task_runs_periodically() {
     };
     cfg.retention_interval = Duration::from_millis(100);
     let c = Collector::start(cfg).await.unwrap();
-    let now = custody_collector::auth::now_ns();
+    let now = custody_collector::clock::now_ns();
     let p = synth::process("h", 1, 0, "/bin/x", "");
     let mut evs: Vec<_> = (0..10)
         .map(|i| synth::file_open(&p, "h", now - 7_200_000_000_000 + i, "/x"))

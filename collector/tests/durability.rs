@@ -54,8 +54,9 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn_collector(dir.path(), "127.0.0.1:0");
     let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-    let fp =
-        custody_collector::pki::sha256_hex(&custody_collector::pki::pem_to_der(&ca_pem).unwrap());
+    let fp = custody_collector::secret::sha256_hex(
+        &custody_collector::pki::pem_to_der(&ca_pem).unwrap(),
+    );
     let tokens = TokenStore::open(dir.path()).unwrap();
     let token = tokens
         .mint_enroll(&fp, Duration::from_secs(60), None)

@@ -234,24 +234,21 @@ fn c_done(c: &Collector) -> bool {
 
 fn alert(c: &Collector, exec_id: &str, chain: &str) -> Alert {
     c.alerts
-        .raise(
-            c.engine.store(),
-            Alert {
-                severity: "high".into(),
-                policy_id: "finance-reads-outside-root-scope".into(),
-                policy_file: "finance.cedar".into(),
-                chain_id: chain.into(),
-                exec_id: exec_id.into(),
-                host: "host-c".into(),
-                action: "open_read".into(),
-                resource: "File::\"/srv/data/report.csv\"".into(),
-                human: "alice".into(),
-                response: "kill_chain".into(),
-                enforced: "collector".into(),
-                diagnostics: vec!["policy0".into()],
-                ..Default::default()
-            },
-        )
+        .raise(Alert {
+            severity: "high".into(),
+            policy_id: "finance-reads-outside-root-scope".into(),
+            policy_file: "finance.cedar".into(),
+            chain_id: chain.into(),
+            exec_id: exec_id.into(),
+            host: "host-c".into(),
+            action: "open_read".into(),
+            resource: "File::\"/srv/data/report.csv\"".into(),
+            human: "alice".into(),
+            response: "kill_chain".into(),
+            enforced: "collector".into(),
+            diagnostics: vec!["policy0".into()],
+            ..Default::default()
+        })
         .unwrap()
 }
 
@@ -402,8 +399,9 @@ async fn jsonl_file_exactly_once_across_sigkill() {
     };
     let (mut child, addr) = spawn("127.0.0.1:0");
     let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-    let fp =
-        custody_collector::pki::sha256_hex(&custody_collector::pki::pem_to_der(&ca_pem).unwrap());
+    let fp = custody_collector::secret::sha256_hex(
+        &custody_collector::pki::pem_to_der(&ca_pem).unwrap(),
+    );
     let tokens = custody_collector::auth::TokenStore::open(dir.path()).unwrap();
     let token = tokens
         .mint_enroll(&fp, Duration::from_secs(60), None)

@@ -125,7 +125,7 @@ impl Host {
         let (answer, host) = (ship.clone(), self.name);
         tokio::spawn(async move {
             while let Some(cmd) = cmds.recv().await {
-                let now = custody_collector::auth::now_ns();
+                let now = custody_collector::clock::now_ns();
                 let _ = answer
                     .send_result(CommandResult {
                         command_id: cmd.id.clone(),
@@ -221,7 +221,7 @@ async fn metrics_and_status_follow_the_fleet() {
     let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
     for e in shipped.iter().flat_map(|v| v.iter()) {
         *by_kind
-            .entry(custody_collector::query::kind_name(&e.kind))
+            .entry(custody_collector::event_kind::kind_name(&e.kind))
             .or_default() += 1.0;
     }
     let total: f64 = by_kind.values().sum();

@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use custody_collector::policy::{
-    self, Action, AgentInfo, ChainContext, CredentialInfo, Enforcement, ErrorKind, Evaluator,
-    HostRules, HumanInfo, PolicySet, Response, Severity, compile_host_rules, dry_run,
+use custody_policy::{
+    Action, AgentInfo, ChainContext, CredentialInfo, Enforcement, ErrorKind, Evaluator, HostRules,
+    HumanInfo, PolicySet, Response, Severity, compile_host_rules, dry_run,
 };
 use custody_proto::sensor::v1::{
     Connection, Credential, CredentialSeen, DnsQuery, Event, FileOpen, McpMessage, NetSocket,
@@ -382,7 +382,7 @@ fn builtin_files_are_the_default_set_and_load_from_disk() {
             "{p:?}"
         );
     }
-    assert_eq!(builtin.list()[0].id, policy::BASE_PERMIT_ID);
+    assert_eq!(builtin.list()[0].id, custody_policy::BASE_PERMIT_ID);
     // The examples are valid too, and say where they are enforced.
     let ex = PolicySet::load_dir(dir.join("examples")).unwrap();
     let where_ = |id: &str| {
@@ -439,7 +439,7 @@ fn shareable_between_threads() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<PolicySet>();
     send_sync::<Evaluator>();
-    send_sync::<policy::PreparedChain>();
+    send_sync::<custody_policy::PreparedChain>();
     send_sync::<HostRules>();
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use custody_collector::policy::{AgentInfo, HostRules, PolicySet, compile_host_rules};
+use custody_policy::{AgentInfo, HostRules, PolicySet, compile_host_rules};
 
 const POLICIES: &str = r#"
 @id("no-exfil") @response("alert")

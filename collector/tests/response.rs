@@ -70,7 +70,7 @@ impl Host {
         tokio::spawn(async move {
             while let Some(cmd) = cmds.recv().await {
                 seen.lock().unwrap().push(cmd.clone());
-                let now = custody_collector::auth::now_ns();
+                let now = custody_collector::clock::now_ns();
                 let _ = answer
                     .send_result(CommandResult {
                         command_id: cmd.id.clone(),
@@ -685,7 +685,7 @@ async fn audit_hash_chain_detects_edits_and_removals() {
     c.shutdown().await.unwrap();
     let store_dir = custody_collector::server::store_dir(dir.path());
     {
-        let store = custody_collector::store::Store::open(&store_dir).unwrap();
+        let store = custody_collector::store::SledStore::open(&store_dir).unwrap();
         let v = AuditLog::verify(&store).unwrap();
         assert!(v.intact, "{v:?}");
         assert_eq!(v.records, 5);
@@ -705,9 +705,10 @@ async fn audit_hash_chain_detects_edits_and_removals() {
     // Someone edits record 3's reason directly in the store.
     {
         use prost::Message;
-        let store = custody_collector::store::Store::open(&store_dir).unwrap();
-        let key = custody_collector::store::prefixed(
-            custody_collector::store::AUDIT,
+        let store = custody_collector::store::SledStore::open(&store_dir).unwrap();
+        use custody_collector::store::Store;
+        let key = custody_collector::store::sled_store::prefixed(
+            custody_collector::store::sled_store::AUDIT,
             &[&3u64.to_be_bytes()],
         );
         let mut e =

@@ -37,8 +37,9 @@ fn serve_and_stop(sig: libc::c_int, name: &str) {
     assert!(st.success(), "{name}: {st} {err}");
     assert!(err.contains(&format!("{name}: shutting down")), "{err}");
     // The store was closed properly: it opens at once.
-    let store =
-        custody_collector::store::Store::open(&custody_collector::server::store_dir(dir.path()));
+    let store = custody_collector::store::SledStore::open(&custody_collector::server::store_dir(
+        dir.path(),
+    ));
     assert!(store.is_ok(), "{:?}", store.err());
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use custody_collector::Engine;
 use custody_collector::engine::StoredEvent;
-use custody_collector::query::key_to_id;
-use custody_collector::retention::Retention;
+use custody_collector::engine::retention::Retention;
+use custody_collector::event_key::key_to_id;
 use custody_collector::synth::{self, T0};
 use custody_proto::admin::v1::{EventFilter, GetChainRequest, get_chain_request::Target};
 use custody_proto::sensor::v1::{Event, EventBatch, Process};
@@ -173,7 +173,7 @@ fn events_come_back_exactly_and_in_key_order() {
     let mut desc = list(&e, EventFilter::default(), false, 499);
     desc.reverse();
     assert_eq!(desc.iter().map(|s| s.key).collect::<Vec<_>>(), keys);
-    assert!(e.read().block_count() > 6000 / custody_collector::block::BLOCK_MAX_EVENTS);
+    assert!(e.read().block_count() > 6000 / custody_collector::store::block::BLOCK_MAX_EVENTS);
 
     // Time ranges, by host, by process.
     let (since, until) = (T0 + 500_000_000, T0 + 900_000_000);
@@ -291,7 +291,7 @@ fn restart_restores_the_in_memory_indexes() {
 #[test]
 fn retention_cuts_through_blocks_and_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let now = custody_collector::auth::now_ns();
+    let now = custody_collector::clock::now_ns();
     let hour = 3_600_000_000_000u64;
     let t0 = now - 10 * hour;
     let work = workload(2, 3000, t0);
@@ -491,7 +491,7 @@ fn first_events_of_a_process_that_arrive_last() {
     let want_actions: Vec<String> = of_p
         .iter()
         .take(50)
-        .map(|s| custody_collector::query::describe(&s.event))
+        .map(|s| custody_collector::event_kind::describe(&s.event))
         .collect();
     assert_eq!(node.actions, want_actions);
     assert_eq!(e.first_exec_keys(&p.exec_id, 1).unwrap()[0], of_p[0].key);
@@ -499,7 +499,7 @@ fn first_events_of_a_process_that_arrive_last() {
     // Blocks overlapping in time: the first block holds the earliest event and then
     // only late ones, the next block the events in between.
     let r = synth::process("g", 10, 1, "/bin/r", "");
-    let bs = custody_collector::block::BLOCK_MAX_EVENTS as u64;
+    let bs = custody_collector::store::block::BLOCK_MAX_EVENTS as u64;
     let mut evs: Vec<Event> = std::iter::once(1)
         .chain((1..bs).map(|i| 1_000_000 + i))
         .chain((0..100).map(|i| 2 + i))

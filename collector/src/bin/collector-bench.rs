@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Parser;
 use custody_collector::Engine;
-use custody_collector::query::key_to_id;
+use custody_collector::event_key::key_to_id;
 use custody_collector::synth;
 use custody_proto::admin::v1::{GetChainRequest, get_chain_request::Target};
 use custody_proto::sensor::v1::{Event, EventBatch, McpMessage, event::Kind};
@@ -152,11 +152,11 @@ type EvalTotals = (u64, u64, u64, u64);
 fn start_evaluation(
     engine: std::sync::Arc<Engine>,
 ) -> (std::thread::JoinHandle<EvalTotals>, Instant) {
-    use custody_collector::live_policy::{is_action, judge::Judge};
-    use custody_collector::policy::{Evaluator, PolicySet};
+    use custody_collector::live_policy::{cached_eval::CachedEvaluator, is_action};
+    use custody_policy::{Evaluator, PolicySet};
     let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
     engine.set_policy_sink(tx);
-    let mut judge = Judge::new(Evaluator::new(&PolicySet::builtin()));
+    let mut cached = CachedEvaluator::new(Evaluator::new(&PolicySet::builtin()));
     let h = std::thread::spawn(move || {
         let (mut events, mut decisions, mut denied, mut ns) = (0u64, 0u64, 0u64, 0u64);
         while let Ok(se) = rx.recv() {
@@ -165,7 +165,7 @@ fn start_evaluation(
                 continue;
             }
             let t = Instant::now();
-            let (_, d) = judge.judge(&engine, &se);
+            let (_, d) = cached.decide(&engine, &se);
             ns += t.elapsed().as_nanos() as u64;
             events += 1;
             decisions += d.len() as u64;

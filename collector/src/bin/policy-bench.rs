@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
-use custody_collector::policy::{
+use custody_policy::{
     AgentInfo, ChainContext, CredentialInfo, Evaluator, HumanInfo, PolicySet, PreparedChain,
 };
 use custody_proto::sensor::v1::{
@@ -324,14 +324,14 @@ fn main() -> Result<()> {
     let kernel = set
         .list()
         .iter()
-        .filter(|p| p.enforcement == custody_collector::policy::Enforcement::Kernel)
+        .filter(|p| p.enforcement == custody_policy::Enforcement::Kernel)
         .count();
     let eval = Evaluator::new(&set);
     let ctx = chain();
     let evs = events();
     let prepared = PreparedChain::new(&ctx);
 
-    let count = |ds: Vec<custody_collector::policy::Decision>| {
+    let count = |ds: Vec<custody_policy::Decision>| {
         (
             ds.len() as u64,
             ds.iter().filter(|d| !d.allowed).count() as u64,

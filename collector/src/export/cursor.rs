@@ -6,7 +6,7 @@
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{self, Store};
+use crate::store::Store;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
@@ -16,13 +16,14 @@ pub struct Cursor {
     pub last_alert_id: String,
 }
 
-fn key(name: &str) -> Vec<u8> {
-    store::prefixed(store::META, &[b"export", name.as_bytes()])
+/// The setting holding one export's cursor ("export" NUL name, as layout 2 keys it).
+fn setting(name: &str) -> String {
+    format!("export\0{name}")
 }
 
 impl Cursor {
-    pub fn load(store: &Store, name: &str) -> Result<Option<Cursor>> {
-        match store.get(&key(name))? {
+    pub fn load(store: &dyn Store, name: &str) -> Result<Option<Cursor>> {
+        match store.setting(&setting(name))? {
             Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
             None => Ok(None),
         }
@@ -30,7 +31,7 @@ impl Cursor {
 
     /// Written to sled (made durable by sled's periodic flush or the collector's
     /// flush at shutdown; after a crash an export may repeat up to a second).
-    pub fn save(&self, store: &Store, name: &str) -> Result<()> {
-        store.insert(key(name), serde_json::to_vec(self)?)
+    pub fn save(&self, store: &dyn Store, name: &str) -> Result<()> {
+        store.put_setting(&setting(name), serde_json::to_vec(self)?)
     }
 }

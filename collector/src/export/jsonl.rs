@@ -18,8 +18,9 @@ use custody_proto::admin::v1::Alert;
 use serde_json::{Value, json};
 
 use super::Line;
-use super::source::Numbered;
-use crate::query::{key_to_id, kind_name};
+use crate::engine::Numbered;
+use crate::event_key::key_to_id;
+use crate::event_kind::kind_name;
 
 /// RFC 3339 UTC with nanoseconds.
 pub fn rfc3339(ns: u64) -> String {

@@ -35,10 +35,10 @@ use tokio::sync::watch;
 pub use config::{ExportConfig, ExportKind, StartAt};
 
 use crate::alerts::Alerts;
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 use crate::engine::Engine;
+use crate::engine::Numbered;
 use cursor::Cursor;
-use source::Numbered;
 
 /// How one export is doing (for metrics and status).
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl Exports {
         if configs.is_empty() {
             return Ok(Arc::new(me));
         }
-        let end = source::stored_end(&engine)?;
+        let end = engine.end_event_id()?;
         let (mark, feeder) = source::follow_tail(&engine, end);
         let (alert_tx, alert_rx) = watch::channel(0u64);
         let mut live = alerts.subscribe();
@@ -138,7 +138,7 @@ impl Exports {
                 None => {
                     let c = Cursor {
                         next_event_id: match cfg.start {
-                            StartAt::Beginning => source::stored_start(&engine),
+                            StartAt::Beginning => engine.first_event_id(),
                             StartAt::Now => end,
                         },
                         last_alert_id: match cfg.start {
@@ -232,7 +232,7 @@ async fn read_pass(ctx: &Ctx, cur: &Cursor, until: u64, want_alerts: bool) -> Re
     let (engine, batch) = (ctx.engine.clone(), ctx.cfg.batch_size());
     let cur = cur.clone();
     tokio::task::spawn_blocking(move || {
-        let (events, next_id) = source::read_events(&engine, cur.next_event_id, until, batch)?;
+        let (events, next_id) = engine.events_by_id(cur.next_event_id, until, batch)?;
         let alerts = if want_alerts {
             source::read_alerts(engine.store(), &cur.last_alert_id, batch)?
         } else {

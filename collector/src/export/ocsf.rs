@@ -29,10 +29,11 @@ use custody_proto::sensor::v1::{Event, Process, event::Kind};
 use serde_json::{Map, Value, json};
 
 use super::Line;
-use super::source::Numbered;
 use crate::chain::ChainIndex;
 use crate::engine::Engine;
-use crate::query::{describe, key_to_id};
+use crate::engine::Numbered;
+use crate::event_key::key_to_id;
+use crate::event_kind::describe;
 
 pub const OCSF_VERSION: &str = "1.3.0";
 

@@ -40,9 +40,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::Sent;
 use super::config::ExportConfig;
-use super::source::Numbered;
 use crate::chain::ChainIndex;
 use crate::engine::Engine;
+use crate::engine::Numbered;
 
 /// The trace id of a chain.
 pub fn trace_id(chain_id: &str) -> Vec<u8> {

@@ -6,9 +6,9 @@
 //! stays on any error), stores it, and pushes the chain-independent part to every
 //! sensor as kernel rules.
 
-pub mod context;
-mod dryrun;
-pub mod judge;
+pub mod build_context;
+pub mod cached_eval;
+mod replay;
 #[cfg(test)]
 mod tests;
 
@@ -24,22 +24,21 @@ use custody_proto::sensor::v1::event::Kind;
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::Alerts;
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 use crate::engine::{Engine, StoredEvent};
-use crate::policy::{
+use crate::event_key::key_to_id;
+use crate::response::{Issuer, Responder, ResponseError};
+use cached_eval::CachedEvaluator;
+use custody_policy::{
     AgentInfo, Decision, Enforcement, Evaluator, HostRules, PolicyLoadError, PolicySet, Response,
     compile_host_rules,
 };
-use crate::query::key_to_id;
-use crate::response::{Issuer, Responder};
-use crate::store;
 
 /// Events waiting for evaluation before ingest is held back.
 const QUEUE: usize = 65_536;
 
-fn sources_key() -> Vec<u8> {
-    store::prefixed(store::META, &[b"policy_sources"])
-}
+/// The setting holding the policy set in force.
+const SOURCES: &str = "policy_sources";
 
 /// The stored form of the active set.
 #[derive(Serialize, Deserialize, Default, Clone)]
@@ -131,7 +130,7 @@ impl LivePolicy {
         alerts: Arc<Alerts>,
         responder: Arc<Responder>,
     ) -> Result<Arc<LivePolicy>> {
-        let stored = match engine.store().get(&sources_key())? {
+        let stored = match engine.store().setting(SOURCES)? {
             Some(v) => serde_json::from_slice::<Stored>(&v)?,
             None => Stored {
                 version: 1,
@@ -180,10 +179,10 @@ impl LivePolicy {
         std::thread::Builder::new()
             .name("custody-policy".into())
             .spawn(move || {
-                let mut judge: Option<(u64, judge::Judge)> = None;
+                let mut cached: Option<(u64, CachedEvaluator)> = None;
                 while let Ok(se) = rx.recv() {
                     worker.metrics.dequeued.fetch_add(1, Ordering::Relaxed);
-                    worker.evaluate(&se, &mut judge);
+                    worker.evaluate(&se, &mut cached);
                 }
             })?;
         Ok(me)
@@ -238,7 +237,7 @@ impl LivePolicy {
         }
         next.stored = stored;
         if let Ok(v) = serde_json::to_vec(&next.stored) {
-            let _ = self.engine.store().insert(sources_key(), v);
+            let _ = self.engine.store().put_setting(SOURCES, v);
             let _ = self.engine.store().flush();
         }
         let _ = self.engine.audit(AuditEntry {
@@ -260,18 +259,20 @@ impl LivePolicy {
     }
 
     /// Evaluates one stored event; denials become alerts and responses.
-    fn evaluate(&self, se: &StoredEvent, judge: &mut Option<(u64, judge::Judge)>) {
+    fn evaluate(&self, se: &StoredEvent, cached: &mut Option<(u64, CachedEvaluator)>) {
         if !is_action(&se.event) {
             return;
         }
         let start = std::time::Instant::now();
         let a = self.active();
-        // A new policy version starts with a fresh judge (and cache).
-        if judge.as_ref().is_none_or(|(v, _)| *v != a.stored.version) {
-            *judge = Some((a.stored.version, judge::Judge::new(a.evaluator.clone())));
+        // A new policy version starts with a fresh evaluator (and cache).
+        if cached.as_ref().is_none_or(|(v, _)| *v != a.stored.version) {
+            *cached = Some((a.stored.version, CachedEvaluator::new(a.evaluator.clone())));
         }
-        let Some((_, j)) = judge.as_mut() else { return };
-        let (prepared, decisions) = j.judge(&self.engine, se);
+        let Some((_, j)) = cached.as_mut() else {
+            return;
+        };
+        let (prepared, decisions) = j.decide(&self.engine, se);
         let ctx = prepared.context();
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         self.metrics
@@ -286,7 +287,7 @@ impl LivePolicy {
         }
     }
 
-    fn deny(&self, a: &Active, se: &StoredEvent, ctx: &crate::policy::ChainContext, d: Decision) {
+    fn deny(&self, a: &Active, se: &StoredEvent, ctx: &custody_policy::ChainContext, d: Decision) {
         let p = se.event.process.clone().unwrap_or_default();
         let kernel = d.denied_by.iter().any(|id| {
             a.rules
@@ -328,7 +329,7 @@ impl LivePolicy {
             context_incomplete: d.context_incomplete,
             ..Default::default()
         };
-        let alert = match self.alerts.raise(self.engine.store(), alert) {
+        let alert = match self.alerts.raise(alert) {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!("storing an alert failed: {e:#}");
@@ -372,27 +373,18 @@ impl LivePolicy {
             name: format!("policy:{first}"),
             role: "policy".into(),
         };
-        let (responder, alerts, engine) = (
-            self.responder.clone(),
-            self.alerts.clone(),
-            self.engine.clone(),
-        );
+        let (responder, alerts) = (self.responder.clone(), self.alerts.clone());
         self.rt.spawn(async move {
             let outcome = match responder.respond(who, req).await {
                 Ok(act) => act.id,
                 // Already in force (another denial in the same chain): point there.
-                Err(s) if s.code() == tonic::Code::AlreadyExists => s
-                    .message()
-                    .split_whitespace()
-                    .find(|w| w.starts_with("act-"))
-                    .unwrap_or("")
-                    .to_string(),
-                Err(s) => {
-                    tracing::warn!(alert = %alert.id, "automatic response refused: {}", s.message());
-                    format!("refused: {}", s.message())
+                Err(ResponseError::Duplicate { action_id, .. }) => action_id,
+                Err(e) => {
+                    tracing::warn!(alert = %alert.id, "automatic response refused: {e}");
+                    format!("refused: {e}")
                 }
             };
-            let _ = alerts.set_response_action(engine.store(), &alert.id, &outcome);
+            let _ = alerts.set_response_action(&alert.id, &outcome);
         });
     }
 
@@ -409,7 +401,7 @@ impl LivePolicy {
         } else {
             PolicySet::from_sources(files)?
         };
-        Ok(dryrun::run(
+        Ok(replay::run(
             &self.engine,
             &set,
             since_ns,

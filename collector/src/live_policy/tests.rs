@@ -2,7 +2,7 @@
 
 use custody_proto::sensor::v1::{LlmRequest, event::Kind};
 
-use super::context::from_index;
+use super::build_context::from_index;
 use crate::chain::ChainIndex;
 use crate::synth;
 

@@ -18,14 +18,12 @@ use tokio::sync::watch;
 
 use crate::alerts::Alerts;
 use crate::engine::Engine;
+use crate::engine::retention::Retention;
 use crate::live_policy::LivePolicy;
 use crate::response::Responder;
-use crate::retention::Retention;
 
 pub use render::render;
 pub use status::{Finding, Verdict, ago, assess};
-
-pub use crate::query::{EVENT_KINDS, kind_index};
 
 /// What metrics and status read: the running collector's parts and settings.
 pub struct Telemetry {
@@ -45,13 +43,7 @@ impl Telemetry {
     /// Stored events, their bytes, and the time of the oldest (0 when empty).
     pub fn store_stats(&self) -> (u64, u64, u64) {
         let st = self.engine.read();
-        let oldest = st
-            .blocks
-            .values()
-            .map(|b| crate::store::event_key_time(&b.min))
-            .min()
-            .unwrap_or(0);
-        (st.stored_events, st.stored_bytes, oldest)
+        (st.stored_events, st.stored_bytes, st.oldest_event_ns())
     }
 
     /// Stored events waiting for policy evaluation.

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
-use super::{EVENT_KINDS, Telemetry};
+use super::Telemetry;
+use crate::event_kind::EVENT_KINDS;
 
 /// Kernel loss counters the sensors report in heartbeats; the spool's drops are
 /// reported as reason "spool_full".

@@ -7,7 +7,7 @@ use custody_proto::admin::v1::{CollectorStatus, Host};
 use serde::Serialize;
 
 use super::Telemetry;
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 
 /// A connected host with more unacknowledged events than this is lagging.
 pub const LAG_EVENTS: u64 = 10_000;

@@ -13,7 +13,7 @@ use custody_proto::sensor::v1::event::Kind;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{KILL_FOLLOW_NS, Responder};
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 use crate::engine::StoredEvent;
 
 /// How long a candidate waits before its follow-up goes out: a child that inherited

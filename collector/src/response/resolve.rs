@@ -5,8 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use tonic::Status;
-
+use super::ResponseError;
 use crate::engine::State;
 
 /// Per-host targets, plus clear answers about what was left out.
@@ -35,25 +34,25 @@ fn ago(now: u64, t: u64) -> String {
 }
 
 /// One process.
-pub fn process(st: &State, exec_id: &str, now: u64) -> Result<Resolved, Status> {
+pub fn process(st: &State, exec_id: &str, now: u64) -> Result<Resolved, ResponseError> {
     let host = host_of_exec_id(exec_id).ok_or_else(|| {
-        Status::invalid_argument(format!(
+        ResponseError::invalid(format!(
             "{exec_id:?} is not an exec id: expected HOST:PID:START_TICKS (see `custodyctl chain`)"
         ))
     })?;
     if !st.fleet.hosts.contains_key(host) {
-        return Err(Status::not_found(format!(
+        return Err(ResponseError::not_found(format!(
             "no host {host:?} is enrolled (see `custodyctl hosts`)"
         )));
     }
     let node = st.chains.node(exec_id).ok_or_else(|| {
-        Status::not_found(format!(
+        ResponseError::not_found(format!(
             "host {host} never reported process {exec_id} (a process is known once its \
              sensor sees it: is it an agent or part of an agent's chain?)"
         ))
     })?;
     if node.exited_ns != 0 {
-        return Err(Status::failed_precondition(format!(
+        return Err(ResponseError::not_applicable(format!(
             "process {exec_id} already exited ({}); nothing to do",
             ago(now, node.exited_ns)
         )));
@@ -64,9 +63,9 @@ pub fn process(st: &State, exec_id: &str, now: u64) -> Result<Resolved, Status> 
 }
 
 /// Every live process of a chain, grouped by host.
-pub fn chain(st: &State, chain_id: &str) -> Result<Resolved, Status> {
+pub fn chain(st: &State, chain_id: &str) -> Result<Resolved, ResponseError> {
     let members = st.chains.members(chain_id).ok_or_else(|| {
-        Status::not_found(format!(
+        ResponseError::not_found(format!(
             "no chain {chain_id:?} (chain ids are the root's exec id, see `custodyctl chains`)"
         ))
     })?;
@@ -83,7 +82,7 @@ pub fn chain(st: &State, chain_id: &str) -> Result<Resolved, Status> {
         r.hosts.entry(n.host.clone()).or_default().push(id.clone());
     }
     if r.hosts.is_empty() {
-        return Err(Status::failed_precondition(format!(
+        return Err(ResponseError::not_applicable(format!(
             "every process of chain {chain_id} has exited ({exited} processes); nothing to do"
         )));
     }
@@ -97,9 +96,9 @@ pub fn chain(st: &State, chain_id: &str) -> Result<Resolved, Status> {
 
 /// Every host the agent has been seen on; each sensor acts on the agent's live
 /// processes there.
-pub fn agent(st: &State, agent_id: &str) -> Result<Resolved, Status> {
+pub fn agent(st: &State, agent_id: &str) -> Result<Resolved, ResponseError> {
     let a = st.fleet.agents.get(agent_id).ok_or_else(|| {
-        Status::not_found(format!(
+        ResponseError::not_found(format!(
             "no agent {agent_id:?} has been reported (see `custodyctl agents`)"
         ))
     })?;
@@ -108,7 +107,7 @@ pub fn agent(st: &State, agent_id: &str) -> Result<Resolved, Status> {
         r.hosts.insert(h.clone(), vec![agent_id.to_string()]);
     }
     if r.hosts.is_empty() {
-        return Err(Status::failed_precondition(format!(
+        return Err(ResponseError::not_applicable(format!(
             "agent {agent_id} has no host on record"
         )));
     }
@@ -117,23 +116,23 @@ pub fn agent(st: &State, agent_id: &str) -> Result<Resolved, Status> {
 
 /// Fleet-wide: every enrolled host gets the revocation, whether or not it has seen
 /// the credential, so a later sighting anywhere is stopped.
-pub fn credential(st: &State, fp: &str, allow_unknown: bool) -> Result<Resolved, Status> {
+pub fn credential(st: &State, fp: &str, allow_unknown: bool) -> Result<Resolved, ResponseError> {
     let Some(hex) = fp.strip_prefix("hmac-sha256:") else {
-        return Err(Status::invalid_argument(format!(
+        return Err(ResponseError::invalid(format!(
             "{fp:?} is not a credential fingerprint: expected hmac-sha256:<32 hex digits> \
              (see `custodyctl credentials`)"
         )));
     };
     // Sensors send 128-bit fingerprints (32 hex digits); accept up to the full MAC.
     if !(32..=64).contains(&hex.len()) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Status::invalid_argument(format!(
+        return Err(ResponseError::invalid(format!(
             "{fp:?} is not a credential fingerprint: expected 32 hex digits after hmac-sha256:"
         )));
     }
     let mut r = Resolved::default();
     if !st.fleet.creds.contains_key(fp) {
         if !allow_unknown {
-            return Err(Status::not_found(format!(
+            return Err(ResponseError::not_found(format!(
                 "no sensor has reported credential {fp}; check the fingerprint (`custodyctl \
                  credentials`), or revoke it pre-emptively with --allow-unknown"
             )));
@@ -145,7 +144,7 @@ pub fn credential(st: &State, fp: &str, allow_unknown: bool) -> Result<Resolved,
         r.hosts.insert(h.clone(), vec![fp.to_string()]);
     }
     if r.hosts.is_empty() {
-        return Err(Status::failed_precondition("no host is enrolled"));
+        return Err(ResponseError::not_applicable("no host is enrolled"));
     }
     Ok(r)
 }

@@ -168,7 +168,7 @@ pub async fn update(
         return Err(UiError::bad_request("assignee name too long"));
     }
     ui.alerts
-        .update(ui.engine.store(), &id, &op.name, ack, assignee)
+        .update(&id, &op.name, ack, assignee)
         .map_err(UiError::internal)?
         .ok_or_else(|| UiError::not_found(format!("no alert {id:?}")))?;
     let mut what = vec![];

@@ -16,7 +16,8 @@ use super::layout::{self, Nav, PER_PAGE, badge, pager, paginate, short, when};
 use super::session::Op;
 use super::{Params, Seg, Ui, UiError, blocking, enc, link};
 use crate::engine::{Engine, State as EngineState};
-use crate::query::{describe, id_to_key, key_to_id, kind_name};
+use crate::event_key::{id_to_key, key_to_id};
+use crate::event_kind::{describe, kind_name};
 
 pub struct ChainRow {
     pub summary: admin::ChainSummary,
@@ -228,7 +229,7 @@ pub struct ChainQuery {
 }
 
 /// Event kinds, as the timeline filter offers them (not "unknown": no event kind).
-const KINDS: &[&str] = crate::query::EVENT_KINDS.split_last().unwrap().1;
+const KINDS: &[&str] = crate::event_kind::EVENT_KINDS.split_last().unwrap().1;
 
 async fn load_chain(ui: &Ui, target: Target) -> Result<Option<admin::Chain>, UiError> {
     let engine = ui.engine.clone();
@@ -631,7 +632,8 @@ pub async fn process(
         engine.list_events(&filter, 200, after, true)
     })
     .await?;
-    let proto_events: Vec<admin::StoredEvent> = events.iter().map(crate::query::to_proto).collect();
+    let proto_events: Vec<admin::StoredEvent> =
+        events.iter().map(crate::engine::query::to_proto).collect();
     let refs: Vec<&admin::StoredEvent> = proto_events.iter().collect();
     let details = node_details(&ui, &op, n, exited.contains(&exec), &refs, &alerts);
     let path = format!("/processes/{}", enc(&exec));

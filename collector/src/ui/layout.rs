@@ -7,7 +7,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::live::Tag;
 use super::session::Op;
 use super::{UiError, asset_version, enc, link};
-use crate::auth::now_ns;
+use crate::clock::now_ns;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Nav {

@@ -43,7 +43,7 @@ use tokio::sync::watch;
 use crate::alerts::Alerts;
 use crate::auth::TokenStore;
 use crate::engine::Engine;
-use crate::response::Responder;
+use crate::response::{Responder, ResponseError};
 
 pub use session::{COOKIE, SessionStore};
 
@@ -128,7 +128,7 @@ const SCRIPT: &str = include_str!("../../ui/app.js");
 pub(crate) fn asset_version() -> &'static str {
     static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     V.get_or_init(|| {
-        crate::pki::sha256_hex(format!("{STYLE}{SCRIPT}").as_bytes())[..12].to_string()
+        crate::secret::sha256_hex(format!("{STYLE}{SCRIPT}").as_bytes())[..12].to_string()
     })
 }
 
@@ -225,21 +225,17 @@ impl UiError {
         )
     }
 
-    /// A refused gRPC-level answer (from the responder), with the matching HTTP code.
-    pub fn from_status(s: &tonic::Status) -> UiError {
-        use tonic::Code;
-        let (status, title) = match s.code() {
-            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "Refused"),
-            Code::NotFound => (StatusCode::NOT_FOUND, "Not found"),
-            Code::AlreadyExists | Code::FailedPrecondition | Code::Aborted => {
+    /// A refused response request, with the matching HTTP code.
+    pub fn from_response(e: &ResponseError) -> UiError {
+        let (status, title) = match e {
+            ResponseError::Invalid(_) => (StatusCode::BAD_REQUEST, "Refused"),
+            ResponseError::NotFound(_) => (StatusCode::NOT_FOUND, "Not found"),
+            ResponseError::Duplicate { .. } | ResponseError::NotApplicable(_) => {
                 (StatusCode::CONFLICT, "Refused")
             }
-            Code::PermissionDenied => (StatusCode::FORBIDDEN, "Forbidden"),
-            Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "Not signed in"),
-            Code::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Unavailable"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "Failed"),
+            ResponseError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Failed"),
         };
-        Self::new(status, title, s.message())
+        Self::new(status, title, e.to_string())
     }
 }
 

@@ -15,9 +15,10 @@ use serde::Deserialize;
 use super::layout::{self, Nav, PER_PAGE, badge, csrf, ms, pager, short, state_badge, when};
 use super::session::Op;
 use super::{FormData, Params, Seg, Ui, UiError, enc, link};
-use crate::auth::{Role, now_ns};
+use crate::auth::Role;
+use crate::clock::now_ns;
 use crate::engine::State as EngineState;
-use crate::response::{Issuer, resolve};
+use crate::response::{Issuer, ResponseError, resolve};
 
 /// The verbs a page offers for a target: kill, and quarantine or (when one is in
 /// force) release.
@@ -127,7 +128,7 @@ fn with_descendants(st: &EngineState, roots: &[String]) -> Vec<String> {
 }
 
 fn blast(ui: &Ui, scope: &str, target: &str) -> Result<Blast, UiError> {
-    let st_err = |s: tonic::Status| UiError::from_status(&s);
+    let st_err = |e: ResponseError| UiError::from_response(&e);
     let mut b = Blast {
         hosts: BTreeMap::new(),
         notes: vec![],
@@ -366,17 +367,17 @@ pub async fn respond(
     };
     match ui.responder.respond(who, req).await {
         Ok(a) => Ok(Redirect::to(&format!("/actions/{}", enc(&a.id))).into_response()),
-        Err(status) => {
+        Err(e) => {
             let _ = ui.engine.audit(admin::AuditEntry {
                 actor: op.name.clone(),
                 role: op.role.as_str().into(),
                 action: f.verb,
                 target: f.target,
                 reason: f.reason,
-                result: format!("refused: {} (web UI)", status.message()),
+                result: format!("refused: {e} (web UI)"),
                 ..Default::default()
             });
-            Err(UiError::from_status(&status))
+            Err(UiError::from_response(&e))
         }
     }
 }

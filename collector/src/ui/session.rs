@@ -19,7 +19,8 @@ use maud::html;
 use serde::Deserialize;
 
 use super::{FormData, Params, Ui, UiError, layout, link};
-use crate::auth::{Role, random_bytes};
+use crate::auth::Role;
+use crate::secret::random_bytes;
 
 pub const COOKIE: &str = "__Host-custody";
 const MAX_SESSIONS: usize = 10_000;

@@ -16,7 +16,7 @@ use crate::alerts::Alerts;
 use crate::auth::{Role, TokenStore};
 use crate::engine::Engine;
 use crate::response::Responder;
-use crate::sensor_service::Sessions;
+use crate::sensor_streams::SensorStreams;
 use crate::synth;
 
 struct T {
@@ -29,8 +29,9 @@ struct T {
 fn setup_with(sessions: SessionStore) -> T {
     let dir = tempfile::tempdir().unwrap();
     let engine = Arc::new(Engine::open(&dir.path().join("store")).unwrap());
-    let responder = Responder::open(engine.clone(), Arc::new(Sessions::default()), vec![]).unwrap();
-    let alerts = Alerts::open(engine.store()).unwrap();
+    let responder =
+        Responder::open(engine.clone(), Arc::new(SensorStreams::default()), vec![]).unwrap();
+    let alerts = Alerts::open(engine.store_handle()).unwrap();
     let tokens = TokenStore::open(dir.path()).unwrap();
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let ui = Arc::new(Ui {
@@ -145,7 +146,7 @@ fn ingest(t: &T, host: &str, mut events: Vec<Event>) {
 /// The three-host scenario with attacker-controlled strings in argv, agent id and a
 /// file path; returns the chain id.
 fn hostile_chain(t: &T) -> (String, synth::Scenario) {
-    let mut s = synth::three_hosts(["h-a", "h-b", "h-c"], crate::auth::now_ns());
+    let mut s = synth::three_hosts(["h-a", "h-b", "h-c"], crate::clock::now_ns());
     for e in &mut s.a {
         let p = e.process.as_mut().unwrap();
         p.argv = vec![
@@ -289,10 +290,7 @@ async fn state_changes_without_the_csrf_token_are_refused() {
         "nothing was issued"
     );
     // Alert updates and sign-out are checked the same way.
-    let a =
-        t.ui.alerts
-            .raise(t.ui.engine.store(), Alert::default())
-            .unwrap();
+    let a = t.ui.alerts.raise(Alert::default()).unwrap();
     let r = post(&t, &format!("/alerts/{}", a.id), &cookie, "acknowledge=1").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(t.ui.alerts.get(&a.id).unwrap().status, "open");
@@ -364,14 +362,11 @@ async fn viewers_see_no_buttons_and_are_refused_with_403() {
     let (chain, s) = hostile_chain(&t);
     let a =
         t.ui.alerts
-            .raise(
-                t.ui.engine.store(),
-                Alert {
-                    chain_id: chain.clone(),
-                    severity: "high".into(),
-                    ..Default::default()
-                },
-            )
+            .raise(Alert {
+                chain_id: chain.clone(),
+                severity: "high".into(),
+                ..Default::default()
+            })
             .unwrap();
     let (viewer, vcsrf) = sign_in(&t, Role::Viewer).await;
     let (responder, _) = sign_in(&t, Role::Responder).await;
@@ -441,19 +436,16 @@ async fn hostile_strings_from_events_are_escaped_everywhere() {
     let t = setup();
     let (chain, s) = hostile_chain(&t);
     t.ui.alerts
-        .raise(
-            t.ui.engine.store(),
-            Alert {
-                chain_id: chain.clone(),
-                exec_id: s.c1.clone(),
-                host: "h-c".into(),
-                severity: "critical".into(),
-                action: "open_read".into(),
-                resource: "File::\"<script>alert(4)</script>\"".into(),
-                policy_id: "<img src=x onerror=alert(5)>".into(),
-                ..Default::default()
-            },
-        )
+        .raise(Alert {
+            chain_id: chain.clone(),
+            exec_id: s.c1.clone(),
+            host: "h-c".into(),
+            severity: "critical".into(),
+            action: "open_read".into(),
+            resource: "File::\"<script>alert(4)</script>\"".into(),
+            policy_id: "<img src=x onerror=alert(5)>".into(),
+            ..Default::default()
+        })
         .unwrap();
     let (cookie, _) = sign_in(&t, Role::Responder).await;
     let c = super::enc(&chain);
@@ -645,7 +637,7 @@ async fn kill_from_the_ui_shows_the_blast_radius_then_the_action() {
 async fn a_chain_of_500_processes_is_collapsed_and_stays_small() {
     use custody_proto::sensor::v1::{ProcessFork, event::Kind};
     let t = setup();
-    let t0 = crate::auth::now_ns();
+    let t0 = crate::clock::now_ns();
     let root = synth::with_login(
         synth::process("h-a", 100, 1, "/usr/bin/agent", "big-agent"),
         1000,

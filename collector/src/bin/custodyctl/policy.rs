@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use custody_collector::client::AdminClient;
-use custody_collector::policy::{PolicyLoadError, PolicySet};
+use custody_policy::{PolicyLoadError, PolicySet};
 use custody_proto::admin::v1 as admin;
 
 use crate::{explain, json, table, ts};
@@ -159,7 +159,8 @@ pub async fn run(c: &mut AdminClient, cmd: &PolicyCmd, as_json: bool) -> Result<
                 None => vec![],
             };
             let back = custody_collector::units::parse_duration(since)?;
-            let since_ns = custody_collector::auth::now_ns().saturating_sub(back.as_nanos() as u64);
+            let since_ns =
+                custody_collector::clock::now_ns().saturating_sub(back.as_nanos() as u64);
             let r = c
                 .dry_run_policies(admin::DryRunPoliciesRequest {
                     files: to_proto(files),

@@ -15,13 +15,13 @@ fn event_row(e: &admin::StoredEvent) -> Vec<String> {
         ts(ev.time_ns),
         ev.host.clone(),
         ev.seq.to_string(),
-        custody_collector::query::kind_name(&ev.kind).to_owned(),
+        custody_collector::event_kind::kind_name(&ev.kind).to_owned(),
         if p.agent_id.is_empty() {
             p.comm.clone()
         } else {
             format!("{} ({})", p.comm, p.agent_id)
         },
-        custody_collector::query::describe(&ev),
+        custody_collector::event_kind::describe(&ev),
         e.chain_id.clone(),
     ]
 }
@@ -156,7 +156,7 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
             follow,
         } => {
             let since_ns = match since {
-                Some(s) => custody_collector::auth::now_ns()
+                Some(s) => custody_collector::clock::now_ns()
                     .saturating_sub(custody_collector::units::parse_duration(s)?.as_nanos() as u64),
                 None => 0,
             };

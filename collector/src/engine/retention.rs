@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::block::{Block, BlockSummary};
 use crate::engine::{Engine, State};
-use crate::store::{EntryFilter, TimeScan};
+use crate::store::block::{Block, BlockSummary};
+use crate::store::{Commit, EntryFilter, TimeScan};
 
 /// Deletions per write-lock hold, so ingest keeps flowing during a large cleanup.
 const CHUNK: usize = 20_000;
@@ -49,14 +49,14 @@ impl Engine {
             let gate = self.gate();
             let mut guard = self.write();
             let st = &mut *guard;
-            let mut batch = sled::Batch::default();
+            let mut commit = Commit::default();
             // Which entries of which blocks go: a prefix of all events in key order.
             let mut doomed: BTreeMap<u64, (std::sync::Arc<Block>, Vec<usize>)> = BTreeMap::new();
             let mut bytes = st.stored_bytes;
             let mut n = 0;
             let mut more = false;
             let all = st.blocks.iter().map(|(id, m)| (*id, m));
-            for item in TimeScan::new(&self.store, all, None, true, EntryFilter::All) {
+            for item in TimeScan::new(&*self.store, all, None, true, EntryFilter::All) {
                 let (b, i) = item?;
                 let e = b.entries[i];
                 let too_old = e.time < cutoff;
@@ -78,7 +78,7 @@ impl Engine {
             }
             deleted_bytes += st.stored_bytes.saturating_sub(bytes);
             for (_, (b, gone)) in doomed {
-                drop_entries(st, &mut batch, &b, &gone);
+                drop_entries(st, &mut commit, &b, &gone);
             }
             report.events_deleted += n as u64;
             if !more {
@@ -87,9 +87,9 @@ impl Engine {
                 }
                 report.pending_expired = st.chains.expire_pending(now_ns);
             }
-            Engine::persist_changes(st, &mut batch);
+            Engine::persist_changes(st, &mut commit);
             drop(guard);
-            self.store.apply(batch)?;
+            self.store.commit(commit)?;
             drop(gate);
             if !more {
                 break;
@@ -103,7 +103,7 @@ impl Engine {
         m.retention_deleted_bytes
             .fetch_add(deleted_bytes, Ordering::Relaxed);
         m.retention_last_ns
-            .store(crate::auth::now_ns(), Ordering::Relaxed);
+            .store(crate::clock::now_ns(), Ordering::Relaxed);
         if report.events_deleted > 0 {
             tracing::info!(
                 events = report.events_deleted,
@@ -117,7 +117,7 @@ impl Engine {
 
 /// Deletes entries `gone` of block `b`: rewrites or removes the block and its
 /// summary, and updates the indexes and counters.
-fn drop_entries(st: &mut State, batch: &mut sled::Batch, b: &Block, gone: &[usize]) {
+fn drop_entries(st: &mut State, commit: &mut Commit, b: &Block, gone: &[usize]) {
     let mut is_gone = vec![false; b.entries.len()];
     for &i in gone {
         is_gone[i] = true;
@@ -127,7 +127,7 @@ fn drop_entries(st: &mut State, batch: &mut sled::Batch, b: &Block, gone: &[usiz
     let old = BlockSummary::of(b, |_| true);
     let new = BlockSummary::of(b, |i| !is_gone[i]);
     let value = new.as_ref().map(|_| b.without(|i| is_gone[i]));
-    st.put_block(batch, b.id, value, old.as_ref(), new);
+    st.put_block(commit, b.id, value, old.as_ref(), new);
     // The open block is rewritten by every ingest group from memory: after this it
     // must not be, or the deleted events would come back. Start a new one.
     if b.id == st.open.id {

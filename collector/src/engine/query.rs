@@ -5,130 +5,19 @@ use std::collections::{BTreeSet, HashSet};
 
 use anyhow::Result;
 use custody_proto::admin::v1 as admin;
-use custody_proto::sensor::v1::{Event, event::Kind};
+use custody_proto::sensor::v1::Event;
 
-use crate::auth::now_ns;
-use crate::block::BlockMeta;
 use crate::chain::ChainIndex;
+use crate::clock::now_ns;
 use crate::engine::Placement;
 use crate::engine::{Engine, StoredEvent};
-use crate::store::{self, BlockCache, EntryFilter, EventKey, TimeScan};
+use crate::event_key::EventKey;
+use crate::event_key::{id_to_key, key_to_id};
+use crate::event_kind::{describe, kind_name};
+use crate::store::block::BlockMeta;
+use crate::store::{BlockCache, EntryFilter, TimeScan};
 
 const MAX_ACTIONS_PER_NODE: usize = 50;
-
-/// Event kind names (the `Event.kind` oneof), as `custodyctl events --kind`, the UI's
-/// filter and `custody_collector_events_total{kind}` use them; "unknown" (no kind)
-/// last.
-pub const EVENT_KINDS: [&str; 18] = [
-    "exec",
-    "fork",
-    "exit",
-    "file_open",
-    "file_unlink",
-    "file_rename",
-    "net",
-    "dns",
-    "credential",
-    "http_request",
-    "http_response",
-    "llm_request",
-    "llm_response",
-    "mcp",
-    "agent_discovered",
-    "warning",
-    "enforcement",
-    "unknown",
-];
-
-/// Index of an event's kind in [`EVENT_KINDS`].
-pub fn kind_index(k: &Option<Kind>) -> usize {
-    match k {
-        Some(Kind::Exec(_)) => 0,
-        Some(Kind::Fork(_)) => 1,
-        Some(Kind::Exit(_)) => 2,
-        Some(Kind::FileOpen(_)) => 3,
-        Some(Kind::FileUnlink(_)) => 4,
-        Some(Kind::FileRename(_)) => 5,
-        Some(Kind::Net(_)) => 6,
-        Some(Kind::Dns(_)) => 7,
-        Some(Kind::Credential(_)) => 8,
-        Some(Kind::HttpRequest(_)) => 9,
-        Some(Kind::HttpResponse(_)) => 10,
-        Some(Kind::LlmRequest(_)) => 11,
-        Some(Kind::LlmResponse(_)) => 12,
-        Some(Kind::Mcp(_)) => 13,
-        Some(Kind::AgentDiscovered(_)) => 14,
-        Some(Kind::Warning(_)) => 15,
-        Some(Kind::Enforcement(_)) => 16,
-        None => 17,
-    }
-}
-
-pub fn kind_name(k: &Option<Kind>) -> &'static str {
-    EVENT_KINDS[kind_index(k)]
-}
-
-/// One line describing what an event did, for chain trees and tables.
-pub fn describe(ev: &Event) -> String {
-    match &ev.kind {
-        Some(Kind::Exec(_)) => {
-            let argv = ev
-                .process
-                .as_ref()
-                .map(|p| p.argv.join(" "))
-                .unwrap_or_default();
-            format!("exec {argv}")
-        }
-        Some(Kind::Fork(f)) => format!("fork {}", f.child_exec_id),
-        Some(Kind::Exit(x)) => format!("exit code={} signal={}", x.exit_code, x.signal),
-        Some(Kind::FileOpen(f)) => format!("open {} ({}) -> {}", f.path, f.access, f.result),
-        Some(Kind::FileUnlink(f)) => format!("unlink {}", f.path),
-        Some(Kind::FileRename(f)) => format!("rename {} -> {}", f.from, f.to),
-        Some(Kind::Net(n)) => match &n.conn {
-            Some(c) => format!(
-                "{} {}:{} -> {}:{}",
-                n.op, c.local_addr, c.local_port, c.remote_addr, c.remote_port
-            ),
-            None => n.op.clone(),
-        },
-        Some(Kind::Dns(d)) => format!("dns {} {}", d.qtype, d.name),
-        Some(Kind::Credential(c)) => match &c.credential {
-            Some(c) => format!(
-                "credential {} {} ({} {})",
-                c.kind, c.fingerprint, c.source, c.location
-            ),
-            None => "credential".into(),
-        },
-        Some(Kind::HttpRequest(h)) => format!("http {} {}{}", h.method, h.host, h.path),
-        Some(Kind::HttpResponse(h)) => format!("http response {}", h.status),
-        Some(Kind::LlmRequest(l)) => format!("llm {} {}", l.provider, l.model),
-        Some(Kind::LlmResponse(l)) => {
-            format!("llm response {} {} tool calls", l.model, l.tool_calls.len())
-        }
-        Some(Kind::Mcp(m)) => format!("mcp {} {} {}", m.transport, m.method, m.tool_name),
-        Some(Kind::AgentDiscovered(a)) => format!("agent discovered ({}) {}", a.reason, a.evidence),
-        Some(Kind::Warning(w)) => format!("warning {}", w.message),
-        Some(Kind::Enforcement(e)) => format!(
-            "{} ({}){}",
-            e.action,
-            e.reason,
-            if e.applied {
-                String::new()
-            } else {
-                format!(" NOT APPLIED: {}", e.error)
-            }
-        ),
-        None => "unknown event".into(),
-    }
-}
-
-pub fn key_to_id(k: &EventKey) -> String {
-    hex::encode(k)
-}
-
-pub fn id_to_key(id: &str) -> Option<EventKey> {
-    hex::decode(id).ok()?.try_into().ok()
-}
 
 pub fn to_proto(se: &StoredEvent) -> admin::StoredEvent {
     admin::StoredEvent {
@@ -188,7 +77,7 @@ impl Engine {
         let limit = limit.clamp(1, 10_000);
         let st = self.read();
         let in_range = |k: &EventKey| {
-            let t = store::event_key_time(k);
+            let t = crate::event_key::event_key_time(k);
             (f.since_ns == 0 || t >= f.since_ns) && (f.until_ns == 0 || t <= f.until_ns)
         };
         let after_page = |k: &EventKey| match page {
@@ -254,15 +143,15 @@ impl Engine {
         };
         let start = page.or_else(|| {
             if ascending && f.since_ns > 0 {
-                Some(store::event_key(f.since_ns, 0))
+                Some(crate::event_key::event_key(f.since_ns, 0))
             } else if !ascending && f.until_ns > 0 {
-                Some(store::event_key(f.until_ns, u64::MAX))
+                Some(crate::event_key::event_key(f.until_ns, u64::MAX))
             } else {
                 None
             }
         });
         let scan = TimeScan::new(
-            &self.store,
+            &*self.store,
             candidates.into_iter(),
             start,
             ascending,
@@ -275,7 +164,7 @@ impl Engine {
                 continue;
             }
             if !in_range(&k) {
-                let t = store::event_key_time(&k);
+                let t = crate::event_key::event_key_time(&k);
                 let past_end = if ascending {
                     f.until_ns > 0 && t > f.until_ns
                 } else {
@@ -359,7 +248,7 @@ impl Engine {
     pub fn get_chain(&self, req: &admin::GetChainRequest) -> Result<Option<admin::Chain>> {
         use admin::get_chain_request::Target;
         let st = self.read();
-        let mut cache = BlockCache::new(&self.store, &st.blocks);
+        let mut cache = BlockCache::new(&*self.store, &st.blocks);
         let focus: Option<String> = match &req.target {
             Some(Target::ChainId(_)) | None => None,
             Some(Target::ExecId(e)) => Some(e.clone()),

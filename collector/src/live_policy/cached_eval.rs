@@ -1,25 +1,27 @@
-//! Decisions for stored events, with each process's chain context prepared once and
-//! reused while the chain index has not changed in a way that could alter it (its
-//! generation), since most events come from processes already seen.
+//! Decisions for stored events: an [`Evaluator`] with a cache of each process's
+//! chain context, prepared once and reused while the chain index has not changed in
+//! a way that could alter it (its generation), since most events come from
+//! processes already seen. (Named for what it is; agent-user's `hold::Judge` is
+//! unrelated.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::engine::{Engine, StoredEvent};
-use crate::policy::{Decision, Evaluator, PreparedChain};
+use custody_policy::{Decision, Evaluator, PreparedChain};
 
 /// Prepared contexts kept at most; the cache starts over beyond it.
 const MAX_CACHED: usize = 50_000;
 
-pub struct Judge {
+pub struct CachedEvaluator {
     evaluator: Evaluator,
     cache: HashMap<(String, String), Arc<PreparedChain>>,
     generation: u64,
 }
 
-impl Judge {
-    pub fn new(evaluator: Evaluator) -> Judge {
-        Judge {
+impl CachedEvaluator {
+    pub fn new(evaluator: Evaluator) -> CachedEvaluator {
+        CachedEvaluator {
             evaluator,
             cache: HashMap::new(),
             generation: u64::MAX,
@@ -27,7 +29,7 @@ impl Judge {
     }
 
     /// The event's chain context and the decisions for it.
-    pub fn judge(
+    pub fn decide(
         &mut self,
         engine: &Engine,
         se: &StoredEvent,
@@ -47,7 +49,7 @@ impl Judge {
             match self.cache.get(&key) {
                 Some(c) if !key.0.is_empty() => c.clone(),
                 _ => {
-                    let ctx = super::context::chain_context(&st, &se.event);
+                    let ctx = super::build_context::chain_context(&st, &se.event);
                     let c = Arc::new(PreparedChain::new(&ctx));
                     // A context built before the chain's root or links arrived is not
                     // worth keeping: the next event may know more.

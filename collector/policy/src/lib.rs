@@ -2,6 +2,10 @@
 //! belong to, evaluated by the collector on arrival and — where a policy needs no
 //! chain context — compiled into per-host rules the sensors enforce in the kernel.
 //!
+//! Its own crate (`custody-policy`) because it knows nothing of the collector:
+//! `custodyctl` and the benchmarks use it alone, and the collector's `live_policy`
+//! feeds it stored events and chain context.
+//!
 //! # Model
 //! The schema ([`SCHEMA`], `custody.cedarschema`) publishes the entities (`Human`,
 //! `Group`, `Agent`, `Host`, `Credential`, and the resources `File`/`Dir`,

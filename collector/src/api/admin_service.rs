@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{Operator, Role, TokenStore};
 use crate::engine::Engine;
+use crate::engine::query::{matches, to_proto};
+use crate::event_key::{id_to_key, key_to_id};
 use crate::pki::Pki;
-use crate::query::{id_to_key, key_to_id, matches, to_proto};
 use crate::response::Responder;
 
 pub struct AdminSvc {
@@ -264,7 +265,7 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         match self.responder.respond((&op).into(), r.clone()).await {
             Ok(a) => Ok(Response::new(a)),
-            Err(status) => {
+            Err(e) => {
                 // Refusals are audited too: who tried what, and why it was refused.
                 let target = match &r.target {
                     Some(admin::respond_request::Target::Process(t))
@@ -280,10 +281,10 @@ impl AdminService for AdminSvc {
                     action: r.verb,
                     target,
                     reason: r.reason,
-                    result: format!("refused: {}", status.message()),
+                    result: format!("refused: {e}"),
                     ..Default::default()
                 });
-                Err(status)
+                Err(e.into())
             }
         }
     }
@@ -345,13 +346,7 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         let a = self
             .alerts
-            .update(
-                self.engine.store(),
-                &r.id,
-                &op.name,
-                r.acknowledge,
-                &r.assignee,
-            )
+            .update(&r.id, &op.name, r.acknowledge, &r.assignee)
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no alert {:?}", r.id)))?;
         let mut what = vec![];

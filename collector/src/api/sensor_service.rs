@@ -7,9 +7,9 @@
 //! connection without one. The host a stream speaks for is the CN of its verified
 //! client certificate, never what the sensor claims.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use custody_proto::admin::v1::AuditEntry;
@@ -23,62 +23,21 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{EnrollTokenError, TokenStore};
 use crate::engine::Engine;
-use crate::ingest::IngestQueue;
+use crate::engine::group_commit::IngestQueue;
 use crate::pki::{Pki, host_from_cert_der};
 use crate::response::Responder;
+use crate::sensor_streams::{CommandSink, SensorStreams};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
-
-/// Open sensor streams, by host, so commands can be pushed to them.
-#[derive(Default)]
-pub struct Sessions {
-    by_host: Mutex<HashMap<String, (u64, Outbound)>>,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Sessions {
-    fn register(&self, host: &str, tx: Outbound) -> u64 {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.by_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.to_owned(), (id, tx));
-        id
-    }
-    fn unregister(&self, host: &str, id: u64) {
-        let mut m = self.by_host.lock().unwrap_or_else(|e| e.into_inner());
-        if m.get(host).is_some_and(|(i, _)| *i == id) {
-            m.remove(host);
-        }
-    }
-    /// Pushes a command to a connected host; false if it has no open stream.
-    pub async fn send_command(&self, host: &str, cmd: Command) -> bool {
-        let tx = self
-            .by_host
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host)
-            .map(|(_, tx)| tx.clone());
-        match tx {
-            Some(tx) => tx
-                .send(Ok(CollectorMessage {
-                    msg: Some(collector_message::Msg::Command(cmd)),
-                }))
-                .await
-                .is_ok(),
-            None => false,
-        }
-    }
-}
 
 pub struct SensorSvc {
     pub engine: Arc<Engine>,
     pub queue: IngestQueue,
     pub pki: Arc<Pki>,
     pub tokens: TokenStore,
-    pub sessions: Arc<Sessions>,
+    pub streams: Arc<SensorStreams>,
     pub responder: Arc<Responder>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -88,6 +47,20 @@ fn valid_host_id(h: &str) -> bool {
         && h.len() <= 253
         && h.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// Commands for a host go out on its stream's response channel, between acks.
+struct StreamSink(Outbound);
+
+impl CommandSink for StreamSink {
+    fn push(&self, cmd: Command) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            self.0
+                .send(msg(collector_message::Msg::Command(cmd)))
+                .await
+                .is_ok()
+        })
+    }
 }
 
 fn msg(m: collector_message::Msg) -> Result<CollectorMessage, Status> {
@@ -174,7 +147,7 @@ impl SensorService for SensorSvc {
             host,
             engine: self.engine.clone(),
             queue: self.queue.clone(),
-            sessions: self.sessions.clone(),
+            streams: self.streams.clone(),
             responder: self.responder.clone(),
             shutdown: self.shutdown.clone(),
             tx,
@@ -188,7 +161,7 @@ struct Session {
     host: String,
     engine: Arc<Engine>,
     queue: IngestQueue,
-    sessions: Arc<Sessions>,
+    streams: Arc<SensorStreams>,
     responder: Arc<Responder>,
     shutdown: watch::Receiver<bool>,
     tx: Outbound,
@@ -248,7 +221,9 @@ impl Session {
             return;
         }
         self.engine.set_connected(&host, true);
-        let sid = self.sessions.register(&host, self.tx.clone());
+        let sid = self
+            .streams
+            .register(&host, Arc::new(StreamSink(self.tx.clone())));
         // Actions issued while the host was away, in the order they were issued.
         {
             let responder = self.responder.clone();
@@ -256,7 +231,7 @@ impl Session {
             tokio::spawn(async move { responder.host_connected(&host).await });
         }
         let result = self.pump(&mut inbound).await;
-        self.sessions.unregister(&host, sid);
+        self.streams.unregister(&host, sid);
         self.engine.set_connected(&host, false);
         if let Err(status) = result {
             tracing::warn!(%host, "sensor stream ended: {}", status.message());

@@ -8,7 +8,7 @@ use custody_proto::sensor::v1::Event;
 
 use crate::chain::ChainIndex;
 use crate::engine::State;
-use crate::policy::{AgentInfo, ChainContext, HumanInfo};
+use custody_policy::{AgentInfo, ChainContext, HumanInfo};
 
 /// Builds the context of `ev` from what the collector knows now.
 pub fn chain_context(st: &State, ev: &Event) -> ChainContext {

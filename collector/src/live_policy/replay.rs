@@ -1,14 +1,14 @@
-//! Dry run: a policy set over stored events, oldest first, judged with the same
+//! The admin API's dry run: replays stored events through a policy set, oldest first, judged with the same
 //! context builder and evaluator as live evaluation, without alerts or responses.
 //! Contexts come from the chain index as it is now (chains only grow more complete
 //! as late events arrive, so a dry run sees at least what live evaluation saw).
 
 use custody_proto::admin::v1::{DryRunDecision, DryRunReport, EventFilter};
 
-use super::{context, is_action};
+use super::{build_context, is_action};
 use crate::engine::Engine;
-use crate::policy::{Evaluator, PolicySet};
-use crate::query::key_to_id;
+use crate::event_key::key_to_id;
+use custody_policy::{Evaluator, PolicySet};
 
 const PAGE: usize = 2000;
 const MAX_LISTED: usize = 1000;
@@ -46,7 +46,7 @@ pub fn run(
             if !is_action(&se.event) {
                 continue;
             }
-            let ctx = context::chain_context(&engine.read(), &se.event);
+            let ctx = build_context::chain_context(&engine.read(), &se.event);
             for d in evaluator.evaluate(&ctx, &se.event) {
                 report.requests += 1;
                 if d.allowed {
