@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Result;
 use custody_proto::admin::v1::AuditEntry;
-use custody_proto::sensor::v1::{Event, EventBatch, Heartbeat, Hello};
+use custody_proto::sensor::v1::{Event, EventBatch, EventKind, Heartbeat, Hello};
 use prost::Message;
 use tokio::sync::broadcast;
 
@@ -63,8 +63,8 @@ pub struct Metrics {
     pub stream_errors: AtomicU64,
     /// Batches stored (rejected ones are in `batches_rejected`).
     pub batches: AtomicU64,
-    /// Stored events by kind, indexed as [`crate::metrics::EVENT_KINDS`].
-    pub events_by_kind: [AtomicU64; crate::metrics::EVENT_KINDS.len()],
+    /// Stored events by kind, indexed as [`EventKind::ALL`].
+    pub events_by_kind: [AtomicU64; EventKind::ALL.len()],
     /// Events handed to policy evaluation (its queue depth is this minus what the
     /// evaluator took).
     pub policy_enqueued: AtomicU64,
@@ -502,7 +502,7 @@ impl Engine {
                 let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
                 let (mut last_seq, mut newest, mut skewed) = (0, 0, 0);
                 let mut host_ix: Option<(u64, u32)> = None;
-                let mut kinds = [0u64; crate::metrics::EVENT_KINDS.len()];
+                let mut kinds = [0u64; EventKind::ALL.len()];
                 for ev in eb.events {
                     if ev.seq <= hwm {
                         out.duplicates += 1;
@@ -530,7 +530,7 @@ impl Engine {
                     last_seq = ev.seq;
                     newest = newest.max(ev.time_ns.min(now));
                     out.stored += 1;
-                    kinds[crate::metrics::kind_index(&ev.kind)] += 1;
+                    kinds[ev.event_kind().index()] += 1;
                     if want_tail {
                         published.push(StoredEvent {
                             key,

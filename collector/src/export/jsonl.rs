@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::Line;
 use super::source::Numbered;
-use crate::query::{key_to_id, kind_name};
+use crate::query::key_to_id;
 
 /// RFC 3339 UTC with nanoseconds.
 pub fn rfc3339(ns: u64) -> String {
@@ -42,7 +42,7 @@ pub fn event_json(n: &Numbered) -> Value {
         "time": rfc3339(ev.time_ns),
         "time_ns": ev.time_ns,
         "host": ev.host,
-        "kind": kind_name(&ev.kind),
+        "kind": ev.kind_name(),
         "chain_id": n.se.chain_id,
         "exec_id": p.exec_id,
         "parent_exec_id": p.parent_exec_id,

@@ -25,8 +25,6 @@ use crate::retention::Retention;
 pub use render::render;
 pub use status::{Finding, Verdict, ago, assess};
 
-pub use crate::query::{EVENT_KINDS, kind_index};
-
 /// What metrics and status read: the running collector's parts and settings.
 pub struct Telemetry {
     pub engine: Arc<Engine>,

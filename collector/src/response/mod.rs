@@ -11,6 +11,7 @@
 pub mod follow;
 pub mod hook;
 pub mod resolve;
+pub mod wire;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use anyhow::Result;
 use custody_proto::admin::v1::{
     Action, AuditEntry, HostDelivery, RespondRequest, respond_request::Target,
 };
-use custody_proto::sensor::v1::{Command, CommandResult};
+use custody_proto::sensor::v1::{CommandResult, HostRules};
 use tonic::Status;
 
 use crate::auth::{Operator, now_ns};
@@ -367,17 +368,11 @@ impl Responder {
 
     /// Delivers a new policy version's host rules to every enrolled host (and to
     /// hosts that connect later); the previous version's delivery stops following.
-    pub async fn push_policy(
-        &self,
-        who: Issuer,
-        version: u64,
-        rules_json: String,
-    ) -> Result<Action> {
+    pub async fn push_policy(&self, who: Issuer, version: u64, rules: HostRules) -> Result<Action> {
         let now = now_ns();
         let id = self.new_id(now);
         let hosts: Vec<String> = self.engine.read().fleet.hosts.keys().cloned().collect();
         let mut params = std::collections::HashMap::new();
-        params.insert("rules".to_string(), rules_json);
         params.insert("version".to_string(), version.to_string());
         let action = Action {
             id: id.clone(),
@@ -391,6 +386,7 @@ impl Responder {
             status: "pending".into(),
             active: true,
             params,
+            host_rules: Some(rules),
             hosts: hosts
                 .into_iter()
                 .map(|host| HostDelivery {
@@ -485,21 +481,6 @@ impl Responder {
         }
     }
 
-    fn command(a: &Action, d: &HostDelivery, follow_up: Option<usize>) -> Command {
-        Command {
-            id: match follow_up {
-                Some(i) => format!("{}.{i}", a.id),
-                None => a.id.clone(),
-            },
-            kind: a.kind.clone(),
-            targets: d.targets.clone(),
-            reason: a.reason.clone(),
-            issued_by: a.operator.clone(),
-            issued_at_ns: a.issued_at_ns,
-            params: a.params.clone(),
-        }
-    }
-
     /// Sends every undelivered host part of an action to the hosts that are connected.
     async fn deliver_action(&self, id: &str) {
         let Some(a) = self.get(id) else { return };
@@ -513,7 +494,7 @@ impl Responder {
     /// Sends one delivery if its host is connected, marking it sent.
     async fn send(&self, a: &Action, i: usize) {
         let d = &a.hosts[i];
-        let cmd = Self::command(a, d, d.follow_up.then_some(i));
+        let cmd = wire::command(a, d, d.follow_up.then_some(i));
         if self.sessions.send_command(&d.host, cmd).await {
             bump(&self.metrics.sent, a.kind.clone());
             let mut actions = self.lock();
@@ -581,7 +562,7 @@ impl Responder {
                 action: "command_result".into(),
                 target: r.command_id.clone(),
                 reason: r.message.clone(),
-                result: format!("unknown command: {}", r.status),
+                result: format!("unknown command: {}", wire::state(r)),
                 ..Default::default()
             });
             return;
@@ -599,8 +580,9 @@ impl Responder {
             // A redelivered command answered twice: the first answer stands.
             return;
         }
-        bump(&self.metrics.results, (a.kind.clone(), r.status.clone()));
-        d.state = r.status.clone();
+        let state = wire::state(r);
+        bump(&self.metrics.results, (a.kind.clone(), state.to_string()));
+        d.state = state.into();
         d.message = r.message.clone();
         d.affected_exec_ids = r.affected_exec_ids.clone();
         d.confirmed_ns = now;
@@ -643,7 +625,7 @@ impl Responder {
             action: "confirm".into(),
             target: d.targets.join(","),
             reason: r.message.clone(),
-            result: r.status.clone(),
+            result: d.state.clone(),
             action_id: a.id.clone(),
             details: details.into_iter().collect(),
             ..Default::default()
