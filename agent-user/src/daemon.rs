@@ -14,13 +14,17 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 use agent_user::shipper::{Shipper, ShipperConfig, ShipperHandle};
-use custody_proto::sensor::v1::{Command as SensorCommand, CommandResult, Event};
+use custody_proto::enums::WireEnum;
+use custody_proto::sensor::v1::{
+    Command as SensorCommand, CommandResult, CommandStatus, EnforcementAction, Event,
+};
 
 use crate::cli::RunArgs;
-use crate::commands::{POLICY_RESOLVE_TIMEOUT, answer, apply_policy, next_command};
+use crate::commands::{self, POLICY_RESOLVE_TIMEOUT, answer, apply_policy, next_command};
 use crate::config::Config;
 use crate::identity::Identity;
-use crate::pipeline::{self, Pipeline, Tracker};
+use crate::pipeline::{Pipeline, Tracker};
+use crate::policy::rules::HostRulesExt;
 use crate::sighting::{DaemonJudge, HeldRecord, held_record, stop_on_sight};
 use crate::{
     decode, detach, enforce, enrollment, hold, kernel, loader, metrics, output, policy, response,
@@ -66,8 +70,8 @@ fn emit(
     counts: &Mutex<metrics::Counters>,
     ev: Event,
 ) -> Result<()> {
-    if let (Some(k), Ok(mut c)) = (ev.kind.as_ref(), counts.lock()) {
-        *c.events.entry(pipeline::kind_name(k)).or_default() += 1;
+    if let (true, Ok(mut c)) = (ev.kind.is_some(), counts.lock()) {
+        *c.events.entry(ev.kind_name()).or_default() += 1;
     }
     if let Some(s) = sink.as_mut() {
         s.write(&ev)?;
@@ -312,7 +316,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                     &mut ebpf,
                     p,
                 );
-                tracing::info!(version = %pol.status.version, %status, "policy restored from the state dir: {message}");
+                tracing::info!(version = %pol.status.version, status = status.name(), "policy restored from the state dir: {message}");
                 for ev in events {
                     emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                 }
@@ -429,7 +433,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                     pol.status.killed_after_open += u64::from(applied);
                     tracing::warn!(pid, applied, %reason, "policy: forbidden open");
                     let ev = pipe.enforcement_for(pid, custody_proto::sensor::v1::EnforcementApplied {
-                        action: "kill".into(),
+                        action: EnforcementAction::Kill.into(),
                         reason,
                         command_id: pol.status.command_id.clone(),
                         seen_in: "open".into(),
@@ -620,55 +624,41 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
             Some(cmd) = next_command(&mut commands) => {
                 // Response actions (kill, quarantine, revoke) arrive here, only ever over
                 // the authenticated collector stream.
-                tracing::info!(id = %cmd.id, kind = %cmd.kind, reason = %cmd.reason, by = %cmd.issued_by, "command received");
-                if cmd.kind == "policy_update" {
-                    let received = status::now_ns();
-                    match policy::parse(cmd.params.get("rules").map(String::as_str).unwrap_or("")) {
-                        Ok((rules, raw)) => {
-                            // Names are resolved off the loop; the rules are put in force
-                            // (and the command answered) when that is done.
-                            let names = rules.names();
-                            let fallback = pol.last_resolved();
-                            let mut p = policy::Pending {
-                                version: cmd.params.get("version").cloned().unwrap_or_default(),
-                                command_id: cmd.id.clone(),
-                                rules,
-                                raw,
-                                resolved: BTreeMap::new(),
-                                source: "collector".into(),
-                            };
-                            let tx = policy_tx.clone();
-                            tokio::spawn(async move {
-                                if !names.is_empty() {
-                                    p.resolved = tokio::task::spawn_blocking(move || {
-                                        policy::resolve(&names, POLICY_RESOLVE_TIMEOUT, &fallback)
-                                    })
-                                    .await
-                                    .unwrap_or_default();
-                                }
-                                let _ = tx.send((cmd, received, p)).await;
-                            });
-                        }
-                        Err(e) => {
-                            let now = status::now_ns();
-                            let r = CommandResult {
-                                command_id: cmd.id.clone(),
-                                host: cfg.host_id.clone(),
-                                status: "failed".into(),
-                                message: format!("{e:#}; the previous rules stay in force"),
-                                received_ns: received,
-                                completed_ns: now,
-                                apply_ns: now - received,
-                                ..Default::default()
-                            };
-                            answer(shipper.as_ref(), &counts, cmd.kind.clone(), r, Vec::new());
-                        }
+                tracing::info!(id = %cmd.id, kind = cmd.kind_name(), reason = %cmd.reason, by = %cmd.issued_by, "command received");
+                let received = status::now_ns();
+                let (result, kills) = match commands::read(&cmd) {
+                    commands::Order::Policy { version, rules, raw } => {
+                        // Names are resolved off the loop; the rules are put in force
+                        // (and the command answered) when that is done.
+                        let names = rules.names();
+                        let fallback = pol.last_resolved();
+                        let mut p = policy::Pending {
+                            version,
+                            command_id: cmd.id.clone(),
+                            rules,
+                            raw,
+                            resolved: BTreeMap::new(),
+                            source: "collector".into(),
+                        };
+                        let tx = policy_tx.clone();
+                        tokio::spawn(async move {
+                            if !names.is_empty() {
+                                p.resolved = tokio::task::spawn_blocking(move || {
+                                    policy::resolve(&names, POLICY_RESOLVE_TIMEOUT, &fallback)
+                                })
+                                .await
+                                .unwrap_or_default();
+                            }
+                            let _ = tx.send((cmd, received, p)).await;
+                        });
+                        continue;
                     }
-                    continue;
-                }
-                let (result, kills) = match enforcer.as_mut() {
-                    _ if cmd.kind == "revoke_credential" => {
-                        let r = response::revoke(&mut pipe, &mut revocations, enforcer.as_mut(), &mut ebpf, &cmd);
+                    commands::Order::Unsupported(why) => {
+                        tracing::warn!(id = %cmd.id, kind = cmd.kind_name(), "command refused: {why}");
+                        (commands::refused(&cfg.host_id, &cmd, CommandStatus::Unsupported, received, why), Vec::new())
+                    }
+                    commands::Order::Revoke { action } => {
+                        let r = response::revoke(&mut pipe, &mut revocations, enforcer.as_mut(), &mut ebpf, &cmd, action);
                         // From now on, new processes are vetted before they run.
                         if let Some(hs) = holds.as_mut() {
                             if let Err(e) = hs.arm(enforcer.is_some() && (!pipe.revoked.is_empty() || !pipe.policy_creds.is_empty())) {
@@ -677,10 +667,12 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                         }
                         (r, Vec::new())
                     }
-                    Some(en) => response::apply(&pipe.table, en, &mut ebpf, &cmd),
-                    None => (response::unavailable(&cfg.host_id, &cmd, "enforcement is degraded on this host (see custodyd status)"), Vec::new()),
+                    commands::Order::Act(act) => match enforcer.as_mut() {
+                        Some(en) => response::apply(&pipe.table, en, &mut ebpf, &cmd, act),
+                        None => (response::unavailable(&cfg.host_id, &cmd, "enforcement is degraded on this host (see custodyd status)"), Vec::new()),
+                    },
                 };
-                answer(shipper.as_ref(), &counts, cmd.kind.clone(), result, kills);
+                answer(shipper.as_ref(), &counts, cmd.kind_name(), result, kills);
             }
             Some((cmd, received, p)) = policy_rx.recv() => {
                 let version = p.version.clone();
@@ -695,19 +687,19 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
                 for ev in events {
                     emit(&mut sink, shipper.as_ref(), &counts, ev)?;
                 }
-                tracing::info!(%version, %status, "policy: {message}");
+                tracing::info!(%version, status = status.name(), "policy: {message}");
                 let now = status::now_ns();
                 let r = CommandResult {
                     command_id: cmd.id.clone(),
                     host: cfg.host_id.clone(),
-                    status,
+                    status: status.into(),
                     message,
                     affected_exec_ids: affected,
                     received_ns: received,
                     completed_ns: now,
                     apply_ns: now.saturating_sub(received),
                 };
-                answer(shipper.as_ref(), &counts, cmd.kind.clone(), r, Vec::new());
+                answer(shipper.as_ref(), &counts, cmd.kind_name(), r, Vec::new());
             }
             _ = term.recv() => break,
             _ = int.recv() => break,

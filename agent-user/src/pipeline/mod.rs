@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use agent_ebpf::{EventHeader, ExecEvent, Tracked, flag, track};
 use agent_user::credential::{self, Credential, FleetKey};
 use agent_user::intent::HttpStream;
+use custody_proto::enums::WireEnum;
 use custody_proto::sensor::v1::{
     self as pb, Event, ProcessExec, ProcessExit, ProcessFork, SensorWarning, event::Kind,
 };
@@ -599,7 +600,10 @@ impl Pipeline {
             seq: 0,
             process,
             kind: Some(Kind::Enforcement(pb::EnforcementApplied {
-                action: v.action.clone(),
+                // The violation's action is one the sensor chose: "kill" or "quarantine".
+                action: pb::EnforcementAction::from_name(&v.action)
+                    .unwrap_or(pb::EnforcementAction::Kill)
+                    .into(),
                 reason: match (v.held, v.seen_in.as_str()) {
                     _ if !v.policy.is_empty() => format!(
                         "policy {}: credential forbidden to this agent seen in {}{}",
@@ -654,29 +658,6 @@ impl Pipeline {
         if self.streams.len() > 8192 {
             self.streams.clear();
         }
-    }
-}
-
-/// The event kind's name, as in the JSON output.
-pub fn kind_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::Exec(_) => "exec",
-        Kind::Fork(_) => "fork",
-        Kind::Exit(_) => "exit",
-        Kind::FileOpen(_) => "file_open",
-        Kind::FileUnlink(_) => "file_unlink",
-        Kind::FileRename(_) => "file_rename",
-        Kind::Net(_) => "net",
-        Kind::Dns(_) => "dns",
-        Kind::Credential(_) => "credential",
-        Kind::HttpRequest(_) => "http_request",
-        Kind::HttpResponse(_) => "http_response",
-        Kind::LlmRequest(_) => "llm_request",
-        Kind::LlmResponse(_) => "llm_response",
-        Kind::Mcp(_) => "mcp",
-        Kind::AgentDiscovered(_) => "agent_discovered",
-        Kind::Warning(_) => "warning",
-        Kind::Enforcement(_) => "enforcement",
     }
 }
 
