@@ -5,11 +5,20 @@
 use std::time::Duration;
 
 use aya::Ebpf;
-use custody_proto::sensor::v1::{Command, CommandResult};
+use custody_proto::sensor::v1::{Command, CommandResult, CommandStatus};
 
 use crate::clock::now_ns;
 use crate::enforce::{Enforcer, wait_gone};
 use crate::proctable::ProcTable;
+
+/// What a kill, quarantine or release command does to each target process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    /// kill_process, kill_agent, kill_chain.
+    Kill,
+    Quarantine,
+    Release,
+}
 
 /// A live process targeted by a command.
 #[derive(Clone, Copy, Debug)]
@@ -90,6 +99,7 @@ pub fn apply(
     enforcer: &mut Enforcer,
     ebpf: &mut Ebpf,
     cmd: &Command,
+    act: Act,
 ) -> (CommandResult, Vec<Target>) {
     let received = now_ns();
     let (targets, unknown) = resolve(table, cmd);
@@ -100,13 +110,10 @@ pub fn apply(
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
     for t in &targets {
-        let r = match cmd.kind.as_str() {
-            "kill_process" | "kill_agent" | "kill_chain" => {
-                enforcer.kill(ebpf, t.pid, t.start_boottime, t.start_ticks, cmd_ref)
-            }
-            "quarantine" => enforcer.quarantine(t.pid, t.start_ticks),
-            "release" => enforcer.release(t.pid),
-            _ => Ok(false),
+        let r = match act {
+            Act::Kill => enforcer.kill(ebpf, t.pid, t.start_boottime, t.start_ticks, cmd_ref),
+            Act::Quarantine => enforcer.quarantine(t.pid, t.start_ticks),
+            Act::Release => enforcer.release(t.pid),
         };
         match r {
             Ok(true) => affected.push(table.exec_id(t.pid, t.start_ticks)),
@@ -114,33 +121,24 @@ pub fn apply(
             Err(e) => errors.push(format!("pid {}: {e:#}", t.pid)),
         }
     }
-    let known = matches!(
-        cmd.kind.as_str(),
-        "kill_process" | "kill_agent" | "kill_chain" | "quarantine" | "release"
-    );
     // Releasing what is already gone is not a failure: a quarantined process that
     // exited took its quarantine entry with it.
-    let release_nothing = cmd.kind == "release" && errors.is_empty() && affected.is_empty();
-    let status = if !known {
-        "unsupported"
-    } else if release_nothing {
-        "ok"
+    let release_nothing = act == Act::Release && errors.is_empty() && affected.is_empty();
+    let status = if release_nothing {
+        CommandStatus::Ok
     } else if !errors.is_empty() {
         if affected.is_empty() {
-            "failed"
+            CommandStatus::Failed
         } else {
-            "partial"
+            CommandStatus::Partial
         }
     } else if affected.is_empty() && !unknown.is_empty() {
-        "failed"
+        CommandStatus::Failed
     } else {
-        "ok"
+        CommandStatus::Ok
     };
     let mut message: Vec<String> = errors;
     message.extend(unknown);
-    if !known {
-        message.push(format!("this sensor does not implement {:?}", cmd.kind));
-    }
     if affected.is_empty() && message.is_empty() {
         message.push("no matching live process on this host".into());
     }
@@ -158,7 +156,7 @@ pub fn apply(
         completed_ns: now,
         apply_ns: now - received,
     };
-    let kills = if cmd.kind.starts_with("kill_") {
+    let kills = if act == Act::Kill {
         targets
     } else {
         Vec::new()
@@ -172,7 +170,7 @@ pub fn unavailable(host: &str, cmd: &Command, why: &str) -> CommandResult {
     CommandResult {
         command_id: cmd.id.clone(),
         host: host.to_string(),
-        status: "failed".into(),
+        status: CommandStatus::Failed.into(),
         message: why.to_string(),
         affected_exec_ids: Vec::new(),
         received_ns: now,
@@ -189,7 +187,7 @@ pub fn confirm_kills(mut r: CommandResult, kills: Vec<Target>) -> CommandResult 
     r.completed_ns = now_ns();
     r.apply_ns = r.completed_ns.saturating_sub(r.received_ns);
     if !alive.is_empty() {
-        r.status = "partial".into();
+        r.status = CommandStatus::Partial.into();
         let pids: Vec<String> = alive.iter().map(|(p, _)| p.to_string()).collect();
         let msg = format!("still alive after 5 s: {}", pids.join(", "));
         r.message = if r.message.is_empty() {
@@ -210,26 +208,16 @@ pub fn revoke(
     enforcer: Option<&mut Enforcer>,
     ebpf: &mut Ebpf,
     cmd: &Command,
+    action: &str,
 ) -> CommandResult {
     let received = now_ns();
-    let action = cmd
-        .params
-        .get("action")
-        .map(String::as_str)
-        .unwrap_or("kill")
-        .to_string();
+    let action = action.to_string();
     let mut result = CommandResult {
         command_id: cmd.id.clone(),
         host: pipe.table.host.clone(),
         received_ns: received,
         ..Default::default()
     };
-    if action != "kill" && action != "quarantine" {
-        result.status = "failed".into();
-        result.message =
-            format!("unknown revoke action {action:?}: expected \"kill\" or \"quarantine\"");
-        return result;
-    }
     let fps: Vec<String> = cmd
         .targets
         .iter()
@@ -237,7 +225,7 @@ pub fn revoke(
         .cloned()
         .collect();
     if fps.is_empty() {
-        result.status = "failed".into();
+        result.status = CommandStatus::Failed.into();
         result.message = "no credential fingerprint (hmac-sha256:…) among the targets".into();
         return result;
     }
@@ -247,7 +235,7 @@ pub fn revoke(
         reason: cmd.reason.clone(),
     };
     if let Err(e) = revocations.add(&fps, rec) {
-        result.status = "failed".into();
+        result.status = CommandStatus::Failed.into();
         result.message = format!("could not cache the revocation: {e:#}");
         return result;
     }
@@ -280,11 +268,11 @@ pub fn revoke(
         );
     }
     result.status = if errors.is_empty() {
-        "ok"
+        CommandStatus::Ok
     } else if result.affected_exec_ids.is_empty() {
-        "failed"
+        CommandStatus::Failed
     } else {
-        "partial"
+        CommandStatus::Partial
     }
     .into();
     let held = result.affected_exec_ids.len();

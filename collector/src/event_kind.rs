@@ -1,63 +1,11 @@
-//! The event-kind table: the names of the `Event.kind` oneof as every reader of the
-//! collector spells them (`custodyctl events --kind`, the UI's filter, metrics
-//! labels, exports), and a one-line description of an event by kind.
+//! A one-line description of an event by kind, for chain trees, tables and exports.
+//! The kinds themselves and their names are one table in `custody_proto`
+//! (`EventKind::ALL`/`NAMES`, `Event::kind_name`).
 //!
-//! A leaf: it knows only the protobuf types, so the engine (which counts stored
-//! events by kind) and the read side both use it without importing each other.
+//! A leaf: it knows only the protobuf types.
 
+use custody_proto::enums::WireEnum;
 use custody_proto::sensor::v1::{Event, event::Kind};
-
-/// Event kind names (the `Event.kind` oneof), as `custodyctl events --kind`, the UI's
-/// filter and `custody_collector_events_total{kind}` use them; "unknown" (no kind)
-/// last.
-pub const EVENT_KINDS: [&str; 18] = [
-    "exec",
-    "fork",
-    "exit",
-    "file_open",
-    "file_unlink",
-    "file_rename",
-    "net",
-    "dns",
-    "credential",
-    "http_request",
-    "http_response",
-    "llm_request",
-    "llm_response",
-    "mcp",
-    "agent_discovered",
-    "warning",
-    "enforcement",
-    "unknown",
-];
-
-/// Index of an event's kind in [`EVENT_KINDS`].
-pub fn kind_index(k: &Option<Kind>) -> usize {
-    match k {
-        Some(Kind::Exec(_)) => 0,
-        Some(Kind::Fork(_)) => 1,
-        Some(Kind::Exit(_)) => 2,
-        Some(Kind::FileOpen(_)) => 3,
-        Some(Kind::FileUnlink(_)) => 4,
-        Some(Kind::FileRename(_)) => 5,
-        Some(Kind::Net(_)) => 6,
-        Some(Kind::Dns(_)) => 7,
-        Some(Kind::Credential(_)) => 8,
-        Some(Kind::HttpRequest(_)) => 9,
-        Some(Kind::HttpResponse(_)) => 10,
-        Some(Kind::LlmRequest(_)) => 11,
-        Some(Kind::LlmResponse(_)) => 12,
-        Some(Kind::Mcp(_)) => 13,
-        Some(Kind::AgentDiscovered(_)) => 14,
-        Some(Kind::Warning(_)) => 15,
-        Some(Kind::Enforcement(_)) => 16,
-        None => 17,
-    }
-}
-
-pub fn kind_name(k: &Option<Kind>) -> &'static str {
-    EVENT_KINDS[kind_index(k)]
-}
 
 /// One line describing what an event did, for chain trees and tables.
 pub fn describe(ev: &Event) -> String {
@@ -72,7 +20,9 @@ pub fn describe(ev: &Event) -> String {
         }
         Some(Kind::Fork(f)) => format!("fork {}", f.child_exec_id),
         Some(Kind::Exit(x)) => format!("exit code={} signal={}", x.exit_code, x.signal),
-        Some(Kind::FileOpen(f)) => format!("open {} ({}) -> {}", f.path, f.access, f.result),
+        Some(Kind::FileOpen(f)) => {
+            format!("open {} ({}) -> {}", f.path, f.access().name(), f.result)
+        }
         Some(Kind::FileUnlink(f)) => format!("unlink {}", f.path),
         Some(Kind::FileRename(f)) => format!("rename {} -> {}", f.from, f.to),
         Some(Kind::Net(n)) => match &n.conn {

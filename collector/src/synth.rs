@@ -111,7 +111,7 @@ pub fn file_open(p: &Process, host: &str, t: u64, path: &str) -> Event {
         Kind::FileOpen(FileOpen {
             path: path.into(),
             result: 3,
-            access: "read".into(),
+            access: custody_proto::sensor::v1::FileAccess::Read.into(),
             ..Default::default()
         }),
     )

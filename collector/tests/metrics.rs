@@ -17,7 +17,7 @@ use common::*;
 use custody_collector::auth::Role;
 use custody_collector::{Collector, CollectorConfig, synth};
 use custody_proto::admin::v1::{RespondRequest, respond_request::Target};
-use custody_proto::sensor::v1::{CommandResult, Event};
+use custody_proto::sensor::v1::{CommandResult, CommandStatus, Event};
 use prometheus_parse::{Scrape, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -130,7 +130,7 @@ impl Host {
                     .send_result(CommandResult {
                         command_id: cmd.id.clone(),
                         host: host.into(),
-                        status: "ok".into(),
+                        status: CommandStatus::Ok.into(),
                         affected_exec_ids: cmd.targets.clone(),
                         received_ns: now,
                         completed_ns: now + 1_000_000,
@@ -220,9 +220,7 @@ async fn metrics_and_status_follow_the_fleet() {
     }
     let mut by_kind: BTreeMap<&str, f64> = BTreeMap::new();
     for e in shipped.iter().flat_map(|v| v.iter()) {
-        *by_kind
-            .entry(custody_collector::event_kind::kind_name(&e.kind))
-            .or_default() += 1.0;
+        *by_kind.entry(e.kind_name()).or_default() += 1.0;
     }
     let total: f64 = by_kind.values().sum();
     let s = wait_metric(m, "custody_collector_sensors_connected", &[], 3.0).await;

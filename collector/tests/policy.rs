@@ -8,8 +8,8 @@ use custody_policy::{
     HumanInfo, PolicySet, Response, Severity, compile_host_rules, dry_run,
 };
 use custody_proto::sensor::v1::{
-    Connection, Credential, CredentialSeen, DnsQuery, Event, FileOpen, McpMessage, NetSocket,
-    Process, event::Kind,
+    Connection, Credential, CredentialSeen, DnsQuery, Event, FileAccess, FileOpen, McpMessage,
+    NetSocket, Process, event::Kind,
 };
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
@@ -83,7 +83,7 @@ fn read(seq: u64, path: &str) -> Event {
         Kind::FileOpen(FileOpen {
             path: path.into(),
             flags: 0,
-            access: "read".into(),
+            access: FileAccess::Read.into(),
             result: 3,
             ..FileOpen::default()
         }),
@@ -274,10 +274,15 @@ when { context.depth >= 3 };
     assert_eq!(l.enforcement, Enforcement::Collector);
     assert!(l.why.contains("context.depth"));
 
-    // JSON round trip (travels in a command's params).
-    let json = rules.to_json();
+    // Wire round trip (travels as a PolicyUpdate's HostRules).
+    let wire = rules.to_wire();
+    let json = serde_json::to_string(&wire).unwrap();
     assert!(json.contains("203.0.113.0/24"), "{json}");
-    assert_eq!(HostRules::from_json(&json).unwrap(), rules);
+    let bytes = prost::Message::encode_to_vec(&wire);
+    assert_eq!(
+        <custody_proto::sensor::v1::HostRules as prost::Message>::decode(&bytes[..]).unwrap(),
+        wire
+    );
 
     // The collector agrees with the kernel rule.
     let eval = Evaluator::new(&set);

@@ -22,7 +22,10 @@ use custody_proto::admin::v1::{
     Action, GetActionRequest, GetAuditRequest, ListHostsRequest, RespondRequest,
     VerifyAuditRequest, admin_service_client::AdminServiceClient, respond_request::Target,
 };
-use custody_proto::sensor::v1::{Command, CommandResult, Event, ProcessExit, event::Kind};
+use custody_proto::enums::WireEnum;
+use custody_proto::sensor::v1::{
+    Command, CommandResult, CommandStatus, Event, ProcessExit, command, event::Kind,
+};
 use tonic::transport::Channel;
 
 type Seen = Arc<Mutex<Vec<Command>>>;
@@ -75,8 +78,8 @@ impl Host {
                     .send_result(CommandResult {
                         command_id: cmd.id.clone(),
                         host: host.into(),
-                        status: "ok".into(),
-                        message: format!("applied {}", cmd.kind),
+                        status: CommandStatus::Ok.into(),
+                        message: format!("applied {}", cmd.kind_name()),
                         affected_exec_ids: cmd.targets.clone(),
                         received_ns: now,
                         completed_ns: now + 1_000_000,
@@ -221,7 +224,7 @@ async fn chain_kill_reaches_every_host_including_offline_and_late_processes() {
     assert_eq!(by_host["host-a"].affected_exec_ids, vec![s.a1.clone()]);
     let cmd = &hosts[0].commands()[0];
     assert_eq!(
-        (cmd.kind.as_str(), cmd.id.as_str()),
+        (cmd.kind_name(), cmd.id.as_str()),
         ("kill_chain", a.id.as_str())
     );
     assert_eq!(cmd.reason, "test kill");
@@ -592,11 +595,12 @@ async fn revocation_is_fleet_wide_calls_issuer_hooks_and_reaches_late_hosts() {
     })
     .await;
     let cmd = &a.commands()[0];
-    assert_eq!(cmd.kind, "revoke_credential");
-    assert_eq!(
-        cmd.params.get("action").map(String::as_str),
-        Some("quarantine")
-    );
+    assert_eq!(cmd.kind_name(), "revoke_credential");
+    let revoke_action = match &cmd.kind {
+        Some(command::Kind::RevokeCredential(r)) => Some(r.action().name()),
+        _ => None,
+    };
+    assert_eq!(revoke_action, Some("quarantine"));
     // host-b gets the revocation when it first connects.
     b.start(&addr);
     let done = wait_state(&mut adm, &viewer, &act.id, |x| x.status == "done").await;

@@ -1,13 +1,17 @@
 //! Commands from the collector (kill, quarantine, release, revoke, policy update):
-//! where they come from, how each is applied by the daemon, how a policy set is put
-//! in force, and how results are answered.
+//! where they come from, how each is applied by the daemon (the wire command is read
+//! once, into an [`orders::Order`]), how a policy set is put in force, and how
+//! results are answered.
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use custody_proto::sensor::v1::{Command as SensorCommand, CommandResult, Event};
+use custody_proto::enums::WireEnum;
+use custody_proto::sensor::v1::{Command as SensorCommand, CommandResult, CommandStatus, Event};
 
 use super::Daemon;
+use super::orders::{self, Order};
+use crate::policy::rules::HostRulesExt;
 use crate::sighting::DaemonJudge;
 use crate::watch::Violation;
 use crate::{clock, policy, response};
@@ -32,13 +36,29 @@ impl Daemon {
     /// A command from the collector. Response actions (kill, quarantine, revoke)
     /// arrive here, only ever over the authenticated collector stream.
     pub(super) fn on_command(&mut self, cmd: SensorCommand) {
-        tracing::info!(id = %cmd.id, kind = %cmd.kind, reason = %cmd.reason, by = %cmd.issued_by, "command received");
-        if cmd.kind == "policy_update" {
-            self.resolve_policy(cmd);
-            return;
-        }
-        let (result, kills) = match self.enforcer.as_mut() {
-            _ if cmd.kind == "revoke_credential" => {
+        tracing::info!(id = %cmd.id, kind = cmd.kind_name(), reason = %cmd.reason, by = %cmd.issued_by, "command received");
+        let received = clock::now_ns();
+        let (result, kills) = match orders::read(&cmd) {
+            Order::Policy {
+                version,
+                rules,
+                raw,
+            } => {
+                self.resolve_policy(cmd, received, version, rules, raw);
+                return;
+            }
+            Order::Unsupported(why) => {
+                tracing::warn!(id = %cmd.id, kind = cmd.kind_name(), "command refused: {why}");
+                let r = orders::refused(
+                    &self.host_id,
+                    &cmd,
+                    CommandStatus::Unsupported,
+                    received,
+                    why,
+                );
+                (r, Vec::new())
+            }
+            Order::Revoke { action } => {
                 let r = response::revoke(
                     &mut self.pipe,
                     &mut self.watch,
@@ -46,68 +66,59 @@ impl Daemon {
                     self.enforcer.as_mut(),
                     &mut self.ebpf,
                     &cmd,
+                    action,
                 );
                 // From now on, new processes are vetted before they run.
                 self.arm_holds();
                 (r, Vec::new())
             }
-            Some(en) => response::apply(&self.pipe.table, en, &mut self.ebpf, &cmd),
-            None => (
-                response::unavailable(
-                    &self.host_id,
-                    &cmd,
-                    "enforcement is degraded on this host (see custodyd status)",
+            Order::Act(act) => match self.enforcer.as_mut() {
+                Some(en) => response::apply(&self.pipe.table, en, &mut self.ebpf, &cmd, act),
+                None => (
+                    response::unavailable(
+                        &self.host_id,
+                        &cmd,
+                        "enforcement is degraded on this host (see custodyd status)",
+                    ),
+                    Vec::new(),
                 ),
-                Vec::new(),
-            ),
+            },
         };
-        self.report.answer(cmd.kind.clone(), result, kills);
+        self.report.answer(cmd.kind_name(), result, kills);
     }
 
     /// A `policy_update`: names are resolved off the loop; the rules are put in
     /// force (and the command answered) when that is done, in
     /// [`Daemon::on_policy_resolved`].
-    fn resolve_policy(&mut self, cmd: SensorCommand) {
-        let received = clock::now_ns();
-        match policy::parse(cmd.params.get("rules").map(String::as_str).unwrap_or("")) {
-            Ok((rules, raw)) => {
-                let names = rules.names();
-                let fallback = self.policy.last_resolved();
-                let mut p = policy::Pending {
-                    version: cmd.params.get("version").cloned().unwrap_or_default(),
-                    command_id: cmd.id.clone(),
-                    rules,
-                    raw,
-                    resolved: BTreeMap::new(),
-                    source: "collector".into(),
-                };
-                let tx = self.policy_tx.clone();
-                tokio::spawn(async move {
-                    if !names.is_empty() {
-                        p.resolved = tokio::task::spawn_blocking(move || {
-                            policy::resolve(&names, POLICY_RESOLVE_TIMEOUT, &fallback)
-                        })
-                        .await
-                        .unwrap_or_default();
-                    }
-                    let _ = tx.send((cmd, received, p)).await;
-                });
+    fn resolve_policy(
+        &mut self,
+        cmd: SensorCommand,
+        received: u64,
+        version: String,
+        rules: policy::rules::HostRules,
+        raw: serde_json::Value,
+    ) {
+        let names = rules.names();
+        let fallback = self.policy.last_resolved();
+        let mut p = policy::Pending {
+            version,
+            command_id: cmd.id.clone(),
+            rules,
+            raw,
+            resolved: BTreeMap::new(),
+            source: "collector".into(),
+        };
+        let tx = self.policy_tx.clone();
+        tokio::spawn(async move {
+            if !names.is_empty() {
+                p.resolved = tokio::task::spawn_blocking(move || {
+                    policy::resolve(&names, POLICY_RESOLVE_TIMEOUT, &fallback)
+                })
+                .await
+                .unwrap_or_default();
             }
-            Err(e) => {
-                let now = clock::now_ns();
-                let r = CommandResult {
-                    command_id: cmd.id.clone(),
-                    host: self.host_id.clone(),
-                    status: "failed".into(),
-                    message: format!("{e:#}; the previous rules stay in force"),
-                    received_ns: received,
-                    completed_ns: now,
-                    apply_ns: now - received,
-                    ..Default::default()
-                };
-                self.report.answer(cmd.kind.clone(), r, Vec::new());
-            }
-        }
+            let _ = tx.send((cmd, received, p)).await;
+        });
     }
 
     /// A policy update ready: put it in force, report its enforcements, answer.
@@ -115,19 +126,19 @@ impl Daemon {
         let version = p.version.clone();
         let (status, message, events, affected) = self.apply_policy(p);
         self.report.emit_all(events)?;
-        tracing::info!(%version, %status, "policy: {message}");
+        tracing::info!(%version, status = status.name(), "policy: {message}");
         let now = clock::now_ns();
         let r = CommandResult {
             command_id: cmd.id.clone(),
             host: self.host_id.clone(),
-            status,
+            status: status.into(),
             message,
             affected_exec_ids: affected,
             received_ns: received,
             completed_ns: now,
             apply_ns: now.saturating_sub(received),
         };
-        self.report.answer(cmd.kind.clone(), r, Vec::new());
+        self.report.answer(cmd.kind_name(), r, Vec::new());
         Ok(())
     }
 
@@ -138,11 +149,11 @@ impl Daemon {
     pub(super) fn apply_policy(
         &mut self,
         p: policy::Pending,
-    ) -> (String, String, Vec<Event>, Vec<String>) {
+    ) -> (CommandStatus, String, Vec<Event>, Vec<String>) {
         let pol = &mut self.policy;
         if pol.is_stale(&p.version) {
             return (
-                "ok".into(),
+                CommandStatus::Ok,
                 format!(
                     "policy v{} not applied: v{} is already in force",
                     p.version, pol.status.version
@@ -153,7 +164,9 @@ impl Daemon {
         }
         let command_id = p.command_id.clone();
         let (status, message) = pol.apply(p, &self.pipe.identity);
-        if status == "failed" {
+        // The policy's own status words ("ok", "partial", "failed") are the contract's.
+        let status = CommandStatus::from_name(&status).unwrap_or(CommandStatus::Failed);
+        if status == CommandStatus::Failed {
             return (status, message, Vec::new(), Vec::new());
         }
         let creds = pol.plan().map(|pl| pl.creds.clone()).unwrap_or_default();

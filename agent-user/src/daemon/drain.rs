@@ -6,7 +6,7 @@
 use agent_ebpf::PolicyEvent;
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use custody_proto::sensor::v1::{EnforcementApplied, event::Kind};
+use custody_proto::sensor::v1::{EnforcementAction, EnforcementApplied, event::Kind};
 
 use super::{DRAIN_MAX, Daemon};
 use crate::kernel::decode;
@@ -146,7 +146,7 @@ impl Daemon {
         let ev = self.pipe.enforcement_for(
             pid,
             EnforcementApplied {
-                action: "kill".into(),
+                action: EnforcementAction::Kill.into(),
                 reason,
                 command_id: self.policy.status.command_id.clone(),
                 seen_in: "open".into(),

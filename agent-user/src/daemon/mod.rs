@@ -16,6 +16,7 @@ mod args;
 mod commands;
 mod drain;
 mod holds;
+mod orders;
 mod start;
 mod stop;
 mod tick;

@@ -10,6 +10,7 @@ use agent_user::credential::FleetKey;
 use agent_user::shipper::{Shipper, ShipperConfig};
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
+use custody_proto::enums::WireEnum;
 
 use super::commands::POLICY_RESOLVE_TIMEOUT;
 use super::{Daemon, MapTracker, RunArgs};
@@ -18,6 +19,7 @@ use crate::identity::Identity;
 use crate::kernel::pins::PIN_LAYOUT;
 use crate::kernel::{Feature, loader, mounts, support};
 use crate::pipeline::Pipeline;
+use crate::policy::rules::HostRulesExt;
 use crate::report::{Reporter, metrics, output, status};
 use crate::watch::CredentialWatch;
 use crate::{clock, detach, enforce, enrollment, hold, policy, revocation};
@@ -304,7 +306,7 @@ impl Daemon {
                         source: "state_dir".into(),
                     };
                     let (status, message, events, _) = self.apply_policy(p);
-                    tracing::info!(version = %self.policy.status.version, %status, "policy restored from the state dir: {message}");
+                    tracing::info!(version = %self.policy.status.version, status = status.name(), "policy restored from the state dir: {message}");
                     self.report.emit_all(events)?;
                 }
                 Err(e) => tracing::warn!("stored policy ignored: {e:#}"),

@@ -484,29 +484,6 @@ impl Pipeline {
     }
 }
 
-/// The event kind's name, as in the JSON output.
-pub fn kind_name(k: &Kind) -> &'static str {
-    match k {
-        Kind::Exec(_) => "exec",
-        Kind::Fork(_) => "fork",
-        Kind::Exit(_) => "exit",
-        Kind::FileOpen(_) => "file_open",
-        Kind::FileUnlink(_) => "file_unlink",
-        Kind::FileRename(_) => "file_rename",
-        Kind::Net(_) => "net",
-        Kind::Dns(_) => "dns",
-        Kind::Credential(_) => "credential",
-        Kind::HttpRequest(_) => "http_request",
-        Kind::HttpResponse(_) => "http_response",
-        Kind::LlmRequest(_) => "llm_request",
-        Kind::LlmResponse(_) => "llm_response",
-        Kind::Mcp(_) => "mcp",
-        Kind::AgentDiscovered(_) => "agent_discovered",
-        Kind::Warning(_) => "warning",
-        Kind::Enforcement(_) => "enforcement",
-    }
-}
-
 pub fn to_pb(c: Credential) -> pb::Credential {
     pb::Credential {
         kind: c.kind,

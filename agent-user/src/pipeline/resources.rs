@@ -6,7 +6,7 @@ use agent_ebpf::{DnsEvent, FileEvent, NetEvent, flag, kind};
 use agent_user::credential;
 use agent_user::intent::parse_dns_query;
 use custody_proto::sensor::v1::{
-    Connection, DnsQuery, FileOpen, FileRename, FileUnlink, NetSocket, event::Kind,
+    Connection, DnsQuery, FileAccess, FileOpen, FileRename, FileUnlink, NetSocket, event::Kind,
 };
 
 use super::{Output, Pipeline};
@@ -37,11 +37,11 @@ fn absolute(tgid: u32, dirfd: i32, path: String) -> String {
     }
 }
 
-fn access(flags: u32) -> &'static str {
+fn access(flags: u32) -> FileAccess {
     match flags & 3 {
-        0 => "read",
-        1 => "write",
-        _ => "read_write",
+        0 => FileAccess::Read,
+        1 => FileAccess::Write,
+        _ => FileAccess::ReadWrite,
     }
 }
 

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 
 use agent_ebpf::{NetRule, NetRules, PathRuleVal, PolicyMeta, policy};
 
-use super::rules::{EndpointRule, HostRules, PathMatch, PathRule};
+use super::rules::{
+    EndpointRule, Enforcement, HostRules, HostRulesExt, PathMatch, PathRule, PolicyResponse,
+};
 
 /// An address prefix in IPv6 form (IPv4 as `::ffff:a.b.c.d`, its length + 96).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -184,8 +186,9 @@ pub fn normalize(path: &str) -> String {
 fn rule_path(r: &PathRule) -> (Vec<u8>, u32) {
     let trailing = r.path.ends_with('/');
     let norm = normalize(&r.path);
-    match r.matching {
-        PathMatch::Exact => (norm.into_bytes(), policy::EXACT),
+    // Checked on arrival (rules::check): the match is one of the three.
+    match r.r#match() {
+        PathMatch::Exact | PathMatch::Unspecified => (norm.into_bytes(), policy::EXACT),
         PathMatch::Dir => {
             let p = if norm == "/" { String::new() } else { norm };
             (p.into_bytes(), policy::DIR)
@@ -238,13 +241,13 @@ impl Plan {
             collector_only: rules
                 .policies
                 .iter()
-                .filter(|x| x.enforcement != "kernel")
+                .filter(|x| x.enforcement() != Enforcement::Kernel)
                 .count(),
             ..Plan::default()
         };
         let mut said: BTreeSet<String> = BTreeSet::new();
         for (agent, r) in rules.by_agent() {
-            let all = agent.is_some().then_some(&rules.all_agents);
+            let all = agent.is_some().then_some(rules.every_agent());
             for e in &r.deny_endpoints {
                 // An agent's list repeats the rules for every agent: enforced once.
                 if all.is_some_and(|a| a.deny_endpoints.contains(e)) {
@@ -267,7 +270,7 @@ impl Plan {
                     agent: agent.map(str::to_string),
                     fingerprint: c.fingerprint.clone(),
                     policy: c.policy.clone(),
-                    action: if c.response == "quarantine" {
+                    action: if c.response() == PolicyResponse::Quarantine {
                         "quarantine"
                     } else {
                         "kill"
@@ -362,7 +365,8 @@ impl Plan {
                 v
             }
         };
-        let port = e.port.unwrap_or(0);
+        // Checked on arrival (rules::check): 1-65535.
+        let port = e.port.map_or(0, |p| p as u16);
         self.endpoint_rules += 1;
         for net in nets {
             let mut what = format!("deny {net}");

@@ -86,13 +86,13 @@ fn rules(port: u16, secret: &Path) -> HostRules {
             deny_endpoints: vec![EndpointRule {
                 policy: "no-exfil".into(),
                 cidr: Some("127.0.0.1/32".into()),
-                port: Some(port),
+                port: Some(port.into()),
                 ..Default::default()
             }],
             forbidden_paths: vec![PathRule {
                 policy: "no-secrets".into(),
                 path: secret.display().to_string(),
-                matching: PathMatch::Dir,
+                r#match: PathMatch::Dir.into(),
                 read: true,
                 write: true,
                 ..Default::default()

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use agent_ebpf::{PolicyEvent, policy as kpolicy};
 use anyhow::{Context, Result};
-use custody_proto::sensor::v1::{EnforcementApplied, Event, event::Kind};
+use custody_proto::sensor::v1::{EnforcementAction, EnforcementApplied, Event, event::Kind};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
@@ -134,12 +134,18 @@ pub struct Pending {
     pub source: String,
 }
 
-/// Parse a `policy_update` command's rules.
+/// Read back the rules kept in the state dir (the contract's JSON rendering of
+/// `HostRules`), checked like a command's.
 pub fn parse(raw: &str) -> Result<(HostRules, serde_json::Value)> {
-    let v: serde_json::Value =
-        serde_json::from_str(raw).context("policy_update: params[\"rules\"] is not JSON")?;
-    let r: HostRules = serde_json::from_value(v.clone())
-        .context("policy_update: params[\"rules\"] is not a host rule set")?;
+    let r: HostRules = serde_json::from_str(raw).context("not a host rule set")?;
+    accept(r)
+}
+
+/// Check a `policy_update`'s rules ([`rules::check`]) and keep their JSON for the
+/// state dir.
+pub fn accept(r: HostRules) -> Result<(HostRules, serde_json::Value)> {
+    rules::check(&r).map_err(|e| anyhow::anyhow!("policy_update: {e}"))?;
+    let v = serde_json::to_value(&r).context("host rules as JSON")?;
     Ok((r, v))
 }
 
@@ -467,7 +473,7 @@ impl Policy {
                 self.kernel_kills.pop_front();
             }
             return EnforcementApplied {
-                action: "kill".into(),
+                action: EnforcementAction::Kill.into(),
                 reason: format!(
                     "policy {policy}: open of {path} ({}) forbidden by rule {what}: killed at the open, in the kernel",
                     access_name(rec.flags)
@@ -489,7 +495,7 @@ impl Policy {
             "connect"
         };
         EnforcementApplied {
-            action: "deny".into(),
+            action: EnforcementAction::Deny.into(),
             reason: format!(
                 "policy {policy}: {op} to {addr}:{} refused in the kernel (EPERM) by rule {what}",
                 rec.port

@@ -1,120 +1,42 @@
-//! The host rules a collector sends in a `policy_update` command (`params["rules"]`),
-//! as JSON. These types mirror the collector's `custody_collector::policy::HostRules`
-//! field for field (the sensor does not depend on the collector crate); unknown
-//! fields are ignored and missing ones take their defaults, so either side can add
-//! fields without breaking the other. `tests/fixtures/host_rules.json` is produced by
-//! the collector's own compiler (collector/tests/policy_rules_fixture.rs) and parsed
-//! by this crate's tests.
+//! The host rules a collector sends in a `PolicyUpdate` command: the contract's own
+//! `custody.sensor.v1.HostRules` (one definition, in `proto/`, shared with the
+//! collector that compiles them), re-exported here with what the sensor asks of
+//! them, and checked once where they arrive ([`check`]) so the compiler below can
+//! trust every enum and port it reads.
 
-use std::collections::BTreeMap;
+use custody_proto::enums::WireEnum;
+pub use custody_proto::sensor::v1::{
+    AgentRules, EndpointRule, Enforcement, HostRules, PathMatch, PathRule, PolicyResponse,
+};
 
-use serde::{Deserialize, Serialize};
+/// No rules (for a message without `all_agents`).
+const NONE: &AgentRules = &AgentRules {
+    deny_endpoints: Vec::new(),
+    forbidden_paths: Vec::new(),
+    forbidden_credentials: Vec::new(),
+};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct HostRules {
-    /// Rules that apply to every agent, including agents not listed in `agents`.
-    pub all_agents: AgentRules,
-    /// Per agent id: the rules that apply to it.
-    pub agents: BTreeMap<String, AgentRules>,
-    /// Where each policy is enforced, and why (for the operator).
-    pub policies: Vec<PolicyEnforcement>,
+/// What the sensor reads off a rule set.
+pub trait HostRulesExt {
+    /// The rules for every agent.
+    fn every_agent(&self) -> &AgentRules;
+    /// Rules of every agent key: None for every agent, Some(id) for one.
+    fn by_agent(&self) -> impl Iterator<Item = (Option<&str>, &AgentRules)>;
+    /// DNS names endpoint rules name (exact hosts and domains), to resolve.
+    fn names(&self) -> Vec<String>;
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AgentRules {
-    pub deny_endpoints: Vec<EndpointRule>,
-    pub forbidden_paths: Vec<PathRule>,
-    pub forbidden_credentials: Vec<CredentialRule>,
-}
-
-/// A denied endpoint: every field that is set must match.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct EndpointRule {
-    pub policy: String,
-    /// The policy's `@response` ("alert", "kill_process", ...).
-    pub response: String,
-    pub severity: String,
-    /// "10.0.0.0/8", "1.2.3.4/32", "fd00::/8".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cidr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    /// "tcp" / "udp".
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub protocol: Option<String>,
-    /// DNS name, exactly.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    /// DNS names ending with this text (".x.com").
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host_suffix: Option<String>,
-    /// This domain or a name below it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PathMatch {
-    /// The path itself.
-    Exact,
-    /// The directory and everything below it.
-    #[default]
-    Dir,
-    /// Any path starting with this text.
-    Prefix,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PathRule {
-    pub policy: String,
-    pub response: String,
-    pub severity: String,
-    pub path: String,
-    #[serde(rename = "match")]
-    pub matching: PathMatch,
-    /// Forbidden for open_read.
-    pub read: bool,
-    /// Forbidden for open_write.
-    pub write: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CredentialRule {
-    pub policy: String,
-    pub response: String,
-    pub severity: String,
-    pub fingerprint: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PolicyEnforcement {
-    pub id: String,
-    /// "kernel" or "collector".
-    pub enforcement: String,
-    pub why: String,
-}
-
-impl HostRules {
-    #[cfg(test)]
-    pub fn from_json(s: &str) -> Result<HostRules, serde_json::Error> {
-        serde_json::from_str(s)
+impl HostRulesExt for HostRules {
+    fn every_agent(&self) -> &AgentRules {
+        self.all_agents.as_ref().unwrap_or(NONE)
     }
 
-    /// Rules of every agent key: None for every agent, Some(id) for one.
-    pub fn by_agent(&self) -> impl Iterator<Item = (Option<&str>, &AgentRules)> {
-        std::iter::once((None, &self.all_agents))
+    fn by_agent(&self) -> impl Iterator<Item = (Option<&str>, &AgentRules)> {
+        std::iter::once((None, self.every_agent()))
             .chain(self.agents.iter().map(|(k, v)| (Some(k.as_str()), v)))
     }
 
-    /// DNS names endpoint rules name (exact hosts and domains), to resolve.
-    pub fn names(&self) -> Vec<String> {
+    fn names(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .by_agent()
             .flat_map(|(_, r)| r.deny_endpoints.iter())
@@ -126,4 +48,45 @@ impl HostRules {
         out.dedup();
         out
     }
+}
+
+/// Refuses a rule set this sensor cannot read faithfully: an enum value it does not
+/// know (a newer collector's, or unset where it decides the match), or a port out of
+/// range. Enforcing a guess would block the wrong thing or miss the right one.
+pub fn check(rules: &HostRules) -> Result<(), String> {
+    for p in &rules.policies {
+        known::<Enforcement>(p.enforcement, &format!("policy {}: enforcement", p.id))?;
+    }
+    for (agent, r) in rules.by_agent() {
+        let whose = agent.map_or("every agent".to_string(), |a| format!("agent {a}"));
+        for e in &r.deny_endpoints {
+            let at = format!("{whose}, policy {}", e.policy);
+            known::<PolicyResponse>(e.response, &format!("{at}: response"))?;
+            if let Some(port) = e.port
+                && !(1..=u32::from(u16::MAX)).contains(&port)
+            {
+                return Err(format!("{at}: port {port} is not 1-65535"));
+            }
+        }
+        for f in &r.forbidden_paths {
+            let at = format!("{whose}, policy {}", f.policy);
+            known::<PolicyResponse>(f.response, &format!("{at}: response"))?;
+            match PathMatch::known(f.r#match) {
+                Some(PathMatch::Unspecified) => {
+                    return Err(format!("{at}: path {} does not say how it matches", f.path));
+                }
+                Some(_) => {}
+                None => return Err(format!("{at}: unknown path match {}", f.r#match)),
+            }
+        }
+        for c in &r.forbidden_credentials {
+            let at = format!("{whose}, policy {}", c.policy);
+            known::<PolicyResponse>(c.response, &format!("{at}: response"))?;
+        }
+    }
+    Ok(())
+}
+
+fn known<E: WireEnum>(n: i32, what: &str) -> Result<E, String> {
+    E::known(n).ok_or_else(|| format!("{what}: unknown value {n} (a newer collector?)"))
 }

@@ -1,5 +1,6 @@
-//! Rule parsing (against a JSON the collector produced) and compilation to kernel
-//! map entries. The kernel side is tested end to end in tests/tests/policy_kernel.rs.
+//! Rule reading (the contract's JSON rendering of `HostRules`, as custodyd keeps
+//! the rules in its state dir) and compilation to kernel map entries. The kernel
+//! side is tested end to end in tests/tests/policy_kernel.rs.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -7,13 +8,17 @@ use std::net::IpAddr;
 use agent_ebpf::policy;
 
 use super::compile::{Net, Plan, normalize, path_matches};
-use super::rules::{EndpointRule, HostRules, PathMatch, PathRule};
+use custody_proto::enums::WireEnum;
 
-/// Made by collector/tests/policy_rules_fixture.rs from the collector's compiler.
+use super::rules::{EndpointRule, Enforcement, HostRules, HostRulesExt, PathMatch, PathRule};
+
+/// Rules the collector compiled from a sample policy set, in the contract's JSON
+/// rendering (what `policy::parse` reads back from the state dir).
 const FIXTURE: &str = include_str!("../../tests/fixtures/host_rules.json");
 
 fn fixture() -> HostRules {
-    HostRules::from_json(FIXTURE).expect("the collector's host rules parse")
+    let (rules, _) = super::parse(FIXTURE).expect("the sample host rules parse");
+    rules
 }
 
 fn resolved(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<IpAddr>> {
@@ -33,14 +38,14 @@ fn slots(id: &str) -> Option<u32> {
 }
 
 #[test]
-fn collector_fixture_parses_field_for_field() {
+fn stored_rules_json_parses_field_for_field() {
     let r = fixture();
     let x = &r.agents["x"];
     let exfil = &x.deny_endpoints[0];
     assert_eq!(
         (
             exfil.policy.as_str(),
-            exfil.response.as_str(),
+            exfil.response().name(),
             exfil.cidr.as_deref(),
             exfil.port
         ),
@@ -50,20 +55,20 @@ fn collector_fixture_parses_field_for_field() {
     assert_eq!(
         (
             secret.path.as_str(),
-            secret.matching,
+            secret.r#match(),
             secret.read,
             secret.write
         ),
         ("/srv/secret", PathMatch::Dir, true, true)
     );
     assert!(
-        r.all_agents
+        r.every_agent()
             .forbidden_paths
             .iter()
-            .any(|p| p.path == "/etc/cron" && p.matching == PathMatch::Prefix && p.write)
+            .any(|p| p.path == "/etc/cron" && p.r#match() == PathMatch::Prefix && p.write)
     );
     assert_eq!(
-        r.agents["y"].forbidden_credentials[0].response,
+        r.agents["y"].forbidden_credentials[0].response().name(),
         "revoke_credential"
     );
     let ssh: Vec<_> = r.agents["undeclared:python3"]
@@ -76,7 +81,7 @@ fn collector_fixture_parses_field_for_field() {
     assert!(
         r.policies
             .iter()
-            .any(|p| p.id == "deep-shells" && p.enforcement == "collector")
+            .any(|p| p.id == "deep-shells" && p.enforcement() == Enforcement::Collector)
     );
     assert_eq!(r.names(), ["evil.example", "pastebin.com"]);
     // Unknown fields (a newer collector) are ignored.
@@ -181,7 +186,7 @@ fn ep(policy: &str, cidr: Option<&str>, port: Option<u16>) -> EndpointRule {
     EndpointRule {
         policy: policy.into(),
         cidr: cidr.map(str::to_string),
-        port,
+        port: port.map(u32::from),
         ..Default::default()
     }
 }
@@ -189,13 +194,13 @@ fn ep(policy: &str, cidr: Option<&str>, port: Option<u16>) -> EndpointRule {
 #[test]
 fn longer_prefixes_carry_the_rules_of_the_shorter_ones() {
     let mut r = HostRules::default();
-    r.all_agents.deny_endpoints = vec![
+    r.all_agents.get_or_insert_default().deny_endpoints = vec![
         ep("wide", Some("10.0.0.0/8"), Some(443)),
         ep("narrow", Some("10.1.2.3/32"), Some(80)),
         ep("everything-ssh", None, Some(22)),
         ep("v6", Some("fd00::/8"), None),
     ];
-    r.all_agents.deny_endpoints[1].protocol = Some("tcp".into());
+    r.all_agents.get_or_insert_default().deny_endpoints[1].protocol = Some("tcp".into());
     let plan = Plan::new(&r, &BTreeMap::new());
     let e = plan.entries(&slots);
     let narrow = e.net[&(policy::ANY_AGENT, Net::parse("10.1.2.3/32").unwrap())];
@@ -236,7 +241,7 @@ fn longer_prefixes_carry_the_rules_of_the_shorter_ones() {
 #[test]
 fn too_many_port_rules_under_one_prefix_are_reported() {
     let mut r = HostRules::default();
-    r.all_agents.deny_endpoints = (1..=20)
+    r.all_agents.get_or_insert_default().deny_endpoints = (1..=20)
         .map(|p| ep("ports", Some("10.0.0.1/32"), Some(p)))
         .collect();
     let plan = Plan::new(&r, &BTreeMap::new());
@@ -252,7 +257,7 @@ fn pr(path: &str, m: PathMatch, read: bool, write: bool) -> PathRule {
     PathRule {
         policy: format!("p:{path}"),
         path: path.into(),
-        matching: m,
+        r#match: m.into(),
         read,
         write,
         ..Default::default()
@@ -343,7 +348,7 @@ fn path_rules_match_like_the_kernel() {
 #[test]
 fn rule_lengths_beyond_what_the_kernel_checks_are_left_to_the_daemon() {
     let mut r = HostRules::default();
-    r.all_agents.forbidden_paths = (1..=40)
+    r.all_agents.get_or_insert_default().forbidden_paths = (1..=40)
         .map(|n| pr(&format!("/{}", "d".repeat(n)), PathMatch::Dir, true, false))
         .collect();
     let plan = Plan::new(&r, &BTreeMap::new());

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use agent_user::shipper::ShipperHandle;
 use anyhow::Result;
-use custody_proto::sensor::v1::{CommandResult, Event};
+use custody_proto::enums::WireEnum;
+use custody_proto::sensor::v1::{CommandResult, CommandStatus, Event};
 
-use crate::{pipeline, response};
+use crate::response;
 
 /// Where events go: the local output, the collector shipper, the per-kind counters.
 pub struct Reporter {
@@ -34,8 +35,8 @@ impl Reporter {
 
     /// Count an event, write it to the local output and hand it to the shipper.
     pub fn emit(&mut self, ev: Event) -> Result<()> {
-        if let (Some(k), Ok(mut c)) = (ev.kind.as_ref(), self.counts.lock()) {
-            *c.events.entry(pipeline::kind_name(k)).or_default() += 1;
+        if let (true, Ok(mut c)) = (ev.kind.is_some(), self.counts.lock()) {
+            *c.events.entry(ev.kind_name()).or_default() += 1;
         }
         if let Some(s) = self.sink.as_mut() {
             s.write(&ev)?;
@@ -72,7 +73,7 @@ impl Reporter {
 
     /// Send a command's result to the collector (off the event loop; kills are
     /// confirmed first) and count it.
-    pub fn answer(&self, kind: String, result: CommandResult, kills: Vec<response::Target>) {
+    pub fn answer(&self, kind: &'static str, result: CommandResult, kills: Vec<response::Target>) {
         let counts = self.counts.clone();
         if let Some(h) = self.shipper.clone() {
             // Confirmation waits for the processes to be gone: off the event loop.
@@ -83,15 +84,18 @@ impl Reporter {
                     tokio::task::spawn_blocking(move || response::confirm_kills(result, kills))
                         .await
                         .unwrap_or_else(|e| CommandResult {
-                            status: "failed".into(),
+                            status: CommandStatus::Failed.into(),
                             message: format!("confirmation task failed: {e}"),
                             ..Default::default()
                         })
                 };
+                let status = r.status().name();
                 if let Ok(mut c) = counts.lock() {
-                    *c.commands.entry((kind, r.status.clone())).or_default() += 1;
+                    *c.commands
+                        .entry((kind.to_string(), status.to_string()))
+                        .or_default() += 1;
                 }
-                tracing::info!(id = %r.command_id, status = %r.status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
+                tracing::info!(id = %r.command_id, status, affected = r.affected_exec_ids.len(), apply_ms = r.apply_ns as f64 / 1e6, "command applied");
                 if let Err(e) = h.send_result(r).await {
                     tracing::warn!("could not answer a command: {e:#}");
                 }

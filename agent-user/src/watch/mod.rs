@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 
 use agent_user::credential::Credential;
-use custody_proto::sensor::v1::EnforcementApplied;
+use custody_proto::enums::WireEnum;
+use custody_proto::sensor::v1::{EnforcementAction, EnforcementApplied};
 
 use crate::hold::Hit;
 use crate::pipeline::Sighting;
@@ -38,7 +39,10 @@ impl Violation {
     /// What the sensor reports having done about it, on its own authority.
     pub fn enforcement(&self, applied: bool, error: String) -> EnforcementApplied {
         EnforcementApplied {
-        action: self.action.clone(),
+        // The violation's action is one the sensor chose: "kill" or "quarantine".
+        action: EnforcementAction::from_name(&self.action)
+            .unwrap_or(EnforcementAction::Kill)
+            .into(),
         reason: match (self.held, self.seen_in.as_str()) {
             _ if !self.policy.is_empty() => format!(
                 "policy {}: credential forbidden to this agent seen in {}{}",

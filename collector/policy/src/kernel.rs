@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use cedar_policy::Effect;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::analysis::{Atom, Lit, Mode, PatElem, PolicyDnf, policy_dnf, split_endpoint_id};
@@ -31,8 +30,9 @@ use super::context::{AgentInfo, IpNet};
 use super::load::PolicySet;
 use super::{Action, Enforcement, Response, Severity};
 
-/// Rules for the sensors, per agent. Travels as JSON in a command's params.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Rules for the sensors, per agent. Travels as `custody.sensor.v1.HostRules` in a
+/// `PolicyUpdate` command (see `wire.rs`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct HostRules {
     /// Rules that apply to every agent, including agents not listed below (policies
     /// whose principal is unconstrained).
@@ -44,21 +44,13 @@ pub struct HostRules {
 }
 
 impl HostRules {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("host rules serialise")
-    }
-
-    pub fn from_json(s: &str) -> Result<HostRules, serde_json::Error> {
-        serde_json::from_str(s)
-    }
-
     /// The rules for one agent (its own entry, else the rules for every agent).
     pub fn for_agent(&self, agent_id: &str) -> &AgentRules {
         self.agents.get(agent_id).unwrap_or(&self.all_agents)
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentRules {
     /// `connect` deny list.
     pub deny_endpoints: Vec<EndpointRule>,
@@ -78,33 +70,26 @@ impl AgentRules {
 
 /// A denied endpoint: every field that is set must match (none set: every
 /// connect — the sensor keeps its own collector connection regardless).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EndpointRule {
     pub policy: String,
     pub response: Response,
     pub severity: Severity,
     /// Remote address range ("10.0.0.0/8", "1.2.3.4/32").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cidr: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// "tcp" / "udp".
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
     /// DNS name, exactly (case-insensitive).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// DNS name ending with this text (from `like "*.x.com"`: ".x.com").
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_suffix: Option<String>,
     /// This domain or a name below it (from `resource in Domain::"x.com"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
 }
 
 /// How a [`PathRule`] matches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum PathMatch {
     /// The path itself.
     Exact,
@@ -115,13 +100,12 @@ pub enum PathMatch {
     Prefix,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PathRule {
     pub policy: String,
     pub response: Response,
     pub severity: Severity,
     pub path: String,
-    #[serde(rename = "match")]
     pub matching: PathMatch,
     /// Forbidden for open_read.
     pub read: bool,
@@ -129,7 +113,7 @@ pub struct PathRule {
     pub write: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CredentialRule {
     pub policy: String,
     pub response: Response,
@@ -137,7 +121,7 @@ pub struct CredentialRule {
     pub fingerprint: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyEnforcement {
     pub id: String,
     pub enforcement: Enforcement,

@@ -42,6 +42,7 @@ mod guard;
 mod kernel;
 mod load;
 mod request;
+mod wire;
 
 pub use cedar::{CedarRequest, PreparedChain, cedar_requests};
 pub use context::{AgentInfo, ChainContext, CredentialInfo, HumanInfo, Scope, parse_scope};

@@ -28,8 +28,9 @@
 
 use std::net::IpAddr;
 
+use custody_proto::enums::WireEnum;
 use custody_proto::sensor::v1::event::Kind;
-use custody_proto::sensor::v1::{Event, FileOpen, Process};
+use custody_proto::sensor::v1::{Event, FileAccess, FileOpen, Process};
 use serde::{Deserialize, Serialize};
 
 use super::Action;
@@ -133,11 +134,11 @@ const O_TRUNC: u32 = 0o1000;
 /// `O_CREAT` and `O_TRUNC` always count as writing.
 pub(crate) fn open_access(f: &FileOpen) -> (bool, bool) {
     let acc = f.flags & O_ACCMODE;
-    let (mut read, mut write) = match f.access.as_str() {
-        "read" => (true, false),
-        "write" => (false, true),
-        "read_write" => (true, true),
-        _ => (acc != O_WRONLY, acc == O_WRONLY || acc == O_RDWR),
+    let (mut read, mut write) = match FileAccess::known(f.access) {
+        Some(FileAccess::Read) => (true, false),
+        Some(FileAccess::Write) => (false, true),
+        Some(FileAccess::ReadWrite) => (true, true),
+        Some(FileAccess::Unspecified) | None => (acc != O_WRONLY, acc == O_WRONLY || acc == O_RDWR),
     };
     if f.flags & (O_CREAT | O_TRUNC) != 0 {
         write = true;

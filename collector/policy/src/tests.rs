@@ -1,7 +1,8 @@
+use custody_proto::enums::WireEnum;
 use custody_proto::sensor::v1::event::Kind;
 use custody_proto::sensor::v1::{
-    Connection, Credential, DnsQuery, Event, FileOpen, FileRename, FileUnlink, HttpRequest,
-    LlmRequest, McpMessage, NetSocket, Principal, Process, ProcessExec,
+    Connection, Credential, DnsQuery, Event, FileAccess, FileOpen, FileRename, FileUnlink,
+    HttpRequest, LlmRequest, McpMessage, NetSocket, Principal, Process, ProcessExec,
 };
 
 use super::context::{IpNet, normalize_path, path_under};
@@ -38,7 +39,7 @@ pub(super) fn open(path: &str, flags: u32, access: &str) -> Kind {
     Kind::FileOpen(FileOpen {
         path: path.into(),
         flags,
-        access: access.into(),
+        access: FileAccess::from_name(access).map_or(0, i32::from),
         result: 3,
         ..FileOpen::default()
     })
@@ -210,7 +211,7 @@ fn open_flags() {
     let f = |flags, access: &str| {
         open_access(&FileOpen {
             flags,
-            access: access.into(),
+            access: FileAccess::from_name(access).map_or(0, i32::from),
             ..Default::default()
         })
     };

@@ -21,8 +21,8 @@ use custody_policy::{
     AgentInfo, ChainContext, CredentialInfo, Evaluator, HumanInfo, PolicySet, PreparedChain,
 };
 use custody_proto::sensor::v1::{
-    Connection, Credential, CredentialSeen, DnsQuery, Event, FileOpen, LlmRequest, McpMessage,
-    NetSocket, Process, event::Kind,
+    Connection, Credential, CredentialSeen, DnsQuery, Event, FileAccess, FileOpen, LlmRequest,
+    McpMessage, NetSocket, Process, event::Kind,
 };
 
 #[derive(Parser)]
@@ -201,7 +201,12 @@ fn events() -> Vec<Event> {
                     3 => format!("/usr/lib/python3/m{i}.py"),
                     _ => format!("/data{}/r/{i}", i % 7),
                 },
-                access: if i % 3 == 0 { "write" } else { "read" }.into(),
+                access: if i % 3 == 0 {
+                    FileAccess::Write
+                } else {
+                    FileAccess::Read
+                }
+                .into(),
                 result: 3,
                 ..FileOpen::default()
             }),

@@ -167,7 +167,7 @@ impl Engine {
                 let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
                 let (mut first_seq, mut last_seq, mut newest, mut skewed) = (0, 0, 0, 0);
                 let mut host_ix: Option<(u64, u32)> = None;
-                let mut kinds = [0u64; crate::event_kind::EVENT_KINDS.len()];
+                let mut kinds = [0u64; custody_proto::sensor::v1::EventKind::ALL.len()];
                 for ev in eb.events {
                     if ev.seq <= hwm {
                         out.duplicates += 1;
@@ -198,7 +198,7 @@ impl Engine {
                     last_seq = ev.seq;
                     newest = newest.max(ev.time_ns.min(now));
                     out.stored += 1;
-                    kinds[crate::event_kind::kind_index(&ev.kind)] += 1;
+                    kinds[ev.event_kind().index()] += 1;
                     if want_tail {
                         published.push(StoredEvent {
                             key,

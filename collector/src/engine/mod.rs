@@ -51,8 +51,8 @@ pub struct Metrics {
     pub stream_errors: AtomicU64,
     /// Batches stored (rejected ones are in `batches_rejected`).
     pub batches: AtomicU64,
-    /// Stored events by kind, indexed as [`crate::event_kind::EVENT_KINDS`].
-    pub events_by_kind: [AtomicU64; crate::event_kind::EVENT_KINDS.len()],
+    /// Stored events by kind, indexed as [`EventKind::ALL`].
+    pub events_by_kind: [AtomicU64; custody_proto::sensor::v1::EventKind::ALL.len()],
     /// Events handed to policy evaluation (its queue depth is this minus what the
     /// evaluator took).
     pub policy_enqueued: AtomicU64,

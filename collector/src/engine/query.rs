@@ -13,7 +13,7 @@ use crate::engine::Placement;
 use crate::engine::{Engine, StoredEvent};
 use crate::event_key::EventKey;
 use crate::event_key::{id_to_key, key_to_id};
-use crate::event_kind::{describe, kind_name};
+use crate::event_kind::describe;
 use crate::store::block::BlockMeta;
 use crate::store::{BlockCache, EntryFilter, TimeScan};
 
@@ -32,7 +32,7 @@ pub fn matches(f: &admin::EventFilter, chains: &ChainIndex, se: &StoredEvent) ->
     let ev = &se.event;
     let p = ev.process.as_ref();
     (f.host.is_empty() || ev.host == f.host)
-        && (f.kind.is_empty() || kind_name(&ev.kind) == f.kind)
+        && (f.kind.is_empty() || ev.kind_name() == f.kind)
         && (f.exec_id.is_empty() || p.is_some_and(|p| p.exec_id == f.exec_id))
         && (f.agent_id.is_empty() || p.is_some_and(|p| p.agent_id == f.agent_id))
         && (f.chain_id.is_empty()

@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use super::Line;
 use crate::engine::Numbered;
 use crate::event_key::key_to_id;
-use crate::event_kind::kind_name;
 
 /// RFC 3339 UTC with nanoseconds.
 pub fn rfc3339(ns: u64) -> String {
@@ -43,7 +42,7 @@ pub fn event_json(n: &Numbered) -> Value {
         "time": rfc3339(ev.time_ns),
         "time_ns": ev.time_ns,
         "host": ev.host,
-        "kind": kind_name(&ev.kind),
+        "kind": ev.kind_name(),
         "chain_id": n.se.chain_id,
         "exec_id": p.exec_id,
         "parent_exec_id": p.parent_exec_id,

@@ -25,7 +25,7 @@
 //! event number, `metadata.correlation_uid` the chain id.
 
 use custody_proto::admin::v1::Alert;
-use custody_proto::sensor::v1::{Event, Process, event::Kind};
+use custody_proto::sensor::v1::{Event, FileAccess, Process, event::Kind};
 use serde_json::{Map, Value, json};
 
 use super::Line;
@@ -246,11 +246,11 @@ pub fn event(n: &Numbered, chains: &ChainIndex) -> Option<Value> {
                 );
                 o.insert("actor".into(), json!({"process": process_obj(&p, chains)}));
                 status(&mut o, f.result >= 0, &f.error);
-                match f.access.as_str() {
+                match f.access() {
                     _ if f.flags & (O_CREAT | O_EXCL) == O_CREAT | O_EXCL => {
                         (FILE_ACTIVITY, 1, 1, "Create")
                     }
-                    "write" | "read_write" => (FILE_ACTIVITY, 1, 3, "Update"),
+                    FileAccess::Write | FileAccess::ReadWrite => (FILE_ACTIVITY, 1, 3, "Update"),
                     _ => (FILE_ACTIVITY, 1, 2, "Read"),
                 }
             }

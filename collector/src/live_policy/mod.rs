@@ -226,7 +226,7 @@ impl LivePolicy {
             rules_action_id: String::new(),
         };
         let mut next = activate(&self.engine, stored.clone())?;
-        let rules = next.rules.to_json();
+        let rules = next.rules.to_wire();
         match self
             .responder
             .push_policy(who.clone(), stored.version, rules)
@@ -446,7 +446,8 @@ fn info_of(a: &Active) -> PolicySetInfo {
         applied_by: a.stored.applied_by.clone(),
         applied_ns: a.stored.applied_ns,
         files: a.stored.sources.iter().map(|(n, _)| n.clone()).collect(),
-        host_rules_json: a.rules.to_json(),
+        // The rules as sensors receive them, in the contract's JSON rendering.
+        host_rules_json: serde_json::to_string(&a.rules.to_wire()).unwrap_or_default(),
         rules_action_id: a.stored.rules_action_id.clone(),
         warnings: a.set.warnings().to_vec(),
     }

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
+use custody_proto::sensor::v1::EventKind;
+
 use super::Telemetry;
-use crate::event_kind::EVENT_KINDS;
 
 /// Kernel loss counters the sensors report in heartbeats; the spool's drops are
 /// reported as reason "spool_full".
@@ -72,7 +73,7 @@ pub fn render(t: &Telemetry) -> String {
         "counter",
         "Events stored, by kind.",
     );
-    for (i, k) in EVENT_KINDS.iter().enumerate() {
+    for (i, k) in EventKind::NAMES.iter().enumerate() {
         o.sample(
             "custody_collector_events_total",
             &[("kind", k)],

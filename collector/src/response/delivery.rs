@@ -3,29 +3,14 @@
 //! was affected, how long it took); revocation hooks run after delivery.
 
 use custody_proto::admin::v1::{Action, AuditEntry, HostDelivery};
-use custody_proto::sensor::v1::{Command, CommandResult};
+use custody_proto::sensor::v1::CommandResult;
 
 use std::collections::BTreeMap;
 
-use super::{Responder, bump, hook, overall, terminal};
+use super::{Responder, bump, hook, overall, terminal, wire};
 use crate::clock::now_ns;
 
 impl Responder {
-    pub(super) fn command(a: &Action, d: &HostDelivery, follow_up: Option<usize>) -> Command {
-        Command {
-            id: match follow_up {
-                Some(i) => format!("{}.{i}", a.id),
-                None => a.id.clone(),
-            },
-            kind: a.kind.clone(),
-            targets: d.targets.clone(),
-            reason: a.reason.clone(),
-            issued_by: a.operator.clone(),
-            issued_at_ns: a.issued_at_ns,
-            params: a.params.clone(),
-        }
-    }
-
     /// Sends every undelivered host part of an action to the hosts that are connected.
     pub(super) async fn deliver_action(&self, id: &str) {
         let Some(a) = self.get(id) else { return };
@@ -39,7 +24,7 @@ impl Responder {
     /// Sends one delivery if its host is connected, marking it sent.
     pub(super) async fn send(&self, a: &Action, i: usize) {
         let d = &a.hosts[i];
-        let cmd = Self::command(a, d, d.follow_up.then_some(i));
+        let cmd = wire::command(a, d, d.follow_up.then_some(i));
         if self.streams.send_command(&d.host, cmd).await {
             bump(&self.metrics.sent, a.kind.clone());
             let mut actions = self.lock();
@@ -107,7 +92,7 @@ impl Responder {
                 action: "command_result".into(),
                 target: r.command_id.clone(),
                 reason: r.message.clone(),
-                result: format!("unknown command: {}", r.status),
+                result: format!("unknown command: {}", wire::state(r)),
                 ..Default::default()
             });
             return;
@@ -125,8 +110,9 @@ impl Responder {
             // A redelivered command answered twice: the first answer stands.
             return;
         }
-        bump(&self.metrics.results, (a.kind.clone(), r.status.clone()));
-        d.state = r.status.clone();
+        let state = wire::state(r);
+        bump(&self.metrics.results, (a.kind.clone(), state.to_string()));
+        d.state = state.into();
         d.message = r.message.clone();
         d.affected_exec_ids = r.affected_exec_ids.clone();
         d.confirmed_ns = now;
@@ -169,7 +155,7 @@ impl Responder {
             action: "confirm".into(),
             target: d.targets.join(","),
             reason: r.message.clone(),
-            result: r.status.clone(),
+            result: d.state.clone(),
             action_id: a.id.clone(),
             details: details.into_iter().collect(),
             ..Default::default()

@@ -11,6 +11,8 @@ use custody_proto::admin::v1::{
     Action, AuditEntry, HostDelivery, RespondRequest, respond_request::Target,
 };
 
+use custody_proto::sensor::v1::HostRules;
+
 use super::{DUPLICATE_WINDOW_NS, Issuer, Responder, ResponseError, resolve};
 use crate::clock::now_ns;
 
@@ -196,17 +198,11 @@ impl Responder {
 
     /// Delivers a new policy version's host rules to every enrolled host (and to
     /// hosts that connect later); the previous version's delivery stops following.
-    pub async fn push_policy(
-        &self,
-        who: Issuer,
-        version: u64,
-        rules_json: String,
-    ) -> Result<Action> {
+    pub async fn push_policy(&self, who: Issuer, version: u64, rules: HostRules) -> Result<Action> {
         let now = now_ns();
         let id = self.new_id(now);
         let hosts: Vec<String> = self.engine.read().fleet.hosts.keys().cloned().collect();
         let mut params = std::collections::HashMap::new();
-        params.insert("rules".to_string(), rules_json);
         params.insert("version".to_string(), version.to_string());
         let action = Action {
             id: id.clone(),
@@ -220,6 +216,7 @@ impl Responder {
             status: "pending".into(),
             active: true,
             params,
+            host_rules: Some(rules),
             hosts: hosts
                 .into_iter()
                 .map(|host| HostDelivery {

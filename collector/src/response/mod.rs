@@ -16,6 +16,7 @@ pub mod follow;
 pub mod hook;
 mod issue;
 pub mod resolve;
+pub mod wire;
 
 pub use error::ResponseError;
 

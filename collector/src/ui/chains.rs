@@ -17,7 +17,8 @@ use super::session::Op;
 use super::{Params, Seg, Ui, UiError, blocking, enc, link};
 use crate::engine::{Engine, State as EngineState};
 use crate::event_key::{id_to_key, key_to_id};
-use crate::event_kind::{describe, kind_name};
+use crate::event_kind::describe;
+use custody_proto::sensor::v1::EventKind;
 
 pub struct ChainRow {
     pub summary: admin::ChainSummary,
@@ -229,7 +230,7 @@ pub struct ChainQuery {
 }
 
 /// Event kinds, as the timeline filter offers them (not "unknown": no event kind).
-const KINDS: &[&str] = crate::event_kind::EVENT_KINDS.split_last().unwrap().1;
+const KINDS: &[&str] = EventKind::NAMES.split_last().unwrap().1;
 
 async fn load_chain(ui: &Ui, target: Target) -> Result<Option<admin::Chain>, UiError> {
     let engine = ui.engine.clone();
@@ -479,14 +480,14 @@ pub fn event_table(events: &[crate::engine::StoredEvent], chain_base: Option<&st
                 @let ev = &se.event;
                 @let exec = ev.process.as_ref().map(|p| p.exec_id.as_str()).unwrap_or("");
                 @let comm = ev.process.as_ref().map(|p| p.comm.as_str()).unwrap_or("");
-                tr data-kind=(kind_name(&ev.kind)) {
+                tr data-kind=(ev.kind_name()) {
                     td { (layout::ts(ev.time_ns)) }
                     td { (ev.host) }
                     td { @match chain_base {
                         Some(b) => { a href=(link(b, &[("node", exec)]) + "#details") title=(exec) { (comm) } }
                         None => { (layout::process_link(exec)) }
                     } }
-                    td { (kind_name(&ev.kind)) }
+                    td { (ev.kind_name()) }
                     td.what { (short(&describe(ev), 200)) }
                 }
             } }

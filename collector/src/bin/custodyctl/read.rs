@@ -15,7 +15,7 @@ fn event_row(e: &admin::StoredEvent) -> Vec<String> {
         ts(ev.time_ns),
         ev.host.clone(),
         ev.seq.to_string(),
-        custody_collector::event_kind::kind_name(&ev.kind).to_owned(),
+        ev.kind_name().to_owned(),
         if p.agent_id.is_empty() {
             p.comm.clone()
         } else {
