@@ -40,7 +40,7 @@ impl Tracker for MapTracker {
 /// Records handled per turn of the event loop before timers and signals get a look.
 const DRAIN_MAX: usize = 4096;
 
-const COUNTER_NAMES: [(u32, &str); 13] = [
+const COUNTER_NAMES: [(u32, &str); 15] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -54,6 +54,8 @@ const COUNTER_NAMES: [(u32, &str); 13] = [
     (counter::HOLD_TLS_FAILED, "hold_tls_failed"),
     (counter::POLICY_NET_DENIED, "policy_net_denied"),
     (counter::POLICY_OPEN_KILLED, "policy_open_killed"),
+    (counter::TLS_CHUNKS_LOST, "tls_chunks_lost"),
+    (counter::TLS_BYTES_CAPPED, "tls_bytes_capped"),
 ];
 
 /// How long the exec record path has to settle a hold before the sweep does it.

@@ -185,6 +185,9 @@ impl Pipeline {
 
         let mut creds = scan_headers(&r.headers, &self.key);
         creds.extend(target.credentials);
+        // The same key in a header and the query is one credential.
+        let mut seen = std::collections::HashSet::new();
+        creds.retain(|c| seen.insert(c.fingerprint.clone()));
         let fingerprints: Vec<String> = creds.iter().map(|c| c.fingerprint.clone()).collect();
         let mut delegation = None;
         if let Some(auth) = r.header("authorization") {
@@ -352,3 +355,7 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "intent_tests.rs"]
+mod tests;
