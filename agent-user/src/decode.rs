@@ -197,8 +197,7 @@ print(s.recv(4096).decode().split("\r\n")[0], flush=True)
 
     #[test]
     fn a_100_kb_ssl_write_arrives_whole_and_untracked_ones_cost_one_record() {
-        if !root_or_skip("a_100_kb_ssl_write_arrives_whole_and_untracked_ones_cost_one_record")
-        {
+        if !root_or_skip("a_100_kb_ssl_write_arrives_whole_and_untracked_ones_cost_one_record") {
             return;
         }
         let pins = std::path::PathBuf::from(format!(
@@ -271,7 +270,10 @@ print(s.recv(4096).decode().split("\r\n")[0], flush=True)
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(other_writes, 1, "an untracked request costs one record");
-        let big = agent_writes.iter().find(|e| e.len > 100_000).map(|e| e.call_id);
+        let big = agent_writes
+            .iter()
+            .find(|e| e.len > 100_000)
+            .map(|e| e.call_id);
         let call: Vec<_> = agent_writes
             .iter()
             .filter(|e| Some(e.call_id) == big)
@@ -310,7 +312,11 @@ print(s.recv(4096).decode().split("\r\n")[0], flush=True)
             .expect("the request");
         assert!(req.body_complete && req.body.len() > 100_000);
         let llm = parse_llm_request(req).expect("a chat-completions request");
-        assert!(llm.user_excerpt.contains("FINDME-KERNEL"), "{}", llm.user_excerpt);
+        assert!(
+            llm.user_excerpt.contains("FINDME-KERNEL"),
+            "{}",
+            llm.user_excerpt
+        );
         assert_eq!(llm.tools, vec!["read_ledger".to_string()]);
     }
 }

@@ -146,7 +146,10 @@ fn redact_path(path: &str, key: &FleetKey, creds: &mut Vec<Credential>) -> Strin
         let s = segs[i];
         let next = |n: usize| segs.get(i + n).copied().unwrap_or_default();
         // Slack incoming webhook: /services/T<team>/B<bot>/<secret>.
-        if s == "services" && slack_id(next(1), 'T') && slack_id(next(2), 'B') && next(3).len() >= 16
+        if s == "services"
+            && slack_id(next(1), 'T')
+            && slack_id(next(2), 'B')
+            && next(3).len() >= 16
         {
             out[i + 3] = found("slack_webhook", next(3));
         }
@@ -184,7 +187,8 @@ fn slack_id(s: &str, lead: char) -> bool {
     s.starts_with(lead)
         && s.len() >= 8
         && s.len() <= 16
-        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
 /// `<digits>:<30+ chars of [A-Za-z0-9_-]>`: a Telegram bot token.
@@ -212,9 +216,8 @@ mod tests {
 
     #[test]
     fn query_secrets_are_redacted_by_name_and_by_format() {
-        let t = format!(
-            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={GEMINI}"
-        );
+        let t =
+            format!("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse&key={GEMINI}");
         let r = redact_target(&t, &key());
         assert_eq!(
             r.target,
@@ -222,7 +225,10 @@ mod tests {
         );
         assert_eq!(r.credentials.len(), 1);
         assert_eq!(r.credentials[0].kind, "google_api_key");
-        assert_eq!(r.credentials[0].fingerprint, key().fingerprint(GEMINI.as_bytes()));
+        assert_eq!(
+            r.credentials[0].fingerprint,
+            key().fingerprint(GEMINI.as_bytes())
+        );
         assert_eq!(r.credentials[0].location, "url-query");
 
         let r = redact_target(
@@ -233,7 +239,11 @@ mod tests {
             r.target,
             "/me?fields=id&access_token=[REDACTED:bearer_token]&api_key=[REDACTED:api_key]&sig=[REDACTED:signature]&page=2"
         );
-        let fps: Vec<_> = r.credentials.iter().map(|c| c.fingerprint.clone()).collect();
+        let fps: Vec<_> = r
+            .credentials
+            .iter()
+            .map(|c| c.fingerprint.clone())
+            .collect();
         assert_eq!(
             fps,
             vec![
@@ -290,7 +300,12 @@ mod tests {
             "/v1/keys/[REDACTED:anthropic_api_key]/usage"
         );
         // Look-alikes of the shapes without a secret stay.
-        for ok in ["/services/health", "/bot/status", "/api/webhooks/abc", "/a//b/"] {
+        for ok in [
+            "/services/health",
+            "/bot/status",
+            "/api/webhooks/abc",
+            "/a//b/",
+        ] {
             assert_eq!(redact_target(ok, &key()).target, ok);
         }
     }

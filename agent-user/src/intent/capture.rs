@@ -123,7 +123,10 @@ mod tests {
         assert_eq!(bytes(&j.push(chunk(7, 0, 6, &a, false))), (a.to_vec(), 0));
         assert_eq!(bytes(&j.push(chunk(7, 4, 6, &b, true))), (b.to_vec(), 0));
         // A single-record call.
-        assert_eq!(bytes(&j.push(chunk(8, 0, 3, b"xyz", false))), (b"xyz".to_vec(), 0));
+        assert_eq!(
+            bytes(&j.push(chunk(8, 0, 3, b"xyz", false))),
+            (b"xyz".to_vec(), 0)
+        );
     }
 
     #[test]
@@ -136,14 +139,29 @@ mod tests {
         assert_eq!(p[0].missing, 4, "the hole comes before the bytes");
         // The call's last chunks lost too: the next call accounts the 8 bytes left.
         let p = j.push(chunk(2, 0, 2, b"zz", false));
-        assert_eq!(p[0], Piece { data: &[], missing: 8 });
+        assert_eq!(
+            p[0],
+            Piece {
+                data: &[],
+                missing: 8
+            }
+        );
         assert_eq!(bytes(&p), (b"zz".to_vec(), 8));
         // Capped: the last chunk kept says so, the rest of the call is one hole.
         let p = j.push(chunk(3, 0, 1000, b"head", true));
-        assert_eq!(p, vec![Piece { data: b"head", missing: 996 }]);
+        assert_eq!(
+            p,
+            vec![Piece {
+                data: b"head",
+                missing: 996
+            }]
+        );
         // Offset 0 always starts a call (records of the hold path carry no id).
         j.push(chunk(4, 0, 12, b"0123", false));
-        assert_eq!(bytes(&j.push(chunk(4, 0, 12, b"0123", false))), (b"0123".to_vec(), 8));
+        assert_eq!(
+            bytes(&j.push(chunk(4, 0, 12, b"0123", false))),
+            (b"0123".to_vec(), 8)
+        );
         // A repeated chunk is dropped, not fed twice.
         j.push(chunk(4, 4, 12, b"4567", false));
         assert!(j.push(chunk(4, 4, 12, b"4567", false)).is_empty());

@@ -99,11 +99,9 @@ fn decode_one(coding: &str, body: &[u8], cap: usize) -> Result<Vec<u8>, DecodeEr
         }
         "br" => Box::new(brotli_decompressor::Decompressor::new(body, 4096)),
         "zstd" => {
-            let d = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(
-                body,
-                ZSTD_MAX_WINDOW,
-            )
-            .map_err(|_| DecodeError::Invalid("bad zstd frame header"))?;
+            let d =
+                ruzstd::decoding::StreamingDecoder::new_with_max_window_size(body, ZSTD_MAX_WINDOW)
+                    .map_err(|_| DecodeError::Invalid("bad zstd frame header"))?;
             Box::new(d)
         }
         other => return Err(DecodeError::Unknown(other.to_string())),
@@ -197,7 +195,11 @@ mod tests {
         let part = decode_body("gzip", &coded[..coded.len() / 2], MAX_DECODED)
             .unwrap()
             .unwrap();
-        assert!(!part.is_empty() && body.starts_with(&part), "{}", part.len());
+        assert!(
+            !part.is_empty() && body.starts_with(&part),
+            "{}",
+            part.len()
+        );
     }
 
     #[test]

@@ -499,8 +499,8 @@ impl H2Stream {
             let host = pseudo(":authority")
                 .or_else(|| find_header(&headers, "host").map(str::to_string))
                 .unwrap_or_default();
-            let content_length = find_header(&headers, "content-length")
-                .and_then(|v| v.trim().parse::<u64>().ok());
+            let content_length =
+                find_header(&headers, "content-length").and_then(|v| v.trim().parse::<u64>().ok());
             Head::Request(HttpRequest {
                 method,
                 path: pseudo(":path").unwrap_or_default(),

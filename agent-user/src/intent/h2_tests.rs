@@ -166,7 +166,10 @@ fn codex_request(n: usize) -> http::Request<()> {
     http::Request::builder()
         .method("POST")
         .uri("https://localhost:8443/v1/responses")
-        .header("authorization", "Bearer sk-proj-h2TestKeyAbcdefghijklmnop0123456789")
+        .header(
+            "authorization",
+            "Bearer sk-proj-h2TestKeyAbcdefghijklmnop0123456789",
+        )
         .header("content-type", "application/json")
         .header("session_id", format!("sess-{n}"))
         .body(())
@@ -211,7 +214,10 @@ fn real_h2_requests_and_streamed_responses_are_reassembled() {
     let body = codex_body();
     assert!(body.len() > 90_000, "{}", body.len());
     let ex = exchange(
-        vec![(codex_request(1), body.clone()), (codex_request(2), body.clone())],
+        vec![
+            (codex_request(1), body.clone()),
+            (codex_request(2), body.clone()),
+        ],
         sse_events(),
     );
     let mut up = TlsStream::new();
@@ -220,7 +226,10 @@ fn real_h2_requests_and_streamed_responses_are_reassembled() {
     let reqs = requests(&msgs);
     assert_eq!(reqs.len(), 2, "{:?}", up.h2_stats());
     for (i, r) in reqs.iter().enumerate() {
-        assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/v1/responses"));
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/v1/responses")
+        );
         assert_eq!(r.host, "localhost:8443");
         assert!(r.body_complete);
         assert_eq!(r.body, body);
@@ -229,10 +238,17 @@ fn real_h2_requests_and_streamed_responses_are_reassembled() {
             r.header("authorization"),
             Some("Bearer sk-proj-h2TestKeyAbcdefghijklmnop0123456789")
         );
-        assert_eq!(r.header("session_id"), Some(format!("sess-{}", i + 1).as_str()));
+        assert_eq!(
+            r.header("session_id"),
+            Some(format!("sess-{}", i + 1).as_str())
+        );
         let llm = parse_llm_request(r).expect("an LLM request");
         assert_eq!(llm.model, "gpt-5-codex");
-        assert!(llm.user_excerpt.contains("FINDME-H2"), "{}", llm.user_excerpt);
+        assert!(
+            llm.user_excerpt.contains("FINDME-H2"),
+            "{}",
+            llm.user_excerpt
+        );
         assert_eq!(llm.tools.first().map(String::as_str), Some("exec_command"));
     }
     let stats = up.h2_stats();

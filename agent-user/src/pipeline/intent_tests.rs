@@ -85,7 +85,12 @@ fn pipeline() -> Pipeline {
 /// A gemini-cli `streamGenerateContent` request of ~47 KB whose tools sit past 24 KB.
 fn gemini_request(key_in_query: bool) -> Vec<u8> {
     let history: Vec<String> = (0..40)
-        .map(|i| format!(r#"{{"role":"user","parts":[{{"text":"earlier turn {i} {}"}}]}}"#, "y".repeat(560)))
+        .map(|i| {
+            format!(
+                r#"{{"role":"user","parts":[{{"text":"earlier turn {i} {}"}}]}}"#,
+                "y".repeat(560)
+            )
+        })
         .collect();
     let body = format!(
         r#"{{"contents":[{},{{"role":"user","parts":[{{"text":"FINDME-GEMINI list the files"}}]}}],"tools":[{{"functionDeclarations":[{{"name":"run_shell_command","parameters":{{"type":"object"}}}},{{"name":"read_file"}}]}}],"generationConfig":{{"temperature":0}},"padding":"{}"}}"#,
@@ -129,7 +134,9 @@ fn a_key_in_the_url_never_leaves_and_is_fingerprinted_as_used() {
         })
         .expect("discovered from the request head");
     assert!(
-        discovered.evidence.contains("key=[REDACTED:google_api_key]"),
+        discovered
+            .evidence
+            .contains("key=[REDACTED:google_api_key]"),
         "{}",
         discovered.evidence
     );
@@ -153,7 +160,11 @@ fn a_key_in_the_url_never_leaves_and_is_fingerprinted_as_used() {
             _ => None,
         })
         .expect("llm_request");
-    assert!(llm.path.contains("key=[REDACTED:google_api_key]"), "{}", llm.path);
+    assert!(
+        llm.path.contains("key=[REDACTED:google_api_key]"),
+        "{}",
+        llm.path
+    );
     assert_eq!(llm.model, "gemini-2.5-flash");
 }
 
@@ -169,7 +180,13 @@ fn a_tracked_47_kb_request_yields_the_tools_beyond_24_kb() {
     assert!(tools_at > 24_000, "{tools_at}");
     let out = run(
         &mut p,
-        call(direction::WRITE, true, 7, &req, agent_ebpf::TLS_CAPTURE_DEFAULT as usize),
+        call(
+            direction::WRITE,
+            true,
+            7,
+            &req,
+            agent_ebpf::TLS_CAPTURE_DEFAULT as usize,
+        ),
     );
     let llm = out
         .iter()
@@ -179,7 +196,11 @@ fn a_tracked_47_kb_request_yields_the_tools_beyond_24_kb() {
         })
         .expect("llm_request");
     assert_eq!(llm.tools, vec!["run_shell_command", "read_file"]);
-    assert!(llm.user_excerpt.contains("FINDME-GEMINI"), "{}", llm.user_excerpt);
+    assert!(
+        llm.user_excerpt.contains("FINDME-GEMINI"),
+        "{}",
+        llm.user_excerpt
+    );
     assert!(!serde_json::to_string(&out).unwrap().contains(GEMINI_KEY));
 }
 
@@ -187,9 +208,18 @@ fn a_tracked_47_kb_request_yields_the_tools_beyond_24_kb() {
 fn webhook_and_bot_paths_and_query_tokens_are_redacted_in_every_event() {
     let mut p = pipeline();
     let secrets = [
-        ("/services/T0ABCDEF12/B0ABCDEF34/abcdefABCDEF0123456789xy", "abcdefABCDEF0123456789xy"),
-        ("/bot123456789:AAHfakeTelegramTokenForTests_0123456789/sendMessage", "AAHfakeTelegramTokenForTests_0123456789"),
-        ("/graph/me?access_token=EAABsecretAccessToken0123&fields=id", "EAABsecretAccessToken0123"),
+        (
+            "/services/T0ABCDEF12/B0ABCDEF34/abcdefABCDEF0123456789xy",
+            "abcdefABCDEF0123456789xy",
+        ),
+        (
+            "/bot123456789:AAHfakeTelegramTokenForTests_0123456789/sendMessage",
+            "AAHfakeTelegramTokenForTests_0123456789",
+        ),
+        (
+            "/graph/me?access_token=EAABsecretAccessToken0123&fields=id",
+            "EAABsecretAccessToken0123",
+        ),
         ("/data?api_key=plainSecretValue42&x=1", "plainSecretValue42"),
     ];
     for (i, (target, secret)) in secrets.iter().enumerate() {
@@ -200,7 +230,13 @@ fn webhook_and_bot_paths_and_query_tokens_are_redacted_in_every_event() {
         );
         let out = run(
             &mut p,
-            call(direction::WRITE, true, 100 + i as u64, req.as_bytes(), 1 << 18),
+            call(
+                direction::WRITE,
+                true,
+                100 + i as u64,
+                req.as_bytes(),
+                1 << 18,
+            ),
         );
         let json = serde_json::to_string(&out).unwrap();
         assert!(!json.contains(secret), "{target}: secret leaked in {json}");
@@ -214,7 +250,8 @@ fn webhook_and_bot_paths_and_query_tokens_are_redacted_in_every_event() {
         assert!(http.path.contains("[REDACTED:"), "{}", http.path);
         assert!(!http.credential_fingerprints.is_empty(), "{target}");
         assert!(
-            out.iter().any(|e| matches!(e.kind.as_ref(), Some(Kind::Credential(_)))),
+            out.iter()
+                .any(|e| matches!(e.kind.as_ref(), Some(Kind::Credential(_)))),
             "{target}: credential event"
         );
     }
@@ -247,6 +284,10 @@ fn a_zstd_compressed_request_is_decoded_before_parsing() {
         .expect("llm_request");
     assert_eq!(llm.model, "gpt-5-codex");
     assert_eq!(llm.tools, vec!["exec_command"]);
-    assert!(llm.user_excerpt.contains("FINDME-ZSTD"), "{}", llm.user_excerpt);
+    assert!(
+        llm.user_excerpt.contains("FINDME-ZSTD"),
+        "{}",
+        llm.user_excerpt
+    );
     assert!(!serde_json::to_string(&out).unwrap().contains("zstdTestKey"));
 }
