@@ -11,16 +11,18 @@ pub const PATH_MAX: usize = 256;
 pub const ARGS_MAX: usize = 1024;
 /// Bytes of the NUL-separated environment kept per exec (never shipped off the host).
 pub const ENV_MAX: usize = 4096;
-/// Bytes of TLS plaintext per record: a call that moved more is emitted as several
-/// records (chunks) of one call, see [`TlsEvent`].
-pub const TLS_MAX: usize = 4096;
+/// Bytes of TLS plaintext per record (one TLS record's worth): a call that moved more
+/// is emitted as several records (chunks) of one call, see [`TlsEvent`].
+pub const TLS_MAX: usize = 16384;
 /// Plaintext kept of one tracked process's `SSL_read`/`SSL_write` call unless the
 /// daemon sets another cap (the `TLS_CAPTURE` array map): LLM request bodies are
 /// 40–115 KB and the fields that matter sit well past the first 16 KB.
-pub const TLS_CAPTURE_DEFAULT: u32 = 256 * 1024;
+pub const TLS_CAPTURE_DEFAULT: u32 = TLS_CAPTURE_MAX;
 /// Chunks one call may emit: the kernel's loop bound (a constant, so the verifier
-/// accepts it), hence the largest cap the daemon can set (1 MiB).
-pub const TLS_CHUNKS_MAX: u32 = 256;
+/// accepts it). The verifier walks every iteration and its work grows steeply with
+/// the count: 16 iterations exceeded its 1 M instruction budget on kernel 6.18, 8
+/// load. Hence the largest cap the daemon can set (8 × 16 KiB = 128 KiB).
+pub const TLS_CHUNKS_MAX: u32 = 8;
 /// Largest settable cap of plaintext per call.
 pub const TLS_CAPTURE_MAX: u32 = TLS_CHUNKS_MAX * TLS_MAX as u32;
 /// Bytes of a UDP/53 payload kept (a DNS query is far smaller).

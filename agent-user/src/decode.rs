@@ -218,9 +218,21 @@ print(s.recv(4096).decode().split("\r\n")[0], flush=True)
             .iter()
             .any(|f| f.name.starts_with("tls:") && f.active)
         {
+            let why: Vec<_> = l
+                .features
+                .iter()
+                .filter(|f| !f.active)
+                .map(|f| format!("{}: {}", f.name, &f.detail[..f.detail.len().min(300)]))
+                .collect();
+            let tail: Vec<_> = l
+                .features
+                .iter()
+                .filter(|f| !f.active)
+                .map(|f| f.detail[f.detail.len().saturating_sub(1500)..].to_string())
+                .collect();
             assert!(
                 std::env::var("CUSTODY_REQUIRE_BPF").as_deref() != Ok("1"),
-                "no libssl to hook"
+                "no libssl to hook: {why:?} {tail:?}"
             );
             eprintln!("skipping: no libssl hooked on this host");
             return;
@@ -280,7 +292,11 @@ print(s.recv(4096).decode().split("\r\n")[0], flush=True)
             .collect();
         assert!(!call.is_empty(), "no 100 KB write seen");
         let total = call[0].len as usize;
-        assert_eq!(call.len(), total.div_ceil(TLS_MAX), "one record per 4 KiB");
+        assert_eq!(
+            call.len(),
+            total.div_ceil(TLS_MAX),
+            "one record per TLS_MAX bytes"
+        );
         for (i, e) in call.iter().enumerate() {
             assert_eq!(e.offset as usize, i * TLS_MAX, "chunks in order");
             assert_eq!(e.hdr.flags & flag::DATA_TRUNCATED, 0);

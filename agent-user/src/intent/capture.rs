@@ -1,7 +1,7 @@
 //! The chunk records of TLS calls → one byte stream with holes of known size.
 //!
 //! The kernel emits a call that moved more than one record holds as consecutive chunk
-//! records of one call id (offsets 0, 4096, …) up to a per-call cap. A chunk can be
+//! records of one call id (offsets 0, 16384, …) up to a per-call cap. A chunk can be
 //! lost (ring buffer full) or come without data (the read of user memory failed), and
 //! the cap leaves the end of a long call out; all of these become holes, whose sizes
 //! the protocol parsers account for (a hole inside a body costs only that body its

@@ -97,7 +97,11 @@ pub(crate) fn starts_server(data: &[u8]) -> bool {
         return false;
     };
     let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
-    h[3] == frame::SETTINGS && h[4] == 0 && h[5..9] == [0; 4] && len.is_multiple_of(6) && len <= 6 * 64
+    h[3] == frame::SETTINGS
+        && h[4] == 0
+        && h[5..9] == [0; 4]
+        && len.is_multiple_of(6)
+        && len <= 6 * 64
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -1,7 +1,7 @@
 //! HTTP/2 decoding of real HTTP/2 bytes: a client and a server of the `h2` crate talk
 //! over an in-memory pipe whose writes are recorded, and the recorded bytes of each
-//! direction are fed to the decoder as the kernel would deliver them (calls of up to
-//! 16 KiB, each in 4 KiB chunk records).
+//! direction are fed to the decoder as chunk records of calls (calls of up to
+//! 16 KiB, each in 4 KiB chunks: smaller than the kernel's, so joins are exercised).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};

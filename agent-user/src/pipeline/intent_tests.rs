@@ -40,7 +40,7 @@ fn hdr(tracked: bool) -> EventHeader {
     }
 }
 
-/// The records the kernel emits for one call: 4 KiB chunks up to `cap`.
+/// The records the kernel emits for one call: `TLS_MAX` chunks up to `cap`.
 fn call(dir: u32, tracked: bool, id: u64, data: &[u8], cap: usize) -> Vec<Raw> {
     let kept = &data[..data.len().min(cap)];
     let n = kept.len().div_ceil(TLS_MAX).max(1);
