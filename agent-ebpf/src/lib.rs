@@ -11,8 +11,20 @@ pub const PATH_MAX: usize = 256;
 pub const ARGS_MAX: usize = 1024;
 /// Bytes of the NUL-separated environment kept per exec (never shipped off the host).
 pub const ENV_MAX: usize = 4096;
-/// Bytes of TLS plaintext kept per `SSL_read`/`SSL_write` call.
-pub const TLS_MAX: usize = 4096;
+/// Bytes of TLS plaintext per record (one TLS record's worth): a call that moved more
+/// is emitted as several records (chunks) of one call, see [`TlsEvent`].
+pub const TLS_MAX: usize = 16384;
+/// Plaintext kept of one tracked process's `SSL_read`/`SSL_write` call unless the
+/// daemon sets another cap (the `TLS_CAPTURE` array map): LLM request bodies are
+/// 40–115 KB and the fields that matter sit well past the first 16 KB.
+pub const TLS_CAPTURE_DEFAULT: u32 = TLS_CAPTURE_MAX;
+/// Chunks one call may emit: the kernel's loop bound (a constant, so the verifier
+/// accepts it). The verifier walks every iteration and its work grows steeply with
+/// the count: 16 iterations exceeded its 1 M instruction budget on kernel 6.18, 8
+/// load. Hence the largest cap the daemon can set (8 × 16 KiB = 128 KiB).
+pub const TLS_CHUNKS_MAX: u32 = 8;
+/// Largest settable cap of plaintext per call.
+pub const TLS_CAPTURE_MAX: u32 = TLS_CHUNKS_MAX * TLS_MAX as u32;
 /// Bytes of a UDP/53 payload kept (a DNS query is far smaller).
 pub const DNS_MAX: usize = 256;
 /// Bytes of a JSON line written to a pipe (stdio JSON-RPC, i.e. MCP) kept per write.
@@ -92,6 +104,12 @@ pub mod counter {
     pub const POLICY_NET_DENIED: u32 = 11;
     /// Processes killed at an open by a kernel policy rule (forbidden path).
     pub const POLICY_OPEN_KILLED: u32 = 12;
+    /// A TLS call whose later chunks were lost: a chunk's ring-buffer reservation
+    /// failed (also counted in `RINGBUF_FULL`), so the rest of the call was dropped.
+    pub const TLS_CHUNKS_LOST: u32 = 13;
+    /// Bytes of TLS plaintext beyond the per-call cap, not captured (the call's last
+    /// chunk carries `DATA_TRUNCATED`; `DATA_TRUNCATED` counts such calls).
+    pub const TLS_BYTES_CAPPED: u32 = 14;
     pub const COUNT: u32 = 16;
 }
 
@@ -312,23 +330,31 @@ pub mod direction {
     pub const READ: u32 = 2;
 }
 
-/// Plaintext of one successful SSL_read/SSL_write(_ex) call (or, with `flag::HELD`,
-/// of a write held at entry: `len` is then the length asked for).
+/// Plaintext of one successful SSL_read/SSL_write(_ex) call, or one chunk of it (or,
+/// with `flag::HELD`, of a write held at entry: `len` is then the length asked for).
+///
+/// A call that moved more than [`TLS_MAX`] bytes is emitted as consecutive records of
+/// the same `call_id`, `offset` 0, `TLS_MAX`, 2·`TLS_MAX`, … up to the per-call cap;
+/// the last one kept carries `DATA_TRUNCATED` when the call moved more than the cap.
+/// A record at offset 0 always starts a call; a gap in the offsets is a lost chunk.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsEvent {
     pub hdr: EventHeader,
     /// The `SSL *`: tells connections of one process apart.
     pub conn: u64,
-    /// Bytes the call actually transferred.
+    /// Bytes the call actually transferred (the whole call, in every chunk).
     pub len: u32,
     /// Bytes kept in `data`.
     pub captured: u32,
     pub direction: u32,
-    pub _pad: u32,
+    /// Where `data` starts within the call's buffer.
+    pub offset: u32,
     /// The plaintext buffer in the process (read again by the daemon when a write
     /// held before send is longer than `data`).
     pub buf: u64,
+    /// Tells the chunks of one call from those of the next (boot ns at emit time).
+    pub call_id: u64,
     pub data: [u8; TLS_MAX],
 }
 

@@ -3,7 +3,12 @@
 //!
 //! Untracked processes: only writes that start like an HTTP request or a JSON body are
 //! emitted, so the daemon can discover undeclared agents (LLM and MCP clients) without
-//! seeing every TLS byte on the host.
+//! seeing every TLS byte on the host, and only their first record (`TLS_MAX` bytes).
+//!
+//! Whole calls: a tracked process's call is emitted as consecutive chunk records (see
+//! `TlsEvent`) up to a cap per call (`TLS_CAPTURE`, set by the daemon), by a loop with
+//! a constant bound; each chunk's reservation is submitted or discarded on its own
+//! path, and a failed one ends the call (counted: `TLS_CHUNKS_LOST`).
 //!
 //! Hold before send: while the revocation hold is armed, a covered process whose
 //! write starts like an HTTP/1 request (or continues a request head the daemon asked
@@ -11,17 +16,27 @@
 //! buffer flagged `HELD` wakes the daemon, which vets the request's headers before the
 //! plaintext is encrypted.
 
-use agent_ebpf::{TLS_MAX, TlsCall, TlsEvent, counter, direction, flag, kind};
+use agent_ebpf::{
+    TLS_CAPTURE_DEFAULT, TLS_CAPTURE_MAX, TLS_CHUNKS_MAX, TLS_MAX, TlsCall, TlsEvent, counter,
+    direction, flag, kind,
+};
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns},
     macros::{map, uprobe, uretprobe},
-    maps::LruHashMap,
+    maps::{Array, LruHashMap},
     programs::{ProbeContext, RetProbeContext},
 };
 
 use super::{
-    BPF_RB_FORCE_WAKEUP, EVENTS, clamp, count, fill_current, lazy_wakeup, traced, uread, uread_into,
+    BPF_RB_FORCE_WAKEUP, COUNTERS, EVENTS, clamp, count, fill_current, lazy_wakeup, traced, uread,
+    uread_into,
 };
+
+/// Bytes of plaintext kept per call of a tracked process (one value, written by the
+/// daemon at start; 0 means `TLS_CAPTURE_DEFAULT`, larger than `TLS_CAPTURE_MAX`
+/// is cut to it).
+#[map]
+pub static TLS_CAPTURE: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Calls between entry and return (key: pid_tgid). Read by the daemon too: pinned, so
 /// a restarted daemon still finds the writes of a process a previous one held.
@@ -55,9 +70,10 @@ fn looks_like_http1_request(buf: u64) -> bool {
     )
 }
 
-/// Emit the record of a call: the first `n` bytes of its buffer (at most `TLS_MAX`).
+/// Emit the record of a write held at entry: the first `n` bytes of its buffer (at
+/// most `TLS_MAX`; the daemon reads the rest from the stopped process).
 #[inline(always)]
-fn emit(call: &TlsCall, n: u64, held_ns: u64) {
+fn emit_held(call: &TlsCall, n: u64, held_ns: u64) {
     let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
         count(counter::RINGBUF_FULL);
         return;
@@ -67,8 +83,9 @@ fn emit(call: &TlsCall, n: u64, held_ns: u64) {
     ev.conn = call.ssl;
     ev.len = n.min(u32::MAX as u64) as u32;
     ev.direction = call.direction;
-    ev._pad = 0;
+    ev.offset = 0;
     ev.buf = call.buf;
+    ev.call_id = held_ns;
     let c = clamp(n, TLS_MAX);
     ev.captured = 0;
     if c > 0 && unsafe { uread_into(ev.data.as_mut_ptr(), c, call.buf) } {
@@ -76,14 +93,81 @@ fn emit(call: &TlsCall, n: u64, held_ns: u64) {
     }
     if n > TLS_MAX as u64 {
         ev.hdr.flags |= flag::DATA_TRUNCATED;
-        count(counter::DATA_TRUNCATED);
     }
-    if held_ns != 0 {
-        ev.hdr.flags |= flag::HELD;
-        ev.hdr.ktime_ns = held_ns;
-        // A stopped process waits for this record: wake the daemon now.
-        entry.submit(BPF_RB_FORCE_WAKEUP);
-    } else {
+    ev.hdr.flags |= flag::HELD;
+    ev.hdr.ktime_ns = held_ns;
+    // A stopped process waits for this record: wake the daemon now.
+    entry.submit(BPF_RB_FORCE_WAKEUP);
+}
+
+/// Bytes kept of one call: the daemon's cap for traced processes, one record for the
+/// sampled connections of untracked ones (discovery needs only the request head).
+#[inline(always)]
+fn capture_cap(tgid: u32) -> u64 {
+    if traced(tgid).is_none() {
+        return TLS_MAX as u64;
+    }
+    let cap = match TLS_CAPTURE.get(0) {
+        Some(v) if *v != 0 => *v,
+        _ => TLS_CAPTURE_DEFAULT,
+    };
+    u64::from(cap.min(TLS_CAPTURE_MAX))
+}
+
+#[inline(always)]
+fn add(slot: u32, n: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += n };
+    }
+}
+
+/// Emit a call that moved `n` bytes as chunk records of `TLS_MAX` bytes, up to `cap`.
+#[inline(always)]
+fn emit(call: &TlsCall, n: u64, cap: u64) {
+    let keep = if n < cap { n } else { cap };
+    // SAFETY: a helper without arguments.
+    let call_id = unsafe { bpf_ktime_get_boot_ns() };
+    let len = n.min(u32::MAX as u64) as u32;
+    // Each chunk's offset comes from the loop index alone, so nothing a branch of one
+    // iteration decided is live in the next: the verifier sees one state per
+    // iteration instead of one per path through all earlier ones.
+    for i in 0..TLS_CHUNKS_MAX {
+        let off = u64::from(i) * TLS_MAX as u64;
+        if off >= keep && i != 0 {
+            return;
+        }
+        let Some(mut entry) = EVENTS.reserve::<TlsEvent>(0) else {
+            count(counter::RINGBUF_FULL);
+            if i != 0 {
+                count(counter::TLS_CHUNKS_LOST);
+            }
+            return;
+        };
+        let ev = unsafe { &mut *entry.as_mut_ptr() };
+        fill_current(&mut ev.hdr, kind::TLS_DATA);
+        ev.conn = call.ssl;
+        ev.len = len;
+        ev.direction = call.direction;
+        ev.offset = off as u32;
+        ev.buf = call.buf;
+        ev.call_id = call_id;
+        let c = clamp(keep.saturating_sub(off), TLS_MAX);
+        ev.captured = 0;
+        if c > 0 {
+            if unsafe { uread_into(ev.data.as_mut_ptr(), c, call.buf + off) } {
+                ev.captured = c;
+            } else {
+                // Sent as a record without data: the daemon sees a hole of `c` bytes.
+                ev.hdr.flags |= flag::READ_FAILED;
+                count(counter::READ_FAILED);
+            }
+        }
+        if off + TLS_MAX as u64 >= keep && n > keep {
+            ev.hdr.flags |= flag::DATA_TRUNCATED;
+            count(counter::DATA_TRUNCATED);
+            add(counter::TLS_BYTES_CAPPED, n - keep);
+        }
         entry.submit(lazy_wakeup());
     }
 }
@@ -149,7 +233,7 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
             if next {
                 let _ = HOLD_CONN.remove(&ssl);
             }
-            emit(&call, len, held_ns);
+            emit_held(&call, len, held_ns);
         }
     }
     0
@@ -199,6 +283,6 @@ pub fn custody_ssl_ret(ctx: RetProbeContext) -> u32 {
     if n == 0 {
         return 0;
     }
-    emit(&call, n, 0);
+    emit(&call, n, capture_cap((pid_tgid >> 32) as u32));
     0
 }

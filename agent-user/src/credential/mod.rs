@@ -20,6 +20,7 @@ mod jwt;
 mod kubeconfig;
 mod pem;
 mod redact;
+mod url;
 
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ pub use fingerprint::FleetKey;
 pub use headers::scan_headers;
 pub use jwt::{JwtClaims, decode_jwt};
 pub use redact::{redact, redact_bytes};
+pub use url::{RedactedTarget, redact_target};
 
 /// Where a credential was observed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use super::Daemon;
 use crate::clock;
 use crate::report::{metrics, status};
 
-const COUNTER_NAMES: [(u32, &str); 13] = [
+const COUNTER_NAMES: [(u32, &str); 15] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -25,6 +25,8 @@ const COUNTER_NAMES: [(u32, &str); 13] = [
     (counter::HOLD_TLS_FAILED, "hold_tls_failed"),
     (counter::POLICY_NET_DENIED, "policy_net_denied"),
     (counter::POLICY_OPEN_KILLED, "policy_open_killed"),
+    (counter::TLS_CHUNKS_LOST, "tls_chunks_lost"),
+    (counter::TLS_BYTES_CAPPED, "tls_bytes_capped"),
 ];
 
 impl Daemon {

@@ -7,12 +7,20 @@
 //! 512 characters, cut on character boundaries), and prefers a partial answer to none
 //! when a capture was cut.
 //!
+//! * `capture`/`conn`: chunk records of TLS calls joined into one stream per connection
+//!   direction, and the HTTP version it speaks recognised from its first bytes.
 //! * `http`/`stream`: HTTP/1.x messages reassembled per connection direction.
+//! * `h2`: HTTP/2 frames and HPACK, per-stream messages.
+//! * `encoding`: gzip/deflate/br/zstd bodies, decoded with a bound.
 //! * `llm`: provider by host, LLM API requests and responses (incl. streams).
 //! * `mcp`: JSON-RPC 2.0 / MCP messages from pipes and HTTP bodies.
 //! * `dns`, `trace`: DNS query names and W3C traceparent.
 
+mod capture;
+mod conn;
 mod dns;
+mod encoding;
+mod h2;
 mod http;
 mod json;
 mod llm;
@@ -22,7 +30,13 @@ mod stream;
 mod text;
 mod trace;
 
+pub use capture::{CallJoin, Chunk, Piece};
+pub use conn::TlsStream;
 pub use dns::parse_dns_query;
+pub use encoding::{
+    DecodeError as ContentDecodeError, MAX_DECODED, decode_body, decoded_request, decoded_response,
+};
+pub use h2::{H2Stats, H2Stream, h2_totals};
 pub use http::{HttpMessage, HttpRequest, HttpResponse, RequestHead, request_head};
 pub use llm::{
     LlmRequest, LlmResponse, ToolCall, llm_provider_for_host, parse_llm_request, parse_llm_response,

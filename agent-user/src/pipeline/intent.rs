@@ -1,11 +1,12 @@
 //! TLS plaintext and pipe JSON → HTTP, LLM and MCP events, credential sightings,
 //! delegation identities, and discovery of undeclared agents.
 
-use agent_ebpf::{EventHeader, PipeEvent, TlsEvent, Tracked, direction, track};
-use agent_user::credential::{self, decode_jwt, redact_bytes, scan_headers};
+use agent_ebpf::{EventHeader, PipeEvent, TLS_MAX, TlsEvent, Tracked, direction, flag, track};
+use agent_user::credential::{self, decode_jwt, redact_bytes, redact_target, scan_headers};
 use agent_user::intent::{
-    HttpMessage, HttpRequest, HttpResponse, McpMessage as Mcp, is_mcp, llm_provider_for_host,
-    parse_jsonrpc, parse_llm_request, parse_llm_response,
+    Chunk, HttpMessage, HttpRequest, HttpResponse, McpMessage as Mcp, decoded_request,
+    decoded_response, is_mcp, llm_provider_for_host, parse_jsonrpc, parse_llm_request,
+    parse_llm_response,
 };
 use custody_proto::sensor::v1::{
     self as pb, AgentDiscovered, CredentialSeen, LlmRequest, LlmResponse, McpMessage, Principal,
@@ -34,37 +35,6 @@ fn response_text(r: &HttpResponse) -> Vec<u8> {
     t.extend_from_slice(b"\r\n");
     t.extend_from_slice(&r.body[..r.body.len().min(EXCERPT)]);
     t
-}
-
-/// The response with its body decompressed when it was sent gzip/deflate-encoded
-/// (HTTP clients such as the OpenAI SDK ask for it). A body cut by the capture bound
-/// decodes as far as it goes; output is capped at 1 MiB.
-fn decoded(r: &HttpResponse) -> std::borrow::Cow<'_, HttpResponse> {
-    use std::io::Read;
-    let enc = r
-        .header("content-encoding")
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let mut out = Vec::new();
-    let reader: Box<dyn Read + '_> = match enc.as_str() {
-        "gzip" | "x-gzip" => Box::new(flate2::read::GzDecoder::new(&r.body[..])),
-        "deflate" => Box::new(flate2::read::ZlibDecoder::new(&r.body[..])),
-        _ => return std::borrow::Cow::Borrowed(r),
-    };
-    let mut limited = reader.take(1 << 20);
-    let mut buf = [0u8; 8192];
-    loop {
-        match limited.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    let mut d = r.clone();
-    d.body = out;
-    d.headers
-        .retain(|(k, _)| !k.eq_ignore_ascii_case("content-encoding"));
-    std::borrow::Cow::Owned(d)
 }
 
 /// Cut to at most `n` bytes on a char boundary.
@@ -97,11 +67,18 @@ impl Pipeline {
         let tgid = e.hdr.tgid;
         let data = &e.data[..(e.captured as usize).min(e.data.len())];
         let key = (tgid, e.conn, e.direction);
-        let msgs = self
-            .streams
-            .entry(key)
-            .or_default()
-            .feed(data, u64::from(e.len));
+        // The kernel fills every chunk but the last; a short one without a failed read
+        // ends its call (see `TlsEvent`).
+        let last = e.hdr.flags & flag::DATA_TRUNCATED != 0
+            || (data.len() < TLS_MAX && e.hdr.flags & flag::READ_FAILED == 0);
+        let chunk = Chunk {
+            call_id: e.call_id,
+            offset: u64::from(e.offset),
+            call_len: u64::from(e.len),
+            data,
+            last,
+        };
+        let msgs = self.streams.entry(key).or_default().feed_chunk(chunk);
         for m in msgs {
             match m {
                 HttpMessage::Request(r) => {
@@ -168,6 +145,11 @@ impl Pipeline {
     ) {
         let tgid = h.tgid;
         let sent = dir == direction::WRITE;
+        // Secrets in the target never reach an event (path, LLM path, discovery
+        // evidence); what was recognised is a credential the request used.
+        let target = redact_target(&r.path, &self.key);
+        let mut r = decoded_request(r);
+        r.path = target.target;
         let llm = if sent { parse_llm_request(&r) } else { None };
         let mcp = parse_jsonrpc(&r.body);
         let host_provider = llm_provider_for_host(&r.host);
@@ -201,7 +183,11 @@ impl Pipeline {
             return; // an ordinary untracked HTTPS client: report nothing
         }
 
-        let creds = scan_headers(&r.headers, &self.key);
+        let mut creds = scan_headers(&r.headers, &self.key);
+        creds.extend(target.credentials);
+        // The same key in a header and the query is one credential.
+        let mut seen = std::collections::HashSet::new();
+        creds.retain(|c| seen.insert(c.fingerprint.clone()));
         let fingerprints: Vec<String> = creds.iter().map(|c| c.fingerprint.clone()).collect();
         let mut delegation = None;
         if let Some(auth) = r.header("authorization") {
@@ -291,7 +277,7 @@ impl Pipeline {
         {
             return;
         }
-        let r = decoded(&r);
+        let r = decoded_response(&r);
         let conn_id = format!("{tgid}:{conn:x}");
         let ev = self.event(
             h,
@@ -369,3 +355,7 @@ impl Pipeline {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "intent_tests.rs"]
+mod tests;

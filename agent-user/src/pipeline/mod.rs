@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use agent_ebpf::{EventHeader, ExecEvent, PolicyEvent, Tracked, flag, track};
 use agent_user::credential::{self, Credential, FleetKey};
-use agent_user::intent::HttpStream;
+use agent_user::intent::TlsStream;
 use custody_proto::sensor::v1::{
     self as pb, Event, ProcessExec, ProcessExit, ProcessFork, SensorWarning, event::Kind,
 };
@@ -42,8 +42,8 @@ pub struct Pipeline {
     pub stats: Stats,
     key: FleetKey,
     observe_all: bool,
-    /// HTTP parsers per (tgid, SSL*, direction).
-    streams: HashMap<(u32, u64, u32), HttpStream>,
+    /// HTTP/1 and HTTP/2 parsers per (tgid, SSL*, direction).
+    streams: HashMap<(u32, u64, u32), TlsStream>,
     /// LLM provider of the last request on (tgid, SSL*), to parse its response.
     conn_llm: HashMap<(u32, u64), String>,
 }
