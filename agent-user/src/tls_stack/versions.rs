@@ -56,7 +56,7 @@ pub(crate) fn crate_versions(bytes: &[u8], krate: &str) -> Vec<String> {
 /// `Bun v1.4.0` (the runtime that embeds BoringSSL in Claude Code's binary).
 pub(crate) fn bun(bytes: &[u8]) -> Vec<String> {
     static RE: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"Bun v(\d{1,2}\.\d{1,3}\.\d{1,3})\x00").expect("static regex")
+        Regex::new(r"Bun v(\d{1,2}\.\d{1,3}\.\d{1,3})[ \x00]").expect("static regex")
     });
     collect(&RE, bytes, "Bun ")
 }
@@ -69,7 +69,7 @@ mod tests {
     fn versions_are_read_from_their_usual_strings() {
         let blob = b"..OpenSSL 3.0.19 27 Jan 2026\0..OpenSSL 3.0.19 27 Jan 2026\0\
             /root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/rustls-0.23.27/src/conn.rs\0\
-            Bun v1.4.0\0";
+            Bun v1.4.0 (63bb0ca0d)\0";
         assert_eq!(openssl(blob), vec!["OpenSSL 3.0.19"]);
         assert_eq!(crate_versions(blob, "rustls"), vec!["rustls 0.23.27"]);
         assert_eq!(crate_versions(blob, "ring"), Vec::<String>::new());
