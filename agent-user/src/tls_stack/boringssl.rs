@@ -20,6 +20,9 @@
 //! have not in years, which is why the match is on reasons in line order. A match must be
 //! unique and its entry must decode as a function start; otherwise nothing is hooked and
 //! the inspection says what was found.
+//!
+//! An `ssl_lib.c` name string without BoringSSL's marker (`openssl_is_boringssl`, a
+//! `/boringssl/` path) is a stripped OpenSSL: reported as such, with its version, unhooked.
 
 use super::elf::Image;
 use super::unwind::FunctionStarts;
@@ -77,6 +80,19 @@ pub(crate) fn find(image: &Image, anomalies: &mut Vec<String>) -> Option<Finding
     let file_strings = file_name_strings(image);
     if !marker && file_strings.is_empty() {
         return None;
+    }
+    if !marker {
+        // OpenSSL's own `ssl/ssl_lib.c` without BoringSSL's marker: a stripped OpenSSL
+        // (Codex vendors one). Its error calls (`ERR_set_debug(file, line, func)`, library
+        // 20) have another shape; finding its functions without symbols is not done yet.
+        let mut finding = Finding::new(TlsStack::OpenSsl);
+        finding.versions = versions::openssl(image.bytes);
+        finding.tried.push("no SSL_* symbols".into());
+        finding.tried.push(
+            "stripped OpenSSL: locating SSL_write/SSL_read without symbols is not implemented"
+                .into(),
+        );
+        return Some(finding);
     }
     let mut finding = Finding::new(TlsStack::BoringSsl);
     finding.versions = versions::bun(image.bytes);
@@ -163,11 +179,16 @@ pub(crate) fn find(image: &Image, anomalies: &mut Vec<String>) -> Option<Finding
     Some(finding)
 }
 
-/// Addresses of NUL-terminated strings naming `…/ssl/ssl_lib.cc` (or `.c`).
+/// Addresses of NUL-terminated strings naming `ssl/ssl_lib.cc` (or `.c`), bare or at
+/// the end of a path.
 fn file_name_strings(image: &Image) -> Vec<u64> {
     let mut out = Vec::new();
-    for suffix in [&b"/ssl/ssl_lib.cc\0"[..], &b"/ssl/ssl_lib.c\0"[..]] {
+    // `ssl/ssl_lib.c` alone (OpenSSL's relative names) or at the end of a path.
+    for suffix in [&b"ssl/ssl_lib.cc\0"[..], &b"ssl/ssl_lib.c\0"[..]] {
         for end in memchr::memmem::find_iter(image.bytes, suffix) {
+            if end > 0 && !matches!(image.bytes[end - 1], 0 | b'/') {
+                continue; // `libssl/ssl_lib.c`, `openssl/…`: some other file
+            }
             let start = image.bytes[..end]
                 .iter()
                 .rposition(|&b| b == 0)

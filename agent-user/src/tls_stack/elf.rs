@@ -160,6 +160,18 @@ impl<'a> Image<'a> {
         })
     }
 
+    /// The addend of the `R_X86_64_RELATIVE` dynamic relocation that fills the word at
+    /// `vaddr` at load time (in a PIE, pointers in data are zero in the file).
+    pub fn relative_addend(&self, vaddr: u64) -> Option<u64> {
+        self.file.dynamic_relocations()?.find_map(|(at, r)| {
+            let relative = matches!(
+                r.flags(),
+                object::RelocationFlags::Elf { r_type } if r_type == object::elf::R_X86_64_RELATIVE
+            );
+            (at == vaddr && relative).then(|| r.addend() as u64)
+        })
+    }
+
     /// The executable segments' file bytes with their start address.
     pub fn code(&self) -> impl Iterator<Item = (u64, &'a [u8])> + '_ {
         self.segments.iter().filter(|s| s.executable).map(|s| {

@@ -72,9 +72,9 @@ fn u64_at(d: &[u8], off: usize) -> Option<u64> {
 }
 
 impl<'a> Pclntab<'a> {
-    /// Parses the header at the start of `data`. `text_fallback` is used when the header's
-    /// text start is zero (a PIE whose value is filled in by a relocation).
-    pub fn parse(data: &'a [u8], text_fallback: Option<u64>) -> Result<Self, PclntabError> {
+    /// Parses the header at the start of `data`. `text_relocated` is used when the header's
+    /// text start is zero: in a PIE the loader fills it in, from a relocation's addend.
+    pub fn parse(data: &'a [u8], text_relocated: Option<u64>) -> Result<Self, PclntabError> {
         let magic = u32_at(data, 0).ok_or(PclntabError::Truncated("header"))?;
         if MAGIC_OLD.contains(&magic) {
             return Err(PclntabError::Unsupported(magic));
@@ -99,8 +99,9 @@ impl<'a> Pclntab<'a> {
             return Err(PclntabError::Inconsistent(format!("{nfunc} functions")));
         }
         if text_start == 0 {
-            text_start = text_fallback
-                .ok_or_else(|| PclntabError::Inconsistent("text start 0 and no .text".into()))?;
+            text_start = text_relocated.ok_or_else(|| {
+                PclntabError::Inconsistent("text start 0 and no relocation fills it".into())
+            })?;
         }
         let in_data = |off: u64| off < data.len() as u64;
         if !in_data(funcname_off) || !in_data(functab_off) {
@@ -200,12 +201,19 @@ impl<'a> Pclntab<'a> {
     }
 }
 
-/// The pclntab of an image: the `.gopclntab` section, else the first block with a valid
+/// The pclntab of an image: its section (by name), else the first block with a valid
 /// header among the non-executable segments' bytes (section headers stripped).
 fn locate<'a>(image: &Image<'a>) -> Option<Result<Pclntab<'a>, PclntabError>> {
-    let text = image.section(".text").map(|s| s.vaddr);
-    if let Some(s) = image.section(".gopclntab") {
-        return Some(Pclntab::parse(image.section_bytes(&s), text));
+    // The header's text-start word sits at offset 24.
+    let text_relocated = |table_vaddr: u64| image.relative_addend(table_vaddr + 24);
+    // A PIE's table is in `.data.rel.ro.gopclntab` (it holds a relocated word).
+    for name in [".gopclntab", ".data.rel.ro.gopclntab"] {
+        if let Some(s) = image.section(name) {
+            return Some(Pclntab::parse(
+                image.section_bytes(&s),
+                text_relocated(s.vaddr),
+            ));
+        }
     }
     let mut first_err = None;
     for seg in image.segments.iter().filter(|s| !s.executable) {
@@ -215,7 +223,8 @@ fn locate<'a>(image: &Image<'a>) -> Option<Result<Pclntab<'a>, PclntabError>> {
             let mut pattern = magic.to_le_bytes().to_vec();
             pattern.extend_from_slice(&[0, 0, 1, 8]);
             for at in memchr::memmem::find_iter(bytes, &pattern) {
-                match Pclntab::parse(&bytes[at..], text) {
+                let relocated = text_relocated(seg.vaddr + at as u64);
+                match Pclntab::parse(&bytes[at..], relocated) {
                     Ok(t) if t.func(0).is_ok() && t.func(t.len() - 1).is_ok() => {
                         return Some(Ok(t));
                     }

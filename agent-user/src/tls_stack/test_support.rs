@@ -1,6 +1,6 @@
 //! What the TLS-stack tests share: real binaries to analyse (system node and libssl, a Go
-//! HTTPS client built from `tests/agents/tls_clients/go/`, Claude Code's Bun executable
-//! when present) and the skip rule: a missing tool or binary skips with a note, or fails
+//! HTTPS client built from `tests/agents/tls_clients/go/`, Claude Code's and Codex's
+//! binaries when given) and the skip rule: a missing tool or binary skips with a note, or fails
 //! the test under CUSTODY_REQUIRE_BPF=1 (CI), so a skip never passes silently.
 
 use std::path::{Path, PathBuf};
@@ -29,13 +29,21 @@ pub(crate) struct GoClients {
     pub with_symbols: PathBuf,
     pub no_symbols: PathBuf,
     pub stripped: PathBuf,
+    pub pie: PathBuf,
+    pub pie_with_symbols: PathBuf,
 }
 
 pub(crate) fn go_clients(name: &str, dir: &Path) -> Option<GoClients> {
     let src = repo_root().join("tests/agents/tls_clients/go");
-    let build = |out: &Path, ldflags: &str| {
+    let build = |out: &Path, ldflags: &str, mode: &str| {
         Command::new("go")
-            .args(["build", "-trimpath", &format!("-ldflags={ldflags}"), "-o"])
+            .args([
+                "build",
+                "-trimpath",
+                mode,
+                &format!("-ldflags={ldflags}"),
+                "-o",
+            ])
             .arg(out)
             .arg(".")
             .current_dir(&src)
@@ -47,9 +55,16 @@ pub(crate) fn go_clients(name: &str, dir: &Path) -> Option<GoClients> {
         with_symbols: dir.join("go_client_symbols"),
         no_symbols: dir.join("go_client"),
         stripped: dir.join("go_client_stripped"),
+        pie: dir.join("go_client_pie"),
+        pie_with_symbols: dir.join("go_client_pie_symbols"),
     };
-    for (out, ldflags) in [(&clients.with_symbols, ""), (&clients.no_symbols, "-s -w")] {
-        match build(out, ldflags) {
+    for (out, ldflags, mode) in [
+        (&clients.with_symbols, "", "-buildmode=exe"),
+        (&clients.no_symbols, "-s -w", "-buildmode=exe"),
+        (&clients.pie_with_symbols, "", "-buildmode=pie"),
+        (&clients.pie, "-s -w", "-buildmode=pie"),
+    ] {
+        match build(out, ldflags, mode) {
             Err(e) => {
                 skip(name, &format!("cannot run `go` ({e}); install golang-go"));
                 return None;
@@ -88,23 +103,19 @@ pub(crate) fn go_nm(bin: &Path, func: &str) -> Option<(u64, u64)> {
     })
 }
 
-/// Claude Code's native binary (`@anthropic-ai/claude-code-linux-x64@2.1.197`, ~245 MB), from
-/// CUSTODY_CLAUDE_BIN; `None` (skipped) when it is not given.
-pub(crate) fn claude_binary(name: &str) -> Option<PathBuf> {
-    match std::env::var_os("CUSTODY_CLAUDE_BIN").map(PathBuf::from) {
+/// A real agent binary named by an environment variable (installed by the CLI setup), or
+/// `None` (skipped): CUSTODY_CLAUDE_BIN for `@anthropic-ai/claude-code-linux-x64@2.1.197`'s
+/// `claude` (~245 MB), CUSTODY_CODEX_BIN for `@openai/codex@0.169.0-linux-x64`'s
+/// `vendor/x86_64-unknown-linux-musl/bin/codex`.
+pub(crate) fn agent_binary(name: &str, var: &str) -> Option<PathBuf> {
+    match std::env::var_os(var).map(PathBuf::from) {
         Some(p) if p.is_file() => Some(p),
         Some(p) => {
-            skip(
-                name,
-                &format!("CUSTODY_CLAUDE_BIN={} is not a file", p.display()),
-            );
+            skip(name, &format!("{var}={} is not a file", p.display()));
             None
         }
         None => {
-            skip(
-                name,
-                "CUSTODY_CLAUDE_BIN is not set (claude-code-linux-x64 2.1.197 binary)",
-            );
+            skip(name, &format!("{var} is not set"));
             None
         }
     }

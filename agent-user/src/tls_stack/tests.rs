@@ -110,7 +110,12 @@ fn go_crypto_tls_in_a_stripped_go_client_hooks_entry_and_every_ret() {
     let headless = dir.path().join("go_client_no_sections");
     std::fs::write(&headless, &without_sections).unwrap();
 
-    for bin in [&go.no_symbols, &go.stripped, &headless] {
+    for (bin, reference) in [
+        (&go.no_symbols, &go.with_symbols),
+        (&go.stripped, &go.with_symbols),
+        (&headless, &go.with_symbols),
+        (&go.pie, &go.pie_with_symbols),
+    ] {
         let i = inspect(bin).unwrap();
         assert!(i.anomalies.is_empty(), "{:?}", i.anomalies);
         let f = i
@@ -131,7 +136,7 @@ fn go_crypto_tls_in_a_stripped_go_client_hooks_entry_and_every_ret() {
             assert_eq!(e.evidence, Evidence::GoPclntab);
             // Go's own tool agrees on where the function is (it needs the symbol table, so
             // ask it about the build that kept one: -s -w changes no code address).
-            let (addr, size) = go_nm(&go.with_symbols, go_name).expect("go tool nm lists it");
+            let (addr, size) = go_nm(reference, go_name).expect("go tool nm lists it");
             assert_eq!(e.vaddr, addr, "{go_name}");
             let rets = hook(&i, func, HookSite::Return);
             assert!(!rets.is_empty(), "{go_name} has RET sites");
@@ -305,7 +310,8 @@ fn rustls_in_a_stripped_rust_binary_is_detected_and_reported_uncovered() {
 
 #[test]
 fn boringssl_in_claude_codes_bun_binary_is_found_by_its_error_sites() {
-    let Some(bin) = claude_binary("boringssl_in_claude_codes_bun_binary") else {
+    let name = "boringssl_in_claude_codes_bun_binary_is_found_by_its_error_sites";
+    let Some(bin) = agent_binary(name, "CUSTODY_CLAUDE_BIN") else {
         return;
     };
     let i = inspect(&bin).unwrap();
@@ -326,6 +332,37 @@ fn boringssl_in_claude_codes_bun_binary_is_found_by_its_error_sites() {
     assert_eq!((w.vaddr, w.file_offset), (0x340e3a0, 0x320d3a0));
     assert_eq!((r.vaddr, r.file_offset), (0x340e010, 0x320d010));
     assert!(f.covered());
+}
+
+/// Codex's static-pie musl binary: rustls for its API traffic and a vendored OpenSSL, both
+/// without symbols. Both are named with their versions and reported uncovered.
+#[test]
+fn codex_is_reported_as_rustls_and_stripped_openssl_uncovered() {
+    let name = "codex_is_reported_as_rustls_and_stripped_openssl_uncovered";
+    let Some(bin) = agent_binary(name, "CUSTODY_CODEX_BIN") else {
+        return;
+    };
+    let i = inspect(&bin).unwrap();
+    assert_eq!(i.hooks().count(), 0, "{i:#?}");
+    let rustls = i
+        .finding(TlsStack::Rustls)
+        .unwrap_or_else(|| panic!("{i:#?}"));
+    assert!(
+        rustls
+            .versions
+            .iter()
+            .any(|v| v.starts_with("rustls 0.23.")),
+        "{rustls:?}"
+    );
+    let openssl = i
+        .finding(TlsStack::OpenSsl)
+        .unwrap_or_else(|| panic!("{i:#?}"));
+    assert!(
+        openssl.versions.iter().any(|v| v.starts_with("OpenSSL 3.")),
+        "{openssl:?}"
+    );
+    assert!(i.finding(TlsStack::BoringSsl).is_none(), "{i:#?}");
+    assert_eq!(i.uncovered().count(), 2);
 }
 
 /// A stripped PIE (`/bin/ls`) made to look like BoringSSL: its name strings in `.rodata`,
