@@ -21,7 +21,9 @@ fn main() {
 
 fn run() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let url = args.next().ok_or_else(|| anyhow::anyhow!("usage: rustls-client URL [BODY]"))?;
+    let url = args
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("usage: rustls-client URL [BODY]"))?;
     let body = args.next().unwrap_or_else(|| {
         r#"{"model":"rustls-test-model","messages":[{"role":"user","content":"hello from rustls"}]}"#
             .to_string()
@@ -29,9 +31,15 @@ fn run() -> anyhow::Result<()> {
     let rest = url
         .strip_prefix("https://")
         .ok_or_else(|| anyhow::anyhow!("{url}: only https:// URLs"))?;
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    let addr = if authority.contains(':') { authority.to_string() } else { format!("{authority}:443") };
+    let addr = if authority.contains(':') {
+        authority.to_string()
+    } else {
+        format!("{authority}:443")
+    };
 
     let mut roots = rustls::RootCertStore::empty();
     if let Ok(ca) = std::env::var("CUSTODY_TEST_CA") {
