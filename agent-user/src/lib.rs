@@ -5,3 +5,4 @@
 pub mod credential;
 pub mod intent;
 pub mod shipper;
+pub mod tls_stack;

@@ -1,0 +1,3 @@
+module custody.test/https_post
+
+go 1.19
