@@ -540,7 +540,7 @@ fn known_agent_program_is_discovered_at_exec_under_its_own_name() {
     fork.hdr = hdr(kind::FORK, true, 1);
     fork.child_tgid = child;
     fork.child_start_boottime = 4_100_000_000;
-    p.handle(Raw::Fork(fork), &mut rec, &mut out);
+    p.handle(Raw::Fork(*fork), &mut rec, &mut out);
     let mut relaunch = exec_of(
         child,
         PID,
