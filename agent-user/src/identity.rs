@@ -302,6 +302,24 @@ mod tests {
     }
 
     #[test]
+    fn discovered_known_program_is_named_after_it_not_its_interpreter() {
+        let t = tempfile::tempdir().unwrap();
+        let bundle = t.path().join("lib/node_modules/@google/gemini-cli/bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("gemini.js"), "").unwrap();
+        let script = bundle.join("gemini.js").to_string_lossy().into_owned();
+        let mut id = ident("");
+        // The path taken when a process is discovered by its LLM traffic.
+        let a = id.discovered(1, "/usr/bin/node", &["node".into(), script, "-p".into()]);
+        assert_eq!(
+            (a.id.as_str(), a.kind),
+            ("undeclared:gemini-cli", Kind::Discovered)
+        );
+        let b = id.discovered(1, "/usr/bin/node", &["node".into(), "/srv/app.js".into()]);
+        assert_eq!(b.id, "undeclared:node:app.js");
+    }
+
+    #[test]
     fn env_marker_is_found() {
         assert_eq!(env_agent(b"A=1\0CUSTODY_AGENT=fin\0B=2\0"), Some("fin"));
         assert_eq!(env_agent(b"XCUSTODY_AGENT=fin\0"), None);
