@@ -1,5 +1,8 @@
 //! Agent identity: which processes are agents, declared (by the config's selectors or
-//! `CUSTODY_AGENT=<id>`) or discovered (by talking to an LLM API or speaking MCP).
+//! `CUSTODY_AGENT=<id>`) or discovered (a known agent program at its exec, or a
+//! process talking to an LLM API or speaking MCP). A discovered agent is named after
+//! the program it is (`undeclared:gemini-cli`, from the catalogue of known agents),
+//! else after its executable and script.
 //!
 //! Each identity has a small numeric slot that the kernel carries in the tracked map,
 //! so children inherit their agent's identity from fork on without a round trip.
@@ -8,6 +11,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
+use agent_user::known_agents::{self, KnownAgent};
 use sha2::{Digest, Sha256};
 
 use crate::config::AgentDecl;
@@ -111,8 +115,12 @@ impl Identity {
         self.by_slot.get(&slot).cloned()
     }
 
-    /// A discovered (undeclared) agent for this program, created on first sight.
-    pub fn discovered(&mut self, exe: &str, argv: &[String]) -> Arc<AgentInfo> {
+    /// A discovered (undeclared) agent for this program, created on first sight: named
+    /// after the known agent program it runs, else after its executable and script.
+    pub fn discovered(&mut self, tgid: u32, exe: &str, argv: &[String]) -> Arc<AgentInfo> {
+        if let Some(k) = known_program(tgid, exe, argv) {
+            return self.discovered_known(&k);
+        }
         let base = exe.rsplit('/').next().unwrap_or(exe);
         // For interpreters the script names the agent better than the interpreter.
         let script = argv
@@ -130,6 +138,12 @@ impl Identity {
             Some(s) => format!("undeclared:{base}:{s}"),
             None => format!("undeclared:{base}"),
         };
+        self.register(&id, &id, "", "", Kind::Discovered)
+    }
+
+    /// The discovered agent of a known agent program (`undeclared:<program>`).
+    pub fn discovered_known(&mut self, k: &KnownAgent) -> Arc<AgentInfo> {
+        let id = k.agent_id();
         self.register(&id, &id, "", "", Kind::Discovered)
     }
 
@@ -212,6 +226,14 @@ impl Identity {
     }
 }
 
+/// The known agent program process `tgid` runs with this exe and argv, if any (a
+/// relative script is resolved against the process's working directory).
+pub fn known_program(tgid: u32, exe: &str, argv: &[String]) -> Option<KnownAgent> {
+    known_agents::identify(exe, argv, &|| {
+        std::fs::read_link(format!("/proc/{tgid}/cwd")).ok()
+    })
+}
+
 /// The cgroup v2 path of a process ("" when unknown).
 pub fn cgroup_of(tgid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))
@@ -269,6 +291,7 @@ mod tests {
         assert_eq!((a.id.as_str(), a.kind), ("adhoc", Kind::Declared));
         assert_eq!(id.by_slot(a.slot).unwrap().id, "adhoc");
         let d = id.discovered(
+            1,
             "/usr/bin/python3",
             &["python3".into(), "-u".into(), "/t/llm_client.py".into()],
         );
@@ -276,6 +299,24 @@ mod tests {
             (d.id.as_str(), d.kind),
             ("undeclared:python3:llm_client.py", Kind::Discovered)
         );
+    }
+
+    #[test]
+    fn discovered_known_program_is_named_after_it_not_its_interpreter() {
+        let t = tempfile::tempdir().unwrap();
+        let bundle = t.path().join("lib/node_modules/@google/gemini-cli/bundle");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::write(bundle.join("gemini.js"), "").unwrap();
+        let script = bundle.join("gemini.js").to_string_lossy().into_owned();
+        let mut id = ident("");
+        // The path taken when a process is discovered by its LLM traffic.
+        let a = id.discovered(1, "/usr/bin/node", &["node".into(), script, "-p".into()]);
+        assert_eq!(
+            (a.id.as_str(), a.kind),
+            ("undeclared:gemini-cli", Kind::Discovered)
+        );
+        let b = id.discovered(1, "/usr/bin/node", &["node".into(), "/srv/app.js".into()]);
+        assert_eq!(b.id, "undeclared:node:app.js");
     }
 
     #[test]

@@ -63,11 +63,19 @@ fn met_today(cli: Cli) -> &'static [Check] {
     use Check::*;
     match cli {
         // TLS in the stripped Bun binary (BoringSSL) and the stripped Rust binary
-        // (rustls) is not read yet: only what the kernel sees without plaintext.
-        Cli::ClaudeCode | Cli::Codex => &[ProcessSeen, ToolExecDescendant, EnvCredential],
+        // (rustls) is not read yet: only what the kernel sees without plaintext, and
+        // discovery at exec from the catalogue of known agent programs (npm package).
+        Cli::ClaudeCode | Cli::Codex => &[
+            ProcessSeen,
+            ToolExecDescendant,
+            EnvCredential,
+            Discovered,
+            DiscoveredOwnName,
+        ],
         // OpenSSL in /usr/bin/node is hooked: the request is parsed from its first
         // 4 KiB capture (model and header, not the tools ~24 KB in nor the prompt),
-        // the short streamed response whole.
+        // the short streamed response whole; discovered at exec as gemini-cli (node
+        // running its package's bundle).
         Cli::GeminiCli => &[
             ProcessSeen,
             ToolExecDescendant,
@@ -76,6 +84,7 @@ fn met_today(cli: Cli) -> &'static [Check] {
             ResponseToolCall,
             HeaderCredential,
             Discovered,
+            DiscoveredOwnName,
         ],
     }
 }

@@ -15,6 +15,7 @@
 //! * `llm`: provider by host, LLM API requests and responses (incl. streams).
 //! * `mcp`: JSON-RPC 2.0 / MCP messages from pipes and HTTP bodies.
 //! * `dns`, `trace`: DNS query names and W3C traceparent.
+//! * `tls_hello`: SNI and ALPN of a TLS ClientHello (the first write on a connection).
 
 mod capture;
 mod conn;
@@ -28,6 +29,7 @@ mod mcp;
 mod sse;
 mod stream;
 mod text;
+mod tls_hello;
 mod trace;
 
 pub use capture::{CallJoin, Chunk, Piece};
@@ -43,6 +45,7 @@ pub use llm::{
 };
 pub use mcp::{McpMessage, is_mcp, parse_jsonrpc};
 pub use stream::HttpStream;
+pub use tls_hello::{ClientHello, looks_like_tls, parse_client_hello};
 pub use trace::parse_traceparent;
 
 #[cfg(test)]

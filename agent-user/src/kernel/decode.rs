@@ -115,8 +115,8 @@ mod tls_kernel_tests {
     use agent_user::intent::{Chunk, HttpMessage, TlsStream, parse_llm_request};
 
     use super::{Raw, decode};
-    use crate::kernel_test_support::{Attached, PinCleanup, root_or_skip};
-    use crate::loader;
+    use crate::kernel::loader;
+    use crate::kernel::test_support::{Attached, PinCleanup, root_or_skip};
 
     /// Sends one POST of a ~100 KB chat-completions body in a single `sendall` (one
     /// SSL_write_ex) once a line arrives on stdin, then prints the status line.

@@ -1,5 +1,6 @@
 //! TLS plaintext and pipe JSON → HTTP, LLM and MCP events, credential sightings,
-//! delegation identities, and discovery of undeclared agents.
+//! delegation identities, and discovery of undeclared agents (by what they send, or
+//! at exec when they run a known agent program).
 
 use agent_ebpf::{EventHeader, PipeEvent, TLS_MAX, TlsEvent, Tracked, direction, flag, track};
 use agent_user::credential::{self, decode_jwt, redact_bytes, redact_target, scan_headers};
@@ -8,6 +9,7 @@ use agent_user::intent::{
     decoded_response, is_mcp, llm_provider_for_host, parse_jsonrpc, parse_llm_request,
     parse_llm_response,
 };
+use agent_user::known_agents::KnownAgent;
 use custody_proto::sensor::v1::{
     self as pb, AgentDiscovered, CredentialSeen, LlmRequest, LlmResponse, McpMessage, Principal,
     ToolCall, event::Kind,
@@ -110,7 +112,7 @@ impl Pipeline {
         let agent = match agent {
             Some(a) => a,
             None => {
-                let a = self.identity.discovered(&exe, &argv);
+                let a = self.identity.discovered(tgid, &exe, &argv);
                 self.stats.discovered_agents += 1;
                 a
             }
@@ -132,6 +134,51 @@ impl Pipeline {
             }),
         );
         out.push(Output::Event(ev));
+    }
+
+    /// At exec: a process that runs a known agent program becomes a discovered agent
+    /// of its own, tracked from this exec on, unless it is already that program's (a
+    /// relaunch, the native binary under its node shim: its parent is the same program)
+    /// or was declared by this exec. Returns the match, reported after the exec event.
+    pub(super) fn adopt_known_program(
+        &mut self,
+        h: &EventHeader,
+        declared: bool,
+        tracker: &mut dyn Tracker,
+    ) -> Option<KnownAgent> {
+        if declared {
+            return None;
+        }
+        let p = self.table.get(h.tgid)?;
+        let k = crate::identity::known_program(h.tgid, &p.exe, &p.argv)?;
+        if p.agent.as_ref().is_some_and(|a| a.id == k.agent_id()) {
+            return None;
+        }
+        if let Some(pp) = self.table.get(h.ppid) {
+            let parent = crate::identity::known_program(h.ppid, &pp.exe, &pp.argv);
+            if parent.is_some_and(|pk| pk.name == k.name) {
+                return None;
+            }
+        }
+        let agent = self.identity.discovered_known(&k);
+        self.stats.discovered_agents += 1;
+        tracker.track(h.tgid, Tracked::new(agent.slot, track::DISCOVERED));
+        let p = self.table.get_mut(h.tgid)?;
+        p.agent = Some(agent);
+        p.own_identity = true;
+        p.discovered_reported = true;
+        Some(k)
+    }
+
+    /// The `agent_discovered` event of a known agent program found at exec.
+    pub(super) fn known_program_event(&mut self, h: &EventHeader, k: &KnownAgent) -> pb::Event {
+        self.event(
+            h,
+            Kind::AgentDiscovered(AgentDiscovered {
+                reason: "known_agent".into(),
+                evidence: k.evidence(),
+            }),
+        )
     }
 
     fn http_request(

@@ -7,7 +7,7 @@ use custody_proto::sensor::v1::{Event, event::Kind};
 
 use super::super::{Pipeline, Tracker};
 use crate::config::Config;
-use crate::decode::Raw;
+use crate::kernel::decode::Raw;
 use crate::identity::Identity;
 
 #[derive(Default)]
@@ -68,7 +68,7 @@ fn call(dir: u32, tracked: bool, id: u64, data: &[u8], cap: usize) -> Vec<Raw> {
 fn run(p: &mut Pipeline, records: Vec<Raw>) -> Vec<Event> {
     let mut out = Vec::new();
     for r in records {
-        p.handle(r, &mut Recorder, &mut out);
+        crate::pipeline::tests::handle(p, r, &mut Recorder, &mut out);
     }
     out
 }

@@ -335,10 +335,13 @@ impl Pipeline {
                 p.own_identity = true;
             }
         }
+        let declared = matched.is_some();
         if let Some(a) = matched {
             tracker.track(tgid, Tracked::new(a.slot, track::DECLARED));
             tracked = true;
         }
+        let known = self.adopt_known_program(&e.hdr, declared, tracker);
+        tracked |= known.is_some();
         if !(tracked || self.observe_all) {
             return;
         }
@@ -358,6 +361,10 @@ impl Pipeline {
                 env_truncated,
             }),
         )));
+        if let Some(k) = known {
+            let ev = self.known_program_event(&e.hdr, &k);
+            out.push(Output::Event(ev));
+        }
     }
 
     /// Record credential sightings on the process (each one is an output for the

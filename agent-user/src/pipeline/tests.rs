@@ -331,3 +331,120 @@ fn opened_credential_file_is_fingerprinted_not_copied() {
     );
     assert_eq!(kinds(&out), ["file_open"]);
 }
+
+fn exec_of(tgid: u32, ppid: u32, path: &str, args: &[&str], env: &str) -> Raw {
+    let mut e = zeroed::<ExecEvent>();
+    e.hdr = hdr(kind::EXEC, false, 0);
+    e.hdr.tgid = tgid;
+    e.hdr.pid = tgid;
+    e.hdr.ppid = ppid;
+    e.path[..path.len()].copy_from_slice(path.as_bytes());
+    e.path_len = path.len() as u32;
+    let args: String = args.iter().map(|a| format!("{a}\0")).collect();
+    e.args[..args.len()].copy_from_slice(args.as_bytes());
+    e.args_len = args.len() as u32;
+    e.env[..env.len()].copy_from_slice(env.as_bytes());
+    e.env_len = env.len() as u32;
+    Raw::Exec(e)
+}
+
+#[test]
+fn known_agent_program_is_discovered_at_exec_under_its_own_name() {
+    // An npm install of Gemini CLI: `.bin/gemini` links to the bundle node runs.
+    let t = tempfile::tempdir().unwrap();
+    let pkg = t.path().join("node_modules/@google/gemini-cli");
+    std::fs::create_dir_all(pkg.join("bundle")).unwrap();
+    std::fs::write(
+        pkg.join("package.json"),
+        r#"{"name":"@google/gemini-cli","version":"0.61.0","bin":{"gemini":"bundle/gemini.js"}}"#,
+    )
+    .unwrap();
+    std::fs::write(pkg.join("bundle/gemini.js"), "").unwrap();
+    std::fs::create_dir_all(t.path().join("node_modules/.bin")).unwrap();
+    let link = t.path().join("node_modules/.bin/gemini");
+    std::os::unix::fs::symlink("../@google/gemini-cli/bundle/gemini.js", &link).unwrap();
+    let link = link.to_string_lossy().into_owned();
+
+    let mut p = pipeline("");
+    let mut rec = Recorder::default();
+    let mut out = Vec::new();
+    let env = "GEMINI_API_KEY=AIzaSyAAAAbbbbCCCCddddEEEEffffGGGGhhhh123\0";
+    handle(
+        &mut p,
+        exec_of(PID, 1, "/usr/bin/node", &["node", &link, "-p", "hi"], env),
+        &mut rec,
+        &mut out,
+    );
+    assert_eq!(kinds(&out), ["exec", "agent_discovered"]);
+    assert_eq!(rec.0, vec![(PID, Tracked::new(1, track::DISCOVERED))]);
+    let pr = out[0].process.as_ref().unwrap();
+    assert_eq!(
+        (pr.agent_id.as_str(), pr.agent_kind.as_str()),
+        ("undeclared:gemini-cli", "discovered")
+    );
+    match out[1].kind.as_ref().unwrap() {
+        Kind::AgentDiscovered(d) => {
+            assert_eq!(d.reason, "known_agent");
+            assert!(
+                d.evidence.contains("@google/gemini-cli")
+                    && d.evidence.contains("0.61.0")
+                    && d.evidence.contains("bundle/gemini.js"),
+                "{}",
+                d.evidence
+            );
+        }
+        _ => unreachable!(),
+    }
+    // The key it holds is reported as a fingerprint on the exec, never raw.
+    let json = serde_json::to_string(&out).unwrap();
+    assert!(!json.contains("AIzaSyAAAAbbbb"), "key leaked");
+    match out[0].kind.as_ref().unwrap() {
+        Kind::Exec(x) => assert_eq!(x.env_credentials.len(), 1),
+        _ => unreachable!(),
+    }
+
+    // Its relaunch (node → node with a V8 flag) is the same agent, not a new one.
+    out.clear();
+    let child = PID + 1;
+    let mut fork = zeroed::<agent_ebpf::ForkEvent>();
+    fork.hdr = hdr(kind::FORK, true, 1);
+    fork.child_tgid = child;
+    fork.child_start_boottime = 4_100_000_000;
+    handle(&mut p, Raw::Fork(*fork), &mut rec, &mut out);
+    let mut relaunch = exec_of(
+        child,
+        PID,
+        "/usr/bin/node",
+        &["node", "--max-old-space-size=8192", &link, "-p", "hi"],
+        env,
+    );
+    if let Raw::Exec(e) = &mut relaunch {
+        e.hdr.flags = flag::TRACKED;
+        e.hdr.agent = 1;
+        e.hdr.start_boottime = 4_100_000_000;
+        e.hdr.parent_start_boottime = 4_000_000_000;
+    }
+    out.clear();
+    handle(&mut p, relaunch, &mut rec, &mut out);
+    assert_eq!(kinds(&out), ["exec"]);
+    assert_eq!(
+        rec.0.len(),
+        1,
+        "the relaunch is tracked by inheritance only"
+    );
+    assert_eq!(
+        out[0].process.as_ref().unwrap().agent_id,
+        "undeclared:gemini-cli"
+    );
+
+    // An ordinary program is not discovered at exec.
+    out.clear();
+    let mut plain = Recorder::default();
+    handle(
+        &mut p,
+        exec_of(PID + 2, 1, "/usr/bin/node", &["node", "/srv/app.js"], ""),
+        &mut plain,
+        &mut out,
+    );
+    assert!(out.is_empty() && plain.0.is_empty());
+}
