@@ -7,8 +7,8 @@ use custody_proto::sensor::v1::{Event, event::Kind};
 
 use super::super::{Pipeline, Tracker};
 use crate::config::Config;
-use crate::kernel::decode::Raw;
 use crate::identity::Identity;
+use crate::kernel::decode::Raw;
 
 #[derive(Default)]
 struct Recorder;

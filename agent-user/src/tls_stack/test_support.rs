@@ -103,19 +103,35 @@ pub(crate) fn go_nm(bin: &Path, func: &str) -> Option<(u64, u64)> {
     })
 }
 
-/// A real agent binary named by an environment variable (installed by the CLI setup), or
+/// A real agent binary: the one an environment variable names, else the one
+/// `cargo xtask setup` installs from the pinned npm lock (`tests/agents/clis`), else
 /// `None` (skipped): CUSTODY_CLAUDE_BIN for `@anthropic-ai/claude-code-linux-x64@2.1.197`'s
 /// `claude` (~245 MB), CUSTODY_CODEX_BIN for `@openai/codex@0.169.0-linux-x64`'s
 /// `vendor/x86_64-unknown-linux-musl/bin/codex`.
 pub(crate) fn agent_binary(name: &str, var: &str) -> Option<PathBuf> {
+    let installed = match var {
+        "CUSTODY_CLAUDE_BIN" => "@anthropic-ai/claude-code-linux-x64/claude",
+        "CUSTODY_CODEX_BIN" => "@openai/codex-linux-x64/vendor/x86_64-unknown-linux-musl/bin/codex",
+        _ => "",
+    };
+    let installed = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/agents/clis/node_modules")
+        .join(installed);
     match std::env::var_os(var).map(PathBuf::from) {
         Some(p) if p.is_file() => Some(p),
         Some(p) => {
             skip(name, &format!("{var}={} is not a file", p.display()));
             None
         }
+        None if installed.is_file() => Some(installed),
         None => {
-            skip(name, &format!("{var} is not set"));
+            skip(
+                name,
+                &format!(
+                    "{var} is not set and {} is not installed (cargo xtask setup)",
+                    installed.display()
+                ),
+            );
             None
         }
     }
