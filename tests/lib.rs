@@ -50,7 +50,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first (cargo xtask test does)",
+        "{} not built: run `cargo xtask build` first (cargo xtask test does)",
         p.display()
     );
     p

@@ -21,7 +21,7 @@ def step(name, value):
 
 
 # The daemon learns of this agent from its exec event; give it a moment to put us in
-# the kernel's tracked map before acting (see README: declared-agent start window).
+# the kernel's tracked map before acting (see docs/sensor.md, "Known limits": declared-agent start window).
 time.sleep(0.5)
 step("agent_pid", os.getpid())
 

@@ -253,7 +253,7 @@ pub fn check_open(path: u64, flags: u32) {
         return;
     };
     // Dies on this syscall: the fatal signal is delivered before the return to user
-    // space, so the process never sees a descriptor (see README, Policies).
+    // space, so the process never sees a descriptor (see docs/policies.md).
     unsafe { generated::bpf_send_signal(SIGKILL) };
     count(counter::POLICY_OPEN_KILLED);
     let Some(mut entry) = EVENTS.reserve::<PolicyEvent>(0) else {

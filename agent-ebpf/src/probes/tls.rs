@@ -60,7 +60,7 @@ fn looks_like_request(buf: u64) -> bool {
 }
 
 /// Starts like an HTTP/1 request line (the methods the daemon parses and clients
-/// send over TLS). HTTP/2 is binary and not held (see the README).
+/// send over TLS). HTTP/2 is binary and not held (see docs/sensor.md).
 #[inline(always)]
 fn looks_like_http1_request(buf: u64) -> bool {
     let head: [u8; 4] = unsafe { uread(buf) }.unwrap_or([0; 4]);

@@ -1,6 +1,6 @@
 //! Prometheus text exposition (format 0.0.4) of the collector's metrics; every
 //! family has HELP and TYPE lines, counters end in `_total`, label values are
-//! escaped. The names are listed in README.md ("Collector metrics").
+//! escaped. The names are listed in docs/collector.md ("Metrics").
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
