@@ -18,7 +18,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::util::{cargo, exec, setup, target_dir};
+use crate::setup;
+use crate::util::{cargo, exec, target_dir};
 
 /// A cargo profile: `dev` (target/debug) or `release`, or a custom one.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,7 +57,7 @@ pub const WORKSPACE: [&str; 3] = ["--workspace", "--exclude", "agent-ebpf"];
 /// Build every binary of the workspace in `profile` (after the machine set-up, which
 /// provides the eBPF toolchain) and return the directory they are in.
 pub fn build(profile: Profile) -> Result<PathBuf> {
-    setup()?;
+    setup::once()?;
     exec(
         cargo()
             // Every task's binaries run the sensor: a custodyd built without its kernel

@@ -22,7 +22,8 @@ use custody_tests::story::{self, Hosts, Story};
 use serde_json::Value;
 
 use crate::binaries::{self, Profile};
-use crate::util::{root, setup};
+use crate::setup;
+use crate::util::root;
 use procs::{Proc, StopWith, Watch, run_output, stopping};
 
 const HOSTS: [&str; 3] = ["finance-a", "finance-b", "finance-c"];
@@ -41,7 +42,7 @@ pub fn run(no_scenario: bool, port: u16, dev: bool) -> Result<()> {
     let dir = custody.join("demo");
     procs::install_signal_handlers();
 
-    setup()?;
+    setup::once()?;
     preflight::bpf()?;
     preflight::stop_leftovers(&dir);
     fleet::remove_leftovers(&custody);

@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -30,6 +31,17 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     // A Go HTTPS client built by the tests (Go's own crypto/tls, stripped).
     ("go", "golang-go"),
 ];
+
+/// `cargo xtask setup`, at most once per task however many of its steps ask for it
+/// (the demo before its preflight checks, then the build).
+pub fn once() -> Result<()> {
+    static DONE: OnceLock<()> = OnceLock::new();
+    if DONE.get().is_none() {
+        run()?;
+        let _ = DONE.set(());
+    }
+    Ok(())
+}
 
 pub fn run() -> Result<()> {
     nightly_rust_src()?;

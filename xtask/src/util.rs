@@ -1,9 +1,8 @@
 //! Small helpers every task uses: where the workspace and its target directory are,
-//! running commands with a clear error, and the machine set-up run once per task.
+//! running commands with a clear error.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use anyhow::{Context, Result, bail};
 
@@ -22,17 +21,6 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .map(|p| if p.is_relative() { root().join(p) } else { p })
         .unwrap_or_else(|| root().join("target"))
-}
-
-/// `cargo xtask setup`, at most once per task however many of its steps ask for it
-/// (the demo before its preflight checks, then the build).
-pub fn setup() -> Result<()> {
-    static DONE: OnceLock<()> = OnceLock::new();
-    if DONE.get().is_none() {
-        crate::setup::run()?;
-        let _ = DONE.set(());
-    }
-    Ok(())
 }
 
 /// `cargo`, run in the workspace root with the environment a shell would give it.
