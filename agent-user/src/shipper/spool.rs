@@ -42,20 +42,40 @@ fn seq_of(k: &[u8]) -> u64 {
     u64::from_be_bytes(k[..8].try_into().unwrap_or([0; 8]))
 }
 
+/// Open the spool's sled database. sled's background flusher holds the previous
+/// handle's file lock for a moment after that handle is dropped, so reopening right
+/// after a close (a restart in the same process) can see the lock still held: retry
+/// that case for a bounded time; any other error, or a lock held longer (another
+/// custodyd), is returned.
+fn open_db(dir: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create spool directory {}", dir.display()))?;
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(200))
-            .open()
-            .with_context(|| {
-                format!(
-                    "cannot open spool {} (locked by another custodyd, or damaged: move it aside)",
-                    dir.display()
-                )
-            })?;
+        let db = open_db(dir).with_context(|| {
+            format!(
+                "cannot open spool {} (locked by another custodyd, or damaged: move it aside)",
+                dir.display()
+            )
+        })?;
         let events = db.open_tree("events")?;
         let meta = db.open_tree("meta")?;
         let mut bytes = 0u64;
