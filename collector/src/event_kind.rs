@@ -5,7 +5,7 @@
 //! A leaf: it knows only the protobuf types.
 
 use custody_proto::enums::WireEnum;
-use custody_proto::sensor::v1::{Event, event::Kind};
+use custody_proto::sensor::v1::{Event, TlsStack, event::Kind};
 
 /// One line describing what an event did, for chain trees and tables.
 pub fn describe(ev: &Event) -> String {
@@ -59,6 +59,31 @@ pub fn describe(ev: &Event) -> String {
                 format!(" NOT APPLIED: {}", e.error)
             }
         ),
+        Some(Kind::TlsUncovered(t)) => format!(
+            "TLS not readable in {} ({})",
+            t.path,
+            t.stacks
+                .iter()
+                .map(|f| custody_proto::enums::name_of::<TlsStack>(f.stack).unwrap_or("unknown"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Some(Kind::OpaqueEgress(o)) => {
+            let to = o
+                .conn
+                .as_ref()
+                .map(|c| format!("{}:{}", c.remote_addr, c.remote_port))
+                .unwrap_or_default();
+            let sni = if o.sni.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.sni)
+            };
+            format!(
+                "opaque TLS to {to}{sni}: {} B sent, {} B received",
+                o.bytes_sent, o.bytes_received
+            )
+        }
         None => "unknown event".into(),
     }
 }

@@ -9,7 +9,7 @@ use crate::enums::WireEnum;
 
 impl EventKind {
     /// Every kind, in the order kinds are indexed and counted (unknown last).
-    pub const ALL: [EventKind; 18] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
@@ -27,13 +27,15 @@ impl EventKind {
         EventKind::AgentDiscovered,
         EventKind::Warning,
         EventKind::Enforcement,
+        EventKind::TlsUncovered,
+        EventKind::OpaqueEgress,
         EventKind::Unknown,
     ];
 
     /// Every kind's name, in [`EventKind::ALL`]'s order ("exec", ..., "unknown"): the
     /// names of [`WireEnum`], laid out for per-kind tables.
-    pub const NAMES: [&'static str; 18] = {
-        let mut out = [""; 18];
+    pub const NAMES: [&'static str; 20] = {
+        let mut out = [""; 20];
         let mut i = 0;
         while i < Self::ALL.len() {
             let mut j = 0;
@@ -69,6 +71,8 @@ impl EventKind {
             Some(Kind::AgentDiscovered(_)) => EventKind::AgentDiscovered,
             Some(Kind::Warning(_)) => EventKind::Warning,
             Some(Kind::Enforcement(_)) => EventKind::Enforcement,
+            Some(Kind::TlsUncovered(_)) => EventKind::TlsUncovered,
+            Some(Kind::OpaqueEgress(_)) => EventKind::OpaqueEgress,
             None => EventKind::Unknown,
         }
     }
