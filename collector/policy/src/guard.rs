@@ -254,22 +254,40 @@ fn attr_value(r: &Resource, attr: &str) -> Option<Lit> {
 }
 
 /// Cedar `like`: literals and `*` (any run of characters), over the whole text.
+///
+/// Linear in the text for a given pattern, never backtracking: with only `*` as a
+/// metacharacter, matching the literal runs between wildcards leftmost-first is
+/// exact (a later match of a run can only leave less text for the runs after it).
+/// A recursive matcher that retries every split point is exponential in the number
+/// of wildcards, and one long path from an agent pinned the policy thread with it.
 pub(crate) fn like(text: &str, pat: &[PatElem]) -> bool {
-    match pat.split_first() {
-        None => text.is_empty(),
-        Some((PatElem::Literal(l), rest)) => {
-            text.strip_prefix(l.as_str()).is_some_and(|t| like(t, rest))
-        }
-        Some((PatElem::Wildcard, rest)) => {
-            if rest.is_empty() {
-                return true;
-            }
-            text.char_indices()
-                .map(|(i, _)| i)
-                .chain(std::iter::once(text.len()))
-                .any(|i| like(&text[i..], rest))
+    // Literal runs between wildcards (adjacent literals joined).
+    let mut runs: Vec<String> = vec![String::new()];
+    for e in pat {
+        match e {
+            PatElem::Wildcard => runs.push(String::new()),
+            PatElem::Literal(l) => runs.last_mut().expect("never empty").push_str(l),
         }
     }
+    let (first, rest) = runs.split_first().expect("never empty");
+    let Some((last, middle)) = rest.split_last() else {
+        return text == first; // no wildcard
+    };
+    let Some(after_first) = text.strip_prefix(first.as_str()) else {
+        return false;
+    };
+    let Some(mut window) = after_first.strip_suffix(last.as_str()) else {
+        return false;
+    };
+    // The suffix must not overlap the prefix: strip_suffix on what follows the
+    // prefix guarantees that. Middle runs in order, leftmost first.
+    for run in middle {
+        match window.find(run.as_str()) {
+            Some(i) => window = &window[i + run.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -302,5 +320,70 @@ mod tests {
         assert!(like("aXbYc", &p("a*b*c")));
         assert!(like("héllo", &p("h*o")));
         assert!(!like("abc", &p("abcd")));
+        assert!(
+            !like("ab", &p("ab*b")),
+            "prefix and suffix must not overlap"
+        );
+        assert!(like("abb", &p("ab*b")));
+        assert!(like("aaa", &p("a*a*a")));
+        assert!(!like("aa", &p("a*a*a")));
+        assert!(like("xyz", &p("**")));
+        assert!(like("/a/b/c.csv", &p("*/b/*.csv")));
+        assert!(!like("/a/b/c.csvx", &p("*/b/*.csv")));
+    }
+
+    /// The attack of the security review: a 19.5 KB path from an agent against a
+    /// three-wildcard pattern. The backtracking matcher never returned; this one
+    /// must answer (here it takes microseconds; the bound only keeps a regression
+    /// from hanging the test run).
+    #[test]
+    fn a_long_path_against_many_wildcards_is_answered() {
+        let path = format!("/{}", "a/".repeat(9_750));
+        let pat = p("/*a*a*b/secret");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(like(&path, &pat));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(got, Ok(false), "the matcher did not answer");
+    }
+
+    /// The linear matcher agrees with the obvious (exponential) definition on every
+    /// short text over a small alphabet.
+    #[test]
+    fn like_agrees_with_the_definition_exhaustively() {
+        fn reference(t: &[u8], p: &[u8]) -> bool {
+            match p.split_first() {
+                None => t.is_empty(),
+                Some((b'*', r)) => (0..=t.len()).any(|i| reference(&t[i..], r)),
+                Some((c, r)) => t.first() == Some(c) && reference(&t[1..], r),
+            }
+        }
+        let words = |n: usize, alphabet: &[u8]| {
+            let mut out = vec![Vec::new()];
+            for _ in 0..n {
+                let mut next = Vec::new();
+                for w in &out {
+                    for c in alphabet {
+                        let mut w2: Vec<u8> = w.clone();
+                        w2.push(*c);
+                        next.push(w2);
+                    }
+                }
+                out.extend(next);
+                out.sort();
+                out.dedup();
+            }
+            out
+        };
+        let texts = words(5, b"ab");
+        let pats = words(4, b"ab*");
+        for pat in &pats {
+            let ps = String::from_utf8(pat.clone()).unwrap();
+            for t in &texts {
+                let ts = String::from_utf8(t.clone()).unwrap();
+                assert_eq!(like(&ts, &p(&ps)), reference(t, pat), "{ts:?} like {ps:?}");
+            }
+        }
     }
 }
