@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 /// without limit.
 const MAX_SET: usize = 200;
 const MAX_EVIDENCE: usize = 20;
+/// Longest credential metadata value kept (a JWT claim, a key id).
+const METADATA_VALUE_MAX: usize = 256;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -165,9 +167,13 @@ impl Fleet {
             if r.kind.is_empty() {
                 r.kind = c.kind.clone();
             }
+            // First seen wins: metadata reaches issuer hooks, and a later event (from
+            // any host, any process that holds the same secret) must not be able to
+            // rewrite the `jti` a revocation will name. Values are capped too.
             for (k, v) in &c.metadata {
-                if r.metadata.len() < 32 {
-                    r.metadata.insert(k.clone(), v.clone());
+                if r.metadata.len() < 32 && !r.metadata.contains_key(k) {
+                    let v: String = v.chars().take(METADATA_VALUE_MAX).collect();
+                    r.metadata.insert(k.chars().take(64).collect(), v);
                 }
             }
             bounded_insert(&mut r.hosts, &ev.host);
@@ -204,5 +210,50 @@ impl Fleet {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_proto::sensor::v1::{Credential, CredentialSeen, Process};
+
+    fn seen(host: &str, jti: &str) -> Event {
+        Event {
+            host: host.into(),
+            time_ns: 1,
+            process: Some(Process {
+                exec_id: format!("{host}:1"),
+                ..Default::default()
+            }),
+            kind: Some(Kind::Credential(CredentialSeen {
+                credential: Some(Credential {
+                    kind: "jwt".into(),
+                    fingerprint: "hmac-sha256:aa".into(),
+                    metadata: [("jti".to_string(), jti.to_string())].into(),
+                    source: "header".into(),
+                    location: String::new(),
+                }),
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// A second sighting (another host, any process holding the same token) cannot
+    /// rewrite the metadata an issuer hook will send; long values are cut.
+    #[test]
+    fn credential_metadata_keeps_the_first_seen_value_and_is_bounded() {
+        let mut f = Fleet::default();
+        f.observe(&seen("a", "real-jti"), true);
+        f.observe(&seen("b", "../../admin/delete?all=1"), true);
+        let r = &f.creds["hmac-sha256:aa"];
+        assert_eq!(r.metadata["jti"], "real-jti");
+        assert_eq!(r.hosts.len(), 2);
+        let mut g = Fleet::default();
+        g.observe(&seen("a", &"j".repeat(100_000)), true);
+        assert_eq!(
+            g.creds["hmac-sha256:aa"].metadata["jti"].len(),
+            METADATA_VALUE_MAX
+        );
     }
 }

@@ -20,6 +20,13 @@
 //!
 //! Placeholders: `{fingerprint}`, `{kind}`, `{reason}`, `{action_id}`, `{meta.KEY}`;
 //! `${VAR}` in header values is read from the collector's environment at load.
+//!
+//! Metadata is chosen by whoever minted the credential (a JWT's `jti` is any string),
+//! so a value is data wherever it lands: percent-encoded in the URL (a `jti` of
+//! `x/../../admin/delete?all=1` stays one path segment), JSON-escaped in a JSON body,
+//! form-encoded in a form, refused in a header if it holds a control character; and
+//! the URL's scheme and authority may not contain a placeholder at all (the hook's
+//! host is the operator's choice, never the credential's).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -110,6 +117,9 @@ pub fn load(path: &Path) -> Result<Vec<Hook>> {
         if h.kinds.is_empty() {
             bail!("{what}: kinds is empty (use [\"*\"] for every kind)");
         }
+        if authority(&h.url).contains('{') {
+            bail!("{what}: a placeholder in the url's scheme or host is not allowed");
+        }
         let url = h
             .url
             .parse::<reqwest::Url>()
@@ -129,7 +139,29 @@ pub fn load(path: &Path) -> Result<Vec<Hook>> {
     Ok(hooks)
 }
 
-fn fill(template: &str, s: &Subject<'_>, json: bool) -> Result<String, String> {
+/// The `scheme://authority` part of a URL template (up to the first `/`, `?` or `#`
+/// after `://`).
+fn authority(url: &str) -> &str {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    &url[..end]
+}
+
+/// How a filled-in value is written where it lands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Inside a URL: percent-encoded (every byte but unreserved ones).
+    Url,
+    /// Inside a JSON string: escaped.
+    Json,
+    /// A form value or a header value: as is (a form is encoded as a whole later;
+    /// a header refuses control characters).
+    Plain,
+}
+
+fn fill(template: &str, s: &Subject<'_>, into: Placement) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(i) = rest.find('{') {
@@ -157,10 +189,11 @@ fn fill(template: &str, s: &Subject<'_>, json: bool) -> Result<String, String> {
         };
         match val {
             // JSON templates get the value as a string body (quotes come from the template).
-            Some(v) if json => {
+            Some(v) if into == Placement::Json => {
                 let q = serde_json::to_string(&v).unwrap_or_default();
                 out.push_str(&q[1..q.len() - 1]);
             }
+            Some(v) if into == Placement::Url => out.push_str(&urlencode(&v)),
             Some(v) => out.push_str(&v),
             // Not a placeholder (e.g. a JSON brace): keep it.
             None => out.push('{'),
@@ -216,21 +249,27 @@ impl Hook {
     ) -> Result<(u16, String), String> {
         let method =
             reqwest::Method::from_bytes(self.method.as_bytes()).map_err(|e| e.to_string())?;
-        let url = fill(&self.url, s, false)?;
+        let url = fill(&self.url, s, Placement::Url)?;
         let mut req = client
             .request(method, &url)
             .timeout(Duration::from_millis(self.timeout_ms));
         for (k, v) in &self.headers {
-            req = req.header(k.as_str(), fill(v, s, false)?);
+            let v = fill(v, s, Placement::Plain)?;
+            if v.chars().any(|c| c.is_control()) {
+                return Err(format!(
+                    "header {k}: a placeholder's value has a control character"
+                ));
+            }
+            req = req.header(k.as_str(), v);
         }
         if let Some(j) = &self.json {
             req = req
                 .header("content-type", "application/json")
-                .body(fill(j, s, true)?);
+                .body(fill(j, s, Placement::Json)?);
         } else if !self.form.is_empty() {
             let mut pairs = Vec::new();
             for (k, v) in &self.form {
-                pairs.push((k.clone(), fill(v, s, false)?));
+                pairs.push((k.clone(), fill(v, s, Placement::Plain)?));
             }
             let body = pairs
                 .iter()
@@ -288,15 +327,94 @@ mod tests {
         m.insert("jti".to_string(), "j-1".to_string());
         let s = subject(&m);
         assert_eq!(
-            fill("x={meta.jti}&k={kind}", &s, false).unwrap(),
+            fill("x={meta.jti}&k={kind}", &s, Placement::Plain).unwrap(),
             "x=j-1&k=jwt"
         );
         assert_eq!(
-            fill(r#"{"r": "{reason}", "fp": "{fingerprint}"}"#, &s, true).unwrap(),
+            fill(
+                r#"{"r": "{reason}", "fp": "{fingerprint}"}"#,
+                &s,
+                Placement::Json
+            )
+            .unwrap(),
             r#"{"r": "leaked \"token\"", "fp": "hmac-sha256:ab"}"#
         );
-        let e = fill("{meta.sub}", &s, false).unwrap_err();
+        let e = fill("{meta.sub}", &s, Placement::Plain).unwrap_err();
         assert!(e.contains("no metadata \"sub\""), "{e}");
+    }
+
+    /// The review's attack: a crafted `jti` walking the hook's URL to an IdP admin
+    /// endpoint. The value must arrive as one encoded path segment, and a template
+    /// that puts a placeholder in the host is refused at load.
+    #[tokio::test]
+    async fn a_crafted_jti_stays_one_path_segment() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = c.read(&mut buf).await.unwrap();
+            c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        });
+        let mut m = BTreeMap::new();
+        m.insert(
+            "jti".to_string(),
+            "x/../../admin/tenants/acme/delete?all=1#".to_string(),
+        );
+        let hook = Hook {
+            name: "idp".into(),
+            kinds: vec!["*".into()],
+            url: format!("http://127.0.0.1:{port}/revoke/{{meta.jti}}"),
+            method: "POST".into(),
+            form: BTreeMap::new(),
+            json: None,
+            headers: BTreeMap::new(),
+            timeout_ms: 5000,
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let r = hook.call(&reqwest::Client::new(), &subject(&m)).await;
+        assert_eq!(r.status, "ok", "{}", r.message);
+        let line = server.await.unwrap();
+        assert_eq!(
+            line,
+            "POST /revoke/x%2F..%2F..%2Fadmin%2Ftenants%2Facme%2Fdelete%3Fall%3D1%23 HTTP/1.1"
+        );
+
+        // A header value with CR/LF from metadata is refused, not sent.
+        m.insert("sub".into(), "a\r\nx-admin: 1".into());
+        let mut h2 = hook.clone();
+        h2.headers.insert("x-sub".into(), "{meta.sub}".into());
+        let r = h2.call(&reqwest::Client::new(), &subject(&m)).await;
+        assert_eq!(r.status, "failed");
+        assert!(r.message.contains("control character"), "{}", r.message);
+
+        // No placeholder in the scheme or authority.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hooks.toml");
+        for url in [
+            "https://{meta.iss}/revoke",
+            "https://idp.example:{meta.port}/x",
+            "https://a{kind}.example/",
+        ] {
+            std::fs::write(
+                &p,
+                format!("[[revocation_hook]]\nname = \"x\"\nkinds = [\"*\"]\nurl = \"{url}\"\n"),
+            )
+            .unwrap();
+            let e = format!("{:#}", load(&p).unwrap_err());
+            assert!(
+                e.contains("placeholder in the url's scheme or host"),
+                "{url}: {e}"
+            );
+        }
     }
 
     #[test]
