@@ -284,11 +284,42 @@ impl FromRequestParts<Arc<Ui>> for Op {
 }
 
 /// Where to go after sign-in: only a path on this site.
-fn safe_next(next: &str) -> &str {
-    if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') {
+///
+/// Browsers drop tabs and newlines inside a URL and read `\\` as `/`, so
+/// `/\t/evil.example` is `//evil.example` (another site) by the time it is followed:
+/// any control character, whitespace or backslash makes the value refused, and so
+/// does a second leading slash. A CR/LF would also break the `Location` header.
+pub(crate) fn safe_next(next: &str) -> &str {
+    let plain = !next
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace() || c == '\\');
+    if plain && next.starts_with('/') && !next.starts_with("//") {
         next
     } else {
         "/fleet"
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn safe_next_refuses_what_a_browser_would_turn_into_another_site() {
+    for bad in [
+        "https://evil.example/",
+        "//evil.example",
+        "/\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/\r\n/x",
+        "/fleet\r\nSet-Cookie: a=b",
+        "/ /evil.example",
+        "/\u{85}/evil.example",
+        "",
+        "fleet",
+    ] {
+        assert_eq!(safe_next(bad), "/fleet", "{bad:?}");
+    }
+    for good in ["/fleet", "/chains?state=live", "/chain/a%2Fb#timeline"] {
+        assert_eq!(safe_next(good), good);
     }
 }
 

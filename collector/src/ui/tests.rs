@@ -177,6 +177,31 @@ fn assert_escaped(what: &str, body: &str) {
     }
 }
 
+/// The review's open redirect: `next=/\t/evil.example` became `//evil.example` in
+/// the browser; a CR/LF in `next` answered 500 with a session cookie set.
+#[tokio::test]
+async fn sign_in_never_redirects_off_site_nor_breaks_on_crlf() {
+    let t = setup();
+    for next in [
+        "%2F%09%2Fevil.example",
+        "%2F%5Cevil.example",
+        "%2Ffleet%0D%0ASet-Cookie%3A%20x%3Dy",
+    ] {
+        let token = t.ui.tokens.mint_operator("alice", Role::Responder).unwrap();
+        let r = call(
+            &t.app,
+            "POST",
+            "/login",
+            None,
+            Some(&format!("token={token}&next={next}")),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{next}");
+        assert_eq!(r.headers[header::LOCATION], "/fleet", "{next}");
+    }
+}
+
 #[tokio::test]
 async fn session_cookie_flags_expiry_and_sign_out() {
     let t = setup();
