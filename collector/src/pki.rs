@@ -31,7 +31,14 @@ pub struct Pki {
     /// The fleet key handed to sensors at enrollment (see [`load_or_create_fleet_key`]).
     pub fleet_key: [u8; FLEET_KEY_LEN],
     issuer: Issuer<'static, KeyPair>,
+    issued: std::sync::atomic::AtomicU64,
 }
+
+/// A CSR that parsed (see [`Pki::check_csr`]); only its public key is used.
+pub struct Csr(CertificateSigningRequestParams);
+
+/// A CSR is a few hundred bytes; anything much larger is not one.
+const CSR_MAX_BYTES: usize = 16 * 1024;
 
 pub const FLEET_KEY_LEN: usize = 32;
 const FLEET_KEY: &str = "fleet.key";
@@ -125,6 +132,7 @@ impl Pki {
             server_chain_pem: format!("{}{}", server_cert.pem(), ca_pem),
             server_key_pem: server_key.serialize_pem(),
             fleet_key: load_or_create_fleet_key(data_dir)?,
+            issued: Default::default(),
             ca_pem,
             ca_der,
             issuer,
@@ -134,9 +142,25 @@ impl Pki {
     /// Issues a client certificate for `host_id` over the public key of `csr_pem`.
     /// The CSR's own subject and extensions are ignored: the collector alone decides
     /// which identity a host gets. Returns the PEM and its expiry (Unix ns).
-    pub fn sign_client(&self, host_id: &str, csr_pem: &str) -> Result<(String, u64)> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| anyhow::anyhow!("invalid CSR: {e}"))?;
+    /// Reads a sensor's CSR without signing anything: enrollment checks the CSR,
+    /// then the token, and only then spends a signature (so the unauthenticated
+    /// cannot make the collector sign at will, and a bad CSR does not burn a token).
+    pub fn check_csr(csr_pem: &str) -> Result<Csr> {
+        if csr_pem.len() > CSR_MAX_BYTES {
+            bail!("invalid CSR: {} bytes, over {CSR_MAX_BYTES}", csr_pem.len());
+        }
+        CertificateSigningRequestParams::from_pem(csr_pem)
+            .map(Csr)
+            .map_err(|e| anyhow::anyhow!("invalid CSR: {e}"))
+    }
+
+    /// Certificates signed since start (status and tests).
+    pub fn issued(&self) -> u64 {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn sign_client(&self, host_id: &str, csr: Csr) -> Result<(String, u64)> {
+        let csr = csr.0;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, host_id);
         params
@@ -154,6 +178,8 @@ impl Pki {
             public_key: csr.public_key,
         }
         .signed_by(&self.issuer)?;
+        self.issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok((signed.pem(), not_after_ns))
     }
 }
@@ -234,12 +260,16 @@ mod tests {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, "evil");
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let (pem, _) = p1.sign_client("host-a", &csr).unwrap();
+        let (pem, _) = p1
+            .sign_client("host-a", Pki::check_csr(&csr).unwrap())
+            .unwrap();
         assert_eq!(
             host_from_cert_der(&pem_to_der(&pem).unwrap()).unwrap(),
             "host-a"
         );
-        assert!(p1.sign_client("host-a", "garbage").is_err());
+        assert!(Pki::check_csr("garbage").is_err());
+        assert!(Pki::check_csr(&"A".repeat(20_000)).is_err());
+        assert_eq!(p1.issued(), 1);
     }
 
     #[test]

@@ -91,11 +91,10 @@ impl SensorService for SensorSvc {
                 "host_id must be 1-253 characters of letters, digits, '.', '-' or '_'",
             ));
         }
-        // Sign first: a bad CSR must not burn the token.
-        let (cert_pem, not_after_ns) = self
-            .pki
-            .sign_client(&r.host_id, &r.csr_pem)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        // The CSR is read first (a bad one must not burn the token), the token is
+        // checked next, and only an authorised enrollment costs a signature.
+        let csr =
+            Pki::check_csr(&r.csr_pem).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         if let Err(e) = self
             .tokens
             .consume_enroll(&r.token, &self.pki.ca_fingerprint, &r.host_id)
@@ -109,6 +108,10 @@ impl SensorService for SensorSvc {
                 _ => Status::permission_denied(e.to_string()),
             });
         }
+        let (cert_pem, not_after_ns) = self
+            .pki
+            .sign_client(&r.host_id, csr)
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
         self.engine
             .enrolled(&r.host_id)
             .map_err(|e| Status::internal(format!("{e:#}")))?;
