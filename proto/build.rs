@@ -26,6 +26,8 @@ fn main() -> anyhow::Result<()> {
     }
     let fds = protox::compile(files, ["."])?;
     let mut config = tonic_prost_build::configure()
+        // Malformed messages are the sender's error (see src/codec.rs).
+        .codec_path("crate::codec::StrictCodec")
         // Events double as the daemon's JSON lines.
         .type_attribute(
             ".custody",

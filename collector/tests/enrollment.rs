@@ -390,3 +390,82 @@ async fn oversized_and_malformed_batches_do_not_hurt_others() {
     ship.shutdown().await.unwrap();
     c.shutdown().await.unwrap();
 }
+
+/// Sends its bytes as they are: a message the server's codec cannot decode.
+#[derive(Default)]
+struct RawCodec;
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        buf: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        buf.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        buf: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use prost::bytes::Buf;
+        Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+    }
+}
+
+/// Undecodable protobuf is the caller's error: INVALID_ARGUMENT, not INTERNAL (which
+/// says the collector broke), on the unauthenticated Enroll and the operator API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_are_invalid_argument() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_collector(dir.path()).await;
+    let addr = c.addr.to_string();
+    let ch = shipper::tls::channel(&addr, &c.ca_pem, None).await.unwrap();
+    let viewer = operator(dir.path(), Role::Viewer);
+    for path in [
+        "/custody.sensor.v1.SensorService/Enroll",
+        "/custody.admin.v1.AdminService/ListHosts",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(ch.clone());
+        grpc.ready().await.unwrap();
+        // Field 1 as a length-delimited value claiming 100 bytes that are not there.
+        let req = authed(vec![0x0a, 0x64, 0x01], &viewer);
+        let err = grpc
+            .unary(
+                req,
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                RawCodec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{path}: {err:?}");
+        assert!(
+            err.message().contains("malformed protobuf"),
+            "{path}: {err:?}"
+        );
+    }
+    c.shutdown().await.unwrap();
+}

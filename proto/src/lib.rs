@@ -3,6 +3,7 @@
 //! (how they read in JSON, see [`enums`]) and the one table of event kinds
 //! ([`sensor::v1::EventKind`]).
 
+pub mod codec;
 pub mod enums;
 
 pub mod sensor {
