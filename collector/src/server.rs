@@ -45,6 +45,8 @@ pub struct CollectorConfig {
     pub exports: Vec<crate::export::ExportConfig>,
     /// Serve Prometheus metrics at `/metrics` here (plain HTTP).
     pub metrics_listen: Option<SocketAddr>,
+    /// Connections the port holds at once, in all and per peer address.
+    pub conn_limits: crate::api::conn_limit::ConnLimits,
 }
 
 impl CollectorConfig {
@@ -62,6 +64,7 @@ impl CollectorConfig {
             revocation_hooks: vec![],
             exports: vec![],
             metrics_listen: None,
+            conn_limits: Default::default(),
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct Collector {
     /// Where `/metrics` is served, when asked for.
     pub metrics_addr: Option<SocketAddr>,
     pub telemetry: Arc<Telemetry>,
+    /// Connections open and refused at the port (see `api::conn_limit`).
+    pub conn_gate: Arc<crate::api::conn_limit::Gate>,
     shutdown: watch::Sender<bool>,
     metrics: Option<tokio::task::JoinHandle<()>>,
     follower: tokio::task::JoinHandle<()>,
@@ -166,8 +171,12 @@ impl Collector {
             .await
             .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let addr = listener.local_addr()?;
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let conn_gate = Arc::new(crate::api::conn_limit::Gate::default());
+        let incoming = crate::api::conn_limit::limit(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            cfg.conn_limits,
+            conn_gate.clone(),
+        );
         let mut stop = shutdown_rx.clone();
         // The web UI's routes on the same port (browsers speak h2 via ALPN; HTTP/1.1
         // without ALPN works too), with the gRPC services added to them.
@@ -229,6 +238,7 @@ impl Collector {
             exports,
             metrics_addr,
             telemetry,
+            conn_gate,
             shutdown,
             metrics,
             follower,

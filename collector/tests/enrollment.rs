@@ -469,3 +469,83 @@ async fn undecodable_messages_are_invalid_argument() {
     }
     c.shutdown().await.unwrap();
 }
+
+/// The review's slowloris: 300 connections from one peer, each holding a half-sent
+/// HTTP/1.1 request, stayed open. With a per-peer limit the ones over it are closed
+/// at accept, and a sensor from another address enrolls and streams meanwhile; when
+/// the flood ends its places are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_from_one_peer_is_capped_and_others_still_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = custody_collector::server::CollectorConfig::new(
+        dir.path(),
+        "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+    );
+    cfg.conn_limits = custody_collector::api::conn_limit::ConnLimits {
+        total: 1000,
+        per_peer: 20,
+    };
+    let c = custody_collector::server::Collector::start(cfg)
+        .await
+        .unwrap();
+    let port = c.addr.port();
+    // The flood comes from 127.0.0.2; the sensor uses 127.0.0.1.
+    let mut held = Vec::new();
+    let mut closed = 0;
+    for _ in 0..300 {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let mut s = sock
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap();
+        // Half a TLS ClientHello: the server waits for the rest.
+        let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+        held.push(s);
+    }
+    wait_for(10, "the connections over the limit are refused", || {
+        let n = c.conn_gate.refused();
+        async move { n >= 280 }
+    })
+    .await;
+    for s in &mut held {
+        let mut b = [0u8; 1];
+        // A refused connection reads EOF (or a reset) at once; a held one times out.
+        match tokio::time::timeout(Duration::from_millis(20), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, 280, "20 held, the rest closed");
+    // Another peer is served while the flood holds its 20.
+    let addr = format!("127.0.0.1:{port}");
+    let state = tempfile::tempdir().unwrap();
+    enroll_host(
+        &addr,
+        &enroll_token(&c, Duration::from_secs(60)),
+        "host-a",
+        state.path(),
+    )
+    .await;
+    drop(held);
+    // The flood's places come back: the same peer can connect again.
+    wait_for(10, "places given back", || {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let refused_before = c.conn_gate.refused();
+        let gate = c.conn_gate.clone();
+        async move {
+            let mut s = sock
+                .connect(format!("127.0.0.1:{port}").parse().unwrap())
+                .await
+                .unwrap();
+            let mut b = [0u8; 1];
+            let _ = tokio::time::timeout(Duration::from_millis(100), s.read(&mut b)).await;
+            gate.refused() == refused_before
+        }
+    })
+    .await;
+    c.shutdown().await.unwrap();
+}

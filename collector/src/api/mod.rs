@@ -4,5 +4,6 @@
 //! which are converted to and from the wire here.
 
 pub mod admin_service;
+pub mod conn_limit;
 mod errors;
 pub mod sensor_service;
