@@ -71,6 +71,35 @@ async fn custodyctl_reads_fleet_and_chains() {
     let (ok, out, err) = tokio::task::block_in_place(|| ctl(&addr, &ca, Some(&viewer), &["hosts"]));
     assert!(ok, "{err}");
     assert!(out.starts_with("HOST") && out.contains("host-b"), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+
+    // A token on the command line works but is warned about (it shows in `ps`); a
+    // token file does not show anywhere.
+    let (ok, out, err) =
+        tokio::task::block_in_place(|| ctl(&addr, &ca, None, &["hosts", "--token", &viewer]));
+    assert!(ok && out.contains("host-b"), "{err}");
+    assert!(
+        err.contains("warning: --token puts the operator token in the process list"),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&viewer),
+        "the warning never repeats the token: {err}"
+    );
+    let tf = dir.path().join("viewer.token");
+    std::fs::write(&tf, format!("{viewer}\n")).unwrap();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        ctl(
+            &addr,
+            &ca,
+            None,
+            &["hosts", "--token-file", tf.to_str().unwrap()],
+        )
+    });
+    assert!(
+        ok && out.contains("host-b") && !err.contains("warning"),
+        "{err}"
+    );
 
     let (ok, out, err) =
         tokio::task::block_in_place(|| ctl(&addr, &ca, Some(&viewer), &["chains", "--json"]));

@@ -29,7 +29,8 @@ struct Cli {
         env = "CUSTODY_COLLECTOR"
     )]
     collector: Option<String>,
-    /// Operator token (from `custody-collector operator-token`).
+    /// Operator token (from `custody-collector operator-token`). On the command line
+    /// it shows in every user's process list: prefer CUSTODY_TOKEN or --token-file.
     #[arg(
         long,
         global = true,
@@ -38,6 +39,14 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// File holding the operator token (keep it 0600).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Connection (every command)",
+        env = "CUSTODY_TOKEN_FILE"
+    )]
+    token_file: Option<PathBuf>,
     /// The collector's CA certificate (its data dir's ca.pem).
     #[arg(
         long,
@@ -272,6 +281,15 @@ fn json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Whether the token was given as an argument (`--token T` or `--token=T`), not
+/// through the environment or a file.
+fn token_on_command_line() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--token" || a.to_string_lossy().starts_with("--token="))
+}
+
 /// Collector address, CA PEM and operator token from flags, environment and file.
 fn settings(cli: &Cli) -> Result<(String, String, String)> {
     let cfg_path = cli.config.clone().or_else(|| {
@@ -291,15 +309,22 @@ fn settings(cli: &Cli) -> Result<(String, String, String)> {
     let collector = cli.collector.clone().or(file.collector).ok_or_else(|| {
         anyhow!("no collector address: pass --collector HOST:PORT, set CUSTODY_COLLECTOR, or add `collector = \"HOST:PORT\"` to {where_}")
     })?;
+    if token_on_command_line() {
+        eprintln!(
+            "custodyctl: warning: --token puts the operator token in the process list, where \
+             every user of this machine can read it; use CUSTODY_TOKEN, --token-file or \
+             `token_file` in {where_}"
+        );
+    }
     let token = match cli.token.clone().or(file.token) {
         Some(t) => t,
-        None => match file.token_file {
+        None => match cli.token_file.clone().or(file.token_file) {
             Some(f) => std::fs::read_to_string(&f)
                 .with_context(|| format!("cannot read token_file {}", f.display()))?
                 .trim()
                 .to_owned(),
             None => bail!(
-                "no operator token: pass --token, set CUSTODY_TOKEN, or add `token_file = \"PATH\"` to {where_} \
+                "no operator token: set CUSTODY_TOKEN, pass --token-file PATH, or add `token_file = \"PATH\"` to {where_} \
                  (mint one with `custody-collector operator-token --role viewer --name NAME`)"
             ),
         },
