@@ -29,6 +29,11 @@ mod watch;
 use clap::Parser;
 
 fn main() {
+    // Everything custodyd writes (state, spool, status, outputs, enrolled keys) is
+    // for root only, whatever umask it was started with: the packaged unit sets
+    // UMask=0077, a shell or another service manager may not.
+    // SAFETY: umask only sets this process's file mode mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

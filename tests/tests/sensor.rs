@@ -457,6 +457,19 @@ fn sensor_reports_agent_activity_end_to_end() {
         by_pid(untracked_pid)
     );
     assert!(!raw.contains("untracked-marker-file"));
+
+    // -- what custodyd wrote is root's only, though this test runs it with umask 022
+    use std::os::unix::fs::PermissionsExt;
+    let mut checked = 0;
+    for f in ["events.jsonl", "status.json", "fleet.key"] {
+        let p = work.join(f);
+        if let Ok(m) = std::fs::metadata(&p) {
+            checked += 1;
+            let mode = m.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        }
+    }
+    assert!(checked >= 2, "the output and the status file exist");
 }
 
 /// A minimal HTTP/1.0 GET (the metrics endpoint speaks plain HTTP on loopback).
