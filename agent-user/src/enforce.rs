@@ -3,7 +3,7 @@
 //! immediate backstops.
 
 use std::net::{IpAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -150,11 +150,28 @@ impl Enforcer {
         start_ticks: u64,
         command: u32,
     ) -> Result<bool> {
+        // A pidfd pins the process before its start time is checked (in mark_kill):
+        // if the pid was reused before the open, the check fails; after it, the
+        // signal goes to the process the pidfd names, never to a newcomer on the
+        // same pid (kill(2) by number has that window).
+        let pidfd = open_pidfd(pid);
         if !self.mark_kill(ebpf, pid, start_boottime, start_ticks, command)? {
             return Ok(false);
         }
-        // SAFETY: plain syscall; the pid was checked against its start time just above.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        // Without a pidfd (the process already gone, or a kernel without
+        // pidfd_open) the in-kernel mark still stops it at its next syscall.
+        if let Some(fd) = pidfd {
+            // SAFETY: plain syscall on a pidfd we own.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+        }
         Ok(true)
     }
 
@@ -234,12 +251,7 @@ fn shutdown_sockets(pid: u32) {
             let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
                 continue;
             };
-            let dup = libc::syscall(
-                libc::SYS_pidfd_getfd,
-                std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-                fd,
-                0,
-            ) as i32;
+            let dup = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) as i32;
             if dup < 0 {
                 continue;
             }
@@ -282,6 +294,14 @@ fn is_zombie(pid: u32) -> bool {
         .ok()
         .and_then(|s| s.rfind(')').map(|i| s[i + 2..].starts_with('Z')))
         .unwrap_or(true)
+}
+
+/// A pidfd for `pid`, or None when the process is gone.
+fn open_pidfd(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new fd we then own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) } as i32;
+    // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
