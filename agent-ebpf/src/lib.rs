@@ -110,6 +110,10 @@ pub mod counter {
     /// Bytes of TLS plaintext beyond the per-call cap, not captured (the call's last
     /// chunk carries `DATA_TRUNCATED`; `DATA_TRUNCATED` counts such calls).
     pub const TLS_BYTES_CAPPED: u32 = 14;
+    /// A Go `crypto/tls.(*Conn).Read`/`Write` of a traced process reached one of its
+    /// `RET` hooks with no call saved at entry for its goroutine (the entry record was
+    /// evicted, or the call began before the hooks were attached): its plaintext was lost.
+    pub const GO_TLS_MISSED: u32 = 15;
     pub const COUNT: u32 = 16;
 }
 

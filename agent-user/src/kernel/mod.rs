@@ -6,6 +6,7 @@
 
 pub mod btf;
 pub mod decode;
+pub mod go_attach;
 pub mod loader;
 pub mod mounts;
 pub mod pins;
