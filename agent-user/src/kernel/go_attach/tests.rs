@@ -285,6 +285,17 @@ fn exchange(name: &str, h2: bool) {
     .expect("load programs");
     let go_links = attach_go(&mut l.ebpf, &bin, &inspection, false).expect("attach_go");
     assert_eq!(go_links.len(), go.hooks.len(), "one link per hook point");
+    for p in [
+        "custody_go_write",
+        "custody_go_write_ret",
+        "custody_go_read_entry",
+        "custody_go_read_ret",
+        "custody_ssl_ret",
+    ] {
+        let info = l.ebpf.program(p).and_then(|p| p.info().ok());
+        let verified = info.and_then(|i| i.verified_instruction_count());
+        eprintln!("{p}: {verified:?} instructions verified");
+    }
     let _go_links = Attached(go_links);
     let _links = Attached(l.links);
     let mut tracked = l.tracked;
