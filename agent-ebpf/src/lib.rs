@@ -334,8 +334,9 @@ pub mod direction {
     pub const READ: u32 = 2;
 }
 
-/// Plaintext of one successful SSL_read/SSL_write(_ex) call, or one chunk of it (or,
-/// with `flag::HELD`, of a write held at entry: `len` is then the length asked for).
+/// Plaintext of one successful SSL_read/SSL_write(_ex) call or Go
+/// `crypto/tls.(*Conn).Read`/`Write` call, or one chunk of it (or, with `flag::HELD`,
+/// of a write held at entry: `len` is then the length asked for).
 ///
 /// A call that moved more than [`TLS_MAX`] bytes is emitted as consecutive records of
 /// the same `call_id`, `offset` 0, `TLS_MAX`, 2·`TLS_MAX`, … up to the per-call cap;
@@ -345,7 +346,7 @@ pub mod direction {
 #[derive(Clone, Copy)]
 pub struct TlsEvent {
     pub hdr: EventHeader,
-    /// The `SSL *`: tells connections of one process apart.
+    /// The `SSL *` (Go: the `*tls.Conn`): tells connections of one process apart.
     pub conn: u64,
     /// Bytes the call actually transferred (the whole call, in every chunk).
     pub len: u32,

@@ -122,7 +122,8 @@ fn add(slot: u32, n: u64) {
     }
 }
 
-/// Emit a call that moved `n` bytes as chunk records of `TLS_MAX` bytes, up to `cap`.
+/// Emit a call that moved `n` bytes as chunk records of `TLS_MAX` bytes, up to `cap`
+/// (OpenSSL's calls here, Go's from `go_tls.rs`).
 #[inline(always)]
 pub(super) fn emit(call: &TlsCall, n: u64, cap: u64) {
     let keep = if n < cap { n } else { cap };
