@@ -110,6 +110,10 @@ pub mod counter {
     /// Bytes of TLS plaintext beyond the per-call cap, not captured (the call's last
     /// chunk carries `DATA_TRUNCATED`; `DATA_TRUNCATED` counts such calls).
     pub const TLS_BYTES_CAPPED: u32 = 14;
+    /// A Go `crypto/tls.(*Conn).Read`/`Write` of a traced process reached one of its
+    /// `RET` hooks with no call saved at entry for its goroutine (the entry record was
+    /// evicted, or the call began before the hooks were attached): its plaintext was lost.
+    pub const GO_TLS_MISSED: u32 = 15;
     pub const COUNT: u32 = 16;
 }
 
@@ -330,8 +334,9 @@ pub mod direction {
     pub const READ: u32 = 2;
 }
 
-/// Plaintext of one successful SSL_read/SSL_write(_ex) call, or one chunk of it (or,
-/// with `flag::HELD`, of a write held at entry: `len` is then the length asked for).
+/// Plaintext of one successful SSL_read/SSL_write(_ex) call or Go
+/// `crypto/tls.(*Conn).Read`/`Write` call, or one chunk of it (or, with `flag::HELD`,
+/// of a write held at entry: `len` is then the length asked for).
 ///
 /// A call that moved more than [`TLS_MAX`] bytes is emitted as consecutive records of
 /// the same `call_id`, `offset` 0, `TLS_MAX`, 2·`TLS_MAX`, … up to the per-call cap;
@@ -341,7 +346,7 @@ pub mod direction {
 #[derive(Clone, Copy)]
 pub struct TlsEvent {
     pub hdr: EventHeader,
-    /// The `SSL *`: tells connections of one process apart.
+    /// The `SSL *` (Go: the `*tls.Conn`): tells connections of one process apart.
     pub conn: u64,
     /// Bytes the call actually transferred (the whole call, in every chunk).
     pub len: u32,

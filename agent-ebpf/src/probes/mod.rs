@@ -7,6 +7,7 @@
 
 pub mod enforce;
 pub mod file;
+pub mod go_tls;
 pub mod net;
 pub mod pipe;
 pub mod policy;

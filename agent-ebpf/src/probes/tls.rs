@@ -103,7 +103,7 @@ fn emit_held(call: &TlsCall, n: u64, held_ns: u64) {
 /// Bytes kept of one call: the daemon's cap for traced processes, one record for the
 /// sampled connections of untracked ones (discovery needs only the request head).
 #[inline(always)]
-fn capture_cap(tgid: u32) -> u64 {
+pub(super) fn capture_cap(tgid: u32) -> u64 {
     if traced(tgid).is_none() {
         return TLS_MAX as u64;
     }
@@ -122,9 +122,10 @@ fn add(slot: u32, n: u64) {
     }
 }
 
-/// Emit a call that moved `n` bytes as chunk records of `TLS_MAX` bytes, up to `cap`.
+/// Emit a call that moved `n` bytes as chunk records of `TLS_MAX` bytes, up to `cap`
+/// (OpenSSL's calls here, Go's from `go_tls.rs`).
 #[inline(always)]
-fn emit(call: &TlsCall, n: u64, cap: u64) {
+pub(super) fn emit(call: &TlsCall, n: u64, cap: u64) {
     let keep = if n < cap { n } else { cap };
     // SAFETY: a helper without arguments.
     let call_id = unsafe { bpf_ktime_get_boot_ns() };
@@ -172,6 +173,29 @@ fn emit(call: &TlsCall, n: u64, cap: u64) {
     }
 }
 
+/// Whether a call of an untracked process on connection `conn` is kept: connections
+/// that carry an HTTP request are sampled, writes and the replies read on them, so the
+/// daemon can discover an agent from its first exchange even before it tracks the
+/// process. Only this sensor's own host: sensors sharing a kernel (netns scope) would
+/// otherwise each "discover" the others' agents as processes of their own host.
+/// Shared by every TLS stack whose calls carry a connection pointer (OpenSSL's `SSL *`,
+/// Go's `*tls.Conn`).
+#[inline(always)]
+pub(super) fn sampled(dir: u32, conn: u64, buf: u64) -> bool {
+    if !super::in_scope() {
+        return false;
+    }
+    if dir == direction::WRITE {
+        if !looks_like_request(buf) {
+            return false;
+        }
+        let _ = SAMPLED.insert(&conn, &1u8, 0);
+        true
+    } else {
+        unsafe { SAMPLED.get(&conn) }.is_some()
+    }
+}
+
 #[inline(always)]
 fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -198,23 +222,8 @@ fn enter(ctx: &ProbeContext, dir: u32, ex: bool) -> u32 {
             hold = next || looks_like_http1_request(buf);
         }
     }
-    if tracked.is_none() && !hold {
-        // Untracked: sample connections that carry an HTTP request, writes and the
-        // replies read on them, so the daemon can discover an agent from its first
-        // exchange even before it tracks the process. Only this sensor's own host:
-        // sensors sharing a kernel (netns scope) would otherwise each "discover" the
-        // others' agents as processes of their own host.
-        if !super::in_scope() {
-            return 0;
-        }
-        if dir == direction::WRITE {
-            if !looks_like_request(buf) {
-                return 0;
-            }
-            let _ = SAMPLED.insert(&ssl, &1u8, 0);
-        } else if unsafe { SAMPLED.get(&ssl) }.is_none() {
-            return 0;
-        }
+    if tracked.is_none() && !hold && !sampled(dir, ssl, buf) {
+        return 0;
     }
     let call = TlsCall {
         ssl,

@@ -1,7 +1,9 @@
 // Command https_post is a small Go HTTPS client for Custody's tests: it POSTs a JSON body
 // to the URL given as its first argument through Go's own crypto/tls (never OpenSSL),
 // so the sensor's Go TLS hooks (found in .gopclntab even when the binary is stripped) are
-// what makes its plaintext visible. The CA to trust is read from CUSTODY_TEST_CA (PEM).
+// what makes its plaintext visible. The CA to trust is read from CUSTODY_TEST_CA (PEM);
+// CUSTODY_TEST_AUTH, when set, is sent as the Authorization header; CUSTODY_TEST_H2=1
+// offers HTTP/2 (a Transport with its own TLS config otherwise speaks HTTP/1.1 only).
 package main
 
 import (
@@ -32,8 +34,21 @@ func main() {
 		}
 		roots.AppendCertsFromPEM(pem)
 	}
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
-	resp, err := client.Post(os.Args[1], "application/json", bytes.NewBufferString(body))
+	transport := &http.Transport{
+		TLSClientConfig:   &tls.Config{RootCAs: roots},
+		ForceAttemptHTTP2: os.Getenv("CUSTODY_TEST_H2") == "1",
+	}
+	client := &http.Client{Transport: transport}
+	req, err := http.NewRequest("POST", os.Args[1], bytes.NewBufferString(body))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "request:", err)
+		os.Exit(2)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if auth := os.Getenv("CUSTODY_TEST_AUTH"); auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "post:", err)
 		os.Exit(1)
