@@ -10,6 +10,7 @@ pub mod loader;
 pub mod mounts;
 pub mod pins;
 pub mod support;
+pub mod tls_attach;
 #[cfg(test)]
 pub(crate) mod test_support;
 
