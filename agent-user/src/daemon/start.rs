@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use agent_user::credential::FleetKey;
-use agent_user::tls_stack::cache::InspectionCache;
 use agent_user::shipper::{Shipper, ShipperConfig};
+use agent_user::tls_stack::cache::InspectionCache;
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use custody_proto::enums::WireEnum;
@@ -112,13 +112,16 @@ impl Daemon {
         // One analysis per binary, kept across restarts (a 245 MB Bun executable takes
         // seconds to analyse).
         let tls_cache = Arc::new(InspectionCache::new(Some(cfg.state_dir.join("tls"))));
-        let loaded = loader::load_with(&loader::Options {
-            observe_all,
-            floor: args.floor,
-            tls_binaries,
-            netns,
-            pin_dir: (!args.floor).then(|| cfg.pin_dir.clone()),
-        }, &tls_cache)?;
+        let loaded = loader::load_with(
+            &loader::Options {
+                observe_all,
+                floor: args.floor,
+                tls_binaries,
+                netns,
+                pin_dir: (!args.floor).then(|| cfg.pin_dir.clone()),
+            },
+            &tls_cache,
+        )?;
         for f in &loaded.features {
             if f.active {
                 tracing::info!(feature = %f.name, "active");

@@ -193,7 +193,12 @@ impl TlsCoverage {
                 s.analysis.as_millis()
             ));
             let attached = s.attached.filter(|a| a.probes > 0);
-            me.learned(&s.path.display().to_string(), stamp.id, s.inspection, attached);
+            me.learned(
+                &s.path.display().to_string(),
+                stamp.id,
+                s.inspection,
+                attached,
+            );
         }
         me
     }
@@ -411,13 +416,11 @@ impl Daemon {
         let mut attached = None;
         if let (Ok(i), Some(stamp)) = (&a.result, a.stamp) {
             if i.hooks().next().is_some() {
-                match self.tls.attacher.attach(
-                    &mut self.ebpf,
-                    &mut self.links,
-                    &a.open,
-                    stamp,
-                    i,
-                ) {
+                match self
+                    .tls
+                    .attacher
+                    .attach(&mut self.ebpf, &mut self.links, &a.open, stamp, i)
+                {
                     Ok(done) if done.probes > 0 => {
                         tracing::info!(file = %shown, stacks = ?done.stacks, probes = done.probes, "TLS attached by offset");
                         attached = Some(done);

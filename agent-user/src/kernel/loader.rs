@@ -240,7 +240,10 @@ fn start_tls(
         analysis: t.elapsed(),
     };
     let result = (|| -> Result<()> {
-        let i = out.inspection.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let i = out
+            .inspection
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let stamp = stamp.context("stat failed")?;
         let a = tls.attach(ebpf, links, path, stamp, i)?;
         let probes = a.probes;

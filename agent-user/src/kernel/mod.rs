@@ -10,9 +10,9 @@ pub mod loader;
 pub mod mounts;
 pub mod pins;
 pub mod support;
-pub mod tls_attach;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod tls_attach;
 
 /// One part of what the kernel offers (a probe at start) or of what the sensor runs
 /// (an attached feature): `active` is false when it is missing or degraded, and

@@ -208,7 +208,13 @@ impl TlsAttacher {
     }
 }
 
-fn attach_one(ebpf: &mut Ebpf, links: &mut Links, prog: &str, offset: u64, path: &Path) -> Result<()> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    prog: &str,
+    offset: u64,
+    path: &Path,
+) -> Result<()> {
     let p: &mut UProbe = ebpf
         .program_mut(prog)
         .with_context(|| format!("program {prog} missing from the object"))?
@@ -265,8 +271,7 @@ fn executable_ranges(file: &File) -> Result<Vec<(u64, u64)>> {
         .map_err(|e| anyhow::anyhow!("program headers: {e}"))?;
     let mut out = Vec::new();
     for ph in phdrs {
-        if ph.p_type(endian) != object::elf::PT_LOAD
-            || ph.p_flags(endian) & object::elf::PF_X == 0
+        if ph.p_type(endian) != object::elf::PT_LOAD || ph.p_flags(endian) & object::elf::PF_X == 0
         {
             continue;
         }
