@@ -120,6 +120,8 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt())?;
         let mut poll = tokio::time::interval(Duration::from_millis(5));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Known agent programs installed here: analysed and attached before they run.
+        self.tls.prewarm(tls::installed_agent_binaries());
         // Processes a previous daemon held (and never settled) are still stopped.
         self.sweep_holds(Duration::ZERO)?;
         let mut hold_sweep = tokio::time::interval(Duration::from_millis(250));

@@ -45,6 +45,9 @@ struct Waiter {
     /// When the daemon saw the exec (or mapping): for exec → attach latency.
     since: Instant,
     exec: bool,
+    /// The process as it was when it reached the file: a short-lived process (Codex's
+    /// one-shot run) is gone before a cold analysis ends, and is reported all the same.
+    process: Option<pb::Process>,
 }
 
 /// An analysis to run: the file by id, and a path to open it by.
@@ -162,7 +165,80 @@ fn open_path(tgid: u32, id: FileId, shown: &str, fallback: &str) -> Option<PathB
         .find(|p| FileStamp::of(p).is_ok_and(|s| s.id == id))
 }
 
+/// Directories where the catalogue's commands are installed: the system's bin
+/// directories, and per home `~/.local/bin`, `~/.npm-global/bin`, `~/.volta/bin`,
+/// `~/.bun/bin` and every nvm node's `bin`.
+fn install_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ["/usr/local/bin", "/usr/bin", "/opt/homebrew/bin"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    let mut homes = vec![PathBuf::from("/root")];
+    if let Ok(rd) = std::fs::read_dir("/home") {
+        homes.extend(rd.flatten().map(|e| e.path()).take(256));
+    }
+    for h in homes {
+        for sub in [".local/bin", ".npm-global/bin", ".volta/bin", ".bun/bin"] {
+            dirs.push(h.join(sub));
+        }
+        if let Ok(rd) = std::fs::read_dir(h.join(".nvm/versions/node")) {
+            dirs.extend(rd.flatten().map(|e| e.path().join("bin")).take(64));
+        }
+    }
+    dirs
+}
+
+/// Native executables of known agent programs installed on this host (the catalogue's
+/// native commands in [`install_dirs`], links resolved): analysed and attached right
+/// after start, so the first model request of, say, Claude Code's 245 MB binary does
+/// not race its analysis.
+pub(super) fn installed_agent_binaries() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for dir in install_dirs() {
+        for e in agent_user::known_agents::CATALOGUE
+            .iter()
+            .filter(|e| e.native)
+        {
+            for c in e.commands {
+                let Ok(real) = std::fs::canonicalize(dir.join(c)) else {
+                    continue;
+                };
+                let elf = std::fs::File::open(&real).is_ok_and(|mut f| {
+                    let mut magic = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut magic).is_ok() && &magic == b"\x7fELF"
+                });
+                if elf && !out.contains(&real) {
+                    out.push(real);
+                }
+            }
+        }
+    }
+    out
+}
+
 impl TlsCoverage {
+    /// Analyses (then attaches) `paths` with nobody waiting: the cache warmed at start.
+    pub(super) fn prewarm(&mut self, paths: Vec<PathBuf>) {
+        for p in paths {
+            let Ok(stamp) = FileStamp::of(&p) else {
+                continue;
+            };
+            if self.known.contains_key(&stamp.id) || self.waiting.contains_key(&stamp.id) {
+                continue;
+            }
+            self.status
+                .preanalysed
+                .push(format!("{} (after start)", p.display()));
+            self.queued.push_back(Job {
+                id: stamp.id,
+                shown: p.display().to_string(),
+                open: p,
+            });
+            self.waiting.insert(stamp.id, Vec::new());
+        }
+        self.start_jobs();
+    }
+
     /// Takes over what the loader analysed and attached at start.
     pub(super) fn new(
         cache: Arc<InspectionCache>,
@@ -346,8 +422,11 @@ impl Daemon {
             shown: p.exe.clone(),
             since: Instant::now(),
             exec: true,
+            process: None,
         };
         let open = open_path(tgid, stamp.id, &p.exe, &exe_link);
+        let mut w = w;
+        w.process = self.pipe.process_proto(tgid);
         if let Some(k) = self.tls.want(w.clone(), stamp.id, open) {
             self.tls_settle(&w, stamp.id, &k)?;
         }
@@ -383,6 +462,7 @@ impl Daemon {
                     shown: path.clone(),
                     since: Instant::now(),
                     exec: false,
+                    process: self.pipe.process_proto(tgid),
                 };
                 let open = open_path(tgid, id, &path, &format!("/proc/{tgid}/map_files/{range}"));
                 if let Some(known) = self.tls.want(w.clone(), id, open) {
@@ -413,6 +493,7 @@ impl Daemon {
         let shown = waiters
             .first()
             .map_or_else(|| a.open.display().to_string(), |w| w.shown.clone());
+        tracing::debug!(file = %shown, ms = a.took.as_millis() as u64, ok = a.result.is_ok(), "TLS analysis done");
         let mut attached = None;
         if let (Ok(i), Some(stamp)) = (&a.result, a.stamp) {
             if i.hooks().next().is_some() {
@@ -422,7 +503,7 @@ impl Daemon {
                     .attach(&mut self.ebpf, &mut self.links, &a.open, stamp, i)
                 {
                     Ok(done) if done.probes > 0 => {
-                        tracing::info!(file = %shown, stacks = ?done.stacks, probes = done.probes, "TLS attached by offset");
+                        tracing::info!(file = %shown, stacks = ?done.stacks, probes = done.probes, analysis_ms = a.took.as_millis() as u64, "TLS attached by offset");
                         attached = Some(done);
                     }
                     Ok(_) => {}
@@ -453,10 +534,7 @@ impl Daemon {
             .table
             .get(w.tgid)
             .is_some_and(|p| p.start_ticks == w.start_ticks);
-        if !alive {
-            return Ok(());
-        }
-        if w.exec && k.covered {
+        if alive && w.exec && k.covered {
             let ms = w.since.elapsed().as_secs_f64() * 1000.0;
             let st = &mut self.tls.status;
             st.exec_to_attach_count += 1;
@@ -464,16 +542,20 @@ impl Daemon {
             st.exec_to_attach_ms_max = st.exec_to_attach_ms_max.max(ms);
             st.exec_to_attach_ms_last = ms;
         }
-        let entry = self
-            .tls
-            .covered_procs
-            .entry(w.tgid)
-            .or_insert((w.start_ticks, false));
-        if entry.0 != w.start_ticks {
-            *entry = (w.start_ticks, false);
-        }
-        entry.1 |= k.covered;
-        let proc_covered = entry.1;
+        let proc_covered = if alive {
+            let entry = self
+                .tls
+                .covered_procs
+                .entry(w.tgid)
+                .or_insert((w.start_ticks, false));
+            if entry.0 != w.start_ticks {
+                *entry = (w.start_ticks, false);
+            }
+            entry.1 |= k.covered;
+            entry.1
+        } else {
+            true // gone: nothing to flag
+        };
         let Some(i) = &k.inspection else {
             return Ok(());
         };
@@ -485,10 +567,9 @@ impl Daemon {
         if !proc_covered && self.pipe.table.tls_uncovered(w.tgid).is_none() {
             self.pipe.table.mark_tls_uncovered(w.tgid, stack);
         }
-        let exec_id = self
-            .pipe
-            .table
-            .get(w.tgid)
+        let exec_id = w
+            .process
+            .as_ref()
             .map(|p| p.exec_id.clone())
             .unwrap_or_default();
         if !self.tls.reported.insert((exec_id, id)) {
@@ -510,7 +591,11 @@ impl Daemon {
         self.tls.status.uncovered_reports += 1;
         let stacks: Vec<&str> = uncovered.iter().map(|f| f.stack.name()).collect();
         tracing::warn!(pid = w.tgid, file = %w.shown, ?stacks, "TLS Custody cannot read");
-        if let Some(ev) = self.pipe.process_event(w.tgid, Kind::TlsUncovered(ev)) {
+        let ev = match (alive, &w.process) {
+            (true, _) | (false, None) => self.pipe.process_event(w.tgid, Kind::TlsUncovered(ev)),
+            (false, Some(p)) => Some(self.pipe.event_on(p.clone(), Kind::TlsUncovered(ev))),
+        };
+        if let Some(ev) = ev {
             self.report.emit(ev)?;
             self.report.flush()?;
         }

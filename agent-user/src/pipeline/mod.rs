@@ -456,9 +456,19 @@ impl Pipeline {
     /// An event on process `tgid` (by the daemon's own findings, e.g. its TLS
     /// coverage); `None` when the process is not in the table.
     pub fn process_event(&mut self, tgid: u32, kind: Kind) -> Option<Event> {
-        let process = self.table.process_proto(tgid, tgid, &mut self.users)?;
+        let process = self.process_proto(tgid)?;
+        Some(self.event_on(process, kind))
+    }
+
+    /// The proto form of process `tgid` (to report on it after it is gone).
+    pub fn process_proto(&mut self, tgid: u32) -> Option<pb::Process> {
+        self.table.process_proto(tgid, tgid, &mut self.users)
+    }
+
+    /// An event on a process as it was (it may have exited since).
+    pub fn event_on(&mut self, process: pb::Process, kind: Kind) -> Event {
         self.stats.emitted += 1;
-        Some(Event {
+        Event {
             host: self.table.host.clone(),
             time_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -466,7 +476,7 @@ impl Pipeline {
             seq: 0,
             process: Some(process),
             kind: Some(kind),
-        })
+        }
     }
 
     /// Live processes that have shown any of these credential fingerprints.
