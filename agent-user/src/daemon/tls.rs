@@ -534,7 +534,9 @@ impl Daemon {
             .table
             .get(w.tgid)
             .is_some_and(|p| p.start_ticks == w.start_ticks);
-        if alive && w.exec && k.covered {
+        // Measured whether or not the process still runs: a one-shot run may end before
+        // a cold analysis does, and that is exactly the latency worth seeing.
+        if w.exec && k.covered {
             let ms = w.since.elapsed().as_secs_f64() * 1000.0;
             let st = &mut self.tls.status;
             st.exec_to_attach_count += 1;
