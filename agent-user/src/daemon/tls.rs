@@ -34,6 +34,8 @@ const MAPS_PER_TICK: usize = 8;
 const MAX_IN_FLIGHT: usize = 2;
 /// Errors and anomalies kept for the status (the counters go on).
 const MAX_NOTES: usize = 32;
+/// Covered and uncovered binaries listed in the status (and counted by its gauges).
+const MAX_LISTED: usize = 256;
 
 /// A process waiting for the analysis of one of its files.
 #[derive(Clone, Debug)]
@@ -83,8 +85,8 @@ pub(super) struct TlsCoverage {
     waiting: HashMap<FileId, Vec<Waiter>>,
     queued: VecDeque<Job>,
     in_flight: usize,
-    /// (exec id, file) pairs already reported uncovered.
-    reported: HashSet<(String, FileId)>,
+    /// (tgid, start ticks, file) already reported uncovered.
+    reported: HashSet<(u32, u64, FileId)>,
     /// Per process (by tgid, start ticks): whether one of its binaries is covered.
     covered_procs: HashMap<u32, (u64, bool)>,
     /// Round-robin position of the periodic maps look.
@@ -302,7 +304,7 @@ impl TlsCoverage {
                         tried: f.tried.clone(),
                     })
                     .collect();
-                if !uncovered.is_empty() {
+                if !uncovered.is_empty() && st.uncovered.len() < MAX_LISTED {
                     st.uncovered.push(TlsBinary {
                         path: shown.into(),
                         build_id: build_id(&i.identity),
@@ -311,7 +313,7 @@ impl TlsCoverage {
                     });
                 }
                 let covered = attached.is_some();
-                if let Some(a) = attached {
+                if let Some(a) = attached.filter(|_| st.covered.len() < MAX_LISTED) {
                     st.covered.push(TlsBinary {
                         path: shown.into(),
                         build_id: build_id(&i.identity),
@@ -435,6 +437,17 @@ impl Daemon {
 
     /// The periodic look at tracked processes' executable mappings (bounded).
     pub(super) fn tls_scan_maps(&mut self) -> Result<()> {
+        // What is kept per process goes with the process.
+        let table = &self.pipe.table;
+        self.tls
+            .maps_seen
+            .retain(|(t, s, _)| table.get(*t).is_some_and(|p| p.start_ticks == *s));
+        self.tls
+            .covered_procs
+            .retain(|t, (s, _)| table.get(*t).is_some_and(|p| p.start_ticks == *s));
+        self.tls
+            .reported
+            .retain(|(t, s, _)| table.get(*t).is_some_and(|p| p.start_ticks == *s));
         let mut tgids: Vec<u32> = self
             .pipe
             .table
@@ -471,13 +484,6 @@ impl Daemon {
             }
         }
         self.tls.maps_cursor = (self.tls.maps_cursor + MAPS_PER_TICK) % n;
-        let table = &self.pipe.table;
-        self.tls
-            .maps_seen
-            .retain(|(t, s, _)| table.get(*t).is_some_and(|p| p.start_ticks == *s));
-        self.tls
-            .covered_procs
-            .retain(|t, (s, _)| table.get(*t).is_some_and(|p| p.start_ticks == *s));
         Ok(())
     }
 
@@ -558,6 +564,12 @@ impl Daemon {
         } else {
             true // gone: nothing to flag
         };
+        if alive && proc_covered && self.pipe.table.tls_uncovered(w.tgid).is_some() {
+            // A library it maps (a libssl) is read after all: not opaque any more.
+            if let Some(p) = self.pipe.table.get_mut(w.tgid) {
+                p.tls_uncovered = None;
+            }
+        }
         let Some(i) = &k.inspection else {
             return Ok(());
         };
@@ -569,12 +581,7 @@ impl Daemon {
         if !proc_covered && self.pipe.table.tls_uncovered(w.tgid).is_none() {
             self.pipe.table.mark_tls_uncovered(w.tgid, stack);
         }
-        let exec_id = w
-            .process
-            .as_ref()
-            .map(|p| p.exec_id.clone())
-            .unwrap_or_default();
-        if !self.tls.reported.insert((exec_id, id)) {
+        if !self.tls.reported.insert((w.tgid, w.start_ticks, id)) {
             return Ok(());
         }
         let ev = pb::TlsUncovered {
@@ -613,5 +620,43 @@ impl Daemon {
         st.cache_errors = c.state_errors;
         st.pending = self.tls.waiting.len();
         st.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_executable_mappings_are_found_with_their_file_ids() {
+        let me = std::process::id();
+        let exe = std::fs::canonicalize("/proc/self/exe").unwrap();
+        let want = FileStamp::of(&exe).unwrap().id;
+        let maps = exec_mappings(me);
+        let (id, path, range) = maps
+            .iter()
+            .find(|(_, p, _)| Path::new(p) == exe)
+            .unwrap_or_else(|| panic!("own exe not among {maps:?}"));
+        assert_eq!(*id, want, "device and inode from maps match stat");
+        // Each file once, whatever the number of its executable mappings.
+        assert_eq!(maps.iter().filter(|(i, _, _)| i == id).count(), 1);
+        // The path opens it from here; so does the map_files entry.
+        let open = open_path(me, *id, path, &format!("/proc/{me}/map_files/{range}"));
+        assert_eq!(open.as_deref(), Some(exe.as_path()));
+        let by_map = open_path(
+            me,
+            *id,
+            "/nonexistent",
+            &format!("/proc/{me}/map_files/{range}"),
+        );
+        assert!(by_map.is_some_and(|p| p.starts_with("/proc/")));
+    }
+
+    #[test]
+    fn a_path_naming_another_file_is_not_taken() {
+        let me = std::process::id();
+        let exe = std::fs::canonicalize("/proc/self/exe").unwrap();
+        let id = FileStamp::of(&exe).unwrap().id;
+        assert_eq!(open_path(me, id, "/bin/sh", "/nonexistent"), None);
     }
 }
