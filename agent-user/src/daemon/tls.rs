@@ -66,6 +66,9 @@ pub(super) struct Analysed {
     stamp: Option<FileStamp>,
     result: Result<Arc<Inspection>, String>,
     took: Duration,
+    /// The path no longer reached that file (the process exec'd again, e.g. `env`
+    /// running `node`, or exited): nothing learned about the file itself.
+    moved_on: bool,
 }
 
 /// What became of one file.
@@ -359,7 +362,9 @@ impl TlsCoverage {
                 let before = FileStamp::of(&job.open).ok();
                 let mut result = cache.inspect(&job.open).map_err(|e| e.to_string());
                 let after = FileStamp::of(&job.open).ok();
-                if before.is_none() || before != after || before.map(|s| s.id) != Some(job.id) {
+                let moved_on =
+                    before.is_none() || before != after || before.map(|s| s.id) != Some(job.id);
+                if moved_on {
                     result = Err(format!(
                         "{} changed or went away during the analysis",
                         job.shown
@@ -371,6 +376,7 @@ impl TlsCoverage {
                     stamp: before,
                     result,
                     took: t.elapsed(),
+                    moved_on,
                 });
             });
         }
@@ -496,6 +502,13 @@ impl Daemon {
             .analysis_ms_max
             .max(a.took.as_millis() as u64);
         let waiters = self.tls.waiting.remove(&a.id).unwrap_or_default();
+        if a.moved_on {
+            // Not the file's fault: the next process reaching it asks again.
+            tracing::debug!(file = %a.open.display(), "TLS analysis dropped: the path moved on");
+            self.tls.status.moved_on += 1;
+            self.tls.start_jobs();
+            return Ok(());
+        }
         let shown = waiters
             .first()
             .map_or_else(|| a.open.display().to_string(), |w| w.shown.clone());

@@ -470,6 +470,7 @@ fn tls_coverage(o: &mut String, t: &crate::report::status::TlsCoverageStatus) {
         ("analysis", t.errors),
         ("attach_refused", t.attach_refused),
         ("cache_state", t.cache_errors),
+        ("moved_on", t.moved_on),
     ] {
         let _ = writeln!(
             o,

@@ -70,6 +70,10 @@ pub struct TlsCoverageStatus {
     /// not in code, attach failed); the latest ones in `error_notes`.
     pub errors: u64,
     pub attach_refused: u64,
+    /// Analyses dropped because the process had exec'd again or exited and its path
+    /// no longer reached the file (not an error of the file; asked again next time).
+    #[serde(default)]
+    pub moved_on: u64,
     pub error_notes: Vec<String>,
     /// Things in analysed files that did not add up (counted, never hooked).
     pub anomalies: u64,
