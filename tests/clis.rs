@@ -108,6 +108,14 @@ impl Cli {
         }
     }
 
+    /// The TLS stack of the engine Custody cannot read (its `tls_uncovered` report).
+    pub fn uncovered_stack(self) -> Option<&'static str> {
+        match self {
+            Cli::Codex => Some("rustls"),
+            Cli::ClaudeCode | Cli::GeminiCli => None,
+        }
+    }
+
     /// The command npm installed (`node_modules/.bin/…`).
     pub fn command_path(self) -> PathBuf {
         let bin = match self {

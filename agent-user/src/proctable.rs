@@ -43,6 +43,10 @@ pub struct Proc {
     pub discovered_reported: bool,
     pub cwd: String,
     pub cgroup_path: String,
+    /// The TLS stack (a `custody_proto::sensor::v1::TlsStack` value) this process talks
+    /// through that Custody cannot read: set when the analysis of its exe/libs found an
+    /// uncovered stack and no covered one; inherited at fork, cleared at exec.
+    pub tls_uncovered: Option<i32>,
     /// The proto form, valid while `cache_gen` equals the table's generation.
     cache: Option<Process>,
     cache_gen: u64,
@@ -168,6 +172,19 @@ impl ProcTable {
 
     pub fn len(&self) -> usize {
         self.procs.len()
+    }
+
+    /// Flags `tgid` as talking TLS Custody cannot read (`stack`: a
+    /// `custody_proto::sensor::v1::TlsStack` value); no-op for an unknown process.
+    pub fn mark_tls_uncovered(&mut self, tgid: u32, stack: i32) {
+        if let Some(p) = self.procs.get_mut(&tgid) {
+            p.tls_uncovered = Some(stack);
+        }
+    }
+
+    /// The uncovered TLS stack of `tgid`, if it was flagged.
+    pub fn tls_uncovered(&self, tgid: u32) -> Option<i32> {
+        self.procs.get(&tgid)?.tls_uncovered
     }
 
     pub fn remove(&mut self, tgid: u32) -> Option<Proc> {

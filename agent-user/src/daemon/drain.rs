@@ -70,6 +70,7 @@ impl Daemon {
         let mut open_kills = Vec::new();
         let mut sightings = Vec::new();
         let mut policy_records = Vec::new();
+        let mut execs = Vec::new();
         let mut batch = std::mem::take(&mut self.batch);
         for out in batch.drain(..) {
             let ev = match out {
@@ -93,9 +94,18 @@ impl Daemon {
                     }
                 }
             }
+            if matches!(ev.kind, Some(Kind::Exec(_))) {
+                if let Some(p) = &ev.process {
+                    execs.push(p.pid);
+                }
+            }
             self.report.emit(ev)?;
         }
         self.batch = batch;
+        // The binary a tracked process now runs: its TLS analysed off the loop.
+        for tgid in execs {
+            self.tls_on_exec(tgid)?;
+        }
         for r in policy_records {
             self.report_policy_record(&r)?;
         }

@@ -10,7 +10,8 @@
 //! reporter (`report/`: JSON lines, the collector shipper, counters). Besides
 //! `drain.rs`: `start.rs` builds the daemon, `holds.rs` settles held processes,
 //! `commands.rs` applies what the collector asks, `tick.rs` writes the status and
-//! metrics once a second, `stop.rs` settles and releases at the end.
+//! metrics once a second, `tls.rs` analyses and attaches the TLS of the binaries
+//! tracked processes run (off the loop), `stop.rs` settles and releases at the end.
 
 mod args;
 mod commands;
@@ -20,6 +21,7 @@ mod orders;
 mod start;
 mod stop;
 mod tick;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -96,6 +98,9 @@ pub(crate) struct Daemon {
     batch: Vec<Output>,
     /// Kernel loss counters as last reported, to warn once per increase.
     reported_lost: HashMap<&'static str, u64>,
+    /// TLS coverage: binaries analysed off the loop, attached by offset, uncovered
+    /// ones reported.
+    tls: tls::TlsCoverage,
 }
 
 /// `custodyd` without a subcommand: start the sensor and run it until stopped.
@@ -115,6 +120,8 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt())?;
         let mut poll = tokio::time::interval(Duration::from_millis(5));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Known agent programs installed here: analysed and attached before they run.
+        self.tls.prewarm(tls::installed_agent_binaries());
         // Processes a previous daemon held (and never settled) are still stopped.
         self.sweep_holds(Duration::ZERO)?;
         let mut hold_sweep = tokio::time::interval(Duration::from_millis(250));
@@ -136,6 +143,7 @@ impl Daemon {
                 _ = tick.tick() => self.on_tick()?,
                 Some(cmd) = next_command(&mut self.commands) => self.on_command(cmd),
                 Some(resolved) = self.policy_rx.recv() => self.on_policy_resolved(resolved)?,
+                Some(analysed) = self.tls.rx.recv() => self.on_tls_analysed(analysed)?,
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }

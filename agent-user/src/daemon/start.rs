@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use agent_user::credential::FleetKey;
 use agent_user::shipper::{Shipper, ShipperConfig};
+use agent_user::tls_stack::cache::InspectionCache;
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use custody_proto::enums::WireEnum;
@@ -105,16 +106,22 @@ impl Daemon {
             tracing::warn!(probe = %p.name, "kernel: {}", p.detail);
         }
         let key = FleetKey::load_or_create(&cfg.fleet_key).context("fleet key")?;
-        let mut tls_binaries = loader::default_tls_binaries();
+        let mut tls_binaries = loader::preanalysed_tls_binaries();
         tls_binaries.extend(cfg.tls_binaries.iter().cloned());
         let netns = if cfg.netns_scope { own_netns()? } else { 0 };
-        let loaded = loader::load(&loader::Options {
-            observe_all,
-            floor: args.floor,
-            tls_binaries,
-            netns,
-            pin_dir: (!args.floor).then(|| cfg.pin_dir.clone()),
-        })?;
+        // One analysis per binary, kept across restarts (a 245 MB Bun executable takes
+        // seconds to analyse).
+        let tls_cache = Arc::new(InspectionCache::new(Some(cfg.state_dir.join("tls"))));
+        let loaded = loader::load_with(
+            &loader::Options {
+                observe_all,
+                floor: args.floor,
+                tls_binaries,
+                netns,
+                pin_dir: (!args.floor).then(|| cfg.pin_dir.clone()),
+            },
+            &tls_cache,
+        )?;
         for f in &loaded.features {
             if f.active {
                 tracing::info!(feature = %f.name, "active");
@@ -136,7 +143,10 @@ impl Daemon {
             tracked,
             counters,
             mut features,
+            tls,
+            tls_start,
         } = loaded;
+        let tls = super::tls::TlsCoverage::new(tls_cache, tls, tls_start);
         // Enforcement (kill, quarantine): pinned in bpffs so it outlives this daemon.
         let mut enforcer = if args.floor {
             None
@@ -274,6 +284,7 @@ impl Daemon {
             status,
             batch: Vec::with_capacity(1024),
             reported_lost: HashMap::new(),
+            tls,
             args,
         };
         daemon.restore_policy(&cfg.state_dir)?;

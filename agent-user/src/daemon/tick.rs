@@ -54,6 +54,8 @@ impl Daemon {
             }
         }
         self.pipe.prune();
+        self.tls_scan_maps()?;
+        self.status.tls = self.tls_status();
         let st = &mut self.status;
         if let Some(en) = self.enforcer.as_mut() {
             if let Err(e) = en.sync_kill_hook(&mut self.ebpf) {

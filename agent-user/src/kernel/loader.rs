@@ -1,17 +1,24 @@
 //! Loading and attaching the kernel programs, with a per-feature report: a missing
-//! attach point degrades that feature instead of stopping the sensor.
+//! attach point degrades that feature instead of stopping the sensor. The TLS uprobes
+//! are not attached here: they go on each analysed binary by offset (`tls_attach`).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use agent_user::tls_stack::Inspection;
+use agent_user::tls_stack::cache::InspectionCache;
 
 use agent_ebpf::{Config as ProbeConfig, Tracked};
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{BtfTracePoint, TracePoint},
 };
 
 use super::mounts::ensure_mounts;
+use super::tls_attach::{AttachedFile, FileStamp, TlsAttacher};
 use super::{Feature, btf, pins};
 
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/custody-probes"));
@@ -20,7 +27,8 @@ pub struct Options {
     pub observe_all: bool,
     /// Attach empty programs at the same points (benchmark floor).
     pub floor: bool,
-    /// Binaries that link OpenSSL statically (node), besides libssl.so.3.
+    /// Binaries analysed and attached at load, besides the system's libssl (always
+    /// tried): see [`preanalysed_tls_binaries`].
     pub tls_binaries: Vec<PathBuf>,
     /// Only report processes in this network namespace (inode); 0 for all.
     pub netns: u32,
@@ -40,6 +48,19 @@ pub struct Loaded {
     pub tracked: BpfHashMap<MapData, u32, Tracked>,
     pub counters: PerCpuArray<MapData, u64>,
     pub features: Vec<Feature>,
+    /// The TLS attachments made so far (one per file), for the daemon to go on with.
+    pub tls: TlsAttacher,
+    /// What the analysis of each binary attached at load said.
+    pub tls_start: Vec<StartTls>,
+}
+
+/// One binary analysed and attached at load.
+pub struct StartTls {
+    pub path: PathBuf,
+    pub stamp: Option<FileStamp>,
+    pub inspection: Result<Arc<Inspection>, String>,
+    pub attached: Option<AttachedFile>,
+    pub analysis: std::time::Duration,
 }
 
 /// Whether this binary carries the kernel programs (not built with AYA_BUILD_SKIP=1).
@@ -87,13 +108,6 @@ const SYSCALL_HOOKS: &[(&str, &str, &[&str])] = &[
     ("dns", "custody_sendmmsg_enter", &["sys_enter_sendmmsg"]),
     ("stdio_jsonrpc", "custody_write_enter", &["sys_enter_write"]),
     ("stdio_jsonrpc", "custody_write_exit", &["sys_exit_write"]),
-];
-
-const TLS_FUNCS: &[(&str, &str)] = &[
-    ("custody_ssl_write", "SSL_write"),
-    ("custody_ssl_write_ex", "SSL_write_ex"),
-    ("custody_ssl_read", "SSL_read"),
-    ("custody_ssl_read_ex", "SSL_read_ex"),
 ];
 
 /// Offset of `field` in the record of tracepoint `sched/event`, from its tracefs format
@@ -206,32 +220,51 @@ fn tracepoint(
     Ok(())
 }
 
-fn uprobes(ebpf: &mut Ebpf, links: &mut Links, floor: bool, target: &Path) -> Result<()> {
-    for (prog, sym) in TLS_FUNCS {
-        let entry = if floor { "custody_floor_uprobe" } else { prog };
-        let ret = if floor {
-            "custody_floor_uretprobe"
-        } else {
-            "custody_ssl_ret"
-        };
-        for name in [entry, ret] {
-            let p: &mut UProbe = ebpf
-                .program_mut(name)
-                .context("uprobe program missing")?
-                .try_into()?;
-            if p.fd().is_err() {
-                p.load()?;
-            }
-            let id = p
-                .attach(*sym, target, UProbeScope::AllProcesses)
-                .with_context(|| format!("attaching {name} to {sym} in {}", target.display()))?;
-            links.push(Box::new(p.take_link(id)?));
+/// Analyses (through `cache`) and attaches one binary at load; the feature
+/// `tls:<path>` says whether its TLS is hooked.
+fn start_tls(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    tls: &mut TlsAttacher,
+    cache: &InspectionCache,
+    path: &Path,
+) -> (StartTls, Result<()>) {
+    let t = Instant::now();
+    let stamp = FileStamp::of(path).ok();
+    let inspection = cache.inspect(path).map_err(|e| e.to_string());
+    let mut out = StartTls {
+        path: path.to_path_buf(),
+        stamp,
+        inspection,
+        attached: None,
+        analysis: t.elapsed(),
+    };
+    let result = (|| -> Result<()> {
+        let i = out
+            .inspection
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let stamp = stamp.context("stat failed")?;
+        let a = tls.attach(ebpf, links, path, stamp, i)?;
+        let probes = a.probes;
+        out.attached = Some(a);
+        if probes == 0 {
+            let stacks: Vec<&str> = i.findings.iter().map(|f| f.stack.name()).collect();
+            bail!("no TLS hook point found (stacks {stacks:?})");
         }
-    }
-    Ok(())
+        Ok(())
+    })();
+    (out, result)
 }
 
+/// [`load_with`] and a memory-only analysis cache (the kernel tests).
+#[cfg(test)]
 pub fn load(opts: &Options) -> Result<Loaded> {
+    load_with(opts, &InspectionCache::new(None))
+}
+
+/// [`load`], analysing the TLS binaries through the daemon's `cache`.
+pub fn load_with(opts: &Options, cache: &InspectionCache) -> Result<Loaded> {
     if !has_programs() {
         bail!(
             "this custodyd was built with AYA_BUILD_SKIP=1 and has no kernel programs; rebuild without it"
@@ -349,6 +382,8 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     })();
     feature(&mut features, "process_fork", fork);
 
+    let mut tls = TlsAttacher::new(opts.floor);
+    let mut tls_start = Vec::new();
     let mut targets: Vec<PathBuf> = find_libssl().into_iter().collect();
     if targets.is_empty() {
         feature(
@@ -359,12 +394,9 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     }
     targets.extend(opts.tls_binaries.iter().cloned());
     for t in targets {
-        let name = format!("tls:{}", t.display());
-        feature(
-            &mut features,
-            &name,
-            uprobes(&mut ebpf, &mut links, opts.floor, &t),
-        );
+        let (done, result) = start_tls(&mut ebpf, &mut links, &mut tls, cache, &t);
+        feature(&mut features, &format!("tls:{}", t.display()), result);
+        tls_start.push(done);
     }
 
     let events = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
@@ -378,25 +410,21 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         tracked,
         counters,
         features,
+        tls,
+        tls_start,
     })
 }
 
-/// Node (and other binaries) that carry their own OpenSSL: worth hooking if present.
-pub fn default_tls_binaries() -> Vec<PathBuf> {
+/// Binaries analysed (and attached) at start, before any process runs them, so the
+/// usual ones need no analysis race: the usual node paths (libssl is always tried).
+/// Any other binary (a node under nvm, a vendored libssl) is found by the analysis of
+/// what tracked processes exec and map.
+pub fn preanalysed_tls_binaries() -> Vec<PathBuf> {
     ["/usr/bin/node", "/usr/local/bin/node"]
         .iter()
         .map(PathBuf::from)
-        .filter(|p| p.exists() && exports_ssl_write(p))
+        .filter(|p| p.exists())
         .collect()
-}
-
-/// Whether an ELF file exports `SSL_write` (statically linked OpenSSL).
-fn exports_ssl_write(path: &Path) -> bool {
-    // A cheap byte search of the dynamic string table is enough to decide whether
-    // to try; the uprobe attach itself resolves the symbol properly.
-    std::fs::read(path)
-        .map(|b| b.windows(11).any(|w| w == b"\0SSL_write\0"))
-        .unwrap_or(false)
 }
 
 /// Detach everything at once: the kernel waits for a grace period per detach, and

@@ -16,6 +16,7 @@ pub mod pins;
 pub mod support;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod tls_attach;
 
 /// One part of what the kernel offers (a probe at start) or of what the sensor runs
 /// (an attached feature): `active` is false when it is missing or degraded, and

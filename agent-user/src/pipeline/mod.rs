@@ -221,6 +221,7 @@ impl Pipeline {
                 child.cgroup_id = parent.cgroup_id;
                 child.netns = parent.netns;
                 child.agent = parent.agent.clone();
+                child.tls_uncovered = parent.tls_uncovered;
                 let child_exec_id = child.exec_id.clone();
                 if self.wanted(&e.hdr) {
                     let ev = self.event(
@@ -330,6 +331,8 @@ impl Pipeline {
             p.argv = argv;
             p.argv_truncated = e.hdr.flags & flag::ARGS_TRUNCATED != 0;
             p.discovered_reported = false;
+            // A new program: its TLS is judged afresh by the analysis of its binary.
+            p.tls_uncovered = None;
             if let Some(a) = &matched {
                 p.agent = Some(a.clone());
                 p.own_identity = true;
@@ -447,6 +450,32 @@ impl Pipeline {
             seq: 0,
             process,
             kind: Some(Kind::Enforcement(e)),
+        }
+    }
+
+    /// An event on process `tgid` (by the daemon's own findings, e.g. its TLS
+    /// coverage); `None` when the process is not in the table.
+    pub fn process_event(&mut self, tgid: u32, kind: Kind) -> Option<Event> {
+        let process = self.process_proto(tgid)?;
+        Some(self.event_on(process, kind))
+    }
+
+    /// The proto form of process `tgid` (to report on it after it is gone).
+    pub fn process_proto(&mut self, tgid: u32) -> Option<pb::Process> {
+        self.table.process_proto(tgid, tgid, &mut self.users)
+    }
+
+    /// An event on a process as it was (it may have exited since).
+    pub fn event_on(&mut self, process: pb::Process, kind: Kind) -> Event {
+        self.stats.emitted += 1;
+        Event {
+            host: self.table.host.clone(),
+            time_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            seq: 0,
+            process: Some(process),
+            kind: Some(kind),
         }
     }
 

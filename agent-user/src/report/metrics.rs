@@ -340,6 +340,7 @@ pub fn render(st: &Status, c: &Counters) -> String {
         );
         let _ = writeln!(o, "custody_sensor_tls_hold_seconds_count {}", t.settled());
     }
+    tls_coverage(&mut o, &st.tls);
     family(
         &mut o,
         "custody_sensor_feature_active",
@@ -424,6 +425,105 @@ pub fn render(st: &Status, c: &Counters) -> String {
     o
 }
 
+/// The TLS coverage families: binaries by whether their TLS is read, analyses, errors,
+/// anomalies (counted, never hooked), uncovered reports and exec → attach time.
+fn tls_coverage(o: &mut String, t: &crate::report::status::TlsCoverageStatus) {
+    family(
+        o,
+        "custody_sensor_tls_binaries",
+        "gauge",
+        "Binaries of tracked processes analysed, by whether their TLS is read.",
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_binaries{{coverage=\"covered\"}} {}",
+        t.covered.len()
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_binaries{{coverage=\"uncovered\"}} {}",
+        t.uncovered.len()
+    );
+    family(
+        o,
+        "custody_sensor_tls_analyses_total",
+        "counter",
+        "TLS analyses of binaries, by source (analysed, or answered by the cache).",
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_analyses_total{{source=\"analysed\"}} {}",
+        t.analysed
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_analyses_total{{source=\"cache\"}} {}",
+        t.cache_hits
+    );
+    family(
+        o,
+        "custody_sensor_tls_analysis_errors_total",
+        "counter",
+        "Binaries that could not be analysed, and attaches refused, by reason.",
+    );
+    for (reason, v) in [
+        ("analysis", t.errors),
+        ("attach_refused", t.attach_refused),
+        ("cache_state", t.cache_errors),
+        ("moved_on", t.moved_on),
+    ] {
+        let _ = writeln!(
+            o,
+            "custody_sensor_tls_analysis_errors_total{{reason=\"{reason}\"}} {v}"
+        );
+    }
+    family(
+        o,
+        "custody_sensor_tls_anomalies_total",
+        "counter",
+        "Things in analysed binaries that did not add up (never hooked).",
+    );
+    let _ = writeln!(o, "custody_sensor_tls_anomalies_total {}", t.anomalies);
+    family(
+        o,
+        "custody_sensor_tls_uncovered_reports_total",
+        "counter",
+        "TLS Custody cannot read, reported (one per process and binary).",
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_uncovered_reports_total {}",
+        t.uncovered_reports
+    );
+    family(
+        o,
+        "custody_sensor_tls_exec_to_attach_seconds",
+        "summary",
+        "From a tracked exec seen to its binary's TLS hooks in place.",
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_exec_to_attach_seconds_sum {}",
+        t.exec_to_attach_ms_sum / 1000.0
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_exec_to_attach_seconds_count {}",
+        t.exec_to_attach_count
+    );
+    family(
+        o,
+        "custody_sensor_tls_exec_to_attach_max_seconds",
+        "gauge",
+        "The longest exec to TLS attach so far.",
+    );
+    let _ = writeln!(
+        o,
+        "custody_sensor_tls_exec_to_attach_max_seconds {}",
+        t.exec_to_attach_ms_max / 1000.0
+    );
+}
+
 /// Serve `/metrics` from a text snapshot the daemon loop refreshes.
 pub async fn serve(addr: SocketAddr, text: Arc<Mutex<String>>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -489,7 +589,16 @@ mod tests {
             connects_denied: 4,
             ..Default::default()
         });
+        st.tls
+            .uncovered
+            .push(crate::report::status::TlsBinary::default());
+        st.tls.uncovered_reports = 2;
+        st.tls.exec_to_attach_count = 1;
+        st.tls.exec_to_attach_ms_sum = 250.0;
         let t = render(&st, &c);
+        assert!(t.contains("custody_sensor_tls_binaries{coverage=\"uncovered\"} 1\n"));
+        assert!(t.contains("custody_sensor_tls_uncovered_reports_total 2\n"));
+        assert!(t.contains("custody_sensor_tls_exec_to_attach_seconds_sum 0.25\n"));
         assert!(t.contains("custody_sensor_policy_version 3\n"));
         assert!(t.contains("custody_sensor_policy_rules{kind=\"endpoint\"} 2\n"));
         assert!(

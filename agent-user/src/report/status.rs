@@ -46,6 +46,115 @@ pub struct Status {
     /// Kernel rules from the collector's policies (absent until a set arrives).
     #[serde(default)]
     pub policy: Option<crate::policy::PolicyStatus>,
+    /// Which binaries' TLS is read, which is not, and why.
+    #[serde(default)]
+    pub tls: TlsCoverageStatus,
+}
+
+/// The "TLS coverage" section: binaries analysed, attached and uncovered.
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct TlsCoverageStatus {
+    /// Binaries analysed (cache misses) and answers from the cache.
+    pub analysed: u64,
+    pub cache_hits: u64,
+    pub cache_errors: u64,
+    /// Analyses waiting or running.
+    pub pending: usize,
+    /// Analysed and attached at start (with the time the analysis took).
+    pub preanalysed: Vec<String>,
+    pub covered: Vec<TlsBinary>,
+    pub uncovered: Vec<TlsBinary>,
+    /// `TlsUncovered` events emitted (one per process and file).
+    pub uncovered_reports: u64,
+    /// Files that could not be analysed, and attaches refused (file changed, offset
+    /// not in code, attach failed); the latest ones in `error_notes`.
+    pub errors: u64,
+    pub attach_refused: u64,
+    /// Analyses dropped because the process had exec'd again or exited and its path
+    /// no longer reached the file (not an error of the file; asked again next time).
+    #[serde(default)]
+    pub moved_on: u64,
+    pub error_notes: Vec<String>,
+    /// Things in analysed files that did not add up (counted, never hooked).
+    pub anomalies: u64,
+    pub anomaly_notes: Vec<String>,
+    pub analysis_ms_max: u64,
+    /// From the daemon seeing a tracked exec to its binary's hooks being in place (0
+    /// when the file was attached already).
+    pub exec_to_attach_count: u64,
+    pub exec_to_attach_ms_sum: f64,
+    pub exec_to_attach_ms_max: f64,
+    pub exec_to_attach_ms_last: f64,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct TlsBinary {
+    pub path: String,
+    pub build_id: String,
+    pub stacks: Vec<TlsStackStatus>,
+    /// Uprobes attached (covered binaries).
+    pub probes: usize,
+}
+
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct TlsStackStatus {
+    pub stack: String,
+    pub versions: Vec<String>,
+    pub tried: Vec<String>,
+}
+
+/// The "TLS coverage" lines of the status screen.
+fn show_tls(t: &TlsCoverageStatus) {
+    println!(
+        "  TLS coverage: {} binaries analysed ({} from cache), {} covered, {} uncovered, {} pending",
+        t.analysed,
+        t.cache_hits,
+        t.covered.len(),
+        t.uncovered.len(),
+        t.pending
+    );
+    for b in &t.covered {
+        let stacks: Vec<&str> = b.stacks.iter().map(|s| s.stack.as_str()).collect();
+        println!(
+            "    covered   {}  {}  {} probes",
+            b.path,
+            stacks.join(","),
+            b.probes
+        );
+    }
+    for b in &t.uncovered {
+        println!("    UNCOVERED {}  build id {}", b.path, b.build_id);
+        for s in &b.stacks {
+            println!(
+                "      {}  versions {:?}  tried {:?}",
+                s.stack, s.versions, s.tried
+            );
+        }
+    }
+    if t.exec_to_attach_count > 0 {
+        println!(
+            "    exec → attach: last {:.1} ms, max {:.1} ms, mean {:.1} ms over {}",
+            t.exec_to_attach_ms_last,
+            t.exec_to_attach_ms_max,
+            t.exec_to_attach_ms_sum / t.exec_to_attach_count as f64,
+            t.exec_to_attach_count
+        );
+    }
+    if t.errors + t.attach_refused > 0 {
+        println!(
+            "    analysis errors {}  attaches refused {}",
+            t.errors, t.attach_refused
+        );
+        for n in &t.error_notes {
+            println!("      {n}");
+        }
+    }
+    if t.anomalies > 0 {
+        println!("    anomalies {} (never hooked)", t.anomalies);
+        for n in &t.anomaly_notes {
+            println!("      {n}");
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -245,6 +354,7 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
             );
         }
     }
+    show_tls(&s.tls);
     if !s.kernel.is_empty() {
         println!(
             "  kernel {}: {}",
