@@ -19,8 +19,10 @@ use crate::store::block::BlockMeta;
 use crate::store::{BlockCache, EntryFilter, TimeScan};
 
 const MAX_ACTIONS_PER_NODE: usize = 50;
-/// Events read per process to find its first significant actions.
-const ACTION_SCAN_PER_NODE: usize = 500;
+/// Events read per process to find its first significant actions: an interpreter
+/// reads several hundred files before its first request (most processes have far
+/// fewer events, so this is what a busy one costs at most).
+const ACTION_SCAN_PER_NODE: usize = 2000;
 
 pub fn to_proto(se: &StoredEvent) -> admin::StoredEvent {
     admin::StoredEvent {
@@ -299,7 +301,7 @@ impl Engine {
             let n = st.chains.node(id).expect("member exists");
             // The first events of this process: the chain's first `event_limit`
             // events are among the union of its members' first `event_limit`.
-            let keys = st.first_exec_keys(&mut cache, id, per_node)?;
+            let keys = st.first_exec_keys(&mut cache, id, per_node.max(ACTION_SCAN_PER_NODE))?;
             // Significant events first: routine reads fold into one line per
             // directory (crate::signal), so an interpreter's start-up does not fill
             // the list; a bounded scan keeps the cost per process fixed.

@@ -4,8 +4,7 @@
 use std::collections::HashSet;
 
 use custody_proto::sensor::v1::{
-    Event, FileAccess, FileOpen, FileUnlink, Process, TlsStackFinding, TlsUncovered,
-    event::Kind,
+    Event, FileAccess, FileOpen, FileUnlink, Process, TlsStackFinding, TlsUncovered, event::Kind,
 };
 
 use super::*;
@@ -40,7 +39,10 @@ fn groups_are_the_prefix_and_one_component() {
         Some("/home/a/.venv/lib/python3.11/site-packages")
     );
     assert_eq!(routine_group("/etc/ld.so.cache").as_deref(), Some("/etc"));
-    assert_eq!(routine_group("/proc/self/maps").as_deref(), Some("/proc/self"));
+    assert_eq!(
+        routine_group("/proc/self/maps").as_deref(),
+        Some("/proc/self")
+    );
     assert_eq!(routine_group("/home/a/.ssh/id_rsa"), None);
     assert_eq!(routine_group("/etc/shadow"), None);
 }
@@ -58,11 +60,35 @@ fn routine_reads_fold_with_exact_counts_and_the_rest_stays() {
         ));
     }
     // Same directory, another process: its own line.
-    evs.push(open("h:2:2", "/usr/lib/python3.11/os.py", FileAccess::Read, 3, 500));
+    evs.push(open(
+        "h:2:2",
+        "/usr/lib/python3.11/os.py",
+        FileAccess::Read,
+        3,
+        500,
+    ));
     // A write, a failed open and a denied-by-policy read under the same prefix.
-    evs.push(open("h:1:1", "/usr/lib/python3.11/w.py", FileAccess::Write, 3, 501));
-    evs.push(open("h:1:1", "/usr/lib/python3.11/gone.py", FileAccess::Read, -2, 502));
-    evs.push(open("h:1:1", "/usr/lib/python3.11/secret.py", FileAccess::Read, 3, 503));
+    evs.push(open(
+        "h:1:1",
+        "/usr/lib/python3.11/w.py",
+        FileAccess::Write,
+        3,
+        501,
+    ));
+    evs.push(open(
+        "h:1:1",
+        "/usr/lib/python3.11/gone.py",
+        FileAccess::Read,
+        -2,
+        502,
+    ));
+    evs.push(open(
+        "h:1:1",
+        "/usr/lib/python3.11/secret.py",
+        FileAccess::Read,
+        3,
+        503,
+    ));
     evs.push(Event {
         kind: Some(Kind::FileUnlink(FileUnlink {
             path: "/usr/lib/python3.11/m1.py".into(),
@@ -104,12 +130,22 @@ fn routine_reads_fold_with_exact_counts_and_the_rest_stays() {
         rows[0].fold_text().unwrap(),
         "422 routine reads under /usr/lib/python3.11"
     );
-    assert!(matches!(&rows[1], Row::Fold { exec_id, events, .. } if exec_id == "h:2:2" && events.len() == 1));
-    assert_eq!(rows[1].fold_text().unwrap(), "1 routine read under /usr/lib/python3.11");
+    assert!(
+        matches!(&rows[1], Row::Fold { exec_id, events, .. } if exec_id == "h:2:2" && events.len() == 1)
+    );
+    assert_eq!(
+        rows[1].fold_text().unwrap(),
+        "1 routine read under /usr/lib/python3.11"
+    );
     // The write, the failed open, the policy-matched path and the unlink, in order.
     assert_eq!(
         rows[2..].to_vec(),
-        vec![Row::Event(413), Row::Event(414), Row::Event(415), Row::Event(416)]
+        vec![
+            Row::Event(413),
+            Row::Event(414),
+            Row::Event(415),
+            Row::Event(416)
+        ]
     );
 }
 
@@ -117,8 +153,20 @@ fn routine_reads_fold_with_exact_counts_and_the_rest_stays() {
 fn a_page_ends_where_its_rows_end() {
     let mut evs = vec![];
     for i in 0..5 {
-        evs.push(open("h:1:1", &format!("/home/a/f{i}"), FileAccess::Read, 3, i));
-        evs.push(open("h:1:1", &format!("/lib/x{i}.so"), FileAccess::Read, 3, i));
+        evs.push(open(
+            "h:1:1",
+            &format!("/home/a/f{i}"),
+            FileAccess::Read,
+            3,
+            i,
+        ));
+        evs.push(open(
+            "h:1:1",
+            &format!("/lib/x{i}.so"),
+            FileAccess::Read,
+            3,
+            i,
+        ));
     }
     let (rows, consumed) = fold(&evs, &HashSet::new(), 3);
     // f0, the /lib fold, f1 — and the /lib reads up to f2, which does not fit.

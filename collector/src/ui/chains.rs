@@ -516,7 +516,11 @@ fn event_head() -> Markup {
 
 fn event_row(se: &crate::engine::StoredEvent, chain_base: Option<&str>) -> Markup {
     let ev = &se.event;
-    let exec = ev.process.as_ref().map(|p| p.exec_id.as_str()).unwrap_or("");
+    let exec = ev
+        .process
+        .as_ref()
+        .map(|p| p.exec_id.as_str())
+        .unwrap_or("");
     let comm = ev.process.as_ref().map(|p| p.comm.as_str()).unwrap_or("");
     html! {
         tr data-kind=(ev.kind_name()) {
@@ -603,7 +607,11 @@ pub fn folded_table(page: &Folded, chain_base: Option<&str>) -> Markup {
 
 /// What Custody could not see in these processes: their opaque TLS connections
 /// (OpaqueEgress), grouped by process, with the uncovered-TLS note of each.
-fn opaque_section(nodes: &[admin::ChainNode], egress: &[crate::engine::StoredEvent], chain_base: Option<&str>) -> Markup {
+fn opaque_section(
+    nodes: &[admin::ChainNode],
+    egress: &[crate::engine::StoredEvent],
+    chain_base: Option<&str>,
+) -> Markup {
     let blind: Vec<&admin::ChainNode> = nodes
         .iter()
         .filter(|n| !n.tls_uncovered.is_empty() || n.opaque_connections > 0)
@@ -621,7 +629,7 @@ fn opaque_section(nodes: &[admin::ChainNode], egress: &[crate::engine::StoredEve
                     thead { tr { th scope="col" { "Opened" } th scope="col" { "Destination" } th scope="col" { "SNI" }
                         th scope="col" { "ALPN" } th scope="col" { "Sent" } th scope="col" { "Received" } th scope="col" { "Closed" } } }
                     tbody { @for e in mine { @if let Some(Kind::OpaqueEgress(o)) = &e.event.kind {
-                        tr {
+                        tr.opaque-conn {
                             td { @if o.opened_ns == 0 { span.muted { "?" } } @else { (layout::ts(o.opened_ns)) } }
                             td { code { @if let Some(c) = &o.conn { (c.remote_addr) ":" (c.remote_port) } } }
                             td { @if o.sni.is_empty() { span.muted { "none" } } @else { (o.sni) } }
@@ -639,7 +647,10 @@ fn opaque_section(nodes: &[admin::ChainNode], egress: &[crate::engine::StoredEve
 
 /// The opaque TLS connections of a chain or a process (bounded: the section lists
 /// them, the summary counts them all from the index).
-fn opaque_egress(engine: &Engine, mut filter: admin::EventFilter) -> anyhow::Result<Vec<crate::engine::StoredEvent>> {
+fn opaque_egress(
+    engine: &Engine,
+    mut filter: admin::EventFilter,
+) -> anyhow::Result<Vec<crate::engine::StoredEvent>> {
     filter.kind = "opaque_egress".into();
     Ok(engine.list_events(&filter, 500, None, true)?.0)
 }

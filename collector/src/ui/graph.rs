@@ -241,7 +241,10 @@ fn helpers<'a>(
         a.starts_with("exec ")
             || a.starts_with("exit ")
             || a.starts_with("fork ")
-            || (a.contains(" routine read") && a.split(' ').next().is_some_and(|n| n.parse::<u64>().is_ok()))
+            || (a.contains(" routine read")
+                && a.split(' ')
+                    .next()
+                    .is_some_and(|n| n.parse::<u64>().is_ok()))
     };
     chain
         .nodes
@@ -313,7 +316,11 @@ fn build(inp: &Input) -> Graph {
                     *helpers_of.entry(n.upstream.as_str()).or_default() += 1;
                 }
             }
-            for n in chain.nodes.iter().filter(|n| !helpers.contains(n.exec_id.as_str())) {
+            for n in chain
+                .nodes
+                .iter()
+                .filter(|n| !helpers.contains(n.exec_id.as_str()))
+            {
                 let band = g.band(&n.host);
                 let mut class = class_of(n).to_string();
                 if denied.contains_key(n.exec_id.as_str()) {
@@ -341,13 +348,19 @@ fn build(inp: &Input) -> Graph {
                     title = format!("{title}\n{}", n.tls_uncovered);
                 }
                 if helpers > 0 {
-                    title = format!("{title}\n+{helpers} short-lived helper processes with nothing significant");
+                    title = format!(
+                        "{title}\n+{helpers} short-lived helper processes with nothing significant"
+                    );
                 }
                 g.nodes.push(GNode {
                     label: display_name(n),
                     sub: format!(
                         "{}pid {} · {}{keys}",
-                        if helpers > 0 { format!("+{helpers} helpers · ") } else { String::new() },
+                        if helpers > 0 {
+                            format!("+{helpers} helpers · ")
+                        } else {
+                            String::new()
+                        },
                         n.pid,
                         n.host
                     ),

@@ -239,12 +239,20 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
                         .event
                         .as_ref()
                         .and_then(|ev| signal::routine_read(ev, &none).map(|d| (ev, d)));
-                    if !cli.json && !*all && let Some((ev, dir)) = routine {
-                        let exec = ev.process.as_ref().map(|p| p.exec_id.clone()).unwrap_or_default();
+                    if !cli.json
+                        && !*all
+                        && let Some((ev, dir)) = routine
+                    {
+                        let exec = ev
+                            .process
+                            .as_ref()
+                            .map(|p| p.exec_id.clone())
+                            .unwrap_or_default();
                         if seen_routine.insert((exec, dir.clone())) {
                             let mut row = event_row(&e);
                             row[3] = "routine".into();
-                            row[5] = format!("routine reads under {dir} (folded; --all shows them)");
+                            row[5] =
+                                format!("routine reads under {dir} (folded; --all shows them)");
                             println!("{}", row.join("  "));
                         }
                         continue;
