@@ -58,7 +58,7 @@ function step(msg) { console.error(`[signal-view] ${msg}`); }
     // The first screen of the timeline: its heading at the top of the viewport.
     await page.evaluate(() => document.querySelector('#timeline').scrollIntoView({ block: 'start' }));
     const onScreen = async (text) => page.evaluate((t) => {
-      const rows = [...document.querySelectorAll('#timeline table.events > tbody > tr')];
+      const rows = [...document.querySelectorAll('#timeline > table.events > tbody > tr')];
       const row = rows.find((r) => r.textContent.includes(t));
       if (!row) return { found: false };
       const b = row.getBoundingClientRect();
@@ -67,8 +67,8 @@ function step(msg) { console.error(`[signal-view] ${msg}`); }
     out.llm_request = await onScreen('llm openai gpt-story');
     out.tool_call = await onScreen('1 tool calls');
     out.denied_read = await onScreen('open /etc/shadow');
-    out.top_rows = await page.locator('#timeline table.events > tbody > tr').count();
-    out.folds = await page.locator('#timeline tr.fold').allTextContents();
+    out.top_rows = await page.locator('#timeline > table.events > tbody > tr').count();
+    out.folds = await page.locator('#timeline tr.fold summary').allTextContents();
     out.folds = out.folds.map((t) => t.replace(/\s+/g, ' ').trim());
     await page.screenshot({ path: path.join(shotDir, 'signal-timeline-first-screen.png') });
 
