@@ -67,6 +67,13 @@ pub struct Node {
     /// request (already redacted by the sensor).
     #[serde(default)]
     pub task: String,
+    /// What its TlsUncovered report says ([`crate::signal::uncovered_note`]); empty
+    /// when its TLS is readable or unknown.
+    #[serde(default)]
+    pub tls_uncovered: String,
+    /// Its OpaqueEgress records: TLS connections Custody did not read.
+    #[serde(default)]
+    pub opaque_egress: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -448,6 +455,14 @@ impl ChainIndex {
         match &ev.kind {
             Some(Kind::Exit(_)) => {
                 n.exited_ns = t;
+                self.changes.nodes.insert(id.clone());
+            }
+            Some(Kind::TlsUncovered(u)) if n.tls_uncovered.is_empty() => {
+                n.tls_uncovered = crate::signal::uncovered_note(u);
+                self.changes.nodes.insert(id.clone());
+            }
+            Some(Kind::OpaqueEgress(_)) => {
+                n.opaque_egress += 1;
                 self.changes.nodes.insert(id.clone());
             }
             Some(Kind::LlmRequest(r)) if n.task.is_empty() && !r.user_excerpt.is_empty() => {

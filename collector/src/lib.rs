@@ -33,6 +33,7 @@ pub mod response;
 pub mod secret;
 pub mod sensor_streams;
 pub mod server;
+pub mod signal;
 pub mod store;
 pub mod synth;
 pub mod ui;

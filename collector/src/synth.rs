@@ -2,8 +2,9 @@
 //! and the benchmark.
 
 use custody_proto::sensor::v1::{
-    Connection, Credential, Event, FileOpen, McpMessage, NetSocket, Principal, Process,
-    ProcessExec, ProcessFork, event::Kind,
+    Connection, Credential, Event, FileAccess, FileOpen, LlmRequest, LlmResponse, McpMessage,
+    NetSocket, OpaqueEgress, Principal, Process, ProcessExec, ProcessExit, ProcessFork, TlsStack,
+    TlsStackFinding, TlsUncovered, ToolCall, event::Kind,
 };
 
 pub const T0: u64 = 1_700_000_000_000_000_000;
@@ -246,5 +247,228 @@ pub fn three_hosts(hosts: [&str; 3], t0: u64) -> Scenario {
 pub fn number(events: &mut [Event]) {
     for (i, e) in events.iter_mut().enumerate() {
         e.seq = i as u64 + 1;
+    }
+}
+
+fn open_as(p: &Process, host: &str, t: u64, path: &str, access: FileAccess, result: i64) -> Event {
+    let mut f = FileOpen {
+        path: path.into(),
+        result,
+        error: if result < 0 {
+            "EACCES".into()
+        } else {
+            String::new()
+        },
+        ..Default::default()
+    };
+    f.set_access(access);
+    event(p, host, t, Kind::FileOpen(f))
+}
+
+/// The responder's story ([`responder_story`]): its events and the exec ids of its
+/// processes (the agent is the chain root).
+pub struct Story {
+    pub events: Vec<Event>,
+    pub agent: String,
+    pub helper: String,
+    pub blind: String,
+}
+
+/// The routine path under /usr/lib the story's agent reads successfully that a
+/// policy watches: folded unless an alert names it.
+pub const STORY_WATCHED: &str = "/usr/lib/python3.11/policy-watched.py";
+
+/// The responder's view in one chain (issues 14, 17). An agent on Python: 400 loader/interpreter reads, 200 site-packages reads, an
+/// LLM request, a tool call, a denied read of /etc/shadow, a write, a successful
+/// read of a path a policy matched (under /usr/lib), a `uname -p` helper, and a
+/// child whose rustls TLS is unreadable with three opaque connections.
+pub fn responder_story(host: &str, t0: u64) -> Story {
+    let agent = with_login(
+        process(host, 100, 1, "/usr/bin/python3", "story-agent"),
+        1000,
+        "alice",
+    );
+    let helper = process(host, 200, 100, "/usr/bin/uname", "");
+    let blind = process(host, 300, 100, "/usr/local/bin/codex", "");
+    let mut ev = vec![exec(&agent, host, t0, vec![])];
+    let mut t_ = t0;
+    let mut tick = || {
+        t_ += 1000;
+        t_
+    };
+    for i in 0..400 {
+        ev.push(open_as(
+            &agent,
+            host,
+            tick(),
+            &format!("/usr/lib/python3.11/mod{i}.py"),
+            FileAccess::Read,
+            3,
+        ));
+    }
+    for i in 0..200 {
+        ev.push(open_as(
+            &agent,
+            host,
+            tick(),
+            &format!("/home/alice/.venv/lib/python3.11/site-packages/openai/m{i}.py"),
+            FileAccess::Read,
+            3,
+        ));
+    }
+    ev.push(event(
+        &agent,
+        host,
+        tick(),
+        Kind::LlmRequest(LlmRequest {
+            provider: "openai".into(),
+            model: "gpt-story".into(),
+            user_excerpt: "summarise the host".into(),
+            host: "api.openai.com".into(),
+            path: "/v1/chat/completions".into(),
+            ..Default::default()
+        }),
+    ));
+    ev.push(event(
+        &agent,
+        host,
+        tick(),
+        Kind::LlmResponse(LlmResponse {
+            provider: "openai".into(),
+            model: "gpt-story".into(),
+            tool_calls: vec![ToolCall {
+                name: "read_file".into(),
+                arguments_excerpt: "{\"path\":\"/etc/shadow\"}".into(),
+                id: "c1".into(),
+            }],
+            ..Default::default()
+        }),
+    ));
+    ev.push(open_as(
+        &agent,
+        host,
+        tick(),
+        "/etc/shadow",
+        FileAccess::Read,
+        -13,
+    ));
+    ev.push(open_as(
+        &agent,
+        host,
+        tick(),
+        STORY_WATCHED,
+        FileAccess::Read,
+        3,
+    ));
+    ev.push(open_as(
+        &agent,
+        host,
+        tick(),
+        "/usr/lib/python3.11/written.py",
+        FileAccess::Write,
+        3,
+    ));
+    // More routine reads after the significant ones: same fold lines.
+    for i in 0..50 {
+        ev.push(open_as(
+            &agent,
+            host,
+            tick(),
+            &format!("/usr/lib/python3.11/late{i}.py"),
+            FileAccess::Read,
+            3,
+        ));
+    }
+    // The SDK's `uname -p`: exec, the loader's reads, exit.
+    ev.push(event(
+        &agent,
+        host,
+        tick(),
+        Kind::Fork(ProcessFork {
+            child_exec_id: helper.exec_id.clone(),
+            child_pid: 200,
+        }),
+    ));
+    ev.push(exec(&helper, host, tick(), vec![]));
+    ev.push(open_as(
+        &helper,
+        host,
+        tick(),
+        "/etc/ld.so.cache",
+        FileAccess::Read,
+        3,
+    ));
+    ev.push(open_as(
+        &helper,
+        host,
+        tick(),
+        "/lib/x86_64-linux-gnu/libc.so.6",
+        FileAccess::Read,
+        3,
+    ));
+    ev.push(event(
+        &helper,
+        host,
+        tick(),
+        Kind::Exit(ProcessExit {
+            exit_code: 0,
+            signal: 0,
+        }),
+    ));
+    // A child with TLS Custody cannot read.
+    ev.push(event(
+        &agent,
+        host,
+        tick(),
+        Kind::Fork(ProcessFork {
+            child_exec_id: blind.exec_id.clone(),
+            child_pid: 300,
+        }),
+    ));
+    ev.push(exec(&blind, host, tick(), vec![]));
+    ev.push(event(
+        &blind,
+        host,
+        tick(),
+        Kind::TlsUncovered(TlsUncovered {
+            path: "/usr/local/bin/codex".into(),
+            build_id: "abcd".into(),
+            stacks: vec![TlsStackFinding {
+                stack: TlsStack::Rustls as i32,
+                versions: vec!["rustls 0.23.20".into()],
+                tried: vec!["exported symbols".into(), "prologue scan".into()],
+            }],
+            anomalies: vec![],
+        }),
+    ));
+    for (i, sni) in ["api.openai.com", "chatgpt.com", ""].iter().enumerate() {
+        let opened = tick();
+        ev.push(event(
+            &blind,
+            host,
+            tick(),
+            Kind::OpaqueEgress(OpaqueEgress {
+                conn: Some(Connection {
+                    protocol: "tcp".into(),
+                    family: "ipv4".into(),
+                    local_addr: "10.0.0.5".into(),
+                    local_port: 40000 + i as u32,
+                    remote_addr: "203.0.113.7".into(),
+                    remote_port: 443,
+                }),
+                sni: sni.to_string(),
+                alpn: vec!["h2".into(), "http/1.1".into()],
+                bytes_sent: 1000 + i as u64,
+                bytes_received: 90_000 + i as u64,
+                opened_ns: opened,
+                stack: TlsStack::Rustls as i32,
+            }),
+        ));
+    }
+    Story {
+        events: ev,
+        agent: agent.exec_id,
+        helper: helper.exec_id,
+        blind: blind.exec_id,
     }
 }

@@ -14,10 +14,15 @@ use crate::engine::{Engine, StoredEvent};
 use crate::event_key::EventKey;
 use crate::event_key::{id_to_key, key_to_id};
 use crate::event_kind::describe;
+use crate::signal;
 use crate::store::block::BlockMeta;
 use crate::store::{BlockCache, EntryFilter, TimeScan};
 
 const MAX_ACTIONS_PER_NODE: usize = 50;
+/// Events read per process to find its first significant actions: an interpreter
+/// reads several hundred files before its first request (most processes have far
+/// fewer events, so this is what a busy one costs at most).
+const ACTION_SCAN_PER_NODE: usize = 2000;
 
 pub fn to_proto(se: &StoredEvent) -> admin::StoredEvent {
     admin::StoredEvent {
@@ -193,8 +198,13 @@ impl Engine {
         let members = chains.members(chain_id)?;
         let (mut hosts, mut agents) = (BTreeSet::new(), BTreeSet::new());
         let (mut first, mut last) = (u64::MAX, 0);
+        let (mut opaque, mut opaque_procs) = (0, 0);
         for m in members {
             let n = chains.node(m)?;
+            opaque += n.opaque_egress;
+            if n.opaque_egress > 0 || !n.tls_uncovered.is_empty() {
+                opaque_procs += 1;
+            }
             hosts.insert(n.host.clone());
             if !n.process.agent_id.is_empty() {
                 agents.insert(n.process.agent_id.clone());
@@ -213,6 +223,8 @@ impl Engine {
             process_count: members.len() as u64,
             first_seen_ns: if first == u64::MAX { 0 } else { first },
             last_seen_ns: last,
+            opaque_connections: opaque,
+            opaque_processes: opaque_procs,
         })
     }
 
@@ -289,13 +301,24 @@ impl Engine {
             let n = st.chains.node(id).expect("member exists");
             // The first events of this process: the chain's first `event_limit`
             // events are among the union of its members' first `event_limit`.
-            let keys = st.first_exec_keys(&mut cache, id, per_node)?;
-            let mut actions = Vec::with_capacity(keys.len().min(MAX_ACTIONS_PER_NODE));
-            for k in keys.iter().take(MAX_ACTIONS_PER_NODE) {
+            let keys = st.first_exec_keys(&mut cache, id, per_node.max(ACTION_SCAN_PER_NODE))?;
+            // Significant events first: routine reads fold into one line per
+            // directory (crate::signal), so an interpreter's start-up does not fill
+            // the list; a bounded scan keeps the cost per process fixed.
+            let mut scanned = Vec::with_capacity(keys.len().min(ACTION_SCAN_PER_NODE));
+            for k in keys.iter().take(ACTION_SCAN_PER_NODE) {
                 if let Some(ev) = cache.event(k)? {
-                    actions.push(describe(&ev));
+                    scanned.push(ev);
                 }
             }
+            let (rows, _) = signal::fold(&scanned, &HashSet::new(), MAX_ACTIONS_PER_NODE);
+            let actions: Vec<String> = rows
+                .iter()
+                .map(|r| match r {
+                    signal::Row::Event(i) => describe(&scanned[*i]),
+                    fold => fold.fold_text().unwrap_or_default(),
+                })
+                .collect();
             let event_count = st.exec_event_count(id);
             total_events += event_count;
             let p = &n.process;
@@ -331,6 +354,8 @@ impl Engine {
                     .unwrap_or_default(),
                 event_count,
                 actions,
+                tls_uncovered: n.tls_uncovered.clone(),
+                opaque_connections: n.opaque_egress,
             });
             first_keys.extend(keys.into_iter().take(event_limit));
         }

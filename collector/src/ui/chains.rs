@@ -18,6 +18,7 @@ use super::{Params, Seg, Ui, UiError, blocking, enc, link};
 use crate::engine::{Engine, State as EngineState};
 use crate::event_key::{id_to_key, key_to_id};
 use crate::event_kind::describe;
+use crate::signal;
 use custody_proto::sensor::v1::EventKind;
 
 pub struct ChainRow {
@@ -227,6 +228,8 @@ pub struct ChainQuery {
     after: String,
     /// Timeline: only events of this kind.
     kind: String,
+    /// Timeline: "1" shows every event, routine reads unfolded.
+    all: String,
 }
 
 /// Event kinds, as the timeline filter offers them (not "unknown": no event kind).
@@ -333,13 +336,23 @@ pub async fn chain(
     let engine = ui.engine.clone();
     let cid = id.clone();
     let kind = f.kind.clone();
-    let (timeline, next) = blocking(move || {
+    let everything = parse_all(&f.all)?;
+    let keep = policy_paths(&alerts);
+    let (timeline, next, egress) = blocking(move || {
         let filter = admin::EventFilter {
             chain_id: cid,
             kind,
             ..Default::default()
         };
-        engine.list_events(&filter, PER_PAGE, after, true)
+        let egress = opaque_egress(&engine, filter.clone())?;
+        if everything {
+            let (evs, next) = engine.list_events(&filter, PER_PAGE, after, true)?;
+            Ok((Timeline::All(evs), next, egress))
+        } else {
+            let page = folded_page(&engine, &filter, after, &keep)?;
+            let next = page.next;
+            Ok((Timeline::Folded(page), next, egress))
+        }
     })
     .await?;
     let verbs = super::respond::offered(&ui, "chain", &id);
@@ -373,6 +386,9 @@ pub async fn chain(
                 dt { "Alerts" } dd class=[(open_alerts > 0).then_some("bad")] {
                     a href=(link("/alerts", &[("chain", &id)])) { (open_alerts) " open, " (alerts.len()) " in all" } }
                 dt { "Active" } dd { (when(summary.first_seen_ns)) " → " (when(summary.last_seen_ns)) }
+                @if let Some(s) = signal::opaque_sentence(summary.opaque_connections, summary.opaque_processes) {
+                    dt { "Not seen" } dd.bad #opaque-summary { a href="#opaque" { (s) } }
+                }
             }
         }
         section #graph data-region aria-labelledby="graph-h" {
@@ -408,6 +424,12 @@ pub async fn chain(
             (node_table(&nodes, &exited, &base, view))
             (pager(&base, &[("view", view.as_str()), ("q", &f.q)], page, PER_PAGE, total_nodes))
         }
+        @if summary.opaque_processes > 0 {
+            section #opaque aria-labelledby="opaque-h" {
+                h2 #opaque-h { "What Custody could not see" }
+                (opaque_section(&chain.nodes, &egress, Some(&base)))
+            }
+        }
         section #alerts aria-labelledby="calerts-h" {
             h2 #calerts-h { "Alerts" }
             (super::alerts::alert_table(&op, &alerts))
@@ -417,12 +439,16 @@ pub async fn chain(
             (layout::filter_form(&base, html! {
                 input type="hidden" name="view" value=(view.as_str());
                 (layout::select_field("kind", "Event kind", &f.kind, &kind_opts))
+                (layout::select_field("all", "Show", &f.all, &[("", "significant first"), ("1", "everything")]))
             }))
-            (event_table(&timeline, Some(&base)))
+            @match &timeline {
+                Timeline::All(evs) => { (event_table(evs, Some(&base))) }
+                Timeline::Folded(page) => { (folded_table(page, Some(&base))) }
+            }
             nav.pager aria-label="Timeline pages" {
-                @if after.is_some() { a href=(link(&base, &[("view", view.as_str()), ("kind", &f.kind)]) + "#timeline") { "← From the start" } }
+                @if after.is_some() { a href=(link(&base, &[("view", view.as_str()), ("kind", &f.kind), ("all", &f.all)]) + "#timeline") { "← From the start" } }
                 @if let Some(n) = next {
-                    a href=(link(&base, &[("view", view.as_str()), ("kind", &f.kind), ("after", &key_to_id(&n))]) + "#timeline") rel="next" { "Later events →" }
+                    a href=(link(&base, &[("view", view.as_str()), ("kind", &f.kind), ("all", &f.all), ("after", &key_to_id(&n))]) + "#timeline") rel="next" { "Later events →" }
                 }
             }
         }
@@ -449,7 +475,8 @@ fn node_table(
                 th scope="col" { "Command" } th scope="col" { "Agent" } th scope="col" { "Credentials" }
                 th scope="col" { "Events" } th scope="col" { "State" } } }
             tbody { @for n in nodes { tr data-exec=(n.exec_id) {
-                th scope="row" { a href=(link(base, &[("view", view.as_str()), ("node", &n.exec_id)]) + "#details") { code { (n.exec_id) } } }
+                th scope="row" { a href=(link(base, &[("view", view.as_str()), ("node", &n.exec_id)]) + "#details") { code { (n.exec_id) } }
+                    @if !n.tls_uncovered.is_empty() { br; span.uncovered { (n.tls_uncovered) } } }
                 td { (layout::host_link(&n.host)) }
                 td { (n.depth) }
                 td title=(n.argv.join(" ")) { (short(&n.argv.join(" "), 60)) }
@@ -474,25 +501,158 @@ pub fn event_table(events: &[crate::engine::StoredEvent], chain_base: Option<&st
     html! {
         @if events.is_empty() { p.empty { "No events." } }
         @else { table.events {
-            thead { tr { th scope="col" { "Time" } th scope="col" { "Host" } th scope="col" { "Process" }
-                th scope="col" { "Kind" } th scope="col" { "What" } } }
-            tbody { @for se in events {
-                @let ev = &se.event;
-                @let exec = ev.process.as_ref().map(|p| p.exec_id.as_str()).unwrap_or("");
-                @let comm = ev.process.as_ref().map(|p| p.comm.as_str()).unwrap_or("");
-                tr data-kind=(ev.kind_name()) {
-                    td { (layout::ts(ev.time_ns)) }
-                    td { (ev.host) }
-                    td { @match chain_base {
-                        Some(b) => { a href=(link(b, &[("node", exec)]) + "#details") title=(exec) { (comm) } }
-                        None => { (layout::process_link(exec)) }
-                    } }
-                    td { (ev.kind_name()) }
-                    td.what { (short(&describe(ev), 200)) }
-                }
-            } }
+            (event_head())
+            tbody { @for se in events { (event_row(se, chain_base)) } }
         } }
     }
+}
+
+fn event_head() -> Markup {
+    html! {
+        thead { tr { th scope="col" { "Time" } th scope="col" { "Host" } th scope="col" { "Process" }
+            th scope="col" { "Kind" } th scope="col" { "What" } } }
+    }
+}
+
+fn event_row(se: &crate::engine::StoredEvent, chain_base: Option<&str>) -> Markup {
+    let ev = &se.event;
+    let exec = ev
+        .process
+        .as_ref()
+        .map(|p| p.exec_id.as_str())
+        .unwrap_or("");
+    let comm = ev.process.as_ref().map(|p| p.comm.as_str()).unwrap_or("");
+    html! {
+        tr data-kind=(ev.kind_name()) {
+            td { (layout::ts(ev.time_ns)) }
+            td { (ev.host) }
+            td { (proc_cell(exec, comm, chain_base)) }
+            td { (ev.kind_name()) }
+            td.what { (short(&describe(ev), 200)) }
+        }
+    }
+}
+
+fn proc_cell(exec: &str, comm: &str, chain_base: Option<&str>) -> Markup {
+    html! { @match chain_base {
+        Some(b) => { a href=(link(b, &[("node", exec)]) + "#details") title=(exec) { (comm) } }
+        None => { (layout::process_link(exec)) }
+    } }
+}
+
+/// A timeline page with routine reads folded ([`signal::fold`]): at most
+/// `PER_PAGE` lines, each fold a `<details>` that expands to its reads.
+pub struct Folded {
+    pub events: Vec<crate::engine::StoredEvent>,
+    pub rows: Vec<signal::Row>,
+    /// Where the next page starts (the last event this one consumed).
+    pub next: Option<crate::event_key::EventKey>,
+}
+
+/// Events read to form one folded page: enough that an interpreter's start-up
+/// folds into a line or two, bounded so a page costs the same on any chain.
+const FOLD_WINDOW: usize = 5000;
+
+/// Reads up to [`FOLD_WINDOW`] events matching `filter` after `after` and folds
+/// them into one page; `keep` are paths a policy matched (never folded).
+pub fn folded_page(
+    engine: &Engine,
+    filter: &admin::EventFilter,
+    after: Option<crate::event_key::EventKey>,
+    keep: &HashSet<String>,
+) -> anyhow::Result<Folded> {
+    let (mut events, window_next) = engine.list_events(filter, FOLD_WINDOW, after, true)?;
+    let (rows, consumed) = signal::fold(events.iter().map(|s| &s.event), keep, PER_PAGE);
+    let next = if consumed < events.len() {
+        events.get(consumed.wrapping_sub(1)).map(|s| s.key)
+    } else {
+        window_next
+    };
+    events.truncate(consumed);
+    Ok(Folded { events, rows, next })
+}
+
+/// Paths the chain's alerts name: a policy matched them, so they never fold.
+pub fn policy_paths(alerts: &[admin::Alert]) -> HashSet<String> {
+    alerts.iter().map(|a| a.resource.clone()).collect()
+}
+
+/// A folded page as a table: significant events one per line, routine reads one
+/// line per process and directory ("412 routine reads under /usr/lib/python3.11 —
+/// show").
+pub fn folded_table(page: &Folded, chain_base: Option<&str>) -> Markup {
+    html! {
+        @if page.rows.is_empty() { p.empty { "No events." } }
+        @else { table.events {
+            (event_head())
+            tbody { @for r in &page.rows { @match r {
+                signal::Row::Event(i) => { (event_row(&page.events[*i], chain_base)) }
+                signal::Row::Fold { exec_id, comm, events, first_ns, last_ns, .. } => {
+                    @let host = page.events[events[0]].event.host.as_str();
+                    tr.fold data-kind="routine" data-count=(events.len()) {
+                        td { (layout::ts(*first_ns)) @if last_ns > first_ns { " – " (layout::ts(*last_ns)) } }
+                        td { (host) }
+                        td { (proc_cell(exec_id, comm, chain_base)) }
+                        td { "routine" }
+                        td.what { details.fold {
+                            summary { (r.fold_text().unwrap_or_default()) " — " span.show { "show" } }
+                            table.events.folded { tbody { @for i in events { (event_row(&page.events[*i], chain_base)) } } }
+                        } }
+                    }
+                }
+            } } }
+        } }
+    }
+}
+
+/// What Custody could not see in these processes: their opaque TLS connections
+/// (OpaqueEgress), grouped by process, with the uncovered-TLS note of each.
+fn opaque_section(
+    nodes: &[admin::ChainNode],
+    egress: &[crate::engine::StoredEvent],
+    chain_base: Option<&str>,
+) -> Markup {
+    let blind: Vec<&admin::ChainNode> = nodes
+        .iter()
+        .filter(|n| !n.tls_uncovered.is_empty() || n.opaque_connections > 0)
+        .collect();
+    html! {
+        @if blind.is_empty() { p.empty { "Custody read the TLS of every process it saw here." } }
+        @else { @for n in blind {
+            @let mine: Vec<&crate::engine::StoredEvent> = egress.iter()
+                .filter(|e| e.event.process.as_ref().is_some_and(|p| p.exec_id == n.exec_id)).collect();
+            div.opaque-proc data-exec=(n.exec_id) {
+                h3 { (proc_cell(&n.exec_id, &n.comm, chain_base)) " " code { (n.exe) } }
+                @if !n.tls_uncovered.is_empty() { p.uncovered { (n.tls_uncovered) } }
+                @if mine.is_empty() { p.empty { "No opaque TLS connection reported yet." } }
+                @else { table.opaque {
+                    thead { tr { th scope="col" { "Opened" } th scope="col" { "Destination" } th scope="col" { "SNI" }
+                        th scope="col" { "ALPN" } th scope="col" { "Sent" } th scope="col" { "Received" } th scope="col" { "Closed" } } }
+                    tbody { @for e in mine { @if let Some(Kind::OpaqueEgress(o)) = &e.event.kind {
+                        tr.opaque-conn {
+                            td { @if o.opened_ns == 0 { span.muted { "?" } } @else { (layout::ts(o.opened_ns)) } }
+                            td { code { @if let Some(c) = &o.conn { (c.remote_addr) ":" (c.remote_port) } } }
+                            td { @if o.sni.is_empty() { span.muted { "none" } } @else { (o.sni) } }
+                            td { (o.alpn.join(", ")) }
+                            td { (o.bytes_sent) " B" }
+                            td { (o.bytes_received) " B" }
+                            td { (layout::ts(e.event.time_ns)) }
+                        }
+                    } } }
+                } }
+            }
+        } }
+    }
+}
+
+/// The opaque TLS connections of a chain or a process (bounded: the section lists
+/// them, the summary counts them all from the index).
+fn opaque_egress(
+    engine: &Engine,
+    mut filter: admin::EventFilter,
+) -> anyhow::Result<Vec<crate::engine::StoredEvent>> {
+    filter.kind = "opaque_egress".into();
+    Ok(engine.list_events(&filter, 500, None, true)?.0)
 }
 
 /// Intent signals of one process: LLM requests and responses, MCP tool calls, HTTP.
@@ -565,6 +725,7 @@ fn node_details(
             dt { "Started" } dd { @if n.start_time_ns == 0 { span.muted { "unknown" } } @else { (when(n.start_time_ns)) } }
             dt { "State" } dd { @if ended { (badge("ended", "neutral")) } @else { (badge("live", "good")) } }
             dt { "Events" } dd { (n.event_count) }
+            @if !n.tls_uncovered.is_empty() { dt { "TLS" } dd.uncovered { (n.tls_uncovered) } }
         }
         @if !denied.is_empty() {
             h3 { "Denied" }
@@ -591,6 +752,24 @@ fn node_details(
 #[serde(default, deny_unknown_fields)]
 pub struct ProcessQuery {
     after: String,
+    /// "1" shows every event, routine reads unfolded.
+    all: String,
+}
+
+/// One timeline page: everything, or significant events with routine reads folded.
+enum Timeline {
+    All(Vec<crate::engine::StoredEvent>),
+    Folded(Folded),
+}
+
+fn parse_all(s: &str) -> Result<bool, UiError> {
+    match s {
+        "" => Ok(false),
+        "1" => Ok(true),
+        x => Err(UiError::bad_request(format!(
+            "unknown show option {x:?}: expected 1 (everything) or nothing"
+        ))),
+    }
 }
 
 pub async fn process(
@@ -625,14 +804,28 @@ pub async fn process(
     let exited = exited_of(&ui, &chain);
     let engine = ui.engine.clone();
     let e2 = exec.clone();
-    let (events, next) = blocking(move || {
+    let everything = parse_all(&f.all)?;
+    let keep = policy_paths(&alerts);
+    let (timeline, next, egress) = blocking(move || {
         let filter = admin::EventFilter {
             exec_id: e2,
             ..Default::default()
         };
-        engine.list_events(&filter, 200, after, true)
+        let egress = opaque_egress(&engine, filter.clone())?;
+        if everything {
+            let (evs, next) = engine.list_events(&filter, 200, after, true)?;
+            Ok((Timeline::All(evs), next, egress))
+        } else {
+            let page = folded_page(&engine, &filter, after, &keep)?;
+            let next = page.next;
+            Ok((Timeline::Folded(page), next, egress))
+        }
     })
     .await?;
+    let events = match &timeline {
+        Timeline::All(e) => e.as_slice(),
+        Timeline::Folded(p) => p.events.as_slice(),
+    };
     let proto_events: Vec<admin::StoredEvent> =
         events.iter().map(crate::engine::query::to_proto).collect();
     let refs: Vec<&admin::StoredEvent> = proto_events.iter().collect();
@@ -648,10 +841,24 @@ pub async fn process(
             }
         }
         (details)
+        @if !n.tls_uncovered.is_empty() || n.opaque_connections > 0 {
+            section #opaque aria-labelledby="opaque-h" {
+                h2 #opaque-h { "What Custody could not see" }
+                @if let Some(s) = signal::opaque_sentence(n.opaque_connections, 1) { p.bad #opaque-summary { (s) } }
+                (opaque_section(std::slice::from_ref(n), &egress, None))
+            }
+        }
         section #events aria-labelledby="pev-h" {
             h2 #pev-h { "Events" }
-            (event_table(&events, None))
-            @if let Some(k) = next { nav.pager { a href=(link(&path, &[("after", &key_to_id(&k))])) rel="next" { "Later events →" } } }
+            nav.views aria-label="Events shown" {
+                a href=(path.clone()) aria-current=[(!everything).then_some("true")] { "Significant first" }
+                a href=(link(&path, &[("all", "1")])) aria-current=[everything.then_some("true")] { "Show everything" }
+            }
+            @match &timeline {
+                Timeline::All(evs) => { (event_table(evs, None)) }
+                Timeline::Folded(page) => { (folded_table(page, None)) }
+            }
+            @if let Some(k) = next { nav.pager { a href=(link(&path, &[("all", &f.all), ("after", &key_to_id(&k))])) rel="next" { "Later events →" } } }
         }
     };
     Ok(layout::page(

@@ -20,6 +20,10 @@ const ROW_H: usize = 54;
 const BAND_TOP: usize = 26;
 const BAND_GAP: usize = 10;
 const PAD: usize = 12;
+/// The gap between columns, where edge labels go.
+const GAP: usize = COL_W - NODE_W;
+/// Characters of an edge label that fit the gap at the label's font size.
+const LABEL_CHARS: usize = 17;
 /// Chains up to this size are drawn in full by default.
 pub const FULL_LIMIT: usize = 60;
 /// Resources are drawn only for chains this small (in full view).
@@ -88,6 +92,8 @@ pub fn display_name(n: &admin::ChainNode) -> String {
 struct GNode {
     label: String,
     sub: String,
+    /// A third line in the mark's colour ("TLS not readable").
+    mark: Option<String>,
     class: String,
     href: Option<String>,
     title: String,
@@ -215,6 +221,53 @@ fn resources(chain: &admin::Chain) -> HashMap<&str, Vec<String>> {
         .collect()
 }
 
+/// Short-lived helpers with nothing significant (an SDK's `uname -p`): ended leaf
+/// processes that are not agents or MCP servers, hold no credential, made no hop,
+/// were denied nothing, and whose actions are only exec, exit, fork and routine
+/// reads. They fold into their parent's node as a count.
+fn helpers<'a>(
+    chain: &'a admin::Chain,
+    denied: &HashMap<&str, Vec<&admin::Alert>>,
+) -> HashSet<&'a str> {
+    let members: HashSet<&str> = chain.nodes.iter().map(|n| n.exec_id.as_str()).collect();
+    let parents: HashSet<&str> = chain.nodes.iter().map(|n| n.upstream.as_str()).collect();
+    let hops: HashSet<&str> = chain
+        .edges
+        .iter()
+        .filter(|e| e.kind != "fork")
+        .flat_map(|e| [e.from_exec_id.as_str(), e.to_exec_id.as_str()])
+        .collect();
+    let quiet = |a: &str| {
+        a.starts_with("exec ")
+            || a.starts_with("exit ")
+            || a.starts_with("fork ")
+            || (a.contains(" routine read")
+                && a.split(' ')
+                    .next()
+                    .is_some_and(|n| n.parse::<u64>().is_ok()))
+    };
+    chain
+        .nodes
+        .iter()
+        .filter(|n| {
+            members.contains(n.upstream.as_str())
+                && !parents.contains(n.exec_id.as_str())
+                && !hops.contains(n.exec_id.as_str())
+                && n.agent_id.is_empty()
+                && n.credentials.is_empty()
+                && n.tls_uncovered.is_empty()
+                && n.opaque_connections == 0
+                && !denied.contains_key(n.exec_id.as_str())
+                && n.actions.iter().all(|a| quiet(a))
+                // An exec'd helper's actions start with its exec; a process seen
+                // only by its exit is not one we know enough about to hide.
+                && n.actions.first().is_some_and(|a| a.starts_with("exec "))
+                && n.actions.iter().any(|a| a.starts_with("exit "))
+        })
+        .map(|n| n.exec_id.as_str())
+        .collect()
+}
+
 fn build(inp: &Input) -> Graph {
     let chain = inp.chain;
     let mut g = Graph::default();
@@ -256,7 +309,18 @@ fn build(inp: &Input) -> Graph {
     let mut group_members: Vec<Vec<&admin::ChainNode>> = vec![];
     match inp.view {
         View::Full => {
-            for n in &chain.nodes {
+            let helpers = helpers(chain, &denied);
+            let mut helpers_of: HashMap<&str, usize> = HashMap::new();
+            for h in &helpers {
+                if let Some(n) = by_exec.get(h) {
+                    *helpers_of.entry(n.upstream.as_str()).or_default() += 1;
+                }
+            }
+            for n in chain
+                .nodes
+                .iter()
+                .filter(|n| !helpers.contains(n.exec_id.as_str()))
+            {
                 let band = g.band(&n.host);
                 let mut class = class_of(n).to_string();
                 if denied.contains_key(n.exec_id.as_str()) {
@@ -268,6 +332,10 @@ fn build(inp: &Input) -> Graph {
                 if n.exec_id == inp.selected {
                     class.push_str(" selected");
                 }
+                if !n.tls_uncovered.is_empty() {
+                    class.push_str(" uncovered");
+                }
+                let helpers = helpers_of.get(n.exec_id.as_str()).copied().unwrap_or(0);
                 let keys = if n.credentials.is_empty() {
                     String::new()
                 } else {
@@ -275,14 +343,33 @@ fn build(inp: &Input) -> Graph {
                 };
                 key_of.insert(&n.exec_id, g.nodes.len());
                 group_members.push(vec![n]);
+                let mut title = format!("{} {}\n{}", n.exec_id, n.exe, n.argv.join(" "));
+                if !n.tls_uncovered.is_empty() {
+                    title = format!("{title}\n{}", n.tls_uncovered);
+                }
+                if helpers > 0 {
+                    title = format!(
+                        "{title}\n+{helpers} short-lived helper processes with nothing significant"
+                    );
+                }
                 g.nodes.push(GNode {
                     label: display_name(n),
-                    sub: format!("pid {} · {}{keys}", n.pid, n.host),
+                    sub: format!(
+                        "{}pid {} · {}{keys}",
+                        if helpers > 0 {
+                            format!("+{helpers} helpers · ")
+                        } else {
+                            String::new()
+                        },
+                        n.pid,
+                        n.host
+                    ),
+                    mark: (!n.tls_uncovered.is_empty()).then(|| "TLS not readable".to_owned()),
                     class,
                     href: Some(
                         link(inp.base, &[("view", "full"), ("node", &n.exec_id)]) + "#details",
                     ),
-                    title: format!("{} {}\n{}", n.exec_id, n.exe, n.argv.join(" ")),
+                    title,
                     exec: Some(n.exec_id.clone()),
                     band,
                     col: offset + n.depth as usize,
@@ -310,6 +397,7 @@ fn build(inp: &Input) -> Graph {
                         g.nodes.push(GNode {
                             label,
                             sub: String::new(),
+                            mark: None,
                             class: if inp.view == View::Agent {
                                 class_of(n).to_string()
                             } else {
@@ -379,6 +467,7 @@ fn build(inp: &Input) -> Graph {
     let human = if offset == 1 {
         g.nodes.push(GNode {
             label: summary.human.clone(),
+            mark: None,
             sub: format!(
                 "human{}",
                 if summary.human_source.is_empty() {
@@ -490,6 +579,7 @@ fn build(inp: &Input) -> Graph {
                 title: format!("{label} {sub}"),
                 label,
                 sub,
+                mark: None,
                 class: if bad {
                     "res denied".into()
                 } else {
@@ -580,7 +670,10 @@ pub fn render(inp: &Input) -> Markup {
     html! {
         // Inside <svg> the HTML parser knows no void elements: every SVG element
         // gets an explicit end tag (`{}`), never maud's `;`.
-        svg.chain-graph xmlns="http://www.w3.org/2000/svg" width=(width) height=(height)
+        // Scaled to its container (width 100 %, height from the viewBox), never
+        // wider than its natural size, so it fits a window of any width.
+        svg.chain-graph xmlns="http://www.w3.org/2000/svg" width="100%"
+            style=(format!("max-width:{width}px")) preserveAspectRatio="xMinYMin meet"
             viewBox=(format!("0 0 {width} {height}")) role="group"
             aria-label=(format!("Chain graph: {processes} processes on {} hosts ({} view)", g.bands.len(), inp.view.as_str())) {
             defs {
@@ -604,6 +697,11 @@ pub fn render(inp: &Input) -> Markup {
                 @let (sx, sy) = (x1 + NODE_W, y1 + NODE_H / 2);
                 @let (tx, ty) = (x2, y2 + NODE_H / 2);
                 @let mid = (sx + tx) / 2;
+                // The label sits in the gap just before the target's column, where
+                // no node is drawn, and is cut to the gap's width (the whole text is
+                // its title).
+                @let adjacent = tx.saturating_sub(sx) <= COL_W - NODE_W;
+                @let (lx, ly) = if adjacent { (mid, (sy + ty) / 2 - 4) } else { (tx.saturating_sub(GAP / 2), ty.saturating_sub(6)) };
                 g class=(format!("edge {}", e.class)) {
                     path d=(format!("M{sx},{sy} C{mid},{sy} {mid},{ty} {tx},{ty}"))
                         marker-end=(if e.class == "denied" { "url(#arrow-bad)" } else { "url(#arrow)" }) {
@@ -611,8 +709,8 @@ pub fn render(inp: &Input) -> Markup {
                     }
                     @if !e.label.is_empty() {
                         // A level edge has only the gap between columns for its label.
-                        text.edge-label x=(mid) y=((sy + ty) / 2 - 4) text-anchor="middle" {
-                            (short(&e.label, if sy == ty { 18 } else { 36 }))
+                        text.edge-label x=(lx) y=(ly) text-anchor="middle" {
+                            (short(&e.label, LABEL_CHARS))
                             title { (e.label) }
                         }
                     }
@@ -624,6 +722,7 @@ pub fn render(inp: &Input) -> Markup {
                     rect x=(x) y=(y) width=(NODE_W) height=(NODE_H) rx="6" {}
                     text.n-label x=(x + 8) y=(y + 16) { (short(&n.label, 23)) }
                     text.n-sub x=(x + 8) y=(y + 32) { (short(&n.sub, 30)) }
+                    @if let Some(m) = &n.mark { text.n-mark x=(x + 8) y=(y + NODE_H + 11) { (m) } }
                     title { (n.title) }
                 };
                 @match &n.href {

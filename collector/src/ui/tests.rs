@@ -722,3 +722,5 @@ async fn a_chain_of_500_processes_is_collapsed_and_stays_small() {
     let host = get(&t, &format!("/chains/{c}?view=host"), &cookie).await;
     assert!(host.body.matches("class=\"node ").count() <= 3);
 }
+
+mod signal_view;

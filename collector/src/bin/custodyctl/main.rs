@@ -105,6 +105,10 @@ enum Cmd {
         /// Keep printing new events as they are stored (Ctrl-C to stop).
         #[arg(long, short)]
         follow: bool,
+        /// Every event: routine reads (loader, interpreter, package trees) are not
+        /// folded into one line per process and directory.
+        #[arg(long)]
+        all: bool,
     },
     /// Chains, most recently active first.
     Chains {

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use anyhow::{Result, bail};
 use custody_proto::admin::v1::{self as admin, get_chain_request::Target};
 
+use custody_collector::signal;
+
 use crate::{AdminClient, Cli, Cmd, explain, json, table, ts};
 
 fn event_row(e: &admin::StoredEvent) -> Vec<String> {
@@ -24,6 +26,29 @@ fn event_row(e: &admin::StoredEvent) -> Vec<String> {
         custody_collector::event_kind::describe(&ev),
         e.chain_id.clone(),
     ]
+}
+
+/// Events with routine reads folded into one row per process and directory
+/// ("412 routine reads under /usr/lib/python3.11"), at the first one's place.
+fn folded_rows(evs: &[admin::StoredEvent]) -> Vec<Vec<String>> {
+    let none = std::collections::HashSet::new();
+    let plain: Vec<custody_proto::sensor::v1::Event> = evs
+        .iter()
+        .map(|e| e.event.clone().unwrap_or_default())
+        .collect();
+    let (rows, _) = signal::fold(&plain, &none, usize::MAX);
+    rows.iter()
+        .map(|r| match r {
+            signal::Row::Event(i) => event_row(&evs[*i]),
+            signal::Row::Fold { events, .. } => {
+                let mut row = event_row(&evs[events[0]]);
+                row[2] = String::new();
+                row[3] = "routine".into();
+                row[5] = format!("{} (--all shows them)", r.fold_text().unwrap_or_default());
+                row
+            }
+        })
+        .collect()
 }
 
 const EVENT_HEADERS: [&str; 7] = ["time", "host", "seq", "kind", "process", "what", "chain"];
@@ -154,6 +179,7 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
             since,
             limit,
             follow,
+            all,
         } => {
             let since_ns = match since {
                 Some(s) => custody_collector::clock::now_ns()
@@ -194,14 +220,43 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
                 .events;
             evs.reverse();
             if cli.json {
+                // Machine output is every event: a consumer folds as it likes.
                 for e in &evs {
                     println!("{}", serde_json::to_string(e)?);
                 }
-            } else {
+            } else if *all {
                 table(&EVENT_HEADERS, evs.iter().map(event_row).collect());
+            } else {
+                table(&EVENT_HEADERS, folded_rows(&evs));
             }
+            // Following: the first routine read of a process under a directory says
+            // that more are folded; the rest are not printed (--all prints them).
+            let mut seen_routine = std::collections::HashSet::new();
+            let none = std::collections::HashSet::new();
             if let Some(tail) = tail.as_mut() {
                 while let Some(e) = tail.message().await.map_err(explain)? {
+                    let routine = e
+                        .event
+                        .as_ref()
+                        .and_then(|ev| signal::routine_read(ev, &none).map(|d| (ev, d)));
+                    if !cli.json
+                        && !*all
+                        && let Some((ev, dir)) = routine
+                    {
+                        let exec = ev
+                            .process
+                            .as_ref()
+                            .map(|p| p.exec_id.clone())
+                            .unwrap_or_default();
+                        if seen_routine.insert((exec, dir.clone())) {
+                            let mut row = event_row(&e);
+                            row[3] = "routine".into();
+                            row[5] =
+                                format!("routine reads under {dir} (folded; --all shows them)");
+                            println!("{}", row.join("  "));
+                        }
+                        continue;
+                    }
                     if cli.json {
                         println!("{}", serde_json::to_string(&e)?);
                     } else {
@@ -416,6 +471,9 @@ fn print_tree(chain: &admin::Chain) {
             s.agents.join(", ")
         },
     );
+    if let Some(s) = signal::opaque_sentence(s.opaque_connections, s.opaque_processes) {
+        println!("  not seen: {s}");
+    }
     if !chain.path_from_root.is_empty() {
         println!("  path: {}", chain.path_from_root.join(" -> "));
     }
@@ -466,6 +524,16 @@ fn print_tree(chain: &admin::Chain) {
             n.host, n.exec_id, n.exe
         );
         let inner = format!("{prefix}{}", if last { "   " } else { "│  " });
+        if !n.tls_uncovered.is_empty() {
+            println!("{inner}  ! {}", n.tls_uncovered);
+        }
+        if n.opaque_connections > 0 {
+            println!(
+                "{inner}  ! {} opaque TLS connection{}",
+                n.opaque_connections,
+                if n.opaque_connections == 1 { "" } else { "s" }
+            );
+        }
         for c in &n.credentials {
             println!(
                 "{inner}  credential {} {} ({} {} {})",
