@@ -8,7 +8,6 @@ pub mod btf;
 pub mod decode;
 // Called by the daemon's per-binary TLS analysis once that is wired in; until then
 // only its tests use it. Remove this allow when the daemon calls `attach_go`.
-#[cfg_attr(not(test), allow(dead_code))]
 pub mod go_attach;
 pub mod loader;
 pub mod mounts;

@@ -25,7 +25,7 @@ use aya::programs::{UProbe, uprobe::UProbeScope};
 use object::read::elf::{FileHeader, ProgramHeader};
 
 use super::loader::Links;
-use agent_user::tls_stack::{HookPoint, HookSite, Inspection, TlsFunction};
+use agent_user::tls_stack::{HookPoint, HookSite, Inspection, TlsFunction, TlsStack};
 
 /// Where a file is: the pair a uprobe is keyed by in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,7 +93,8 @@ pub fn programs_for(function: TlsFunction, site: HookSite, floor: bool) -> Optio
         // SSL_get_fd / SSL_set_fd: found, not needed by the programs (the fd comes
         // from the socket syscalls).
         (SslGetFd | SslSetFd, _) => None,
-        // Go crypto/tls: entry and return-site programs of their own (go_attach).
+        // Go crypto/tls: entry and return-site programs of their own, attached as a
+        // whole by go_attach (see TlsAttacher::attach).
         (GoConnWrite | GoConnRead, _) => None,
         (SslWrite | SslWriteEx | SslRead | SslReadEx, HookSite::Return) => None,
     }
@@ -164,16 +165,35 @@ impl TlsAttacher {
             .flat_map(|f| f.hooks.iter())
             .filter_map(|h| Some((h, programs_for(h.function, h.site, self.floor)?)))
             .collect();
-        let skipped = inspection.hooks().count() - points.len();
-        if points.is_empty() {
+        // Go's entry and return sites have programs of their own, attached together
+        // by go_attach (which re-decodes every RET site before attaching).
+        let go = inspection
+            .finding(TlsStack::GoCryptoTls)
+            .filter(|f| f.covered());
+        let go_points = go.map_or(0, |f| f.hooks.len());
+        let skipped = inspection.hooks().count() - points.len() - go_points;
+        if points.is_empty() && go.is_none() {
             return Ok(AttachedFile {
                 path: shown,
                 skipped,
                 ..Default::default()
             });
         }
-        verify_unchanged(path, stamp, points.iter().map(|(h, _)| *h))?;
+        verify_unchanged(
+            path,
+            stamp,
+            points
+                .iter()
+                .map(|(h, _)| *h)
+                .chain(go.iter().flat_map(|f| f.hooks.iter())),
+        )?;
         let mut probes = 0;
+        if go.is_some() {
+            let go_links = super::go_attach::attach_go(ebpf, path, inspection, self.floor)
+                .with_context(|| format!("attaching Go crypto/tls in {shown}"))?;
+            probes += go_links.len();
+            links.extend(go_links);
+        }
         for (h, progs) in &points {
             for name in std::iter::once(progs.probe).chain(progs.ret) {
                 attach_one(ebpf, links, name, h.file_offset, path).with_context(|| {
@@ -196,6 +216,9 @@ impl TlsAttacher {
             })
             .map(|f| f.stack.name().to_string())
             .collect();
+        if go.is_some() {
+            stacks.push(TlsStack::GoCryptoTls.name().to_string());
+        }
         stacks.dedup();
         let done = AttachedFile {
             path: shown,
