@@ -23,6 +23,8 @@ const MAX_ACTIONS_PER_NODE: usize = 50;
 /// reads several hundred files before its first request (most processes have far
 /// fewer events, so this is what a busy one costs at most).
 const ACTION_SCAN_PER_NODE: usize = 2000;
+/// Events read at a time in that scan.
+const ACTION_SCAN_SLICE: usize = 200;
 
 pub fn to_proto(se: &StoredEvent) -> admin::StoredEvent {
     admin::StoredEvent {
@@ -305,13 +307,26 @@ impl Engine {
             // Significant events first: routine reads fold into one line per
             // directory (crate::signal), so an interpreter's start-up does not fill
             // the list; a bounded scan keeps the cost per process fixed.
-            let mut scanned = Vec::with_capacity(keys.len().min(ACTION_SCAN_PER_NODE));
-            for k in keys.iter().take(ACTION_SCAN_PER_NODE) {
-                if let Some(ev) = cache.event(k)? {
-                    scanned.push(ev);
+            // Events are read a slice at a time, and reading stops once the list
+            // is full: a chain page costs what its processes' first significant
+            // actions cost, not ACTION_SCAN_PER_NODE reads for every process.
+            let scan = keys.len().min(ACTION_SCAN_PER_NODE);
+            let mut scanned = Vec::new();
+            let mut rows = Vec::new();
+            let mut read = 0;
+            while read < scan {
+                let end = (read + ACTION_SCAN_SLICE).min(scan);
+                for k in &keys[read..end] {
+                    if let Some(ev) = cache.event(k)? {
+                        scanned.push(ev);
+                    }
+                }
+                read = end;
+                (rows, _) = signal::fold(&scanned, &HashSet::new(), MAX_ACTIONS_PER_NODE);
+                if rows.len() >= MAX_ACTIONS_PER_NODE {
+                    break;
                 }
             }
-            let (rows, _) = signal::fold(&scanned, &HashSet::new(), MAX_ACTIONS_PER_NODE);
             let actions: Vec<String> = rows
                 .iter()
                 .map(|r| match r {
