@@ -440,17 +440,8 @@ impl Pipeline {
 
     /// An enforcement event for thread `tid` of process `tgid`.
     pub fn enforcement_event(&mut self, tgid: u32, tid: u32, e: pb::EnforcementApplied) -> Event {
-        self.stats.emitted += 1;
         let process = self.table.process_proto(tgid, tid, &mut self.users);
-        Event {
-            host: self.table.host.clone(),
-            time_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-            seq: 0,
-            process,
-            kind: Some(Kind::Enforcement(e)),
-        }
+        self.own_event(process, Kind::Enforcement(e))
     }
 
     /// An event on process `tgid` (by the daemon's own findings, e.g. its TLS
@@ -467,14 +458,18 @@ impl Pipeline {
 
     /// An event on a process as it was (it may have exited since).
     pub fn event_on(&mut self, process: pb::Process, kind: Kind) -> Event {
+        self.own_event(Some(process), kind)
+    }
+
+    /// An event the daemon makes itself (not decoded from a kernel record), stamped
+    /// now and counted as emitted.
+    fn own_event(&mut self, process: Option<pb::Process>, kind: Kind) -> Event {
         self.stats.emitted += 1;
         Event {
             host: self.table.host.clone(),
-            time_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
+            time_ns: crate::clock::now_ns(),
             seq: 0,
-            process: Some(process),
+            process,
             kind: Some(kind),
         }
     }
@@ -496,16 +491,7 @@ impl Pipeline {
 
     /// Periodic warning when the kernel lost events (ring buffer or map full).
     pub fn warning(&mut self, message: String, counters: HashMap<String, u64>) -> Event {
-        self.stats.emitted += 1;
-        Event {
-            host: self.table.host.clone(),
-            time_ns: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-            seq: 0,
-            process: None,
-            kind: Some(Kind::Warning(SensorWarning { message, counters })),
-        }
+        self.own_event(None, Kind::Warning(SensorWarning { message, counters }))
     }
 
     /// Drop per-connection parser state of processes that are gone (bounded memory
