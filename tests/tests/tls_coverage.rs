@@ -5,11 +5,29 @@
 //! a stripped Go client (Go's own crypto/tls, found in `.gopclntab`, hooked at entry and
 //! at every RET) has its LLM request, model and header credential read.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use custody_tests::{Daemon, Server, agents_dir, bpf_available, kind, write_tls_files};
 use serde_json::Value;
+
+/// custodyd with one agent declared by `CUSTODY_AGENT=agent_id`, and the loopback
+/// TLS server (its port on its first line).
+fn declared_sensor_and_server(work: &Path, host: &str, agent_id: &str) -> (Daemon, Server) {
+    let config = format!(
+        "[sensor]\nhost_id = \"{host}\"\nstate_dir = \"{}\"\n\n[[agent]]\nid = \"{agent_id}\"\nowner = \"alice@example.com\"\n[agent.match]\nenv = \"{agent_id}\"\n",
+        work.join("state").display()
+    );
+    let daemon = Daemon::start(work, &config, &[]);
+    let tls = Server::start(
+        Command::new("python3")
+            .arg(agents_dir().join("tls_server.py"))
+            .arg(work.join("server.pem"))
+            .arg(work.join("server.key")),
+    );
+    (daemon, tls)
+}
 
 #[test]
 fn node_copied_under_an_nvm_path_has_its_https_plaintext_read() {
@@ -24,17 +42,7 @@ fn node_copied_under_an_nvm_path_has_its_https_plaintext_read() {
     let node = node_dir.join("node");
     std::fs::copy("/usr/bin/node", &node).expect("copy /usr/bin/node");
     let agent_id = format!("nvm-agent-{}", std::process::id());
-    let config = format!(
-        "[sensor]\nhost_id = \"nvm-host\"\nstate_dir = \"{}\"\n\n[[agent]]\nid = \"{agent_id}\"\nowner = \"alice@example.com\"\n[agent.match]\nenv = \"{agent_id}\"\n",
-        work.join("state").display()
-    );
-    let daemon = Daemon::start(work, &config, &[]);
-    let tls = Server::start(
-        Command::new("python3")
-            .arg(agents_dir().join("tls_server.py"))
-            .arg(work.join("server.pem"))
-            .arg(work.join("server.key")),
-    );
+    let (daemon, tls) = declared_sensor_and_server(work, "nvm-host", &agent_id);
     let url = format!("https://localhost:{}/nvm/post", tls.first_line);
     let mut client = Command::new(&node)
         .arg(agents_dir().join("https_post_loop.js"))
@@ -139,17 +147,7 @@ fn a_stripped_go_client_has_its_llm_request_read() {
     );
 
     let agent_id = format!("go-agent-{}", std::process::id());
-    let config = format!(
-        "[sensor]\nhost_id = \"go-host\"\nstate_dir = \"{}\"\n\n[[agent]]\nid = \"{agent_id}\"\nowner = \"alice@example.com\"\n[agent.match]\nenv = \"{agent_id}\"\n",
-        work.join("state").display()
-    );
-    let daemon = Daemon::start(work, &config, &[]);
-    let tls = Server::start(
-        Command::new("python3")
-            .arg(agents_dir().join("tls_server.py"))
-            .arg(work.join("server.pem"))
-            .arg(work.join("server.key")),
-    );
+    let (daemon, tls) = declared_sensor_and_server(work, "go-host", &agent_id);
     let key = format!("sk-proj-go{}", "x7Kq".repeat(10));
     let url = format!("https://localhost:{}/v1/chat/completions", tls.first_line);
     // Each run is its own declared agent (started with the declaration, not a tool
