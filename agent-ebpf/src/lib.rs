@@ -78,6 +78,26 @@ pub mod track {
     pub const DISCOVERED: u32 = 1 << 1;
     /// Tracked because an ancestor is (set at fork).
     pub const INHERITED: u32 = 1 << 2;
+    /// Recognised by the kernel at the exec itself (with `DECLARED`): `CUSTODY_AGENT=`
+    /// in the environment.
+    pub const KERNEL_ENV: u32 = 1 << 3;
+    /// Recognised by the kernel at the exec itself (with `DECLARED`): the executable
+    /// path of an `exe`-only selector.
+    pub const KERNEL_EXE: u32 = 1 << 4;
+}
+
+/// Declared agents the kernel recognises at exec (`DECLARED_ENV`, `DECLARED_EXE`
+/// maps: key [`policy::path_hash`] of the value, value the agent slot), so a child
+/// forked in the first microseconds of a declared agent is tracked from its first
+/// instruction instead of from the daemon's reading of the exec record.
+pub mod declare {
+    /// The environment marker of a declared agent.
+    pub const ENV_PREFIX: &[u8] = b"CUSTODY_AGENT=";
+    /// Bytes of a `CUSTODY_AGENT` value hashed in the kernel (longer values are still
+    /// tracked, under slot 0 until the daemon names them).
+    pub const VALUE_MAX: usize = 128;
+    /// Entries of each selector map.
+    pub const MAX: u32 = 1024;
 }
 
 /// Per-CPU counter slots in the `COUNTERS` map; the daemon sums them over CPUs.
@@ -114,7 +134,9 @@ pub mod counter {
     /// `RET` hooks with no call saved at entry for its goroutine (the entry record was
     /// evicted, or the call began before the hooks were attached): its plaintext was lost.
     pub const GO_TLS_MISSED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Declared agents the kernel recognised and tracked at their exec.
+    pub const DECLARED_AT_EXEC: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 /// Revocation hold scope, the one value of the `HOLD` array map (written by the

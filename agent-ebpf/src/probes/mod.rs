@@ -5,6 +5,7 @@
 //! processes pay one map lookup per hook and emit nothing; process exec/exit are the
 //! exception, since the daemon's process table and agent matching need them.
 
+pub mod declare;
 pub mod enforce;
 pub mod file;
 pub mod go_tls;

@@ -11,7 +11,7 @@ use super::Daemon;
 use crate::clock;
 use crate::report::{metrics, status};
 
-const COUNTER_NAMES: [(u32, &str); 16] = [
+const COUNTER_NAMES: [(u32, &str); 17] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -28,6 +28,7 @@ const COUNTER_NAMES: [(u32, &str); 16] = [
     (counter::TLS_CHUNKS_LOST, "tls_chunks_lost"),
     (counter::TLS_BYTES_CAPPED, "tls_bytes_capped"),
     (counter::GO_TLS_MISSED, "go_tls_missed"),
+    (counter::DECLARED_AT_EXEC, "declared_at_exec"),
 ];
 
 impl Daemon {

@@ -25,6 +25,10 @@ use crate::users::Users;
 /// Where tracking decisions made in user space go (the kernel's tracked map).
 pub trait Tracker {
     fn track(&mut self, tgid: u32, t: Tracked);
+    /// Correct the entry of a process that is tracked already (and only then).
+    fn retag(&mut self, tgid: u32, t: Tracked) {
+        self.track(tgid, t);
+    }
 }
 
 #[derive(Default, Debug, Clone, serde::Serialize)]
@@ -223,6 +227,14 @@ impl Pipeline {
                 child.agent = parent.agent.clone();
                 child.tls_uncovered = parent.tls_uncovered;
                 let child_exec_id = child.exec_id.clone();
+                // A child forked by an agent the kernel tracked at its exec, before
+                // this daemon had named it (slot 0 of a `CUSTODY_AGENT` value the
+                // kernel does not know): give the kernel's entry the agent's slot.
+                if is_tracked(&e.hdr) && e.hdr.agent == 0 {
+                    if let Some(a) = &parent.agent {
+                        tracker.retag(e.child_tgid, Tracked::new(a.slot, track::INHERITED));
+                    }
+                }
                 if self.wanted(&e.hdr) {
                     let ev = self.event(
                         &e.hdr,
