@@ -340,6 +340,36 @@ mod tests {
         );
     }
 
+    /// What the kernel can recognise at exec: env values and ids of every agent,
+    /// and only `exe` selectors that need nothing else.
+    #[test]
+    fn kernel_selectors_leave_user_space_selectors_out() {
+        let id = ident(
+            "[[agent]]\nid=\"sup\"\n[agent.match]\nargv=\"*supervisor.py*\"\nexe=\"/usr/bin/python3\"\n\
+             [[agent]]\nid=\"w\"\n[agent.match]\nenv=\"worker-1\"\n\
+             [[agent]]\nid=\"job\"\n[agent.match]\nexe=\"/opt/job.sh\"\n\
+             [[agent]]\nid=\"h\"\n[agent.match]\nexe=\"/opt/h\"\nsha256=\"00\"\n",
+        );
+        let (sup, w, job, h) = (
+            id.slot_of("sup").unwrap(),
+            id.slot_of("w").unwrap(),
+            id.slot_of("job").unwrap(),
+            id.slot_of("h").unwrap(),
+        );
+        let k = id.kernel_selectors();
+        assert_eq!(
+            k.env,
+            vec![
+                ("sup".to_string(), sup),
+                ("worker-1".to_string(), w),
+                ("w".to_string(), w),
+                ("job".to_string(), job),
+                ("h".to_string(), h),
+            ]
+        );
+        assert_eq!(k.exe, vec![("/opt/job.sh".to_string(), job)]);
+    }
+
     #[test]
     fn discovered_known_program_is_named_after_it_not_its_interpreter() {
         let t = tempfile::tempdir().unwrap();
