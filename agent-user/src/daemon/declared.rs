@@ -15,10 +15,12 @@ const NOEXIST: u64 = 1;
 pub fn fill(ebpf: &mut aya::Ebpf, k: &KernelSelectors) -> Result<usize> {
     let mut n = 0;
     for (name, list) in [("DECLARED_ENV", &k.env), ("DECLARED_EXE", &k.exe)] {
-        let mut map: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(
-            ebpf.map_mut(name)
-                .with_context(|| format!("{name} map missing"))?,
-        )?;
+        // A map the kernel programs do not use is not in the object (DECLARED_ENV
+        // until the kernel scans the environment).
+        let Some(m) = ebpf.map_mut(name) else {
+            continue;
+        };
+        let mut map: BpfHashMap<_, u64, u32> = BpfHashMap::try_from(m)?;
         for (value, slot) in list {
             match map.insert(path_hash(value.as_bytes()), slot, NOEXIST) {
                 Ok(()) => n += 1,
