@@ -348,7 +348,7 @@ mod tests {
             "[[agent]]\nid=\"sup\"\n[agent.match]\nargv=\"*supervisor.py*\"\nexe=\"/usr/bin/python3\"\n\
              [[agent]]\nid=\"w\"\n[agent.match]\nenv=\"worker-1\"\n\
              [[agent]]\nid=\"job\"\n[agent.match]\nexe=\"/opt/job.sh\"\n\
-             [[agent]]\nid=\"h\"\n[agent.match]\nexe=\"/opt/h\"\nsha256=\"00\"\n",
+             [[agent]]\nid=\"h\"\n[agent.match]\nexe=\"/opt/h\"\nsha256=\"0000000000000000000000000000000000000000000000000000000000000000\"\n",
         );
         let (sup, w, job, h) = (
             id.slot_of("sup").unwrap(),
