@@ -117,9 +117,9 @@ fn declared_agents_are_tracked_from_their_exec() {
         let st = Command::new("sh")
             .arg("-c")
             .arg(curl_line(&port, "env", i, &tok))
-            // A small environment, as cron gives: the kernel scans its first 2 KiB
-            // for the marker (the known limit), and this test's own environment
-            // under cargo can be larger than that.
+            // A small environment, as cron gives: the kernel scans the first 4 KiB
+            // it reads for the exec record (the known limit), and this test's own
+            // environment under cargo can be larger than that.
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("CUSTODY_AGENT", &env_agent)
