@@ -8,6 +8,7 @@
 pub mod enforce;
 pub mod file;
 pub mod go_tls;
+pub mod hello;
 pub mod net;
 pub mod pipe;
 pub mod policy;
@@ -64,6 +65,9 @@ static OFFSETS: Offsets = Offsets {
     tp_exit_group_dead: 0,
     task_signal: 0,
     signal_live: 0,
+    inet_sport: 0,
+    tcp_bytes_acked: 0,
+    tcp_bytes_received: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -167,6 +167,7 @@ impl Daemon {
             }
         }
         let declared = cfg.agents.len();
+        let llm_hosts = cfg.llm_hosts.clone();
         let mut tracker = MapTracker(tracked);
         let mut pipe = Pipeline::new(
             cfg.host_id.clone(),
@@ -174,6 +175,7 @@ impl Daemon {
             key,
             observe_all,
         );
+        pipe.set_llm_hosts(llm_hosts);
         let revocations = revocation::Revocations::load(&cfg.state_dir)?;
         let watch = CredentialWatch::new(&revocations);
         let seeded = pipe.seed(&mut tracker, netns);
