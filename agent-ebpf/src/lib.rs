@@ -433,9 +433,10 @@ pub struct CloseEvent {
     pub hdr: EventHeader,
     pub sock: u64,
     pub opened_ns: u64,
-    /// `tcp_sock.bytes_acked`: payload bytes sent and acknowledged by the peer.
+    /// `tcp_sock.bytes_acked`: bytes sent and acknowledged by the peer. Counted in
+    /// sequence space, so a FIN acknowledged adds 1 to the payload.
     pub bytes_acked: u64,
-    /// `tcp_sock.bytes_received`: payload bytes received.
+    /// `tcp_sock.bytes_received`: bytes received (a FIN received adds 1 likewise).
     pub bytes_received: u64,
     pub family: u16,
     pub local_port: u16,

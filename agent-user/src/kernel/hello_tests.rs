@@ -221,6 +221,10 @@ fn a_tracked_tls_connection_gives_its_hello_and_its_close_with_byte_counts() {
     assert_eq!(close.sock, h.sock, "the same connection");
     assert_eq!(close.opened_ns, h.opened_ns);
     assert_eq!((close.remote_port, close.local_port), (port, local_port));
+    eprintln!(
+        "close: sent {} received {}; the server received {rx} and sent {tx}",
+        close.bytes_acked, close.bytes_received
+    );
     assert!(
         close_to(close.bytes_acked, rx),
         "sent {} vs server received {rx}",
