@@ -3,7 +3,9 @@
 //! Filtering rule: a process is traced when its tgid is in `TRACKED` (an agent or a
 //! descendant of one) or when the daemon loaded us in observe-all mode. Untracked
 //! processes pay one map lookup per hook and emit nothing; process exec/exit are the
-//! exception, since the daemon's process table and agent matching need them.
+//! exception, since the daemon's process table and agent matching need them, and so
+//! is the first write after a TCP connect when it is a TLS ClientHello (`hello.rs`:
+//! its SNI is discovery evidence), one record per TLS connection.
 
 pub mod enforce;
 pub mod file;
