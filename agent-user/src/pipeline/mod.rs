@@ -5,8 +5,11 @@
 //! kernel policy records. It judges nothing: which sightings are violations is the
 //! credential watch's business (`watch.rs`), acting on them the daemon's.
 
+mod egress;
 mod intent;
 mod resources;
+
+pub use egress::HelloStats;
 
 use std::collections::HashMap;
 
@@ -37,6 +40,8 @@ pub struct Stats {
     pub decode_errors: u64,
     pub emitted: u64,
     pub discovered_agents: u64,
+    /// ClientHellos and opaque egress (`egress.rs`).
+    pub hello: egress::HelloStats,
 }
 
 pub struct Pipeline {
@@ -50,6 +55,10 @@ pub struct Pipeline {
     streams: HashMap<(u32, u64, u32), TlsStream>,
     /// LLM provider of the last request on (tgid, SSL*), to parse its response.
     conn_llm: HashMap<(u32, u64), String>,
+    /// Tracked processes' TLS connections by `struct sock *`, hello to close.
+    conns: HashMap<u64, egress::Conn>,
+    /// Configured LLM API hosts (besides the built-in ones) for SNI discovery.
+    llm_hosts: Vec<String>,
 }
 
 /// What the pipeline makes of a kernel record, in the order it saw them.
@@ -96,6 +105,8 @@ impl Pipeline {
             observe_all,
             streams: HashMap::new(),
             conn_llm: HashMap::new(),
+            conns: HashMap::new(),
+            llm_hosts: Vec::new(),
         }
     }
 
@@ -259,6 +270,7 @@ impl Pipeline {
                     );
                     out.push(Output::Event(ev));
                 }
+                self.hello_exit(&e.hdr);
                 self.table.remove(e.hdr.tgid);
                 self.streams.retain(|k, _| k.0 != e.hdr.tgid);
                 self.conn_llm.retain(|k, _| k.0 != e.hdr.tgid);
@@ -298,6 +310,9 @@ impl Pipeline {
                 self.touch(&e.hdr);
                 out.push(Output::PolicyRecord(e));
             }
+            Raw::Hello(e) => self.hello(&e, tracker, out),
+            // Not the current task's header (see `CloseEvent`): no touch.
+            Raw::Close(e) => self.close(&e, out),
         }
     }
 
@@ -512,6 +527,7 @@ impl Pipeline {
         let table = &self.table;
         self.streams.retain(|k, _| table.get(k.0).is_some());
         self.conn_llm.retain(|k, _| table.get(k.0).is_some());
+        self.hello_prune();
         if self.streams.len() > 8192 {
             self.streams.clear();
         }
