@@ -265,7 +265,7 @@ impl AdminService for AdminSvc {
         let op = self.require(&req, Role::Admin, "retire host")?;
         let r = req.into_inner();
         let reason: String = r.reason.chars().take(1000).collect();
-        let audit = |result: String| {
+        let audit = |result: String, details| {
             let _ = self.engine.audit(admin::AuditEntry {
                 actor: op.name.clone(),
                 role: op.role.as_str().into(),
@@ -273,11 +273,12 @@ impl AdminService for AdminSvc {
                 target: r.host_id.clone(),
                 reason: reason.clone(),
                 result,
+                details,
                 ..Default::default()
             });
         };
         if let Err(e) = self.engine.retire_host(&r.host_id, &op.name, &reason) {
-            audit(format!("refused: {e}"));
+            audit(format!("refused: {e}"), Default::default());
             return Err(match e {
                 crate::engine::RetireError::Unknown(_) => Status::not_found(e.to_string()),
                 crate::engine::RetireError::AlreadyRetired { .. } => {
@@ -287,7 +288,10 @@ impl AdminService for AdminSvc {
             });
         }
         let closed = self.streams.close_host(&r.host_id);
-        audit(format!("ok: identity retired, {closed} open streams ended"));
+        audit(
+            "ok".into(),
+            [("streams_ended".to_owned(), closed.to_string())].into(),
+        );
         tracing::warn!(host = %r.host_id, by = %op.name, "host identity retired");
         self.engine
             .list_hosts()

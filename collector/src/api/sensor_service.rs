@@ -79,11 +79,21 @@ fn msg(m: collector_message::Msg) -> Result<CollectorMessage, Status> {
 
 impl SensorSvc {
     fn audit_enroll(&self, host: &str, result: String) {
+        self.audit_enroll_with(host, result, Default::default());
+    }
+
+    fn audit_enroll_with(
+        &self,
+        host: &str,
+        result: String,
+        details: std::collections::HashMap<String, String>,
+    ) {
         let _ = self.engine.audit(AuditEntry {
             actor: format!("host:{host}"),
             action: "enroll".into(),
             target: host.to_owned(),
             result,
+            details,
             ..Default::default()
         });
     }
@@ -142,20 +152,13 @@ impl SensorService for SensorSvc {
         // Streams opened with the replaced certificate end now (and would be
         // refused at their next message anyway).
         let closed = self.streams.close_host(&r.host_id);
-        let result = match &replaced {
-            Some(old) => format!(
-                "ok: certificate serial {} replaces serial {}{}",
-                cert.serial,
-                old.serial,
-                if closed > 0 {
-                    format!(" ({closed} open streams ended)")
-                } else {
-                    String::new()
-                }
-            ),
-            None => format!("ok: certificate serial {}", cert.serial),
-        };
-        self.audit_enroll(&r.host_id, result);
+        let mut details =
+            std::collections::HashMap::from([("cert_serial".to_owned(), cert.serial.clone())]);
+        if let Some(old) = &replaced {
+            details.insert("replaced_serial".into(), old.serial.clone());
+            details.insert("streams_ended".into(), closed.to_string());
+        }
+        self.audit_enroll_with(&r.host_id, "ok".into(), details);
         tracing::info!(host = %r.host_id, serial = %cert.serial, re_enrolled = replaced.is_some(), "host enrolled");
         Ok(Response::new(EnrollResponse {
             host_id: r.host_id,

@@ -187,10 +187,8 @@ impl Engine {
             actor: format!("host:{}", cert.host),
             action: "adopt certificate".into(),
             target: cert.host.clone(),
-            result: format!(
-                "ok: serial {} is now the host's current certificate",
-                cert.serial
-            ),
+            result: "ok".into(),
+            details: [("cert_serial".to_owned(), cert.serial.clone())].into(),
             ..Default::default()
         });
         Verdict::Adopt
