@@ -425,6 +425,21 @@ async fn a_replaced_certificate_is_refused_on_stream() {
     .unwrap()
     .serial;
     assert_eq!(a.cert_serial, new_serial);
+    // The audit log says which certificate replaced which.
+    let audit = admin(&addr, &c.ca_pem)
+        .await
+        .get_audit(authed(GetAuditRequest::default(), &viewer))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let re = audit
+        .iter()
+        .find(|a| a.action == "enroll" && a.details.contains_key("replaced_serial"))
+        .expect("the re-enrollment is audited");
+    assert_eq!((re.result.as_str(), re.target.as_str()), ("ok", "host-a"));
+    assert_eq!(re.details["cert_serial"], new_serial);
+    assert_eq!(re.details["streams_ended"], "1");
     c.shutdown().await.unwrap();
 }
 
