@@ -293,6 +293,17 @@ impl Session {
                         }))
                         .await?;
                     }
+                    // Each refused event is reported as a range of one, so the
+                    // sensor counts exactly what was lost (the rest is stored).
+                    for (seq, r) in &out.refused {
+                        self.send(collector_message::Msg::Rejected(BatchRejected {
+                            first_seq: *seq,
+                            last_seq: *seq,
+                            code: r.code.into(),
+                            reason: r.reason.clone(),
+                        }))
+                        .await?;
+                    }
                     if out.up_to_seq > 0 {
                         self.send(collector_message::Msg::Ack(Ack {
                             up_to_seq: out.up_to_seq,

@@ -438,6 +438,8 @@ impl Engine {
                     now.saturating_sub(h.newest_event_ns)
                 },
                 clock_skewed: h.clock_skewed,
+                events_refused: h.events_refused,
+                fields_truncated: h.fields_truncated,
             })
             .collect();
         out.sort_by(|a, b| a.host_id.cmp(&b.host_id));
