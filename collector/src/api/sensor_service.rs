@@ -22,8 +22,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{EnrollTokenError, TokenStore};
-use crate::engine::Engine;
 use crate::engine::group_commit::IngestQueue;
+use crate::engine::{Engine, field_caps};
 use crate::pki::{Pki, host_from_cert_der};
 use crate::response::Responder;
 use crate::sensor_streams::{CommandSink, SensorStreams};
@@ -211,7 +211,9 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fail(Status::unavailable(format!("{e:#}"))).await,
         };
-        tracing::info!(%host, resume, boot = %hello.boot_id, "sensor connected");
+        // What the sensor says is cut before it reaches the log.
+        let boot = field_caps::shorten(&hello.boot_id, field_caps::ID);
+        tracing::info!(%host, resume, %boot, "sensor connected");
         if self
             .tx
             .send(msg(collector_message::Msg::HelloAck(HelloAck {
@@ -318,7 +320,8 @@ impl Session {
                 }
                 Some(sensor_message::Msg::Result(r)) => {
                     if !r.host.is_empty() && r.host != self.host {
-                        tracing::warn!(host = %self.host, claimed = %r.host, "command result names another host; recorded for the stream's host");
+                        let claimed = field_caps::shorten(&r.host, field_caps::NAME);
+                        tracing::warn!(host = %self.host, %claimed, "command result names another host; recorded for the stream's host");
                     }
                     let responder = self.responder.clone();
                     let host = self.host.clone();
