@@ -29,6 +29,10 @@ pub const TLS_CAPTURE_MAX: u32 = TLS_CHUNKS_MAX * TLS_MAX as u32;
 pub const DNS_MAX: usize = 256;
 /// Bytes of a JSON line written to a pipe (stdio JSON-RPC, i.e. MCP) kept per write.
 pub const PIPE_MAX: usize = 2048;
+/// Bytes of the first write after a connect kept when it starts like a TLS handshake
+/// record: a ClientHello with post-quantum key shares (Node, Chrome, rustls) is about
+/// 1.8 KB, and the server name comes before the key shares in the usual order.
+pub const HELLO_MAX: usize = 2048;
 
 /// Record kinds (`EventHeader::kind`).
 pub mod kind {
@@ -48,6 +52,12 @@ pub mod kind {
     /// A kernel policy rule denied a connect/sendmsg or killed a process at an open
     /// ([`super::PolicyEvent`]).
     pub const POLICY: u32 = 14;
+    /// The first write on a connected TCP socket, when it starts like a TLS handshake
+    /// record: the ClientHello ([`super::HelloEvent`]).
+    pub const TLS_HELLO: u32 = 15;
+    /// A socket whose ClientHello a tracked process sent reached TCP_CLOSE, with its
+    /// byte counts ([`super::CloseEvent`]).
+    pub const SOCK_CLOSE: u32 = 16;
 }
 
 /// `EventHeader::flags` bits.
@@ -78,6 +88,26 @@ pub mod track {
     pub const DISCOVERED: u32 = 1 << 1;
     /// Tracked because an ancestor is (set at fork).
     pub const INHERITED: u32 = 1 << 2;
+    /// Recognised by the kernel at the exec itself (with `DECLARED`): `CUSTODY_AGENT=`
+    /// in the environment.
+    pub const KERNEL_ENV: u32 = 1 << 3;
+    /// Recognised by the kernel at the exec itself (with `DECLARED`): the executable
+    /// path of an `exe`-only selector.
+    pub const KERNEL_EXE: u32 = 1 << 4;
+}
+
+/// Declared agents the kernel recognises at exec (`DECLARED_ENV`, `DECLARED_EXE`
+/// maps: key [`policy::path_hash`] of the value, value the agent slot), so a child
+/// forked in the first microseconds of a declared agent is tracked from its first
+/// instruction instead of from the daemon's reading of the exec record.
+pub mod declare {
+    /// The environment marker of a declared agent.
+    pub const ENV_PREFIX: &[u8] = b"CUSTODY_AGENT=";
+    /// Bytes of a `CUSTODY_AGENT` value hashed in the kernel (longer values are still
+    /// tracked, under slot 0 until the daemon names them).
+    pub const VALUE_MAX: usize = 128;
+    /// Entries of each selector map.
+    pub const MAX: u32 = 1024;
 }
 
 /// Per-CPU counter slots in the `COUNTERS` map; the daemon sums them over CPUs.
@@ -114,7 +144,18 @@ pub mod counter {
     /// `RET` hooks with no call saved at entry for its goroutine (the entry record was
     /// evicted, or the call began before the hooks were attached): its plaintext was lost.
     pub const GO_TLS_MISSED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// Declared agents the kernel recognised and tracked at their exec.
+    pub const DECLARED_AT_EXEC: u32 = 16;
+    /// First writes after a connect that were inspected for a ClientHello (one per
+    /// connection that wrote; later writes cost only the map lookup that misses).
+    pub const HELLO_INSPECTED: u32 = 17;
+    /// Of those, the ones that started like a TLS handshake record (emitted, or lost
+    /// with `RINGBUF_FULL`).
+    pub const HELLO_SEEN: u32 = 18;
+    /// The open-connection map (`CONNS`) was full: a tracked connection's close record
+    /// (its byte counts) will be missing.
+    pub const CONNS_FULL: u32 = 19;
+    pub const COUNT: u32 = 20;
 }
 
 /// Revocation hold scope, the one value of the `HOLD` array map (written by the
@@ -375,6 +416,80 @@ pub struct PipeEvent {
     pub data: [u8; PIPE_MAX],
 }
 
+/// The first write on a TCP socket after its connect, when it starts like a TLS
+/// handshake record (`0x16 0x03`, handshake type 1): the ClientHello, cut at
+/// [`HELLO_MAX`] (`DATA_TRUNCATED` when the write was longer), and the socket's
+/// 4-tuple. Emitted for every process in the sensor's scope (SNI is discovery
+/// evidence); a tracked process's connection is then followed to its close.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HelloEvent {
+    pub hdr: EventHeader,
+    /// The `struct sock *`: names the connection until its [`CloseEvent`].
+    pub sock: u64,
+    /// `bpf_ktime_get_boot_ns()` at the connect's return.
+    pub opened_ns: u64,
+    pub fd: i32,
+    /// Bytes the write asked to send.
+    pub len: u32,
+    /// Bytes kept in `data`.
+    pub captured: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: [u16; 3],
+    /// IPv4 addresses use the first 4 bytes (network order).
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub data: [u8; HELLO_MAX],
+}
+
+/// A connection whose ClientHello a tracked process sent, at TCP_CLOSE. The state
+/// change runs in whatever context closes the socket (often a softirq), so the header
+/// is not the current task's: only `kind`, `flags`, `ktime_ns`, `tgid`, `agent` and
+/// `start_boottime` are set, from what was saved at the hello.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub hdr: EventHeader,
+    pub sock: u64,
+    pub opened_ns: u64,
+    /// `tcp_sock.bytes_acked`: bytes sent and acknowledged by the peer. Counted in
+    /// sequence space, so a FIN acknowledged adds 1 to the payload.
+    pub bytes_acked: u64,
+    /// `tcp_sock.bytes_received`: bytes received (a FIN received adds 1 likewise).
+    pub bytes_received: u64,
+    pub family: u16,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad: u16,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+/// A socket connected and not written yet (`FIRST_WRITE` map, key `tgid << 32 | fd`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Armed {
+    pub sock: u64,
+    pub opened_ns: u64,
+}
+
+/// A tracked process's TLS connection until TCP_CLOSE (`CONNS` map, key: the
+/// `struct sock *`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnOpen {
+    pub tgid: u32,
+    pub agent: u32,
+    /// The hello record's header flags (`flag::TRACKED`).
+    pub flags: u32,
+    pub _pad: u32,
+    pub start_boottime: u64,
+    pub opened_ns: u64,
+}
+
 /// Kernel structure member offsets, read from the running kernel's BTF by the daemon
 /// and patched into the programs at load, so no CO-RE or kernel headers are needed.
 #[repr(C)]
@@ -420,6 +535,12 @@ pub struct Offsets {
     pub tp_exit_group_dead: u64,
     pub task_signal: u64,
     pub signal_live: u64,
+    /// `inet_sock.inet_sport` (network order): the local port that stays set at
+    /// TCP_CLOSE, when `skc_num` has already been cleared by the port's release.
+    pub inet_sport: u64,
+    /// `tcp_sock` byte counters, read at TCP_CLOSE.
+    pub tcp_bytes_acked: u64,
+    pub tcp_bytes_received: u64,
 }
 
 /// Run-time switches patched in at load.

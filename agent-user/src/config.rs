@@ -17,6 +17,18 @@ struct RawConfig {
     sensor: RawSensor,
     #[serde(default)]
     agent: Vec<Spanned<RawAgent>>,
+    #[serde(default)]
+    discovery: RawDiscovery,
+}
+
+/// How undeclared agents are recognised, beyond the built-in rules.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    /// Host names of LLM/MCP APIs (besides the built-in provider hosts): a process whose
+    /// TLS ClientHello names one (or a subdomain) becomes a discovered agent.
+    #[serde(default)]
+    llm_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,6 +108,8 @@ pub struct Config {
     /// Revocation hold scope (`agent_ebpf::hold`).
     pub revocation_hold: u32,
     pub agents: Vec<AgentDecl>,
+    /// `[discovery] llm_hosts`, lower-cased.
+    pub llm_hosts: Vec<String>,
 }
 
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
@@ -223,7 +237,20 @@ impl Config {
             .sensor
             .pin_dir
             .unwrap_or_else(|| PathBuf::from("/sys/fs/bpf/custody").join(&host_id));
+        let mut llm_hosts = Vec::new();
+        for h in raw.discovery.llm_hosts {
+            let h = h.trim().trim_end_matches('.').to_ascii_lowercase();
+            if h.is_empty()
+                || !h
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                bail!("config {name}: [discovery] llm_hosts: {h:?} is not a host name");
+            }
+            llm_hosts.push(h);
+        }
         Ok(Config {
+            llm_hosts,
             pin_dir,
             host_id,
             state_dir,

@@ -152,6 +152,34 @@ impl Identity {
         self.register(id, id, "", "", Kind::Discovered)
     }
 
+    /// The declared agents the kernel can recognise at exec, as (selector value,
+    /// slot): `CUSTODY_AGENT` values (each env selector and each agent id, as
+    /// [`Identity::match_exec`] accepts both) and the paths of `exe`-only selectors.
+    /// Selectors that need user space (sha256, argv glob, uid, cgroup path) are not
+    /// listed: those agents are recognised from the exec record, as before.
+    pub fn kernel_selectors(&self) -> KernelSelectors {
+        let mut k = KernelSelectors::default();
+        for d in &self.decls {
+            let Some(slot) = self.slot_of(&d.id) else {
+                continue;
+            };
+            let s = &d.selectors;
+            if let Some(v) = &s.env {
+                k.env.push((v.clone(), slot));
+            }
+            k.env.push((d.id.clone(), slot));
+            let exe_only = s.sha256.is_none()
+                && s.argv.is_none()
+                && s.uid.is_none()
+                && s.cgroup.is_none()
+                && s.env.is_none();
+            if let Some(e) = s.exe.as_ref().filter(|e| exe_only && e.starts_with('/')) {
+                k.exe.push((e.clone(), slot));
+            }
+        }
+        k
+    }
+
     /// Match a new program image against the declared agents.
     pub fn match_exec(&mut self, f: &ExecFacts) -> Option<Arc<AgentInfo>> {
         if let Some(v) = f.env_agent.filter(|v| !v.is_empty()) {
@@ -224,6 +252,17 @@ impl Identity {
         self.hashes.insert(key, hex.clone());
         Some(hex)
     }
+}
+
+/// Declared-agent selectors the kernel matches at exec (see
+/// [`Identity::kernel_selectors`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelSelectors {
+    /// `CUSTODY_AGENT` value → slot (the first declaration of a value wins, as in
+    /// [`Identity::match_exec`]).
+    pub env: Vec<(String, u32)>,
+    /// Absolute executable path → slot.
+    pub exe: Vec<(String, u32)>,
 }
 
 /// The known agent program process `tgid` runs with this exe and argv, if any (a
@@ -299,6 +338,36 @@ mod tests {
             (d.id.as_str(), d.kind),
             ("undeclared:python3:llm_client.py", Kind::Discovered)
         );
+    }
+
+    /// What the kernel can recognise at exec: env values and ids of every agent,
+    /// and only `exe` selectors that need nothing else.
+    #[test]
+    fn kernel_selectors_leave_user_space_selectors_out() {
+        let id = ident(
+            "[[agent]]\nid=\"sup\"\n[agent.match]\nargv=\"*supervisor.py*\"\nexe=\"/usr/bin/python3\"\n\
+             [[agent]]\nid=\"w\"\n[agent.match]\nenv=\"worker-1\"\n\
+             [[agent]]\nid=\"job\"\n[agent.match]\nexe=\"/opt/job.sh\"\n\
+             [[agent]]\nid=\"h\"\n[agent.match]\nexe=\"/opt/h\"\nsha256=\"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+        );
+        let (sup, w, job, h) = (
+            id.slot_of("sup").unwrap(),
+            id.slot_of("w").unwrap(),
+            id.slot_of("job").unwrap(),
+            id.slot_of("h").unwrap(),
+        );
+        let k = id.kernel_selectors();
+        assert_eq!(
+            k.env,
+            vec![
+                ("sup".to_string(), sup),
+                ("worker-1".to_string(), w),
+                ("w".to_string(), w),
+                ("job".to_string(), job),
+                ("h".to_string(), h),
+            ]
+        );
+        assert_eq!(k.exe, vec![("/opt/job.sh".to_string(), job)]);
     }
 
     #[test]

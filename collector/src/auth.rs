@@ -92,6 +92,15 @@ pub enum EnrollTokenError {
     Store(String),
 }
 
+/// An enrollment token that passed [`TokenStore::check_enroll`], not yet used up.
+#[derive(Debug)]
+pub struct EnrollGrant {
+    /// The token was minted for this host id (an admin's enrollment or re-enrollment
+    /// of that host), not for any host.
+    pub bound: bool,
+    hash: String,
+}
+
 /// Token files under a collector data dir.
 #[derive(Clone, Debug)]
 pub struct TokenStore {
@@ -145,6 +154,18 @@ impl TokenStore {
         ca_fingerprint: &str,
         host_id: &str,
     ) -> Result<(), EnrollTokenError> {
+        let grant = self.check_enroll(token, ca_fingerprint, host_id)?;
+        self.consume(&grant, host_id)
+    }
+
+    /// Checks an enrollment token without using it up: the caller may still refuse
+    /// the enrollment (an enrolled host id) and the token stays usable.
+    pub fn check_enroll(
+        &self,
+        token: &str,
+        ca_fingerprint: &str,
+        host_id: &str,
+    ) -> Result<EnrollGrant, EnrollTokenError> {
         let (fp, secret) = parse_enroll_token(token).ok_or(EnrollTokenError::Malformed)?;
         if !fp.eq_ignore_ascii_case(ca_fingerprint) {
             return Err(EnrollTokenError::WrongCa {
@@ -166,14 +187,27 @@ impl TokenStore {
         if now_ns() > rec.expires_at_ns {
             return Err(EnrollTokenError::Expired);
         }
-        if let Some(bound) = rec.host_id
+        if let Some(bound) = &rec.host_id
             && bound != host_id
         {
             return Err(EnrollTokenError::WrongHost {
-                bound,
+                bound: bound.clone(),
                 requested: host_id.to_owned(),
             });
         }
+        if self.enroll_dir.join(format!("{hash}.used")).exists() {
+            return Err(EnrollTokenError::AlreadyUsed);
+        }
+        Ok(EnrollGrant {
+            bound: rec.host_id.is_some(),
+            hash,
+        })
+    }
+
+    /// Uses up a checked token. Race-free across processes: of two concurrent uses
+    /// one gets `AlreadyUsed`.
+    pub fn consume(&self, grant: &EnrollGrant, host_id: &str) -> Result<(), EnrollTokenError> {
+        let hash = &grant.hash;
         let marker = self.enroll_dir.join(format!("{hash}.used"));
         match std::fs::OpenOptions::new()
             .write(true)
@@ -286,6 +320,20 @@ mod tests {
             s.consume_enroll(&t, FP, "b"),
             Err(EnrollTokenError::WrongHost { .. })
         ));
+        // Checking does not use a token up; consuming does, once.
+        let grant = s.check_enroll(&t, FP, "a").unwrap();
+        assert!(grant.bound);
+        assert!(s.check_enroll(&t, FP, "a").is_ok());
+        s.consume(&grant, "a").unwrap();
+        assert_eq!(s.consume(&grant, "a"), Err(EnrollTokenError::AlreadyUsed));
+        assert_eq!(
+            s.check_enroll(&t, FP, "a").unwrap_err(),
+            EnrollTokenError::AlreadyUsed
+        );
+        let (any, _) = s
+            .mint_enroll(FP, std::time::Duration::from_secs(60), None)
+            .unwrap();
+        assert!(!s.check_enroll(&any, FP, "a").unwrap().bound);
     }
 
     #[test]

@@ -39,6 +39,38 @@ pub struct HostRecord {
     pub counters: BTreeMap<String, u64>,
     pub newest_event_ns: u64,
     pub clock_skewed: u64,
+    /// The certificate issued at the host's last enrollment: the only one its
+    /// streams are accepted with (`None` for a host enrolled before certificates
+    /// were recorded; its first stream's certificate is adopted).
+    pub cert: Option<CurrentCert>,
+    /// Set when an admin retired the identity (`custodyctl host retire`): no
+    /// certificate of it is accepted, its data stays, and the id may be enrolled
+    /// again with any token. Cleared by that enrollment.
+    pub retired: Option<Retirement>,
+    /// Streams refused because they presented another or an older certificate for
+    /// this host, or the certificate of its retired identity.
+    pub certs_refused: u64,
+}
+
+/// A host's current client certificate, as issued.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CurrentCert {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// Hex SHA-256 of the SubjectPublicKeyInfo (the host's public key).
+    pub spki_sha256: String,
+    pub issued_at_ns: u64,
+    pub not_after_ns: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Retirement {
+    pub at_ns: u64,
+    /// The operator who retired it.
+    pub by: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

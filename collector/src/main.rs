@@ -85,7 +85,8 @@ enum Cmd {
     EnrollToken {
         #[arg(long, default_value = "1h")]
         ttl: String,
-        /// Only this host id may enroll with the token.
+        /// Only this host id may enroll with the token. Needed to re-enroll a host
+        /// that is already enrolled (a token for any host cannot take it over).
         #[arg(long)]
         host: Option<String>,
     },

@@ -139,9 +139,6 @@ impl Pki {
         })
     }
 
-    /// Issues a client certificate for `host_id` over the public key of `csr_pem`.
-    /// The CSR's own subject and extensions are ignored: the collector alone decides
-    /// which identity a host gets. Returns the PEM and its expiry (Unix ns).
     /// Reads a sensor's CSR without signing anything: enrollment checks the CSR,
     /// then the token, and only then spends a signature (so the unauthenticated
     /// cannot make the collector sign at will, and a bad CSR does not burn a token).
@@ -159,7 +156,11 @@ impl Pki {
         self.issued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn sign_client(&self, host_id: &str, csr: Csr) -> Result<(String, u64)> {
+    /// Issues a client certificate for `host_id` over the public key of `csr`. The
+    /// CSR's own subject and extensions are ignored: the collector alone decides
+    /// which identity a host gets. Returns the PEM, its expiry (Unix ns) and the
+    /// identity the collector records as the host's current certificate.
+    pub fn sign_client(&self, host_id: &str, csr: Csr) -> Result<(String, u64, CertIdentity)> {
         let csr = csr.0;
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, host_id);
@@ -180,7 +181,8 @@ impl Pki {
         .signed_by(&self.issuer)?;
         self.issued
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok((signed.pem(), not_after_ns))
+        let identity = cert_identity(signed.der())?;
+        Ok((signed.pem(), not_after_ns, identity))
     }
 }
 
@@ -222,9 +224,22 @@ pub fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
     Ok(doc.contents)
 }
 
-/// The host identity a client certificate names (its subject CN). The TLS layer has
-/// already verified the certificate against our CA.
-pub fn host_from_cert_der(der: &[u8]) -> Result<String> {
+/// Which certificate a host presents: its host id (subject CN) and what tells one
+/// certificate for that host from another. The CA can sign many certificates with
+/// the same CN over time; the collector records the one it issued last per host
+/// and accepts only that one (see `Engine::check_sensor_cert`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CertIdentity {
+    pub host: String,
+    /// The certificate's serial number, lowercase hex.
+    pub serial: String,
+    /// Hex SHA-256 of the certificate's SubjectPublicKeyInfo (DER): the host's key.
+    pub spki_sha256: String,
+}
+
+/// Reads host id, serial and key hash from a client certificate's DER. The TLS
+/// layer has already verified the certificate against our CA.
+pub fn cert_identity(der: &[u8]) -> Result<CertIdentity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| anyhow::anyhow!("unparseable client certificate: {e}"))?;
     let cn = cert
@@ -233,10 +248,15 @@ pub fn host_from_cert_der(der: &[u8]) -> Result<String> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_owned);
-    match cn {
-        Some(cn) if !cn.is_empty() => Ok(cn),
+    let host = match cn {
+        Some(cn) if !cn.is_empty() => cn,
         _ => bail!("client certificate has no subject CN"),
-    }
+    };
+    Ok(CertIdentity {
+        host,
+        serial: hex::encode(cert.raw_serial()),
+        spki_sha256: sha256_hex(cert.public_key().raw),
+    })
 }
 
 #[cfg(test)]
@@ -260,16 +280,24 @@ mod tests {
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, "evil");
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let (pem, _) = p1
+        let (pem, _, issued) = p1
             .sign_client("host-a", Pki::check_csr(&csr).unwrap())
             .unwrap();
-        assert_eq!(
-            host_from_cert_der(&pem_to_der(&pem).unwrap()).unwrap(),
-            "host-a"
-        );
+        let presented = cert_identity(&pem_to_der(&pem).unwrap()).unwrap();
+        assert_eq!(presented, issued);
+        assert_eq!(presented.host, "host-a");
+        assert_eq!(presented.serial.len(), 32, "16 random bytes");
+        // The key hash is over the CSR's key: a second certificate for the same key
+        // differs by serial only.
+        let (pem2, _, again) = p1
+            .sign_client("host-a", Pki::check_csr(&csr).unwrap())
+            .unwrap();
+        assert_ne!(pem, pem2);
+        assert_eq!(again.spki_sha256, issued.spki_sha256);
+        assert_ne!(again.serial, issued.serial);
         assert!(Pki::check_csr("garbage").is_err());
         assert!(Pki::check_csr(&"A".repeat(20_000)).is_err());
-        assert_eq!(p1.issued(), 1);
+        assert_eq!(p1.issued(), 2);
     }
 
     #[test]

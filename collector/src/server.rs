@@ -78,6 +78,9 @@ pub struct Collector {
     pub addr: SocketAddr,
     pub ca_pem: String,
     pub ca_fingerprint: String,
+    /// The CA (tests issue certificates with it directly, as a holder of an old
+    /// or stolen one would present them).
+    pub pki: Arc<Pki>,
     pub engine: Arc<Engine>,
     pub streams: Arc<SensorStreams>,
     pub responder: Arc<Responder>,
@@ -149,11 +152,13 @@ impl Collector {
             streams: streams.clone(),
             responder: responder.clone(),
             shutdown: shutdown_rx.clone(),
+            enrollments: Default::default(),
         };
         let admin = AdminSvc {
             engine: engine.clone(),
             tokens: tokens.clone(),
             pki: pki.clone(),
+            streams: streams.clone(),
             responder: responder.clone(),
             alerts: alerts.clone(),
             policy: policy.clone(),
@@ -229,6 +234,7 @@ impl Collector {
             addr,
             ca_pem: pki.ca_pem.clone(),
             ca_fingerprint: pki.ca_fingerprint.clone(),
+            pki,
             engine,
             streams,
             responder,

@@ -3,11 +3,15 @@
 //! Filtering rule: a process is traced when its tgid is in `TRACKED` (an agent or a
 //! descendant of one) or when the daemon loaded us in observe-all mode. Untracked
 //! processes pay one map lookup per hook and emit nothing; process exec/exit are the
-//! exception, since the daemon's process table and agent matching need them.
+//! exception, since the daemon's process table and agent matching need them, and so
+//! is the first write after a TCP connect when it is a TLS ClientHello (`hello.rs`:
+//! its SNI is discovery evidence), one record per TLS connection.
 
+pub mod declare;
 pub mod enforce;
 pub mod file;
 pub mod go_tls;
+pub mod hello;
 pub mod net;
 pub mod pipe;
 pub mod policy;
@@ -64,6 +68,9 @@ static OFFSETS: Offsets = Offsets {
     tp_exit_group_dead: 0,
     task_signal: 0,
     signal_live: 0,
+    inet_sport: 0,
+    tcp_bytes_acked: 0,
+    tcp_bytes_received: 0,
 };
 
 #[unsafe(no_mangle)]

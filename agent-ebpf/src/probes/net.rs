@@ -1,6 +1,7 @@
 //! Network activity: connect, accept/accept4, bind, listen (with results and the
 //! socket's full 4-tuple read from the kernel socket behind the fd), and UDP/53 sends
-//! (DNS queries) from sendto/sendmsg/sendmmsg.
+//! (DNS queries) from sendto/sendmsg/sendmmsg. Connects and sends also feed the
+//! first-write ClientHello inspection (`hello.rs`).
 
 use agent_ebpf::{DNS_MAX, DnsEvent, NetEvent, counter, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
@@ -18,6 +19,18 @@ const SOCK_DGRAM: u16 = 2;
 #[tracepoint]
 pub fn custody_connect_enter(ctx: TracePointContext) -> u32 {
     if !wanted() {
+        // Not reported, but its first write is inspected for a ClientHello (discovery
+        // by SNI); connects are rare enough for the stash.
+        if super::hello::arm_untraced() {
+            stash(
+                super::hello::CONNECT_ARM_ONLY,
+                arg(&ctx, 0) as i32,
+                0,
+                0,
+                0,
+                0,
+            );
+        }
         return 0;
     }
     stash(
@@ -60,8 +73,15 @@ pub fn custody_listen_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn custody_sock_exit(ctx: TracePointContext) -> u32 {
     let Some(p) = take() else { return 0 };
+    if p.kind == super::hello::CONNECT_ARM_ONLY {
+        super::hello::arm(p.fd, ret(&ctx));
+        return 0;
+    }
     if p.kind != kind::NET_CONNECT && p.kind != kind::NET_BIND && p.kind != kind::NET_LISTEN {
         return 0;
+    }
+    if p.kind == kind::NET_CONNECT {
+        super::hello::arm(p.fd, ret(&ctx));
     }
     emit(p.kind, p.fd, ret(&ctx), p.a);
     0
@@ -148,6 +168,7 @@ fn emit(kind: u32, fd: i32, result: i64, uaddr: u64) {
 
 #[tracepoint]
 pub fn custody_sendto_enter(ctx: TracePointContext) -> u32 {
+    super::hello::first_write(arg(&ctx, 0) as i32, arg(&ctx, 1), arg(&ctx, 2));
     if !wanted() {
         return 0;
     }
@@ -163,6 +184,7 @@ pub fn custody_sendto_enter(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn custody_sendmsg_enter(ctx: TracePointContext) -> u32 {
+    super::hello::first_write_msg(arg(&ctx, 0) as i32, arg(&ctx, 1));
     if !wanted() {
         return 0;
     }

@@ -1,5 +1,6 @@
 //! JSON written to pipes by tracked processes: the stdio transport of MCP and other
 //! JSON-RPC tool servers. Only writes whose first byte is `{` to a FIFO are kept.
+//! The same hook gives the first write after a connect to `hello.rs`.
 
 use agent_ebpf::{PIPE_MAX, PipeEvent, counter, flag, kind};
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
@@ -12,11 +13,14 @@ use super::{
 
 #[tracepoint]
 pub fn custody_write_enter(ctx: TracePointContext) -> u32 {
+    let fd = arg(&ctx, 0) as i32;
+    let buf = arg(&ctx, 1);
+    // Every process: one lookup that misses unless this fd connected and has not
+    // written since (the ClientHello inspection, `hello.rs`).
+    super::hello::first_write(fd, buf, arg(&ctx, 2));
     if traced(current_tgid()).is_none() {
         return 0;
     }
-    let fd = arg(&ctx, 0) as i32;
-    let buf = arg(&ctx, 1);
     let first: u8 = unsafe { uread(buf) }.unwrap_or(0);
     if first != b'{' {
         return 0;

@@ -1,6 +1,7 @@
 //! Process lifecycle: exec (with argv and environment read from the new mm in the
 //! kernel, so a 1 ms process still has its arguments), fork (tracking inherited by
-//! children), exit.
+//! children), exit. Declared agents the kernel can recognise are tracked at the exec
+//! itself (`declare`).
 
 use agent_ebpf::{
     ARGS_MAX, ENV_MAX, ExecEvent, ExitEvent, ForkEvent, PATH_MAX, Tracked, counter, flag, kind,
@@ -30,25 +31,17 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
     if let Some(t) = TRACKED.get_ptr_mut(&tgid) {
         unsafe { (*t).cached = 0 };
     }
-    // Revocation hold: stopped even when the record below is lost (the daemon's
-    // sweep then vets the process from /proc).
-    let held_ns = super::enforce::hold_at_exec(tgid, tflags & flag::TRACKED != 0);
     let Some(mut entry) = EVENTS.reserve::<ExecEvent>(0) else {
         count(counter::RINGBUF_FULL);
+        // Revocation hold: stopped even when the record is lost (the daemon's sweep
+        // then vets the process from /proc).
+        super::enforce::hold_at_exec(tgid, tflags & flag::TRACKED != 0);
         return 0;
     };
     // SAFETY: reserved memory of the right size; every field we read later is written.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     fill_header(&mut ev.hdr, kind::EXEC, agent, tflags);
     ev._pad = 0;
-    let mut wake = 0;
-    if held_ns != 0 {
-        ev.hdr.flags |= flag::HELD;
-        ev.hdr.ktime_ns = held_ns;
-        // A stopped process waits for this record: wake the daemon now, whatever
-        // the backlog (other records only wake it past WAKE_BYTES).
-        wake = super::BPF_RB_FORCE_WAKEUP;
-    }
 
     // filename: a __data_loc field; the low 16 bits are its offset inside the record.
     let loc: u32 = unsafe { ctx.read_at(off!(tp_exec_filename) as usize) }.unwrap_or(0);
@@ -100,6 +93,25 @@ pub fn custody_exec(ctx: TracePointContext) -> u32 {
     }
     if want > ENV_MAX as u64 {
         ev.hdr.flags |= flag::ENV_TRUNCATED;
+    }
+    // A declared agent the kernel can recognise is tracked now, before its image
+    // runs, so whatever it forks is tracked from its first instruction.
+    if tflags & flag::TRACKED == 0 {
+        if let Some((slot, _)) = super::declare::at_exec(tgid, ev) {
+            ev.hdr.flags |= flag::TRACKED;
+            ev.hdr.agent = slot;
+        }
+    }
+    // Revocation hold (after the tracking decision, so a declared agent is held as a
+    // tracked process); the process is still in exec and has not run.
+    let held_ns = super::enforce::hold_at_exec(tgid, ev.hdr.flags & flag::TRACKED != 0);
+    let mut wake = 0;
+    if held_ns != 0 {
+        ev.hdr.flags |= flag::HELD;
+        ev.hdr.ktime_ns = held_ns;
+        // A stopped process waits for this record: wake the daemon now, whatever
+        // the backlog (other records only wake it past WAKE_BYTES).
+        wake = super::BPF_RB_FORCE_WAKEUP;
     }
     entry.submit(wake);
     0

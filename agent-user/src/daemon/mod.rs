@@ -15,6 +15,7 @@
 
 mod args;
 mod commands;
+mod declared;
 mod drain;
 mod holds;
 mod orders;
@@ -61,6 +62,12 @@ impl Tracker for MapTracker {
         if let Err(e) = self.0.insert(tgid, t, 0) {
             tracing::warn!("could not track pid {tgid}: {e}");
         }
+    }
+
+    fn retag(&mut self, tgid: u32, t: Tracked) {
+        // BPF_EXIST: only a process still tracked; one that exited since must not
+        // come back (its pid could be reused).
+        let _ = self.0.insert(tgid, t, 2);
     }
 }
 

@@ -167,13 +167,14 @@ impl Daemon {
             }
         }
         let declared = cfg.agents.len();
+        let llm_hosts = cfg.llm_hosts.clone();
         let mut tracker = MapTracker(tracked);
-        let mut pipe = Pipeline::new(
-            cfg.host_id.clone(),
-            Identity::new(cfg.agents),
-            key,
-            observe_all,
-        );
+        let identity = Identity::new(cfg.agents);
+        let at_exec = super::declared::fill(&mut ebpf, &identity.kernel_selectors())
+            .context("declared agents in the kernel")?;
+        tracing::info!(selectors = at_exec, "declared agents recognised at exec");
+        let mut pipe = Pipeline::new(cfg.host_id.clone(), identity, key, observe_all);
+        pipe.set_llm_hosts(llm_hosts);
         let revocations = revocation::Revocations::load(&cfg.state_dir)?;
         let watch = CredentialWatch::new(&revocations);
         let seeded = pipe.seed(&mut tracker, netns);

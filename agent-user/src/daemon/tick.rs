@@ -11,7 +11,7 @@ use super::Daemon;
 use crate::clock;
 use crate::report::{metrics, status};
 
-const COUNTER_NAMES: [(u32, &str); 16] = [
+const COUNTER_NAMES: [(u32, &str); 20] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -28,6 +28,10 @@ const COUNTER_NAMES: [(u32, &str); 16] = [
     (counter::TLS_CHUNKS_LOST, "tls_chunks_lost"),
     (counter::TLS_BYTES_CAPPED, "tls_bytes_capped"),
     (counter::GO_TLS_MISSED, "go_tls_missed"),
+    (counter::DECLARED_AT_EXEC, "declared_at_exec"),
+    (counter::HELLO_INSPECTED, "hello_inspected"),
+    (counter::HELLO_SEEN, "hello_seen"),
+    (counter::CONNS_FULL, "conns_full"),
 ];
 
 impl Daemon {
@@ -41,7 +45,7 @@ impl Daemon {
                 .unwrap_or(0);
             counters_now.insert(name.to_string(), v);
         }
-        for name in ["ringbuf_full", "pending_full", "tracked_full"] {
+        for name in ["ringbuf_full", "pending_full", "tracked_full", "conns_full"] {
             let v = counters_now[name];
             let before = self.reported_lost.insert(name, v).unwrap_or(0);
             if v > before && !self.args.floor {
@@ -82,6 +86,7 @@ impl Daemon {
         st.events_emitted = self.pipe.stats.emitted;
         st.processes_known = self.pipe.table.len();
         st.discovered_agents = self.pipe.stats.discovered_agents;
+        st.tls_hellos = self.pipe.stats.hello.clone();
         if let (Some(h), Some(e)) = (self.report.shipper(), &self.enrolled) {
             h.set_counters(
                 st.kernel_counters

@@ -248,6 +248,9 @@ pub fn offsets(btf: &Btf, tp_exec_filename: u64, tp_exit_group_dead: u64) -> Res
         tp_exit_group_dead,
         task_signal: o("task_struct", "signal")?,
         signal_live: o("signal_struct", "live")?,
+        inet_sport: o("inet_sock", "inet_sport")?,
+        tcp_bytes_acked: o("tcp_sock", "bytes_acked")?,
+        tcp_bytes_received: o("tcp_sock", "bytes_received")?,
     })
 }
 

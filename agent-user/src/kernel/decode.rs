@@ -2,8 +2,8 @@
 //! kind first. A record of the wrong size is counted and skipped, never trusted.
 
 use agent_ebpf::{
-    DnsEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, ForkEvent, NetEvent, PipeEvent,
-    PolicyEvent, TlsEvent, kind,
+    CloseEvent, DnsEvent, EventHeader, ExecEvent, ExitEvent, FileEvent, ForkEvent, HelloEvent,
+    NetEvent, PipeEvent, PolicyEvent, TlsEvent, kind,
 };
 
 pub enum Raw {
@@ -16,6 +16,8 @@ pub enum Raw {
     Tls(Box<TlsEvent>),
     Pipe(Box<PipeEvent>),
     Policy(Box<PolicyEvent>),
+    Hello(Box<HelloEvent>),
+    Close(CloseEvent),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub fn decode(buf: &[u8]) -> Result<Raw, DecodeError> {
         kind::TLS_DATA => Raw::Tls(boxed(buf, k)?),
         kind::PIPE_WRITE => Raw::Pipe(boxed(buf, k)?),
         kind::POLICY => Raw::Policy(boxed(buf, k)?),
+        kind::TLS_HELLO => Raw::Hello(boxed(buf, k)?),
+        kind::SOCK_CLOSE => Raw::Close(read(buf, k)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }

@@ -108,6 +108,9 @@ const SYSCALL_HOOKS: &[(&str, &str, &[&str])] = &[
     ("dns", "custody_sendmmsg_enter", &["sys_enter_sendmmsg"]),
     ("stdio_jsonrpc", "custody_write_enter", &["sys_enter_write"]),
     ("stdio_jsonrpc", "custody_write_exit", &["sys_exit_write"]),
+    // write, sendto and sendmsg hooks above also take the first write after a
+    // connect; writev is the remaining way a TLS library sends one (libuv).
+    ("tls_hello", "custody_writev_enter", &["sys_enter_writev"]),
 ];
 
 /// Offset of `field` in the record of tracepoint `sched/event`, from its tracefs format
@@ -381,6 +384,21 @@ pub fn load_with(opts: &Options, cache: &InspectionCache) -> Result<Loaded> {
         Ok(())
     })();
     feature(&mut features, "process_fork", fork);
+    if !opts.floor {
+        // Byte counts of tracked TLS connections at TCP_CLOSE (not a syscall hook:
+        // it runs on TCP state changes only, so it has no floor counterpart).
+        let close = (|| -> Result<()> {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut("custody_sock_state")
+                .context("sock state program missing")?
+                .try_into()?;
+            p.load("inet_sock_set_state", &kernel_btf)?;
+            let id = p.attach()?;
+            links.push(Box::new(p.take_link(id)?));
+            Ok(())
+        })();
+        feature(&mut features, "tls_connection_close", close);
+    }
 
     let mut tls = TlsAttacher::new(opts.floor);
     let mut tls_start = Vec::new();

@@ -9,6 +9,8 @@ pub mod decode;
 // Called by the daemon's per-binary TLS analysis once that is wired in; until then
 // only its tests use it. Remove this allow when the daemon calls `attach_go`.
 pub mod go_attach;
+#[cfg(test)]
+mod hello_tests;
 pub mod loader;
 pub mod mounts;
 pub mod pins;

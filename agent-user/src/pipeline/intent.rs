@@ -92,7 +92,7 @@ impl Pipeline {
     }
 
     /// Track a process as a discovered agent and report why.
-    fn discover(
+    pub(super) fn discover(
         &mut self,
         h: &EventHeader,
         reason: &str,

@@ -5,8 +5,11 @@
 //! kernel policy records. It judges nothing: which sightings are violations is the
 //! credential watch's business (`watch.rs`), acting on them the daemon's.
 
+mod egress;
 mod intent;
 mod resources;
+
+pub use egress::HelloStats;
 
 use std::collections::HashMap;
 
@@ -25,6 +28,10 @@ use crate::users::Users;
 /// Where tracking decisions made in user space go (the kernel's tracked map).
 pub trait Tracker {
     fn track(&mut self, tgid: u32, t: Tracked);
+    /// Correct the entry of a process that is tracked already (and only then).
+    fn retag(&mut self, tgid: u32, t: Tracked) {
+        self.track(tgid, t);
+    }
 }
 
 #[derive(Default, Debug, Clone, serde::Serialize)]
@@ -33,6 +40,8 @@ pub struct Stats {
     pub decode_errors: u64,
     pub emitted: u64,
     pub discovered_agents: u64,
+    /// ClientHellos and opaque egress (`egress.rs`).
+    pub hello: egress::HelloStats,
 }
 
 pub struct Pipeline {
@@ -46,6 +55,10 @@ pub struct Pipeline {
     streams: HashMap<(u32, u64, u32), TlsStream>,
     /// LLM provider of the last request on (tgid, SSL*), to parse its response.
     conn_llm: HashMap<(u32, u64), String>,
+    /// Tracked processes' TLS connections by `struct sock *`, hello to close.
+    conns: HashMap<u64, egress::Conn>,
+    /// Configured LLM API hosts (besides the built-in ones) for SNI discovery.
+    llm_hosts: Vec<String>,
 }
 
 /// What the pipeline makes of a kernel record, in the order it saw them.
@@ -92,6 +105,8 @@ impl Pipeline {
             observe_all,
             streams: HashMap::new(),
             conn_llm: HashMap::new(),
+            conns: HashMap::new(),
+            llm_hosts: Vec::new(),
         }
     }
 
@@ -223,6 +238,14 @@ impl Pipeline {
                 child.agent = parent.agent.clone();
                 child.tls_uncovered = parent.tls_uncovered;
                 let child_exec_id = child.exec_id.clone();
+                // A child forked by an agent the kernel tracked at its exec, before
+                // this daemon had named it (slot 0 of a `CUSTODY_AGENT` value the
+                // kernel does not know): give the kernel's entry the agent's slot.
+                if is_tracked(&e.hdr) && e.hdr.agent == 0 {
+                    if let Some(a) = &parent.agent {
+                        tracker.retag(e.child_tgid, Tracked::new(a.slot, track::INHERITED));
+                    }
+                }
                 if self.wanted(&e.hdr) {
                     let ev = self.event(
                         &e.hdr,
@@ -247,6 +270,7 @@ impl Pipeline {
                     );
                     out.push(Output::Event(ev));
                 }
+                self.hello_exit(&e.hdr);
                 self.table.remove(e.hdr.tgid);
                 self.streams.retain(|k, _| k.0 != e.hdr.tgid);
                 self.conn_llm.retain(|k, _| k.0 != e.hdr.tgid);
@@ -286,6 +310,9 @@ impl Pipeline {
                 self.touch(&e.hdr);
                 out.push(Output::PolicyRecord(e));
             }
+            Raw::Hello(e) => self.hello(&e, tracker, out),
+            // Not the current task's header (see `CloseEvent`): no touch.
+            Raw::Close(e) => self.close(&e, out),
         }
     }
 
@@ -500,6 +527,7 @@ impl Pipeline {
         let table = &self.table;
         self.streams.retain(|k, _| table.get(k.0).is_some());
         self.conn_llm.retain(|k, _| table.get(k.0).is_some());
+        self.hello_prune();
         if self.streams.len() > 8192 {
             self.streams.clear();
         }

@@ -101,7 +101,7 @@ impl Pipeline {
     }
 }
 
-fn addr(family: u16, a: &[u8; 16]) -> String {
+pub(super) fn addr(family: u16, a: &[u8; 16]) -> String {
     if family == 2 {
         Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
     } else {

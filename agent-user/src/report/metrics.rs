@@ -68,7 +68,7 @@ pub fn render(st: &Status, c: &Counters) -> String {
         "counter",
         "Events lost in the kernel, by reason (ring buffer or map full).",
     );
-    for reason in ["ringbuf_full", "pending_full", "tracked_full"] {
+    for reason in ["ringbuf_full", "pending_full", "tracked_full", "conns_full"] {
         let _ = writeln!(
             o,
             "custody_sensor_lost_events_total{{reason=\"{reason}\"}} {}",
@@ -112,6 +112,39 @@ pub fn render(st: &Status, c: &Counters) -> String {
         "counter",
         "Undeclared agents discovered from their behaviour.",
         st.discovered_agents,
+    );
+    family(
+        &mut o,
+        "custody_sensor_tls_hellos_total",
+        "counter",
+        "TLS ClientHellos (first writes after a connect), by what parsing them gave.",
+    );
+    let h = &st.tls_hellos;
+    for (result, v) in [
+        ("parsed", h.hellos_parsed),
+        ("unparseable", h.hellos_unparseable),
+    ] {
+        let _ = writeln!(
+            o,
+            "custody_sensor_tls_hellos_total{{result=\"{result}\"}} {v}"
+        );
+    }
+    one(
+        &mut o,
+        "custody_sensor_hello_inspections_total",
+        "counter",
+        "First writes after a connect inspected in the kernel for a ClientHello.",
+        st.kernel_counters
+            .get("hello_inspected")
+            .copied()
+            .unwrap_or(0),
+    );
+    one(
+        &mut o,
+        "custody_sensor_opaque_egress_total",
+        "counter",
+        "Connections reported as opaque egress (TLS the sensor cannot read).",
+        h.opaque_egress,
     );
     one(
         &mut o,

@@ -33,6 +33,9 @@ pub struct Status {
     pub events_emitted: u64,
     pub processes_known: usize,
     pub discovered_agents: u64,
+    /// ClientHellos seen (first writes after connects) and opaque egress reported.
+    #[serde(default)]
+    pub tls_hellos: crate::pipeline::HelloStats,
     pub declared_agents: usize,
     pub state_dir: String,
     /// Processes under network quarantine (enforced in the kernel, pinned).
@@ -248,6 +251,19 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
     println!(
         "  kernel records {}  events emitted {}  malformed records {}",
         s.records, s.events_emitted, s.decode_errors
+    );
+    let h = &s.tls_hellos;
+    println!(
+        "  TLS ClientHellos {} (first writes inspected {})  parsed {}  unparseable {}  truncated {}  opaque egress {}",
+        h.hellos_seen,
+        s.kernel_counters
+            .get("hello_inspected")
+            .copied()
+            .unwrap_or(0),
+        h.hellos_parsed,
+        h.hellos_unparseable,
+        h.hellos_truncated,
+        h.opaque_egress
     );
     if let Some(c) = &s.collector {
         println!(

@@ -22,6 +22,8 @@ pub struct AdminSvc {
     pub engine: Arc<Engine>,
     pub tokens: TokenStore,
     pub pki: Arc<Pki>,
+    /// Open sensor streams: a retired host's are ended.
+    pub streams: Arc<crate::sensor_streams::SensorStreams>,
     pub responder: Arc<Responder>,
     pub alerts: Arc<crate::alerts::Alerts>,
     pub policy: Arc<crate::live_policy::LivePolicy>,
@@ -254,6 +256,49 @@ impl AdminService for AdminSvc {
             token,
             expires_at_ns,
         }))
+    }
+
+    async fn retire_host(
+        &self,
+        req: Request<admin::RetireHostRequest>,
+    ) -> Result<Response<admin::Host>, Status> {
+        let op = self.require(&req, Role::Admin, "retire host")?;
+        let r = req.into_inner();
+        let reason: String = r.reason.chars().take(1000).collect();
+        let audit = |result: String, details| {
+            let _ = self.engine.audit(admin::AuditEntry {
+                actor: op.name.clone(),
+                role: op.role.as_str().into(),
+                action: "retire host".into(),
+                target: r.host_id.clone(),
+                reason: reason.clone(),
+                result,
+                details,
+                ..Default::default()
+            });
+        };
+        if let Err(e) = self.engine.retire_host(&r.host_id, &op.name, &reason) {
+            audit(format!("refused: {e}"), Default::default());
+            return Err(match e {
+                crate::engine::RetireError::Unknown(_) => Status::not_found(e.to_string()),
+                crate::engine::RetireError::AlreadyRetired { .. } => {
+                    Status::failed_precondition(e.to_string())
+                }
+                crate::engine::RetireError::Store(_) => Status::internal(e.to_string()),
+            });
+        }
+        let closed = self.streams.close_host(&r.host_id);
+        audit(
+            "ok".into(),
+            [("streams_ended".to_owned(), closed.to_string())].into(),
+        );
+        tracing::warn!(host = %r.host_id, by = %op.name, "host identity retired");
+        self.engine
+            .list_hosts()
+            .into_iter()
+            .find(|h| h.host_id == r.host_id)
+            .map(Response::new)
+            .ok_or_else(|| Status::internal("retired host vanished"))
     }
 
     async fn respond(

@@ -5,7 +5,14 @@
 //! Enrollment and streaming share one TLS port: client certificates are optional at
 //! the TLS layer (verified against our CA when presented) and `Stream` refuses a
 //! connection without one. The host a stream speaks for is the CN of its verified
-//! client certificate, never what the sensor claims.
+//! client certificate, never what the sensor claims, and only the certificate the
+//! host got at its last enrollment is accepted (see `engine::identity`): checked
+//! when the stream opens and again for every message, and the host's streams are
+//! ended when its identity changes.
+//!
+//! Enrolling a host id that is already enrolled needs a token bound to that id,
+//! unless an admin retired the old identity: an unbound token must not take over
+//! an existing host (its commands, its sequence numbers).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{EnrollTokenError, TokenStore};
 use crate::engine::group_commit::IngestQueue;
 use crate::engine::{Engine, field_caps};
-use crate::pki::{Pki, host_from_cert_der};
+use crate::pki::{CertIdentity, Pki, cert_identity};
 use crate::response::Responder;
 use crate::sensor_streams::{CommandSink, SensorStreams};
 
@@ -40,6 +47,9 @@ pub struct SensorSvc {
     pub streams: Arc<SensorStreams>,
     pub responder: Arc<Responder>,
     pub shutdown: watch::Receiver<bool>,
+    /// Held from the enrolled-or-not decision until the new certificate is
+    /// recorded, so two enrollments of one id cannot both pass as the first.
+    pub enrollments: std::sync::Mutex<()>,
 }
 
 fn valid_host_id(h: &str) -> bool {
@@ -69,11 +79,21 @@ fn msg(m: collector_message::Msg) -> Result<CollectorMessage, Status> {
 
 impl SensorSvc {
     fn audit_enroll(&self, host: &str, result: String) {
+        self.audit_enroll_with(host, result, Default::default());
+    }
+
+    fn audit_enroll_with(
+        &self,
+        host: &str,
+        result: String,
+        details: std::collections::HashMap<String, String>,
+    ) {
         let _ = self.engine.audit(AuditEntry {
             actor: format!("host:{host}"),
             action: "enroll".into(),
             target: host.to_owned(),
             result,
+            details,
             ..Default::default()
         });
     }
@@ -95,28 +115,51 @@ impl SensorService for SensorSvc {
         // checked next, and only an authorised enrollment costs a signature.
         let csr =
             Pki::check_csr(&r.csr_pem).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        if let Err(e) = self
-            .tokens
-            .consume_enroll(&r.token, &self.pki.ca_fingerprint, &r.host_id)
-        {
+        let refused = |e: EnrollTokenError| {
             self.audit_enroll(&r.host_id, format!("denied: {e}"));
             tracing::warn!(host = %r.host_id, "enrollment refused: {e}");
-            return Err(match e {
+            match e {
                 EnrollTokenError::Malformed => Status::invalid_argument(e.to_string()),
                 EnrollTokenError::WrongCa { .. } => Status::failed_precondition(e.to_string()),
                 EnrollTokenError::Store(_) => Status::internal(e.to_string()),
                 _ => Status::permission_denied(e.to_string()),
-            });
+            }
+        };
+        let grant = self
+            .tokens
+            .check_enroll(&r.token, &self.pki.ca_fingerprint, &r.host_id)
+            .map_err(refused)?;
+        let _one_at_a_time = self.enrollments.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(why) = self.engine.may_enroll(&r.host_id, grant.bound) {
+            // The token is not used up: it was minted for some host, just not this one.
+            self.engine
+                .metrics
+                .enrollments_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.audit_enroll(&r.host_id, format!("denied: {why}"));
+            tracing::warn!(host = %r.host_id, "enrollment refused: {why}");
+            return Err(Status::already_exists(why));
         }
-        let (cert_pem, not_after_ns) = self
+        self.tokens.consume(&grant, &r.host_id).map_err(refused)?;
+        let (cert_pem, not_after_ns, cert) = self
             .pki
             .sign_client(&r.host_id, csr)
             .map_err(|e| Status::internal(format!("{e:#}")))?;
-        self.engine
-            .enrolled(&r.host_id)
+        let replaced = self
+            .engine
+            .enrolled(&cert, not_after_ns)
             .map_err(|e| Status::internal(format!("{e:#}")))?;
-        self.audit_enroll(&r.host_id, "ok".into());
-        tracing::info!(host = %r.host_id, "host enrolled");
+        // Streams opened with the replaced certificate end now (and would be
+        // refused at their next message anyway).
+        let closed = self.streams.close_host(&r.host_id);
+        let mut details =
+            std::collections::HashMap::from([("cert_serial".to_owned(), cert.serial.clone())]);
+        if let Some(old) = &replaced {
+            details.insert("replaced_serial".into(), old.serial.clone());
+            details.insert("streams_ended".into(), closed.to_string());
+        }
+        self.audit_enroll_with(&r.host_id, "ok".into(), details);
+        tracing::info!(host = %r.host_id, serial = %cert.serial, re_enrolled = replaced.is_some(), "host enrolled");
         Ok(Response::new(EnrollResponse {
             host_id: r.host_id,
             client_cert_pem: cert_pem,
@@ -142,12 +185,16 @@ impl SensorService for SensorSvc {
         let der = certs
             .first()
             .ok_or_else(|| Status::unauthenticated("empty client certificate chain"))?;
-        let host =
-            host_from_cert_der(der).map_err(|e| Status::unauthenticated(format!("{e:#}")))?;
+        let cert = cert_identity(der).map_err(|e| Status::unauthenticated(format!("{e:#}")))?;
+        if let Err(r) = self.engine.check_sensor_cert(&cert) {
+            tracing::warn!(host = %cert.host, serial = %cert.serial, "sensor stream refused: {r}");
+            return Err(Status::unauthenticated(r.to_string()));
+        }
         let inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let session = Session {
-            host,
+            host: cert.host.clone(),
+            cert,
             engine: self.engine.clone(),
             queue: self.queue.clone(),
             streams: self.streams.clone(),
@@ -162,6 +209,9 @@ impl SensorService for SensorSvc {
 
 struct Session {
     host: String,
+    /// The certificate the stream was opened with; it must stay the host's current
+    /// one for every message.
+    cert: CertIdentity,
     engine: Arc<Engine>,
     queue: IngestQueue,
     streams: Arc<SensorStreams>,
@@ -207,6 +257,10 @@ impl Session {
                 )))
                 .await;
         }
+        // The hello may come up to 30 s after the stream opened.
+        if let Err(r) = self.engine.check_sensor_cert(&self.cert) {
+            return self.fail(Status::unauthenticated(r.to_string())).await;
+        }
         let resume = match self.engine.hello(&host, &hello) {
             Ok(r) => r,
             Err(e) => return self.fail(Status::unavailable(format!("{e:#}"))).await,
@@ -225,17 +279,23 @@ impl Session {
         {
             return;
         }
-        self.engine.set_connected(&host, true);
-        let sid = self
+        let reg = self
             .streams
             .register(&host, Arc::new(StreamSink(self.tx.clone())));
+        // The identity may have changed between the check at open and now.
+        if let Err(r) = self.engine.check_sensor_cert(&self.cert) {
+            self.streams.unregister(&host, reg.id);
+            return self.fail(Status::unauthenticated(r.to_string())).await;
+        }
+        self.engine.set_connected(&host, true);
+        let sid = reg.id;
         // Actions issued while the host was away, in the order they were issued.
         {
             let responder = self.responder.clone();
             let host = host.clone();
             tokio::spawn(async move { responder.host_connected(&host).await });
         }
-        let result = self.pump(&mut inbound).await;
+        let result = self.pump(&mut inbound, &reg.closed).await;
         self.streams.unregister(&host, sid);
         self.engine.set_connected(&host, false);
         if let Err(status) = result {
@@ -251,12 +311,23 @@ impl Session {
         let _ = self.tx.send(Err(status)).await;
     }
 
-    async fn pump(&mut self, inbound: &mut Streaming<SensorMessage>) -> Result<(), Status> {
+    async fn pump(
+        &mut self,
+        inbound: &mut Streaming<SensorMessage>,
+        closed: &tokio::sync::Notify,
+    ) -> Result<(), Status> {
         loop {
             let m = tokio::select! {
                 m = inbound.message() => m,
                 _ = self.shutdown.changed() => {
                     return Err(Status::unavailable("collector is shutting down"));
+                }
+                _ = closed.notified() => {
+                    // Re-enrolled or retired: say which, from the engine's record.
+                    return Err(Status::unauthenticated(match self.engine.check_sensor_cert(&self.cert) {
+                        Err(r) => r.to_string(),
+                        Ok(()) => "the host re-enrolled: reconnect".to_owned(),
+                    }));
                 }
             };
             let m = match m {
@@ -278,6 +349,10 @@ impl Session {
                     ));
                 }
             };
+            // Nothing from a certificate that stopped being the host's is used.
+            if let Err(r) = self.engine.check_sensor_cert(&self.cert) {
+                return Err(Status::unauthenticated(r.to_string()));
+            }
             match m.msg {
                 Some(sensor_message::Msg::Batch(b)) => {
                     let first = b.first_seq;

@@ -23,11 +23,17 @@ use crate::store::{Commit, Counters, HostAppend};
 pub const MAX_FUTURE_SKEW_NS: u64 = 5 * 60 * 1_000_000_000;
 /// Bounds on one batch; the transport bounds the message size too.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
+/// How far above a host's high-water mark a batch may reach. Everything at or
+/// below the mark is a duplicate, so one event numbered 2^63 would make every later
+/// real event of the host a "duplicate". A sensor numbers its events one by one
+/// and only skips what its spool dropped; losing 2^40 (about 10^12) events and
+/// still reporting is not plausible, so a batch beyond it is refused instead.
+pub const MAX_SEQ_JUMP: u64 = 1 << 40;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// "host_mismatch", "malformed" or "too_large" (a batch); "host_mismatch" or
-    /// "malformed" (one event).
+    /// "host_mismatch", "malformed", "too_large" or "seq_out_of_range" (a batch);
+    /// "host_mismatch" or "malformed" (one event).
     pub code: &'static str,
     pub reason: String,
 }
@@ -87,6 +93,22 @@ impl Engine {
         Ok(())
     }
 
+    /// Refuses a batch that would move the high-water mark `hwm` implausibly far.
+    fn check_seq_jump(hwm: u64, batch: &EventBatch) -> Result<(), Rejection> {
+        let Some(last) = batch.events.last().map(|e| e.seq) else {
+            return Ok(());
+        };
+        if last - hwm.min(last) > MAX_SEQ_JUMP {
+            return Err(Rejection {
+                code: "seq_out_of_range",
+                reason: format!(
+                    "event seq {last} is more than {MAX_SEQ_JUMP} above the last stored seq                      {hwm}: sequence numbers count events one by one; the batch is refused                      so that it cannot turn later events into duplicates"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Stores one batch durably (flushed before returning).
     pub fn ingest(&self, host: &str, batch: EventBatch) -> Result<IngestOutcome> {
         Ok(self
@@ -115,7 +137,12 @@ impl Engine {
             let mut writes = vec![];
             for (host, eb) in items {
                 let last = eb.events.last().map(|e| e.seq).unwrap_or(0);
-                if let Err(r) = Self::validate(&eb) {
+                // Sequence numbers increase within a batch (validated), so the
+                // high-water mark only matters for the first events.
+                let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
+                if let Err(r) =
+                    Self::validate(&eb).and_then(|()| Self::check_seq_jump(hwm, &eb))
+                {
                     let h = st.fleet.host_mut(&host);
                     h.batches_rejected += 1;
                     self.metrics
@@ -134,9 +161,6 @@ impl Engine {
                     up_to_seq: last,
                     ..Default::default()
                 };
-                // Sequence numbers increase within a batch (validated), so the
-                // high-water mark only matters for the first events.
-                let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
                 let (mut first_seq, mut last_seq, mut newest, mut skewed) = (0, 0, 0, 0);
                 let mut host_ix: Option<(u64, u32)> = None;
                 let mut kinds = [0u64; custody_proto::sensor::v1::EventKind::ALL.len()];

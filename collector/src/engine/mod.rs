@@ -24,6 +24,7 @@ use crate::store::{BlockCache, Commit, SledStore, Store};
 mod by_id;
 pub mod field_caps;
 pub mod group_commit;
+mod identity;
 mod ingest;
 pub mod own_processes;
 pub mod query;
@@ -31,7 +32,8 @@ pub mod retention;
 mod state;
 
 pub use by_id::Numbered;
-pub use ingest::{IngestOutcome, MAX_BATCH_EVENTS, MAX_FUTURE_SKEW_NS, Rejection};
+pub use identity::{CertRefusal, RetireError};
+pub use ingest::{IngestOutcome, MAX_BATCH_EVENTS, MAX_FUTURE_SKEW_NS, MAX_SEQ_JUMP, Rejection};
 use state::set_parts;
 pub use state::{Placement, State};
 
@@ -55,6 +57,12 @@ pub struct Metrics {
     pub fields_truncated: AtomicU64,
     pub clock_skewed: AtomicU64,
     pub stream_errors: AtomicU64,
+    /// Sensor streams refused for their certificate, by reason
+    /// ([`CertRefusal::REASONS`]).
+    pub certs_refused: [AtomicU64; CertRefusal::REASONS.len()],
+    /// Enrollments refused because the host id is enrolled and the token was not
+    /// bound to it.
+    pub enrollments_refused: AtomicU64,
     /// Batches stored (rejected ones are in `batches_rejected`).
     pub batches: AtomicU64,
     /// Stored events by kind, indexed as [`EventKind::ALL`].
@@ -230,15 +238,6 @@ impl Engine {
             .fields_truncated
             .fetch_add(u64::from(cuts), std::sync::atomic::Ordering::Relaxed);
         self.persist_now(&mut st)
-    }
-
-    pub fn enrolled(&self, host: &str) -> Result<()> {
-        let _gate = self.gate();
-        let mut st = self.write();
-        st.fleet.host_mut(host).enrolled_at_ns = now_ns();
-        self.persist_now(&mut st)?;
-        drop(st);
-        self.store.flush()
     }
 
     pub fn set_connected(&self, host: &str, up: bool) {

@@ -438,6 +438,21 @@ impl Engine {
                     now.saturating_sub(h.newest_event_ns)
                 },
                 clock_skewed: h.clock_skewed,
+                retired: h.retired.is_some(),
+                retired_at_ns: h.retired.as_ref().map_or(0, |r| r.at_ns),
+                retired_by: h.retired.as_ref().map(|r| r.by.clone()).unwrap_or_default(),
+                retired_reason: h
+                    .retired
+                    .as_ref()
+                    .map(|r| r.reason.clone())
+                    .unwrap_or_default(),
+                cert_serial: h
+                    .cert
+                    .as_ref()
+                    .map(|c| c.serial.clone())
+                    .unwrap_or_default(),
+                cert_not_after_ns: h.cert.as_ref().map_or(0, |c| c.not_after_ns),
+                certs_refused: h.certs_refused,
                 events_refused: h.events_refused,
                 fields_truncated: h.fields_truncated,
             })

@@ -123,6 +123,25 @@ pub fn render(t: &Telemetry) -> String {
         ld(&m.stream_errors),
     );
 
+    o.family(
+        "custody_collector_sensor_certs_refused_total",
+        "counter",
+        "Sensor streams refused for their client certificate: not_enrolled, retired (the host's identity was retired) or superseded (not the certificate of the host's last enrollment).",
+    );
+    for (i, r) in crate::engine::CertRefusal::REASONS.iter().enumerate() {
+        o.sample(
+            "custody_collector_sensor_certs_refused_total",
+            &[("reason", r)],
+            ld(&m.certs_refused[i]),
+        );
+    }
+    o.one(
+        "custody_collector_enrollments_refused_total",
+        "counter",
+        "Enrollments refused because the host id is enrolled and the token was not bound to it.",
+        ld(&m.enrollments_refused),
+    );
+
     // Fleet.
     let hosts = t.engine.list_hosts();
     o.one(

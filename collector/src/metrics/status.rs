@@ -124,7 +124,9 @@ pub fn assess(s: &CollectorStatus) -> Verdict {
     let now = s.now_ns;
     let mut f: Vec<Finding> = vec![];
     let mut short: Vec<String> = vec![];
-    let down: Vec<&Host> = s.hosts.iter().filter(|h| !h.connected).collect();
+    // A retired identity is expected to be gone.
+    let live: Vec<&Host> = s.hosts.iter().filter(|h| !h.retired).collect();
+    let down: Vec<&Host> = live.iter().copied().filter(|h| !h.connected).collect();
     for h in &down {
         if h.last_seen_ns == 0 {
             problem(
@@ -155,7 +157,7 @@ pub fn assess(s: &CollectorStatus) -> Verdict {
         short.push(format!(
             "{} of {} hosts disconnected",
             down.len(),
-            s.hosts.len()
+            live.len()
         ));
     }
     let mut losing = 0;
@@ -187,6 +189,20 @@ pub fn assess(s: &CollectorStatus) -> Verdict {
                     h.host_id, h.batches_rejected
                 ),
                 "see the collector's log (\"rejected event batch\") for the reason; a sensor newer than the collector is the usual cause".into(),
+            );
+        }
+        // A retired identity's certificate is expected to keep knocking.
+        if h.certs_refused > 0 && !h.retired {
+            problem(
+                &mut f,
+                format!(
+                    "host {}: {} sensor streams refused for a certificate that is not its current one",
+                    h.host_id, h.certs_refused
+                ),
+                format!(
+                    "someone may hold an old or stolen certificate of {0}: see the collector's log                      (\"sensor stream refused\") and `custodyctl audit`; if {0} itself is refused,                      re-enroll it with a token bound to it (`custody-collector enroll-token --host {0}`)",
+                    h.host_id
+                ),
             );
         }
         if h.connected && h.spool_depth > LAG_EVENTS {

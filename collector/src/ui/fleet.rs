@@ -34,6 +34,18 @@ pub struct FleetQuery {
     page: Option<usize>,
 }
 
+/// Connected, disconnected, or retired (an identity an admin retired is not
+/// expected back, so it is not shown as a failure).
+fn sensor_state(h: &admin::Host) -> Markup {
+    if h.retired {
+        badge("retired", "neutral")
+    } else if h.connected {
+        badge("connected", "good")
+    } else {
+        badge("disconnected", "bad")
+    }
+}
+
 fn matches(h: &admin::Host, f: &FleetQuery) -> bool {
     let q = f.q.to_lowercase();
     (q.is_empty()
@@ -42,7 +54,8 @@ fn matches(h: &admin::Host, f: &FleetQuery) -> bool {
         || h.sensor_version.to_lowercase().contains(&q))
         && match f.state.as_str() {
             "connected" => h.connected,
-            "disconnected" => !h.connected,
+            "disconnected" => !h.connected && !h.retired,
+            "retired" => h.retired,
             "lossy" => lost_events(h) > 0,
             "lagging" => h.connected && h.lag_ns > LAG_WARN_NS,
             _ => true,
@@ -56,10 +69,10 @@ pub async fn fleet(
 ) -> Result<Response, UiError> {
     if !matches!(
         f.state.as_str(),
-        "" | "connected" | "disconnected" | "lossy" | "lagging"
+        "" | "connected" | "disconnected" | "lossy" | "lagging" | "retired"
     ) {
         return Err(UiError::bad_request(format!(
-            "unknown state {:?}: expected connected, disconnected, lossy or lagging",
+            "unknown state {:?}: expected connected, disconnected, lossy, lagging or retired",
             f.state
         )));
     }
@@ -103,7 +116,7 @@ pub async fn fleet(
             (layout::text_field("q", "Host, kernel or version", &f.q))
             (layout::select_field("state", "Sensor", &f.state, &[
                 ("", "any"), ("connected", "connected"), ("disconnected", "disconnected"),
-                ("lagging", "lagging"), ("lossy", "losing events"),
+                ("lagging", "lagging"), ("lossy", "losing events"), ("retired", "retired"),
             ]))
         }))
         section #hosts data-region aria-label="Hosts" {
@@ -136,7 +149,7 @@ fn host_table(rows: &[admin::Host]) -> Markup {
                         @let lost = lost_events(h);
                         tr data-host=(h.host_id) data-connected=(h.connected) {
                             th scope="row" { (layout::host_link(&h.host_id)) }
-                            td { @if h.connected { (badge("connected", "good")) } @else { (badge("disconnected", "bad")) } }
+                            td { (sensor_state(h)) }
                             td { (when(h.last_seen_ns)) }
                             td class=[(h.connected && h.lag_ns > LAG_WARN_NS).then_some("warn")] {
                                 @if h.lag_ns == 0 { span.muted { "—" } } @else { (layout::span(h.lag_ns)) }
@@ -230,7 +243,7 @@ pub async fn host(
         section #health data-region aria-labelledby="health-h" {
             h2 #health-h { "Sensor" }
             dl.facts {
-                dt { "State" } dd { @if h.connected { (badge("connected", "good")) } @else { (badge("disconnected", "bad")) } }
+                dt { "State" } dd { (sensor_state(&h)) }
                 dt { "Last seen" } dd { (when(h.last_seen_ns)) }
                 dt { "Event lag" } dd { @if h.lag_ns == 0 { "—" } @else { (layout::span(h.lag_ns)) } }
                 dt { "Lost events" } dd class=[(lost > 0).then_some("bad")] { (lost)
@@ -239,6 +252,18 @@ pub async fn host(
                 dt { "Kernel" } dd { (h.kernel_release) }
                 dt { "Boot id" } dd { code { (h.boot_id) } }
                 dt { "Enrolled" } dd { (when(h.enrolled_at_ns)) }
+                @if h.retired {
+                    dt { "Retired" } dd { (when(h.retired_at_ns)) " by " (h.retired_by)
+                        @if !h.retired_reason.is_empty() { ": " (h.retired_reason) }
+                        " — its certificate is refused; enrolling the host again gives it a new identity" }
+                }
+                dt { "Certificate" } dd {
+                    @if h.cert_serial.is_empty() { span.muted { "not recorded yet (adopted at its next connection)" } }
+                    @else { "serial " code { (h.cert_serial) } @if h.cert_not_after_ns > 0 { ", expires " (when(h.cert_not_after_ns)) } }
+                    @if h.certs_refused > 0 {
+                        span.bad { " — " (h.certs_refused) " streams refused for another or an older certificate of this host" }
+                    }
+                }
                 dt { "Events stored" } dd { (h.events_stored) " (last seq " (h.last_seq) ", duplicates dropped "
                     (h.duplicates_dropped) ", batches rejected " (h.batches_rejected) ", events refused " (h.events_refused)
                     ", fields cut " (h.fields_truncated) ", clock-skewed " (h.clock_skewed) ")" }

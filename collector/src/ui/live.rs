@@ -141,6 +141,7 @@ fn digest(ui: &Ui, src: &Source) -> u64 {
                     x.last_seen_ns / 1_000_000_000,
                     x.events_stored,
                     x.spool_dropped,
+                    (x.retired, x.cert_serial, x.certs_refused),
                 )
                     .hash(h);
                 let mut c: Vec<_> = x.counters.into_iter().collect();

@@ -13,6 +13,7 @@ use custody_collector::client::{AdminClient, connect_admin};
 use custody_proto::admin::v1 as admin;
 use serde::Deserialize;
 
+mod host;
 mod policy;
 mod read;
 mod response;
@@ -75,6 +76,11 @@ struct Cli {
 enum Cmd {
     /// Hosts and sensor health.
     Hosts,
+    /// Host identities: retire a lost or rebuilt host (role admin).
+    Host {
+        #[command(subcommand)]
+        cmd: host::HostCmd,
+    },
     /// Declared and discovered agents.
     Agents,
     /// Credentials seen (fingerprints only).
@@ -447,6 +453,7 @@ async fn run() -> Result<()> {
             response::act(&mut c, req, wait, cli.json).await?;
         }
         Cmd::Policy { cmd } => policy::run(&mut c, cmd, cli.json).await?,
+        Cmd::Host { cmd } => host::run(&mut c, cmd, cli.json).await?,
         Cmd::Ack { id, assign } => {
             let a = c
                 .update_alert(admin::UpdateAlertRequest {

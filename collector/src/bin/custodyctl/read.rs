@@ -69,6 +69,7 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
             table(
                 &[
                     "host",
+                    "identity",
                     "connected",
                     "last seen",
                     "events",
@@ -84,6 +85,13 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
                     .map(|h| {
                         vec![
                             h.host_id.clone(),
+                            if h.retired {
+                                "retired".into()
+                            } else if h.certs_refused > 0 {
+                                format!("ok ({} refused)", h.certs_refused)
+                            } else {
+                                "ok".to_string()
+                            },
                             if h.connected { "yes" } else { "no" }.into(),
                             ts(h.last_seen_ns),
                             h.events_stored.to_string(),
