@@ -90,8 +90,14 @@ pub struct Edge {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Half {
     pub exec_id: String,
+    /// The sensor's time of this half, never later than its arrival (pairs halves
+    /// within [`NET_MATCH_WINDOW_NS`], also when a host catches up from its spool).
     pub time_ns: u64,
     pub detail: String,
+    /// When the collector received this half (0: stored before arrival times were
+    /// kept; its `time_ns` stands in). A cross-host edge is timed by arrivals.
+    #[serde(default)]
+    pub arrival_ns: u64,
 }
 
 /// What changed since the last [`ChainIndex::take_changes`], for persistence.
@@ -192,6 +198,11 @@ impl ChainIndex {
 
     pub fn take_changes(&mut self) -> Changes {
         std::mem::take(&mut self.changes)
+    }
+
+    /// The net/http edges into one process, from any chain.
+    pub fn inbound(&self, exec_id: &str) -> &[Edge] {
+        self.inbound.get(exec_id).map_or(&[], Vec::as_slice)
     }
 
     /// Edges between members of a chain: each member's upstream link plus every
@@ -387,14 +398,26 @@ impl ChainIndex {
         }
     }
 
-    /// Folds one stored event into the graph.
+    /// Folds one event into the graph as if it arrived at its own time (replays,
+    /// tests, benchmarks); ingest uses [`ChainIndex::observe_arrived`].
     pub fn observe(&mut self, ev: &Event) {
+        self.observe_arrived(ev, ev.time_ns);
+    }
+
+    /// Folds one stored event, received by the collector at `arrival_ns`, into the
+    /// graph. A link between two hosts is timed by the collector's clock, not by
+    /// what the hosts claim: the earliest inbound link decides which chain a process
+    /// joins, so a host that could backdate its half would take another host's
+    /// process into its own chain.
+    pub fn observe_arrived(&mut self, ev: &Event, arrival_ns: u64) {
         let Some(p) = ev.process.as_ref() else { return };
         if p.exec_id.is_empty() {
             return;
         }
         let id = p.exec_id.clone();
         let t = ev.time_ns;
+        // A half is never later than the collector saw it.
+        let link_t = t.min(arrival_ns);
         let mut relink = vec![];
         match self.nodes.get_mut(&id) {
             None => {
@@ -476,8 +499,11 @@ impl ChainIndex {
                     .entry(id.clone())
                     .or_default()
                     .insert(f.child_exec_id.clone());
+                // Only a host's own process can be its fork child (ingest refuses
+                // the event otherwise; this keeps the index sound on its own).
                 if let Some(c) = self.nodes.get_mut(&f.child_exec_id)
                     && c.process.parent_exec_id.is_empty()
+                    && c.host == ev.host
                 {
                     c.process.parent_exec_id = id.clone();
                     self.changes.nodes.insert(f.child_exec_id.clone());
@@ -538,7 +564,8 @@ impl ChainIndex {
                         theirs,
                         origin: !received,
                         id: &id,
-                        t,
+                        t: link_t,
+                        arrival_ns,
                         detail,
                     };
                     self.pair(l, &mut relink);
@@ -589,7 +616,8 @@ impl ChainIndex {
                         theirs: &theirs,
                         origin: s.op == "connect",
                         id: &id,
-                        t,
+                        t: link_t,
+                        arrival_ns,
                         detail: &detail,
                     };
                     self.pair(l, &mut relink);

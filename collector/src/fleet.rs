@@ -30,6 +30,10 @@ pub struct HostRecord {
     pub events_stored: u64,
     pub duplicates: u64,
     pub batches_rejected: u64,
+    /// Single events refused (they named another host's process).
+    pub events_refused: u64,
+    /// Fields this host sent over their caps (cut at ingest).
+    pub fields_truncated: u64,
     pub spool_dropped: u64,
     pub spool_depth: u64,
     pub counters: BTreeMap<String, u64>,

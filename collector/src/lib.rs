@@ -5,9 +5,9 @@
 //! Rooms: `api/` is the gRPC edge (the only tonic-speaking domain code);
 //! `engine/` owns ingest, the chain and fleet indexes and the read API; `store/`
 //! is durable storage; `response/`, `live_policy/`, `export/`, `metrics/` and
-//! `ui/` use the engine; `clock`, `secret`, `event_key`, `event_kind` and
-//! `sensor_streams` are leaves; the policy language itself is the `custody-policy`
-//! crate (collector/policy). `server.rs` wires it all together.
+//! `ui/` use the engine; `clock`, `secret`, `event_key`, `event_kind`,
+//! `log_throttle` and `sensor_streams` are leaves; the policy language itself is
+//! the `custody-policy` crate (collector/policy). `server.rs` wires it all together.
 //!
 //! The ingest and chain-index logic is usable without the network through
 //! [`engine::Engine`] (`Engine::open`, `Engine::ingest`/`ingest_group`,
@@ -27,6 +27,7 @@ pub mod event_kind;
 pub mod export;
 pub mod fleet;
 pub mod live_policy;
+pub mod log_throttle;
 pub mod metrics;
 pub mod pki;
 pub mod response;

@@ -123,6 +123,27 @@ pub(crate) fn parent_dirs(path: &str) -> impl Iterator<Item = &str> {
     })
 }
 
+/// Directories a file's entity lists as its parents, at most. Each parent's id is a
+/// prefix of the path, so listing all of them costs the square of the path's length
+/// (a 120 KB path of one-letter components is 3.6 GB); policies name directories
+/// near the root (`resource in Dir::"/data/hr"`), so the ones kept are the nearest
+/// to the root, and a deeper path is reported as a problem of the request.
+pub const MAX_DIR_DEPTH: usize = 64;
+
+/// The parent directories a file entity lists (at most [`MAX_DIR_DEPTH`], nearest
+/// the root), and how many the path has.
+pub(crate) fn file_parents(path: &str) -> (HashSet<EntityUid>, usize) {
+    if !path.starts_with('/') {
+        return (HashSet::new(), 0);
+    }
+    let total = parent_dirs(path).count();
+    let parents = parent_dirs(path)
+        .skip(total.saturating_sub(MAX_DIR_DEPTH))
+        .map(|d| uid(&TYPES.dir, d))
+        .collect();
+    (parents, total)
+}
+
 /// "a.b.c" → "a.b.c", "b.c", "c".
 pub(crate) fn parent_domains(host: &str) -> impl Iterator<Item = &str> {
     let mut cur = Some(host);
@@ -140,11 +161,7 @@ fn resource_entity(r: &Resource) -> Result<Option<Entity>, String> {
     let e = match r {
         Resource::File { path } => {
             let name = path.rsplit('/').next().unwrap_or_default();
-            let parents: HashSet<EntityUid> = if path.starts_with('/') {
-                parent_dirs(path).map(|d| uid(&TYPES.dir, d)).collect()
-            } else {
-                HashSet::new()
-            };
+            let (parents, _) = file_parents(path);
             let attrs: HashMap<String, RestrictedExpression> =
                 [("path".to_string(), s(path)), ("name".to_string(), s(name))].into();
             Entity::new(uid(&TYPES.file, path), attrs, parents)
@@ -475,6 +492,17 @@ impl<'a> ChainRef<'a> {
                 Err(e) => problems.push(format!("resource: {e}")),
             }
         }
+        if let Resource::File { path } = &req.resource
+            && path.starts_with('/')
+        {
+            let depth = parent_dirs(path).count();
+            if depth > MAX_DIR_DEPTH {
+                problems.push(format!(
+                    "resource: the path has {depth} parent directories; only the \
+                     {MAX_DIR_DEPTH} nearest the root are its Dir parents"
+                ));
+            }
+        }
         match resource_entity(&req.resource) {
             Ok(Some(e)) => add.push(e),
             Ok(None) => {}
@@ -598,5 +626,58 @@ mod tests {
         assert_eq!(parent_dirs("/").count(), 0);
         let h: Vec<&str> = parent_domains("api.openai.com").collect();
         assert_eq!(h, ["api.openai.com", "openai.com", "com"]);
+    }
+
+    #[test]
+    fn a_deep_path_lists_a_bounded_set_of_parents_nearest_the_root() {
+        // 120 KB of one-letter components: 61,440 parent directories.
+        let path = "/a".repeat(61_440);
+        let (parents, total) = file_parents(&path);
+        assert_eq!(total, 61_440);
+        assert_eq!(parents.len(), MAX_DIR_DEPTH);
+        assert!(parents.contains(&uid(&TYPES.dir, "/")));
+        assert!(parents.contains(&uid(&TYPES.dir, &"/a".repeat(MAX_DIR_DEPTH - 1))));
+        assert!(!parents.contains(&uid(&TYPES.dir, &"/a".repeat(MAX_DIR_DEPTH))));
+        let (p, n) = file_parents("/data/hr/salaries.csv");
+        assert_eq!((p.len(), n), (3, 3));
+    }
+
+    #[test]
+    fn a_120_kb_path_builds_a_bounded_request_and_says_so() {
+        use custody_proto::sensor::v1::{FileAccess, FileOpen, Process, event::Kind};
+        let path = "/a".repeat(61_440);
+        let ev = Event {
+            host: "h".into(),
+            process: Some(Process {
+                exec_id: "h:1:1".into(),
+                agent_id: "coder".into(),
+                ..Default::default()
+            }),
+            kind: Some(Kind::FileOpen(FileOpen {
+                path: path.clone(),
+                result: 3,
+                access: FileAccess::Read.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let reqs = cedar_requests(&ChainContext::default(), &ev);
+        assert!(!reqs.is_empty());
+        for r in &reqs {
+            let ancestors = r
+                .entities
+                .ancestors(&uid(&TYPES.file, &path))
+                .expect("the file is an entity")
+                .count();
+            assert_eq!(ancestors, MAX_DIR_DEPTH);
+            assert!(r.entities.len() < 10, "{}", r.entities.len());
+            assert!(
+                r.problems
+                    .iter()
+                    .any(|p| p.contains("61440 parent directories")),
+                "{:?}",
+                r.problems
+            );
+        }
     }
 }

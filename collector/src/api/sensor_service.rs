@@ -29,8 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{EnrollTokenError, TokenStore};
-use crate::engine::Engine;
 use crate::engine::group_commit::IngestQueue;
+use crate::engine::{Engine, field_caps};
 use crate::pki::{CertIdentity, Pki, cert_identity};
 use crate::response::Responder;
 use crate::sensor_streams::{CommandSink, SensorStreams};
@@ -265,7 +265,9 @@ impl Session {
             Ok(r) => r,
             Err(e) => return self.fail(Status::unavailable(format!("{e:#}"))).await,
         };
-        tracing::info!(%host, resume, boot = %hello.boot_id, "sensor connected");
+        // What the sensor says is cut before it reaches the log.
+        let boot = field_caps::shorten(&hello.boot_id, field_caps::ID);
+        tracing::info!(%host, resume, %boot, "sensor connected");
         if self
             .tx
             .send(msg(collector_message::Msg::HelloAck(HelloAck {
@@ -368,6 +370,17 @@ impl Session {
                         }))
                         .await?;
                     }
+                    // Each refused event is reported as a range of one, so the
+                    // sensor counts exactly what was lost (the rest is stored).
+                    for (seq, r) in &out.refused {
+                        self.send(collector_message::Msg::Rejected(BatchRejected {
+                            first_seq: *seq,
+                            last_seq: *seq,
+                            code: r.code.into(),
+                            reason: r.reason.clone(),
+                        }))
+                        .await?;
+                    }
                     if out.up_to_seq > 0 {
                         self.send(collector_message::Msg::Ack(Ack {
                             up_to_seq: out.up_to_seq,
@@ -382,7 +395,8 @@ impl Session {
                 }
                 Some(sensor_message::Msg::Result(r)) => {
                     if !r.host.is_empty() && r.host != self.host {
-                        tracing::warn!(host = %self.host, claimed = %r.host, "command result names another host; recorded for the stream's host");
+                        let claimed = field_caps::shorten(&r.host, field_caps::NAME);
+                        tracing::warn!(host = %self.host, %claimed, "command result names another host; recorded for the stream's host");
                     }
                     let responder = self.responder.clone();
                     let host = self.host.clone();

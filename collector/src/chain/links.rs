@@ -1,6 +1,11 @@
 //! Links between processes that are not parent and child: a connect paired with its
 //! accept, a request sent paired with the same request received. Each side waits as a
 //! pending half until the other arrives (in any order) or expires.
+//!
+//! Halves pair up by the sensors' times (within the window, so a host catching up
+//! from its spool still links), but a link between two hosts is timed by when the
+//! collector received its later half: neither host can make its link look older
+//! than it is (the earliest inbound link decides a process's chain).
 
 use super::{ChainIndex, Edge, Half, NET_MATCH_WINDOW_NS, PENDING_TTL_NS};
 
@@ -13,8 +18,16 @@ pub(super) struct Link<'a> {
     /// This half is the connecting / sending side.
     pub(super) origin: bool,
     pub(super) id: &'a str,
+    /// The sensor's time, clamped to the arrival.
     pub(super) t: u64,
+    /// When the collector received this half.
+    pub(super) arrival_ns: u64,
     pub(super) detail: &'a str,
+}
+
+/// The host part of an exec id ("HOST:PID:START_TICKS").
+fn host_of(exec_id: &str) -> &str {
+    exec_id.split(':').next().unwrap_or_default()
 }
 
 /// Pending-half keys of a request identified by `value` (a traceparent or a token
@@ -51,27 +64,39 @@ impl ChainIndex {
                     self.pending.remove(l.theirs);
                 }
                 self.changes.pending.insert(l.theirs.to_owned());
+                let t = if host_of(l.id) == host_of(&other.exec_id) {
+                    // One host ordering its own processes: its clock is the best there is.
+                    l.t.min(other.time_ns)
+                } else {
+                    let theirs = if other.arrival_ns == 0 {
+                        other.time_ns
+                    } else {
+                        other.arrival_ns
+                    };
+                    l.arrival_ns.max(theirs)
+                };
                 let (from, to) = if l.origin {
                     (l.id.to_owned(), other.exec_id)
                 } else {
                     (other.exec_id, l.id.to_owned())
                 };
-                self.add_edge(from, to, l.kind, l.detail, l.t.min(other.time_ns), relink);
+                self.add_edge(from, to, l.kind, l.detail, t, relink);
             }
             // The same process reporting the same half twice is not a second link.
             None if self
                 .pending
                 .get(l.mine)
                 .is_some_and(|v| v.iter().any(|h| h.exec_id == l.id)) => {}
-            None => self.push_half(l.mine, l.id, l.t, l.detail),
+            None => self.push_half(l.mine, l.id, l.t, l.arrival_ns, l.detail),
         }
     }
 
-    pub(super) fn push_half(&mut self, key: &str, id: &str, t: u64, detail: &str) {
+    pub(super) fn push_half(&mut self, key: &str, id: &str, t: u64, arrival_ns: u64, detail: &str) {
         self.pending.entry(key.to_owned()).or_default().push(Half {
             exec_id: id.to_owned(),
             time_ns: t,
             detail: detail.to_owned(),
+            arrival_ns,
         });
         self.changes.pending.insert(key.to_owned());
     }

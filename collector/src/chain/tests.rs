@@ -269,3 +269,94 @@ fn restore_and_retention() {
     assert_eq!(ch.removed_nodes.len(), 3);
     assert!(ch.nodes.contains(&s.c1));
 }
+
+#[test]
+fn a_backdated_cross_host_half_is_timed_by_its_arrival() {
+    let s = 1_000_000_000u64;
+    let now = T0 + 1000 * s;
+    let c1 = synth::process("c", 3, 0, "/usr/bin/client", "");
+    let b1 = synth::process("b", 2, 0, "/usr/bin/service", "svc");
+    let a1 = synth::process("a", 1, 0, "/usr/bin/attacker", "");
+    let mut ix = ChainIndex::default();
+    let honest = |ix: &mut ChainIndex, e: Event| {
+        let t = e.time_ns;
+        ix.observe_arrived(&e, t);
+    };
+    honest(
+        &mut ix,
+        synth::net(
+            &c1,
+            "c",
+            now - 10 * s,
+            "connect",
+            ("10.0.0.3", 40000),
+            ("10.0.0.2", 80),
+        ),
+    );
+    honest(
+        &mut ix,
+        synth::net(
+            &b1,
+            "b",
+            now - 10 * s,
+            "accept",
+            ("10.0.0.2", 80),
+            ("10.0.0.3", 40000),
+        ),
+    );
+    honest(
+        &mut ix,
+        synth::net(
+            &b1,
+            "b",
+            now - 5 * s,
+            "accept",
+            ("10.0.0.2", 80),
+            ("10.0.0.1", 50000),
+        ),
+    );
+    assert_eq!(ix.chain_of(&b1.exec_id), Some(c1.exec_id.as_str()));
+    // A claims 100 s ago (within the pairing window of B's accept); it arrives now.
+    let backdated = synth::net(
+        &a1,
+        "a",
+        now - 100 * s,
+        "connect",
+        ("10.0.0.1", 50000),
+        ("10.0.0.2", 80),
+    );
+    ix.observe_arrived(&backdated, now);
+    let from_a = ix.outbound[&a1.exec_id][0].clone();
+    assert_eq!(from_a.to, b1.exec_id);
+    assert_eq!(from_a.time_ns, now, "timed by the later arrival");
+    assert_eq!(
+        ix.chain_of(&b1.exec_id),
+        Some(c1.exec_id.as_str()),
+        "the process stays in the chain that put it to work first"
+    );
+}
+
+#[test]
+fn a_fork_names_only_a_child_on_its_own_host() {
+    let a1 = synth::process("a", 1, 0, "/usr/bin/agent", "finance");
+    let b1 = synth::process("b", 2, 0, "/bin/sh", "");
+    let mut ix = ChainIndex::default();
+    ix.observe(&synth::exec(&a1, "a", T0, vec![]));
+    ix.observe(&synth::event(
+        &b1,
+        "b",
+        T0 + 1,
+        Kind::Fork(custody_proto::sensor::v1::ProcessFork {
+            child_exec_id: a1.exec_id.clone(),
+            child_pid: 1,
+        }),
+    ));
+    assert_eq!(ix.chain_of(&a1.exec_id), Some(a1.exec_id.as_str()));
+    assert!(
+        ix.node(&a1.exec_id)
+            .unwrap()
+            .process
+            .parent_exec_id
+            .is_empty()
+    );
+}

@@ -1,7 +1,9 @@
-//! Ingest: checking an event batch (all or nothing, host identity from the
-//! certificate), deduplicating it against the host's high-water mark, adding it to
-//! the open block and the chain and fleet indexes, and writing everything one group
-//! of batches changed with one atomic write and one flush (group commit).
+//! Ingest: checking an event batch (its size and sequence numbers: all or
+//! nothing), deduplicating it against the host's high-water mark, admitting each
+//! event (it speaks only about the sender's own processes — host identity from the
+//! certificate — or it alone is refused; its fields are capped), adding it to the
+//! open block and the chain and fleet indexes, and writing everything one group of
+//! batches changed with one atomic write and one flush (group commit).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +12,7 @@ use anyhow::Result;
 use custody_proto::sensor::v1::EventBatch;
 use prost::Message;
 
-use super::{Engine, State, StoredEvent};
+use super::{Engine, State, StoredEvent, field_caps, own_processes};
 use crate::clock::now_ns;
 use crate::store::block::BlockBuilder;
 use crate::store::{Commit, Counters, HostAppend};
@@ -21,7 +23,6 @@ use crate::store::{Commit, Counters, HostAppend};
 pub const MAX_FUTURE_SKEW_NS: u64 = 5 * 60 * 1_000_000_000;
 /// Bounds on one batch; the transport bounds the message size too.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
-const MAX_STRING_BYTES: usize = 64 * 1024;
 /// How far above a host's high-water mark a batch may reach. Everything at or
 /// below the mark is a duplicate, so one event numbered 2^63 would make every later
 /// real event of the host a "duplicate". A sensor numbers its events one by one
@@ -31,7 +32,8 @@ pub const MAX_SEQ_JUMP: u64 = 1 << 40;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// "host_mismatch", "malformed", "too_large" or "seq_out_of_range".
+    /// "host_mismatch", "malformed", "too_large" or "seq_out_of_range" (a batch);
+    /// "host_mismatch" or "malformed" (one event).
     pub code: &'static str,
     pub reason: String,
 }
@@ -42,12 +44,18 @@ pub struct IngestOutcome {
     pub duplicates: u32,
     /// What the sensor may now drop from its spool.
     pub up_to_seq: u64,
+    /// The whole batch was refused (nothing of it is stored).
     pub rejected: Option<Rejection>,
+    /// Single events refused (by seq); the rest of their batch is stored.
+    pub refused: Vec<(u64, Rejection)>,
+    /// Fields cut to their caps in the stored events.
+    pub fields_truncated: u32,
 }
 
 impl Engine {
-    /// Checks a batch before anything of it is stored: all or nothing.
-    pub fn validate(host: &str, batch: &mut EventBatch) -> Result<(), Rejection> {
+    /// Checks a batch before anything of it is stored: all or nothing. What each
+    /// event says is checked by [`own_processes::check`] as it is stored.
+    pub fn validate(batch: &EventBatch) -> Result<(), Rejection> {
         let malformed = |reason: String| Rejection {
             code: "malformed",
             reason,
@@ -61,21 +69,8 @@ impl Engine {
                 ),
             });
         }
-        let prefix = format!("{host}:");
         let mut prev = 0u64;
-        for ev in &mut batch.events {
-            if ev.host.is_empty() {
-                ev.host = host.to_owned();
-            }
-            if ev.host != host {
-                return Err(Rejection {
-                    code: "host_mismatch",
-                    reason: format!(
-                        "event seq {} claims host {:?} but this sensor's certificate is for {host:?}",
-                        ev.seq, ev.host
-                    ),
-                });
-            }
+        for ev in &batch.events {
             if ev.seq == 0 || ev.seq <= prev {
                 return Err(malformed(format!(
                     "sequence numbers must be positive and increasing (got {} after {prev})",
@@ -83,29 +78,6 @@ impl Engine {
                 )));
             }
             prev = ev.seq;
-            if let Some(p) = &ev.process {
-                // Exec ids name their host; a sensor may only describe its own
-                // processes, or it could graft itself into other hosts' chains.
-                for id in [&p.exec_id, &p.parent_exec_id] {
-                    if !id.is_empty() && !id.starts_with(&prefix) {
-                        return Err(Rejection {
-                            code: "host_mismatch",
-                            reason: format!(
-                                "event seq {} names process {id:?}, which is not on host {host:?}",
-                                ev.seq
-                            ),
-                        });
-                    }
-                }
-                if p.argv.iter().map(String::len).sum::<usize>() > MAX_STRING_BYTES * 4
-                    || p.exe.len() > MAX_STRING_BYTES
-                {
-                    return Err(malformed(format!(
-                        "event seq {} has oversized process fields",
-                        ev.seq
-                    )));
-                }
-            }
         }
         if batch.first_seq != 0
             && batch
@@ -163,13 +135,13 @@ impl Engine {
             let mut guard = self.write();
             let st = &mut *guard;
             let mut writes = vec![];
-            for (host, mut eb) in items {
+            for (host, eb) in items {
                 let last = eb.events.last().map(|e| e.seq).unwrap_or(0);
                 // Sequence numbers increase within a batch (validated), so the
                 // high-water mark only matters for the first events.
                 let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
                 if let Err(r) =
-                    Self::validate(&host, &mut eb).and_then(|()| Self::check_seq_jump(hwm, &eb))
+                    Self::validate(&eb).and_then(|()| Self::check_seq_jump(hwm, &eb))
                 {
                     let h = st.fleet.host_mut(&host);
                     h.batches_rejected += 1;
@@ -192,11 +164,18 @@ impl Engine {
                 let (mut first_seq, mut last_seq, mut newest, mut skewed) = (0, 0, 0, 0);
                 let mut host_ix: Option<(u64, u32)> = None;
                 let mut kinds = [0u64; custody_proto::sensor::v1::EventKind::ALL.len()];
-                for ev in eb.events {
+                for mut ev in eb.events {
                     if ev.seq <= hwm {
                         out.duplicates += 1;
                         continue;
                     }
+                    if let Err(r) = own_processes::check(&host, &mut ev) {
+                        self.refused(&host, ev.seq, &r);
+                        st.fleet.host_mut(&host).events_refused += 1;
+                        out.refused.push((ev.seq, r));
+                        continue;
+                    }
+                    out.fields_truncated += field_caps::cap_event(&mut ev).0;
                     let mut t = ev.time_ns;
                     if t == 0 || t > now + MAX_FUTURE_SKEW_NS {
                         t = now;
@@ -214,7 +193,7 @@ impl Engine {
                         .map(|p| p.exec_id.as_str())
                         .unwrap_or("");
                     let new_process = !exec_id.is_empty() && st.chains.node(exec_id).is_none();
-                    st.chains.observe(&ev);
+                    st.chains.observe_arrived(&ev, now);
                     st.fleet.observe(&ev, new_process);
                     if first_seq == 0 {
                         first_seq = ev.seq;
@@ -243,6 +222,12 @@ impl Engine {
                         }
                     };
                     st.open.push(hi, key, size, ev);
+                }
+                if out.fields_truncated > 0 {
+                    st.fleet.host_mut(&host).fields_truncated += u64::from(out.fields_truncated);
+                    self.metrics
+                        .fields_truncated
+                        .fetch_add(u64::from(out.fields_truncated), Ordering::Relaxed);
                 }
                 if out.stored > 0 || out.duplicates > 0 {
                     let h = st.fleet.host_mut(&host);
@@ -303,6 +288,16 @@ impl Engine {
             let _ = self.tail.send(se);
         }
         Ok(outcomes)
+    }
+
+    /// Counts a refused event and says so in the log, at most every few seconds: a
+    /// host sending nothing but refused events must not become a flood of lines.
+    fn refused(&self, host: &str, seq: u64, r: &Rejection) {
+        self.metrics.events_refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.refusal_log.allow() {
+            tracing::warn!(host, seq, code = r.code, reason = %r.reason, suppressed,
+                "refused an event (the rest of its batch is kept)");
+        }
     }
 
     /// Adds everything the in-memory indexes changed to `commit`.

@@ -22,9 +22,11 @@ use crate::store::block::BlockBuilder;
 use crate::store::{BlockCache, Commit, SledStore, Store};
 
 mod by_id;
+pub mod field_caps;
 pub mod group_commit;
 mod identity;
 mod ingest;
+pub mod own_processes;
 pub mod query;
 pub mod retention;
 mod state;
@@ -49,6 +51,10 @@ pub struct Metrics {
     pub events_stored: AtomicU64,
     pub duplicates: AtomicU64,
     pub batches_rejected: AtomicU64,
+    /// Single events refused (another host's process named); their batches are kept.
+    pub events_refused: AtomicU64,
+    /// Fields of stored events, hellos and heartbeats cut to their caps.
+    pub fields_truncated: AtomicU64,
     pub clock_skewed: AtomicU64,
     pub stream_errors: AtomicU64,
     /// Sensor streams refused for their certificate, by reason
@@ -85,6 +91,8 @@ pub struct Engine {
     /// Every stored event also goes here (policy evaluation); a full channel holds
     /// ingest back rather than skip an event.
     policy_sink: Mutex<Option<std::sync::mpsc::SyncSender<Arc<StoredEvent>>>>,
+    /// Warnings about refused events, rate-limited.
+    refusal_log: crate::log_throttle::LogThrottle,
 }
 
 impl Engine {
@@ -130,6 +138,7 @@ impl Engine {
             metrics: Metrics::default(),
             audit,
             policy_sink: Mutex::new(None),
+            refusal_log: crate::log_throttle::LogThrottle::default(),
         })
     }
 
@@ -195,6 +204,8 @@ impl Engine {
     /// A sensor said hello: records what it reported and returns the sequence
     /// number to resume from.
     pub fn hello(&self, host: &str, h: &Hello) -> Result<u64> {
+        let mut h = h.clone();
+        let cuts = field_caps::cap_hello(&mut h).0;
         let _gate = self.gate();
         let mut st = self.write();
         let r = st.fleet.host_mut(host);
@@ -202,6 +213,10 @@ impl Engine {
         r.sensor_version = h.sensor_version.clone();
         r.kernel_release = h.kernel_release.clone();
         r.features = h.features.clone();
+        r.fields_truncated += u64::from(cuts);
+        self.metrics
+            .fields_truncated
+            .fetch_add(u64::from(cuts), std::sync::atomic::Ordering::Relaxed);
         r.last_seen_ns = now_ns();
         let resume = r.last_seq + 1;
         self.persist_now(&mut st)?;
@@ -209,13 +224,19 @@ impl Engine {
     }
 
     pub fn heartbeat(&self, host: &str, hb: &Heartbeat) -> Result<()> {
+        let mut hb = hb.clone();
+        let cuts = field_caps::cap_heartbeat(&mut hb).0;
         let _gate = self.gate();
         let mut st = self.write();
         let r = st.fleet.host_mut(host);
         r.last_seen_ns = now_ns();
         r.spool_dropped = hb.spool_dropped;
         r.spool_depth = hb.spool_depth;
-        r.counters = hb.counters.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        r.counters = hb.counters.into_iter().collect();
+        r.fields_truncated += u64::from(cuts);
+        self.metrics
+            .fields_truncated
+            .fetch_add(u64::from(cuts), std::sync::atomic::Ordering::Relaxed);
         self.persist_now(&mut st)
     }
 

@@ -453,6 +453,8 @@ impl Engine {
                     .unwrap_or_default(),
                 cert_not_after_ns: h.cert.as_ref().map_or(0, |c| c.not_after_ns),
                 certs_refused: h.certs_refused,
+                events_refused: h.events_refused,
+                fields_truncated: h.fields_truncated,
             })
             .collect();
         out.sort_by(|a, b| a.host_id.cmp(&b.host_id));

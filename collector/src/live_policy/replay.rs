@@ -2,6 +2,12 @@
 //! context builder and evaluator as live evaluation, without alerts or responses.
 //! Contexts come from the chain index as it is now (chains only grow more complete
 //! as late events arrive, so a dry run sees at least what live evaluation saw).
+//!
+//! Any viewer may dry-run (reviewing a policy before an admin applies it is a
+//! viewer's job), so a run is budgeted: at most [`MAX_EVENTS`] events and
+//! [`TIME_BUDGET`] of evaluation, then it stops and says it was truncated. Each
+//! event's cost is bounded too (fields capped at ingest, Cedar parents
+//! depth-capped).
 
 use custody_proto::admin::v1::{DryRunDecision, DryRunReport, EventFilter};
 
@@ -12,6 +18,10 @@ use custody_policy::{Evaluator, PolicySet};
 
 const PAGE: usize = 2000;
 const MAX_LISTED: usize = 1000;
+/// Events one dry run reads at most (also when the caller asks for more).
+pub const MAX_EVENTS: u64 = 1_000_000;
+/// Wall-clock time one dry run may spend.
+pub const TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn run(
     engine: &Engine,
@@ -22,10 +32,11 @@ pub fn run(
 ) -> DryRunReport {
     let evaluator = Evaluator::new(set);
     let max_events = if max_events == 0 {
-        1_000_000
+        MAX_EVENTS
     } else {
-        max_events
+        max_events.min(MAX_EVENTS)
     };
+    let started = std::time::Instant::now();
     let filter = EventFilter {
         since_ns,
         until_ns,
@@ -38,7 +49,7 @@ pub fn run(
             break;
         };
         for se in &events {
-            if report.events >= max_events {
+            if report.events >= max_events || started.elapsed() > TIME_BUDGET {
                 report.truncated = true;
                 break 'pages;
             }

@@ -93,6 +93,18 @@ pub fn render(t: &Telemetry) -> String {
         ld(&m.batches_rejected),
     );
     o.one(
+        "custody_collector_refused_events_total",
+        "counter",
+        "Single events refused because they named another host's process (their batches were kept).",
+        ld(&m.events_refused),
+    );
+    o.one(
+        "custody_collector_truncated_fields_total",
+        "counter",
+        "Fields of sensor messages cut to their caps at ingest (stored with a mark).",
+        ld(&m.fields_truncated),
+    );
+    o.one(
         "custody_collector_duplicate_events_total",
         "counter",
         "Re-sent events dropped because they were already stored.",
@@ -426,6 +438,18 @@ pub fn render(t: &Telemetry) -> String {
             v,
         );
     }
+    o.one(
+        "custody_collector_command_results_refused_total",
+        "counter",
+        "Sensor answers refused (a status that is not terminal).",
+        ld(&rm.refused),
+    );
+    o.one(
+        "custody_collector_command_results_foreign_affected_total",
+        "counter",
+        "Affected exec ids dropped from sensor answers because they named another host's process.",
+        ld(&rm.foreign_affected),
+    );
     exports(&mut o, t);
     o.0
 }

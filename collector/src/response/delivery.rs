@@ -7,7 +7,9 @@ use custody_proto::sensor::v1::CommandResult;
 
 use std::collections::BTreeMap;
 
-use super::{Responder, bump, hook, overall, terminal, wire};
+use std::sync::atomic::Ordering;
+
+use super::{Responder, bump, hook, overall, result_check, terminal, wire};
 use crate::clock::now_ns;
 
 impl Responder {
@@ -76,8 +78,30 @@ impl Responder {
         }
     }
 
-    /// A sensor's answer: recorded on the action and in the audit log.
+    /// A sensor's answer: checked ([`result_check`]), then recorded on the action
+    /// and in the audit log.
     pub fn command_result(&self, host: &str, r: &CommandResult) {
+        let mut r = r.clone();
+        let checked = match result_check::check(host, &mut r) {
+            Ok(c) => c,
+            Err(why) => {
+                self.metrics.refused.fetch_add(1, Ordering::Relaxed);
+                if let Some(suppressed) = self.metrics.result_log.allow() {
+                    tracing::warn!(%host, suppressed, "refused a command result: {why}");
+                }
+                return;
+            }
+        };
+        if checked.foreign > 0 {
+            self.metrics
+                .foreign_affected
+                .fetch_add(checked.foreign as u64, Ordering::Relaxed);
+            if let Some(suppressed) = self.metrics.result_log.allow() {
+                tracing::warn!(%host, id = %r.command_id, dropped = checked.foreign, suppressed,
+                    "command result named processes of another host as affected; they were dropped");
+            }
+        }
+        let r = &r;
         let (action_id, follow) = match r.command_id.split_once('.') {
             Some((a, i)) => (a.to_string(), i.parse::<usize>().ok()),
             None => (r.command_id.clone(), None),
@@ -149,6 +173,15 @@ impl Responder {
         );
         if d.follow_up {
             details.insert("follow_up".into(), "true".into());
+        }
+        if checked.foreign > 0 {
+            details.insert(
+                "foreign_affected_dropped".into(),
+                checked.foreign.to_string(),
+            );
+        }
+        if checked.over_cap > 0 {
+            details.insert("affected_over_cap".into(), checked.over_cap.to_string());
         }
         let _ = self.engine.audit(AuditEntry {
             actor: format!("host:{host}"),

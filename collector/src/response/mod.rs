@@ -16,6 +16,7 @@ pub mod follow;
 pub mod hook;
 mod issue;
 pub mod resolve;
+pub mod result_check;
 pub mod wire;
 
 pub use error::ResponseError;
@@ -72,6 +73,12 @@ pub struct ResponseMetrics {
     pub sent: Mutex<BTreeMap<String, u64>>,
     /// Sensor answers, by (kind, status).
     pub results: Mutex<BTreeMap<(String, String), u64>>,
+    /// Answers refused (see [`result_check`]).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Affected ids dropped from answers because they named another host's process.
+    pub foreign_affected: std::sync::atomic::AtomicU64,
+    /// Warnings about refused or filtered answers, rate-limited.
+    pub(crate) result_log: crate::log_throttle::LogThrottle,
 }
 
 fn bump<K: Ord>(m: &Mutex<BTreeMap<K, u64>>, k: K) {

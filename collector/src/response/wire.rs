@@ -55,8 +55,9 @@ fn kind(a: &Action) -> Option<command::Kind> {
 }
 
 /// The delivery state a sensor's answer puts a host in: "ok", "partial", "failed"
-/// or "unsupported". A status the collector does not know (unset, or newer) counts
-/// as failed, so the action does not wait forever for a state it cannot read.
+/// or "unsupported". Answers with another status are refused before they are
+/// recorded (`result_check`); reading one as failed only guards a caller that
+/// skipped the check.
 pub fn state(r: &CommandResult) -> &'static str {
     match CommandStatus::known(r.status) {
         Some(s @ (CommandStatus::Ok | CommandStatus::Partial | CommandStatus::Unsupported)) => {

@@ -265,7 +265,8 @@ pub async fn host(
                     }
                 }
                 dt { "Events stored" } dd { (h.events_stored) " (last seq " (h.last_seq) ", duplicates dropped "
-                    (h.duplicates_dropped) ", batches rejected " (h.batches_rejected) ", clock-skewed " (h.clock_skewed) ")" }
+                    (h.duplicates_dropped) ", batches rejected " (h.batches_rejected) ", events refused " (h.events_refused)
+                    ", fields cut " (h.fields_truncated) ", clock-skewed " (h.clock_skewed) ")" }
                 dt { "Kernel features" } dd {
                     @if h.features.is_empty() { span.muted { "none reported" } }
                     ul.tags { @for f in &h.features { li { (f) } } }
