@@ -16,6 +16,7 @@ mod enrollment;
 mod hold;
 mod identity;
 mod kernel;
+mod kill_tree;
 mod pipeline;
 mod policy;
 mod proctable;

@@ -9,6 +9,7 @@ use custody_proto::sensor::v1::{Command, CommandResult, CommandStatus};
 
 use crate::clock::now_ns;
 use crate::enforce::{Enforcer, wait_gone};
+use crate::kill_tree;
 use crate::proctable::ProcTable;
 
 /// What a kill, quarantine or release command does to each target process.
@@ -102,7 +103,26 @@ pub fn apply(
     act: Act,
 ) -> (CommandResult, Vec<Target>) {
     let received = now_ns();
-    let (targets, unknown) = resolve(table, cmd);
+    let (mut targets, mut unknown) = resolve(table, cmd);
+    if act == Act::Kill {
+        // Children forked just before the command that the table does not list yet
+        // (they would outlive the kill: mark inheritance covers later forks only).
+        let named: Vec<(u32, u64)> = targets.iter().map(|t| (t.pid, t.start_ticks)).collect();
+        let found = kill_tree::stop_tree(&named);
+        if found.bounded {
+            unknown.push(format!(
+                "the search for unlisted children stopped at {} processes",
+                found.extra.len()
+            ));
+        }
+        targets.extend(found.extra.into_iter().map(|(pid, start_ticks)| Target {
+            pid,
+            start_ticks,
+            // Not known from /proc to the nanosecond: the kernel mark then matches
+            // the pid alone, until the process exits (the exit program removes it).
+            start_boottime: 0,
+        }));
+    }
     let mut affected = Vec::new();
     let mut errors = Vec::new();
     let cmd_ref = cmd
@@ -118,7 +138,13 @@ pub fn apply(
         match r {
             Ok(true) => affected.push(table.exec_id(t.pid, t.start_ticks)),
             Ok(false) => {}
-            Err(e) => errors.push(format!("pid {}: {e:#}", t.pid)),
+            Err(e) => {
+                if act == Act::Kill {
+                    // Stopped above: never leave it stopped and unmarked.
+                    kill_tree::end(t.pid, t.start_ticks);
+                }
+                errors.push(format!("pid {}: {e:#}", t.pid))
+            }
         }
     }
     // Releasing what is already gone is not a failure: a quarantined process that

@@ -44,7 +44,7 @@ pub use elf::Identity;
 
 /// Bumped whenever the analysis changes what it finds, so cached results from an older
 /// analyser are not reused.
-pub const ANALYSIS_VERSION: u32 = 1;
+pub const ANALYSIS_VERSION: u32 = 2;
 
 /// Files larger than this are not read (the largest real agent binary seen, Claude Code's
 /// Bun executable, is ~245 MB).

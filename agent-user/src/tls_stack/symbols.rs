@@ -46,10 +46,13 @@ pub(crate) fn find(image: &Image) -> Option<Finding> {
             let Some(&(_, function)) = WANTED.iter().find(|(n, _)| *n == name) else {
                 continue;
             };
-            any_ssl_symbol = true;
             if !sym.is_definition() || sym.kind() != SymbolKind::Text {
-                continue; // an import (`U SSL_write`) is the library's job, not ours
+                // An import (`U SSL_write`: libcurl, python's `_ssl`) is the library's
+                // job, analysed and hooked as a file of its own; counting it here made
+                // every curl "TLS not readable" although libssl was hooked.
+                continue;
             }
+            any_ssl_symbol = true;
             if hooks.iter().any(|h| h.function == function) {
                 continue; // .dynsym already gave it
             }

@@ -473,3 +473,23 @@ fn the_cache_analyses_a_binary_once_across_paths_and_restarts() {
     assert_eq!(*third.inspect(&copy).unwrap(), *a);
     assert_eq!((third.stats().analysed, third.stats().state_errors), (1, 1));
 }
+
+#[test]
+fn a_library_that_only_imports_ssl_is_no_tls_stack_of_its_own() {
+    // Python's `_ssl` module calls `SSL_write_ex`/`SSL_read_ex` of libssl (`U` symbols):
+    // libssl is hooked, so `_ssl` must not be reported as uncovered OpenSSL.
+    let name = "a_library_that_only_imports_ssl_is_no_tls_stack_of_its_own";
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import _ssl; print(_ssl.__file__)"])
+        .output()
+        .expect("python3 runs");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || !present(name, &path) {
+        return;
+    }
+    let i = inspect(Path::new(&path)).unwrap();
+    assert!(
+        i.finding(TlsStack::OpenSsl).is_none() && i.finding(TlsStack::BoringSsl).is_none(),
+        "{path} imports SSL_* only: {i:#?}"
+    );
+}
