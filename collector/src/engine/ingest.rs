@@ -140,9 +140,7 @@ impl Engine {
                 // Sequence numbers increase within a batch (validated), so the
                 // high-water mark only matters for the first events.
                 let hwm = st.fleet.hosts.get(&host).map(|h| h.last_seq).unwrap_or(0);
-                if let Err(r) =
-                    Self::validate(&eb).and_then(|()| Self::check_seq_jump(hwm, &eb))
-                {
+                if let Err(r) = Self::validate(&eb).and_then(|()| Self::check_seq_jump(hwm, &eb)) {
                     let h = st.fleet.host_mut(&host);
                     h.batches_rejected += 1;
                     self.metrics
