@@ -184,6 +184,12 @@ pub fn read_jsonl(p: &Path) -> Vec<Value> {
 }
 
 /// The event's kind name (the key inside "kind").
+/// `s` in unpadded base64url, as a JWT's parts are written.
+pub fn b64url(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
 pub fn kind(ev: &Value) -> &str {
     ev["kind"]
         .as_object()

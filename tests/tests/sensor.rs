@@ -5,23 +5,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use custody_tests::{Daemon, DnsStub, Server, agents_dir, bpf_available, kind, write_tls_files};
+use custody_tests::{
+    Daemon, DnsStub, Server, agents_dir, b64url, bpf_available, kind, write_tls_files,
+};
 use serde_json::Value;
-
-fn b64url(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..=c.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
 
 /// Fake but correctly shaped secrets, built at run time so no fixture holds one.
 fn fake(prefix: &str, len: usize) -> String {

@@ -9,25 +9,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use custody_tests::{Daemon, Server, agents_dir, bpf_available, kind, write_tls_files};
+use custody_tests::{Daemon, Server, agents_dir, b64url, bpf_available, kind, write_tls_files};
 use serde_json::Value;
 
 const RUNS: usize = 100;
-
-fn b64url(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..=c.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
-}
 
 /// A bearer token shaped like a delegation JWT (unsigned: only its shape matters).
 fn token(sub: &str) -> String {
