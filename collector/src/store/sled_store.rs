@@ -139,13 +139,15 @@ impl SledStore {
         let cfg = sled::Config::new().path(dir).flush_every_ms(Some(1000));
         // sled can panic on some on-disk damage instead of returning an error. A store
         // dropped a moment ago in this process (or a collector that just exited) may
-        // still hold the lock while sled's flusher winds down: retry briefly.
+        // still hold the lock while sled's flusher winds down (it flushes every second,
+        // and on a loaded machine 2 s of retries were seen to fall short): retry for
+        // up to 10 s before calling the store locked.
         let mut tries = 0;
         let opened = loop {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cfg.open()));
             let locked = matches!(&r, Ok(Err(sled::Error::Io(io))) if io.kind() == std::io::ErrorKind::WouldBlock);
             tries += 1;
-            if !locked || tries >= 40 {
+            if !locked || tries >= 200 {
                 break r;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
