@@ -47,8 +47,11 @@ fn seq_of(k: &[u8]) -> u64 {
 /// after a close (a restart in the same process) can see the lock still held: retry
 /// that case for a bounded time; any other error, or a lock held longer (another
 /// custodyd), is returned.
+/// A spool dropped a moment ago (a restart in this process, or a custodyd that just
+/// exited) may hold sled's lock until its last flush is on disk; with the disk busy
+/// that was seen to take over 2 s, so wait up to 10 s before calling it locked.
 fn open_db(dir: &Path) -> sled::Result<sled::Db> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match sled::Config::new()
             .path(dir)
