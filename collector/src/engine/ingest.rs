@@ -102,7 +102,9 @@ impl Engine {
             return Err(Rejection {
                 code: "seq_out_of_range",
                 reason: format!(
-                    "event seq {last} is more than {MAX_SEQ_JUMP} above the last stored seq                      {hwm}: sequence numbers count events one by one; the batch is refused                      so that it cannot turn later events into duplicates"
+                    "event seq {last} is more than {MAX_SEQ_JUMP} above the last stored seq \
+                     {hwm}: sequence numbers count events one by one; the batch is refused \
+                     so that it cannot turn later events into duplicates"
                 ),
             });
         }

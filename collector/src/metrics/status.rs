@@ -200,7 +200,9 @@ pub fn assess(s: &CollectorStatus) -> Verdict {
                     h.host_id, h.certs_refused
                 ),
                 format!(
-                    "someone may hold an old or stolen certificate of {0}: see the collector's log                      (\"sensor stream refused\") and `custodyctl audit`; if {0} itself is refused,                      re-enroll it with a token bound to it (`custody-collector enroll-token --host {0}`)",
+                    "someone may hold an old or stolen certificate of {0}: see the collector's log \
+                     (\"sensor stream refused\") and `custodyctl audit`; if {0} itself is refused, \
+                     re-enroll it with a token bound to it (`custody-collector enroll-token --host {0}`)",
                     h.host_id
                 ),
             );
