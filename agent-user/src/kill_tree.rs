@@ -11,8 +11,9 @@
 //! The caller then kills the whole set; SIGKILL ends a stopped process as any other.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use crate::hold::{pidfd_open, pidfd_signal};
 
 /// How long a search waits for its newly stopped processes to be stopped: a process
 /// mid-`clone` finishes it first, and its child must be visible before the search.
@@ -71,25 +72,12 @@ fn stop(pid: u32, ticks: u64) -> bool {
 }
 
 fn signal(pid: u32, ticks: u64, sig: libc::c_int) -> bool {
-    let Some(fd) = open_pidfd(pid) else {
+    let Some(fd) = pidfd_open(pid) else {
         return false;
     };
     // The check after the open: from here the pidfd names this process, whatever
     // happens to the number.
-    if stat_of(pid).map(|s| s.start_ticks) != Some(ticks) {
-        return false;
-    }
-    // SAFETY: plain syscall on a pidfd we own.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            sig,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0
+    stat_of(pid).map(|s| s.start_ticks) == Some(ticks) && pidfd_signal(&fd, sig)
 }
 
 /// SIGKILL to `pid` if it is still the process started at `ticks` (for a stopped
@@ -145,13 +133,6 @@ fn stat_of(pid: u32) -> Option<Stat> {
         ppid: f.get(1)?.parse().ok()?,
         start_ticks: f.get(19)?.parse().ok()?,
     })
-}
-
-fn open_pidfd(pid: u32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a non-negative result is a new fd we then own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) } as i32;
-    // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ mod stats;
 mod test_support;
 mod tls;
 
-pub use process::proc_state;
+pub use process::{pidfd_open, pidfd_signal, proc_state};
 pub use stats::{HoldStats, LATENCY_BUCKETS_S, TlsHoldStats};
 pub use tls::HeldWrite;
 

@@ -14,7 +14,7 @@ pub fn boot_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub(super) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; a non-negative result is a new fd we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) } as i32;
     // SAFETY: fd was just returned by the kernel and is owned by nobody else.
@@ -22,7 +22,7 @@ pub(super) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 }
 
 /// Signal the process behind `pidfd` (immune to pid reuse).
-pub(super) fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> bool {
+pub fn pidfd_signal(pidfd: &OwnedFd, sig: i32) -> bool {
     // SAFETY: plain syscall on a valid pidfd; null siginfo means a kill(2)-like signal.
     unsafe {
         libc::syscall(
