@@ -15,12 +15,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::log_throttle::LogThrottle;
 
 /// How many connections the port holds at once.
 #[derive(Debug, Clone, Copy)]
@@ -42,7 +43,6 @@ impl Default for ConnLimits {
 struct Open {
     total: usize,
     by_peer: HashMap<IpAddr, usize>,
-    last_warning: Option<Instant>,
 }
 
 /// The open connections, and how many were refused.
@@ -50,6 +50,7 @@ struct Open {
 pub struct Gate {
     open: Mutex<Open>,
     refused: AtomicU64,
+    warnings: LogThrottle,
 }
 
 impl Gate {
@@ -64,10 +65,7 @@ impl Gate {
         if o.total >= limits.total || mine >= limits.per_peer {
             self.refused.fetch_add(1, Ordering::Relaxed);
             // A flood must not become a flood of log lines.
-            if o.last_warning
-                .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-            {
-                o.last_warning = Some(Instant::now());
+            if self.warnings.allow().is_some() {
                 tracing::warn!(
                     %peer, open = o.total, from_peer = mine, refused = self.refused(),
                     "connection limit reached (total {}, per peer {}): closing new connections",
