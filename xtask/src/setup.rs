@@ -30,6 +30,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("adduser", "adduser"),
     // A Go HTTPS client built by the tests (Go's own crypto/tls, stripped).
     ("go", "golang-go"),
+    // The start-up gap test: a declared wrapper forks curl (system libssl).
+    ("curl", "curl"),
 ];
 
 /// `cargo xtask setup`, at most once per task however many of its steps ask for it
