@@ -155,7 +155,16 @@ pub mod counter {
     /// The open-connection map (`CONNS`) was full: a tracked connection's close record
     /// (its byte counts) will be missing.
     pub const CONNS_FULL: u32 = 19;
-    pub const COUNT: u32 = 20;
+    /// A rustls TLS 1.3 record with padding after its content type: not emitted (its
+    /// type cannot be read from the end without scanning the padding).
+    pub const RUSTLS_PADDED: u32 = 20;
+    /// A rustls record read on a socket nothing was written on yet (or whose receive was
+    /// not seen): emitted under the socket's or the key's own id, not the connection's.
+    pub const RUSTLS_UNBOUND: u32 = 21;
+    /// A second rustls write key on one socket (TLS 1.3 KeyUpdate): its first records
+    /// went out under an id of their own.
+    pub const RUSTLS_SPLIT: u32 = 22;
+    pub const COUNT: u32 = 23;
 }
 
 /// Revocation hold scope, the one value of the `HOLD` array map (written by the

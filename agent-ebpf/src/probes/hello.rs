@@ -236,6 +236,7 @@ pub fn custody_sock_state(ctx: BtfTracePointContext) -> i32 {
     }
     let sk: *const u8 = ctx.arg(0);
     let k = sk as u64;
+    super::rustls::forget_sock(k);
     // SAFETY: copied out before the entry is removed.
     let Some(c) = (unsafe { CONNS.get(&k) }).copied() else {
         return 0;

@@ -16,6 +16,7 @@ pub mod net;
 pub mod pipe;
 pub mod policy;
 pub mod process;
+pub mod rustls;
 pub mod tls;
 
 use agent_ebpf::{Config, EventHeader, Offsets, Tracked, counter, flag};

@@ -11,7 +11,7 @@ use super::Daemon;
 use crate::clock;
 use crate::report::{metrics, status};
 
-const COUNTER_NAMES: [(u32, &str); 20] = [
+const COUNTER_NAMES: [(u32, &str); 23] = [
     (counter::RINGBUF_FULL, "ringbuf_full"),
     (counter::PATH_TRUNCATED, "path_truncated"),
     (counter::ARGS_TRUNCATED, "args_truncated"),
@@ -32,6 +32,9 @@ const COUNTER_NAMES: [(u32, &str); 20] = [
     (counter::HELLO_INSPECTED, "hello_inspected"),
     (counter::HELLO_SEEN, "hello_seen"),
     (counter::CONNS_FULL, "conns_full"),
+    (counter::RUSTLS_PADDED, "rustls_padded"),
+    (counter::RUSTLS_UNBOUND, "rustls_unbound"),
+    (counter::RUSTLS_SPLIT, "rustls_split"),
 ];
 
 impl Daemon {

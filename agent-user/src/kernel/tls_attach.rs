@@ -21,7 +21,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
-use aya::programs::{UProbe, uprobe::UProbeScope};
+use aya::programs::{TracePoint, UProbe, uprobe::UProbeScope};
 use object::read::elf::{FileHeader, ProgramHeader};
 
 use super::loader::Links;
@@ -72,19 +72,7 @@ pub struct Programs {
 /// `None` for points no program serves here (they are counted as skipped).
 pub fn programs_for(function: TlsFunction, site: HookSite, floor: bool) -> Option<Programs> {
     use TlsFunction::*;
-    let ssl = |probe: &'static str| {
-        Some(if floor {
-            Programs {
-                probe: "custody_floor_uprobe",
-                ret: Some("custody_floor_uretprobe"),
-            }
-        } else {
-            Programs {
-                probe,
-                ret: Some("custody_ssl_ret"),
-            }
-        })
-    };
+    let ssl = |probe: &'static str| ssl_like(floor, probe, "custody_ssl_ret");
     match (function, site) {
         (SslWrite, HookSite::Entry) => ssl("custody_ssl_write"),
         (SslWriteEx, HookSite::Entry) => ssl("custody_ssl_write_ex"),
@@ -96,9 +84,50 @@ pub fn programs_for(function: TlsFunction, site: HookSite, floor: bool) -> Optio
         // Go crypto/tls: entry and return-site programs of their own, attached as a
         // whole by go_attach (see TlsAttacher::attach).
         (GoConnWrite | GoConnRead, _) => None,
-        (SslWrite | SslWriteEx | SslRead | SslReadEx, HookSite::Return) => None,
+        // rustls (ring's AEAD): the record sealed is read at entry, the record opened at
+        // return; the socket tracepoints that bind them to connections come with them.
+        (RustlsSeal, HookSite::Entry) => Some(if floor {
+            Programs {
+                probe: "custody_floor_uprobe",
+                ret: None,
+            }
+        } else {
+            Programs {
+                probe: "custody_rustls_seal",
+                ret: None,
+            }
+        }),
+        (RustlsOpen, HookSite::Entry) => {
+            ssl_like(floor, "custody_rustls_open", "custody_rustls_open_ret")
+        }
+        (
+            SslWrite | SslWriteEx | SslRead | SslReadEx | RustlsSeal | RustlsOpen,
+            HookSite::Return,
+        ) => None,
     }
 }
+
+/// An entry program with a return probe, or the benchmark's empty pair.
+fn ssl_like(floor: bool, probe: &'static str, ret: &'static str) -> Option<Programs> {
+    Some(if floor {
+        Programs {
+            probe: "custody_floor_uprobe",
+            ret: Some("custody_floor_uretprobe"),
+        }
+    } else {
+        Programs {
+            probe,
+            ret: Some(ret),
+        }
+    })
+}
+
+/// The socket tracepoints rustls connections need (see `probes/rustls.rs`): attached with
+/// the first rustls binary, so hosts without one never pay for them.
+const RUSTLS_SOCKET_HOOKS: [(&str, &str); 2] = [
+    ("custody_rustls_send", "sock_send_length"),
+    ("custody_rustls_recv", "sock_recv_length"),
+];
 
 /// What one file got: for `custodyd status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -118,6 +147,8 @@ pub struct AttachedFile {
 pub struct TlsAttacher {
     floor: bool,
     attached: HashMap<FileId, AttachedFile>,
+    /// Whether [`RUSTLS_SOCKET_HOOKS`] are attached.
+    rustls_sockets: bool,
 }
 
 /// Why a file was not attached.
@@ -141,6 +172,7 @@ impl TlsAttacher {
         TlsAttacher {
             floor,
             attached: HashMap::new(),
+            rustls_sockets: false,
         }
     }
 
@@ -188,6 +220,20 @@ impl TlsAttacher {
                 .chain(go.iter().flat_map(|f| f.hooks.iter())),
         )?;
         let mut probes = 0;
+        let rustls = points.iter().any(|(h, _)| {
+            matches!(
+                h.function,
+                TlsFunction::RustlsSeal | TlsFunction::RustlsOpen
+            )
+        });
+        if rustls && !self.rustls_sockets {
+            for (prog, event) in RUSTLS_SOCKET_HOOKS {
+                let prog = if self.floor { "custody_floor_tp" } else { prog };
+                attach_tracepoint(ebpf, links, prog, "sock", event)
+                    .with_context(|| format!("attaching {prog} to sock/{event}"))?;
+            }
+            self.rustls_sockets = true;
+        }
         if go.is_some() {
             let go_links = super::go_attach::attach_go(ebpf, path, inspection, self.floor)
                 .with_context(|| format!("attaching Go crypto/tls in {shown}"))?;
@@ -246,6 +292,25 @@ fn attach_one(
         p.load()?;
     }
     let id = p.attach(offset, path, UProbeScope::AllProcesses)?;
+    links.push(Box::new(p.take_link(id)?));
+    Ok(())
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    links: &mut Links,
+    prog: &str,
+    category: &str,
+    event: &str,
+) -> Result<()> {
+    let p: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the object"))?
+        .try_into()?;
+    if p.fd().is_err() {
+        p.load()?;
+    }
+    let id = p.attach(category, event)?;
     links.push(Box::new(p.take_link(id)?));
     Ok(())
 }

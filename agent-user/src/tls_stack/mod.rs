@@ -16,8 +16,9 @@
 //! - BoringSSL without symbols, as in Bun ([`boringssl`]): found by the library's own
 //!   `OPENSSL_PUT_ERROR` call sites (file string + reason codes) and confirmed by the
 //!   unwind table, or reported as uncovered.
-//! - rustls ([`rustls`]): detected and versioned from panic-location strings; no hook point
-//!   yet, so the inspection says what was tried and the daemon reports it as uncovered.
+//! - rustls with the ring provider ([`rustls`]): ring's AEAD `seal`/`open`, found through
+//!   ring's algorithm tables in data and checked for the ABI the programs read; rustls on
+//!   aws-lc-rs is detected and reported as uncovered.
 //!
 //! Nothing here trusts the file: every offset is bounds-checked, every candidate decoded,
 //! and anything odd becomes an [`Inspection::anomalies`] entry, never a panic or a hook.
@@ -44,7 +45,7 @@ pub use elf::Identity;
 
 /// Bumped whenever the analysis changes what it finds, so cached results from an older
 /// analyser are not reused.
-pub const ANALYSIS_VERSION: u32 = 2;
+pub const ANALYSIS_VERSION: u32 = 3;
 
 /// Files larger than this are not read (the largest real agent binary seen, Claude Code's
 /// Bun executable, is ~245 MB).
@@ -91,6 +92,10 @@ pub enum TlsFunction {
     GoConnWrite,
     /// `func (c *crypto/tls.Conn) Read(b []byte) (int, error)`
     GoConnRead,
+    /// ring's AEAD `seal(key, nonce, aad, in_out, cpu)`: one rustls record sent.
+    RustlsSeal,
+    /// ring's AEAD `open(key, nonce, aad, in_out, src, cpu)`: one rustls record received.
+    RustlsOpen,
 }
 
 impl TlsFunction {
@@ -104,6 +109,8 @@ impl TlsFunction {
             TlsFunction::SslSetFd => "SSL_set_fd",
             TlsFunction::GoConnWrite => "crypto/tls.(*Conn).Write",
             TlsFunction::GoConnRead => "crypto/tls.(*Conn).Read",
+            TlsFunction::RustlsSeal => "ring aead seal (rustls)",
+            TlsFunction::RustlsOpen => "ring aead open (rustls)",
         }
     }
 }
@@ -132,6 +139,9 @@ pub enum Evidence {
     /// BoringSSL's own error-reporting call sites inside a function the unwind table
     /// (`.eh_frame_hdr`) says starts there.
     BoringSslErrorSites,
+    /// ring's AEAD algorithm tables in data, the functions they point at checked for the
+    /// ABI the programs read (see [`rustls`]).
+    RingAeadTable,
 }
 
 /// One place to attach a uprobe: `file_offset` is what `UProbe::attach` takes for a target
@@ -173,10 +183,12 @@ impl Finding {
             TlsFunction::SslWrite,
             TlsFunction::SslWriteEx,
             TlsFunction::GoConnWrite,
+            TlsFunction::RustlsSeal,
         ]) && has(&[
             TlsFunction::SslRead,
             TlsFunction::SslReadEx,
             TlsFunction::GoConnRead,
+            TlsFunction::RustlsOpen,
         ])
     }
 }
@@ -277,7 +289,7 @@ fn analyse(image: &elf::Image) -> Inspection {
             findings.push(f);
         }
     }
-    if let Some(f) = rustls::find(image) {
+    if let Some(f) = rustls::find(image, &mut anomalies) {
         findings.push(f);
     }
     Inspection {

@@ -278,21 +278,28 @@ fn check_hooks_are_instructions(bytes: &[u8], i: &Inspection) {
     }
 }
 
+/// The address of the function symbol whose demangled path contains `needle`.
+fn symbol_address(bytes: &[u8], needle: &str) -> Option<u64> {
+    use object::{Object, ObjectSymbol};
+    let file = object::File::parse(bytes).ok()?;
+    file.symbols()
+        .find(|s| s.name().is_ok_and(|n| n.contains(needle)))
+        .map(|s| s.address())
+}
+
 #[test]
-fn rustls_in_a_stripped_rust_binary_is_detected_and_reported_uncovered() {
-    // This test binary links rustls (through the shipper's TLS): strip a copy of it.
+fn rustls_on_ring_in_a_stripped_rust_binary_is_hooked_at_ring_s_seal_and_open() {
+    // This test binary links rustls with the ring provider (through the shipper's TLS):
+    // its symbols say where ring's seal/open are; a stripped copy must be found the same.
+    let name = "rustls_on_ring_in_a_stripped_rust_binary";
     let dir = tempfile::tempdir().unwrap();
     let me = std::env::current_exe().unwrap();
+    let unstripped = std::fs::read(&me).unwrap();
     let copy = dir.path().join("rust_client");
     std::fs::copy(&me, &copy).unwrap();
     match std::process::Command::new("strip").arg(&copy).status() {
         Ok(s) => assert!(s.success()),
-        Err(e) => {
-            return skip(
-                "rustls_in_a_stripped_rust_binary",
-                &format!("no strip: {e}"),
-            );
-        }
+        Err(e) => return skip(name, &format!("no strip: {e}")),
     }
     let i = inspect(&copy).unwrap();
     let f = i
@@ -303,9 +310,69 @@ fn rustls_in_a_stripped_rust_binary_is_detected_and_reported_uncovered() {
         "{:?}",
         f.versions
     );
-    assert!(f.hooks.is_empty());
-    assert!(i.uncovered().any(|u| u.stack == TlsStack::Rustls));
-    assert!(f.tried.len() >= 2, "says what was tried: {:?}", f.tried);
+    assert!(f.covered(), "{f:#?}");
+    assert_eq!(f.hooks.len(), 4, "{f:#?}");
+    let want =
+        |sym: &str| symbol_address(&unstripped, sym).unwrap_or_else(|| panic!("no symbol {sym}"));
+    let vaddrs = |function| -> Vec<u64> {
+        let mut v: Vec<u64> = f
+            .hooks
+            .iter()
+            .filter(|h| h.function == function)
+            .map(|h| h.vaddr)
+            .collect();
+        v.sort();
+        v
+    };
+    let mut seals = vec![
+        want("9algorithm12aes_gcm_seal"),
+        want("9algorithm22chacha20_poly1305_seal"),
+    ];
+    let mut opens = vec![
+        want("9algorithm12aes_gcm_open"),
+        want("9algorithm22chacha20_poly1305_open"),
+    ];
+    seals.sort();
+    opens.sort();
+    assert_eq!(vaddrs(TlsFunction::RustlsSeal), seals);
+    assert_eq!(vaddrs(TlsFunction::RustlsOpen), opens);
+    for h in &f.hooks {
+        assert_eq!(h.evidence, Evidence::RingAeadTable);
+        assert_eq!(h.file_offset, independent_offset(&unstripped, h.vaddr));
+    }
+    assert!(i.uncovered().all(|u| u.stack != TlsStack::Rustls));
+}
+
+/// ring's `aes_gcm_open` and the start of `chacha20_poly1305_open` as Codex 0.169's release
+/// build has them, and look-alikes that lack what the kernel programs rely on.
+#[test]
+fn ring_s_abi_is_checked_on_the_code_and_look_alikes_are_refused() {
+    use super::rustls::entry_abi;
+    let hex = |s: &str| hex::decode(s).unwrap();
+    // push rbx; cmp dword [rsi],5; je; mov rbx,rdi; push [rsp+0x18]; push [rsp+0x18]; call
+    let aes_open = hex("53833e0574194889fbff742418ff742418e8aaf2ffff4883c4104889d85bc3");
+    let abi = entry_abi(&aes_open, 0x1000);
+    assert!(abi.checks_key_enum, "{abi:?}");
+    assert_eq!(abi.stack_args, vec![16, 8]);
+    // push rbp; mov rbp,rsp; push r15..rbx; and rsp,-64; sub rsp,0x280; cmp dword [rsi],5;
+    // …; mov rsi,[rbp+0x18]; mov r10,[rbp+0x10]
+    let chacha_open = hex(
+        "554889e54157415641554154534883e4c04881ec80020000833e050f85c00500004989f5\
+         4889fb488b75184c8b55104929f20f82a40500004d89cb",
+    );
+    let abi = entry_abi(&chacha_open, 0x2000);
+    assert!(abi.checks_key_enum, "{abi:?}");
+    assert!(
+        abi.stack_args.contains(&8) && abi.stack_args.contains(&16),
+        "{abi:?}"
+    );
+    // The same AES prologue with the stack reads turned into register moves
+    // (mov rax,rcx; nop…): no stack argument, so not the seal/open ABI.
+    let no_stack = hex("53833e0574194889fb4889c8909090909090e8aaf2ffff5bc3");
+    assert!(entry_abi(&no_stack, 0x1000).stack_args.is_empty());
+    // A compare through RSI after RSI was overwritten is not the key check.
+    let rsi_clobbered = hex("534889fe833e05741948ff742410e800000000");
+    assert!(!entry_abi(&rsi_clobbered, 0x1000).checks_key_enum);
 }
 
 #[test]
@@ -334,16 +401,16 @@ fn boringssl_in_claude_codes_bun_binary_is_found_by_its_error_sites() {
     assert!(f.covered());
 }
 
-/// Codex's static-pie musl binary: rustls for its API traffic and a vendored OpenSSL, both
-/// without symbols. Both are named with their versions and reported uncovered.
+/// Codex's static-pie musl binary: rustls (ring provider) for its API traffic and a
+/// vendored OpenSSL, both without symbols. rustls is hooked at ring's seal/open; the
+/// OpenSSL, unused for the API, is named with its version and reported uncovered.
 #[test]
-fn codex_is_reported_as_rustls_and_stripped_openssl_uncovered() {
-    let name = "codex_is_reported_as_rustls_and_stripped_openssl_uncovered";
+fn codex_s_rustls_is_hooked_at_ring_s_aead_and_its_stripped_openssl_is_uncovered() {
+    let name = "codex_s_rustls_is_hooked_at_ring_s_aead_and_its_stripped_openssl_is_uncovered";
     let Some(bin) = agent_binary(name, "CUSTODY_CODEX_BIN") else {
         return;
     };
     let i = inspect(&bin).unwrap();
-    assert_eq!(i.hooks().count(), 0, "{i:#?}");
     let rustls = i
         .finding(TlsStack::Rustls)
         .unwrap_or_else(|| panic!("{i:#?}"));
@@ -362,7 +429,24 @@ fn codex_is_reported_as_rustls_and_stripped_openssl_uncovered() {
         "{openssl:?}"
     );
     assert!(i.finding(TlsStack::BoringSsl).is_none(), "{i:#?}");
-    assert_eq!(i.uncovered().count(), 2);
+    assert!(rustls.covered(), "{rustls:#?}");
+    // Checked by hand in the disassembly of 0.169.0 (a RELR static PIE: the table
+    // pointers sit in the file): ring's AES_128_GCM at 0x11719098, AES_256_GCM at
+    // 0x117190c0, CHACHA20_POLY1305 at 0x11719118.
+    let mut got: Vec<(TlsFunction, u64)> =
+        rustls.hooks.iter().map(|h| (h.function, h.vaddr)).collect();
+    got.sort_by_key(|g| g.1);
+    assert_eq!(
+        got,
+        vec![
+            (TlsFunction::RustlsOpen, 0x100dc0a0),
+            (TlsFunction::RustlsSeal, 0x100dc0e0),
+            (TlsFunction::RustlsOpen, 0x100dc210),
+            (TlsFunction::RustlsSeal, 0x100dc830),
+        ]
+    );
+    assert_eq!(i.uncovered().count(), 1);
+    assert_eq!(i.uncovered().next().unwrap().stack, TlsStack::OpenSsl);
 }
 
 /// A stripped PIE (`/bin/ls`) made to look like BoringSSL: its name strings in `.rodata`,

@@ -61,7 +61,6 @@ impl FunctionStarts {
         Some((self.starts[i], self.starts.get(i + 1).copied()))
     }
 
-    #[cfg(test)]
     pub fn is_start(&self, addr: u64) -> bool {
         self.starts.binary_search(&addr).is_ok()
     }
