@@ -109,9 +109,11 @@ impl Cli {
     }
 
     /// The TLS stack of the engine Custody cannot read (its `tls_uncovered` report).
+    /// Codex's rustls is read (ring's AEAD); the OpenSSL it vendors, stripped and unused
+    /// for its API traffic, is not, and is reported as such.
     pub fn uncovered_stack(self) -> Option<&'static str> {
         match self {
-            Cli::Codex => Some("rustls"),
+            Cli::Codex => Some("openssl"),
             Cli::ClaudeCode | Cli::GeminiCli => None,
         }
     }

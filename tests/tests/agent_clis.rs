@@ -40,7 +40,7 @@ enum Check {
     /// The API key's fingerprint from the request header.
     HeaderCredential,
     /// The engine's TLS coverage said as it is: a `tls_uncovered` event naming the
-    /// stack when Custody cannot read it (Codex: rustls), none when it can.
+    /// stack when Custody cannot read it (Codex: its vendored OpenSSL), none when it can.
     TlsCoverageReported,
     /// Undeclared, the CLI was discovered as an agent.
     Discovered,
@@ -143,7 +143,7 @@ fn warm_up(work: &Path) -> String {
                     .any(|b| b["path"].as_str().is_some_and(|p| p.ends_with(name)))
             })
         };
-        if last["pending"] == 0 && has("covered", "claude") && has("uncovered", "codex") {
+        if last["pending"] == 0 && has("covered", "claude") && has("covered", "codex") {
             return format!(
                 "TLS analysis warmed in {:.1} s (cold; longest analysis {} ms, {} analysed)",
                 start.elapsed().as_secs_f64(),
@@ -293,8 +293,9 @@ fn agent_clis_under_custodyd() {
     );
 }
 
-/// The test's directory, kept when the test fails: custodyd's events, log, status and
-/// config and the stand-in's records are what one looks at then.
+/// The test's directory, kept when the test fails (or `CUSTODY_KEEP_TEST_DIR` is set):
+/// custodyd's events, log, status and config and the stand-in's records are what one
+/// looks at then.
 struct KeepOnPanic(Option<tempfile::TempDir>);
 
 impl KeepOnPanic {
@@ -305,7 +306,8 @@ impl KeepOnPanic {
 
 impl Drop for KeepOnPanic {
     fn drop(&mut self) {
-        if let Some(dir) = self.0.take().filter(|_| std::thread::panicking()) {
+        let keep = std::thread::panicking() || std::env::var_os("CUSTODY_KEEP_TEST_DIR").is_some();
+        if let Some(dir) = self.0.take().filter(|_| keep) {
             eprintln!("agent_clis: kept {} for inspection", dir.keep().display());
         }
     }

@@ -88,9 +88,12 @@ struct Opening {
     conn: u64,
     buf: u64,
     len: u64,
+    /// aws-lc's `size_t *out_len` (0 for ring: the length is known at entry).
+    out_len: u64,
     /// Content type from a TLS 1.2 AAD, or 0 for TLS 1.3 (the type ends the plaintext).
     tls12_type: u32,
-    _pad: u32,
+    /// 1 when `conn` is the connection's id, 0 when its socket had none yet.
+    bound: u32,
 }
 
 /// Processes whose rustls hooks fired: the only ones the socket tracepoints look at.
@@ -138,17 +141,60 @@ fn mark(tgid: u32) {
     }
 }
 
-/// (key, AAD pointer, AAD length, `in_out` pointer, `in_out` length) of a `seal`/`open`
-/// at entry, from the registers and the stack.
+/// One AEAD call as both providers' ABIs give it at entry.
+#[derive(Clone, Copy)]
+struct Aead {
+    /// Per connection and direction: ring's `&KeyInner`, aws-lc's `EVP_AEAD_CTX *`.
+    key: u64,
+    aad: u64,
+    aad_len: u64,
+    /// The record's bytes: plaintext at a seal's entry, where the plaintext will be at an
+    /// open's.
+    buf: u64,
+    len: u64,
+}
+
+/// ring's `seal`/`open`: RSI = key, RCX/R8 = AAD, R9 = `in_out.ptr`, `[rsp+8]` = its
+/// length, and for `open` `[rsp+16]` = `src.start` (plaintext is `in_out[..len - src]`).
 #[inline(always)]
-fn args(ctx: &ProbeContext) -> (u64, u64, u64, u64, u64) {
+fn ring_args(ctx: &ProbeContext, open: bool) -> Option<Aead> {
     // SAFETY: the context of a uprobe is the task's saved registers.
     let (key, aad, aad_len, buf, sp) = unsafe {
         let r = &*ctx.regs;
         (r.rsi, r.rcx, r.r8, r.r9, r.rsp)
     };
-    let len: u64 = unsafe { uread(sp + 8) }.unwrap_or(0);
-    (key, aad, aad_len, buf, len)
+    let len: u64 = unsafe { uread(sp + 8) }.ok()?;
+    let src: u64 = if open {
+        unsafe { uread(sp + 16) }.ok()?
+    } else {
+        0
+    };
+    (src <= len).then_some(Aead {
+        key,
+        aad,
+        aad_len,
+        buf,
+        len: len - src,
+    })
+}
+
+/// aws-lc's `EVP_AEAD_CTX_seal`/`_open(ctx, out, out_len, max_out_len, nonce, nonce_len,
+/// in, in_len, ad, ad_len)` (C ABI): RDI = ctx, the 7th to 10th arguments on the stack.
+#[inline(always)]
+fn aws_lc_args(ctx: &ProbeContext) -> Option<Aead> {
+    // SAFETY: as in `ring_args`.
+    let (key, sp) = unsafe {
+        let r = &*ctx.regs;
+        (r.rdi, r.rsp)
+    };
+    let stack: [u64; 4] = unsafe { uread(sp + 8) }.ok()?;
+    Some(Aead {
+        key,
+        buf: stack[0],
+        len: stack[1],
+        aad: stack[2],
+        aad_len: stack[3],
+    })
 }
 
 /// Content type of a TLS 1.2 record from its AAD (0 when unreadable).
@@ -177,29 +223,46 @@ fn app_len(buf: u64, len: u64, tls12: u8) -> Option<u64> {
     }
 }
 
-#[uprobe]
-pub fn custody_rustls_seal(ctx: ProbeContext) -> u32 {
+/// 0 for TLS 1.3 (the type ends the plaintext), the TLS 1.2 type (at least 1), or None
+/// for an AAD of neither shape.
+#[inline(always)]
+fn record_version(a: &Aead) -> Option<u32> {
+    match a.aad_len {
+        AAD_TLS13 => Some(0),
+        AAD_TLS12 => Some(u32::from(tls12_type(a.aad).max(1))),
+        _ => None,
+    }
+}
+
+/// A record about to be sealed: emitted now (its plaintext is in the buffer only until
+/// the call encrypts it in place), bound to its socket at the next send.
+#[inline(always)]
+fn seal(a: Aead) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let (key, aad, aad_len, buf, len) = args(&ctx);
-    if key == 0 || buf == 0 {
+    if a.key == 0 || a.buf == 0 {
         return 0;
     }
     mark(tgid);
-    let t12 = match aad_len {
-        AAD_TLS13 => 0,
-        AAD_TLS12 => tls12_type(aad).max(1),
-        _ => return 0,
+    let Some(t12) = record_version(&a) else {
+        return 0;
     };
-    let pk = ProcKey { tgid, _pad: 0, key };
-    let mut sealed = Sealed { key, conn: 0 };
-    if let Some(n) = app_len(buf, len, t12) {
-        let conn = unsafe { KEY_CONN.get(&pk) }.copied().unwrap_or(key);
+    let pk = ProcKey {
+        tgid,
+        _pad: 0,
+        key: a.key,
+    };
+    let mut sealed = Sealed {
+        key: a.key,
+        conn: 0,
+    };
+    if let Some(n) = app_len(a.buf, a.len, t12 as u8) {
+        let conn = unsafe { KEY_CONN.get(&pk) }.copied().unwrap_or(a.key);
         sealed.conn = conn;
-        if traced(tgid).is_some() || sampled(direction::WRITE, conn, buf) {
+        if traced(tgid).is_some() || sampled(direction::WRITE, conn, a.buf) {
             let call = TlsCall {
                 ssl: conn,
-                buf,
+                buf: a.buf,
                 out_len: 0,
                 len: n,
                 direction: direction::WRITE,
@@ -212,57 +275,63 @@ pub fn custody_rustls_seal(ctx: ProbeContext) -> u32 {
     0
 }
 
-#[uprobe]
-pub fn custody_rustls_open(ctx: ProbeContext) -> u32 {
+/// A record about to be opened: its connection is the socket this thread received on.
+#[inline(always)]
+fn open_enter(a: Aead, out_len: u64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let (key, aad, aad_len, buf, len) = args(&ctx);
-    if key == 0 || buf == 0 {
+    if a.key == 0 || a.buf == 0 {
         return 0;
     }
     mark(tgid);
-    let src: u64 = unsafe { uread((*ctx.regs).rsp + 16) }.unwrap_or(u64::MAX);
-    if src > len {
+    let Some(t12) = record_version(&a) else {
         return 0;
-    }
-    let t12 = match aad_len {
-        AAD_TLS13 => 0,
-        AAD_TLS12 => u32::from(tls12_type(aad).max(1)),
-        _ => return 0,
     };
     let sock = unsafe { RECEIVED.get(&pid_tgid) }.copied().unwrap_or(0);
-    let conn = match unsafe { SOCK_CONN.get(&sock) } {
-        Some(c) if sock != 0 && c.tgid == tgid => c.conn,
-        _ => {
-            count(counter::RUSTLS_UNBOUND);
-            if sock != 0 { sock } else { key }
-        }
+    let (conn, bound) = match unsafe { SOCK_CONN.get(&sock) } {
+        Some(c) if sock != 0 && c.tgid == tgid => (c.conn, 1),
+        _ => (if sock != 0 { sock } else { a.key }, 0),
     };
     let o = Opening {
         conn,
-        buf,
-        len: len - src,
+        buf: a.buf,
+        len: a.len,
+        out_len,
         tls12_type: t12,
-        _pad: 0,
+        bound,
     };
     let _ = OPENING.insert(&pid_tgid, &o, 0);
     0
 }
 
-#[uretprobe]
-pub fn custody_rustls_open_ret(_ctx: RetProbeContext) -> u32 {
+/// At an open's return: the record's plaintext at the buffer kept at entry, its length
+/// known then (ring) or written to `*out_len` (aws-lc).
+#[inline(always)]
+fn open_ret(ok: bool) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: copied out before removal.
     let Some(o) = (unsafe { OPENING.get(&pid_tgid) }).copied() else {
         return 0;
     };
     let _ = OPENING.remove(&pid_tgid);
+    if !ok {
+        return 0;
+    }
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(n) = app_len(o.buf, o.len, o.tls12_type as u8) else {
+    let len = if o.out_len != 0 {
+        unsafe { uread::<u64>(o.out_len) }.unwrap_or(0)
+    } else {
+        o.len
+    };
+    let Some(n) = app_len(o.buf, len, o.tls12_type as u8) else {
         return 0;
     };
     if traced(tgid).is_none() && !sampled(direction::READ, o.conn, o.buf) {
         return 0;
+    }
+    if o.bound == 0 {
+        // Application data under an id of its own (handshake records do not count).
+        count(counter::RUSTLS_UNBOUND);
     }
     let call = TlsCall {
         ssl: o.conn,
@@ -274,6 +343,51 @@ pub fn custody_rustls_open_ret(_ctx: RetProbeContext) -> u32 {
     };
     emit(&call, n, capture_cap(tgid));
     0
+}
+
+/// ring's `seal`: the record's plaintext at entry.
+#[uprobe]
+pub fn custody_rustls_seal(ctx: ProbeContext) -> u32 {
+    ring_args(&ctx, false).map_or(0, seal)
+}
+
+/// ring's `open`: where the plaintext will be, kept at entry and read at return.
+#[uprobe]
+pub fn custody_rustls_open(ctx: ProbeContext) -> u32 {
+    ring_args(&ctx, true).map_or(0, |a| open_enter(a, 0))
+}
+
+/// ring's `open` returns the computed tag for its caller to compare: the plaintext is in
+/// place whatever it says (a record failing its tag ends the connection in rustls).
+#[uretprobe]
+pub fn custody_rustls_open_ret(_ctx: RetProbeContext) -> u32 {
+    open_ret(true)
+}
+
+/// aws-lc's `EVP_AEAD_CTX_seal`: the record's plaintext (`in`) at entry.
+#[uprobe]
+pub fn custody_awslc_seal(ctx: ProbeContext) -> u32 {
+    aws_lc_args(&ctx).map_or(0, seal)
+}
+
+/// aws-lc's `EVP_AEAD_CTX_open`: `out` and `out_len` kept at entry, read at return.
+#[uprobe]
+pub fn custody_awslc_open(ctx: ProbeContext) -> u32 {
+    // SAFETY: as in `ring_args`.
+    let (out, out_len) = unsafe {
+        let r = &*ctx.regs;
+        (r.rsi, r.rdx)
+    };
+    aws_lc_args(&ctx).map_or(0, |mut a| {
+        a.buf = out;
+        open_enter(a, out_len)
+    })
+}
+
+/// `EVP_AEAD_CTX_open` returns 1 on success (0 after zeroing its output).
+#[uretprobe]
+pub fn custody_awslc_open_ret(ctx: RetProbeContext) -> u32 {
+    open_ret(ctx.ret::<i32>() == 1)
 }
 
 /// `struct sock *` and protocol of a `sock_send_length` / `sock_recv_length` record

@@ -84,27 +84,31 @@ pub fn programs_for(function: TlsFunction, site: HookSite, floor: bool) -> Optio
         // Go crypto/tls: entry and return-site programs of their own, attached as a
         // whole by go_attach (see TlsAttacher::attach).
         (GoConnWrite | GoConnRead, _) => None,
-        // rustls (ring's AEAD): the record sealed is read at entry, the record opened at
-        // return; the socket tracepoints that bind them to connections come with them.
-        (RustlsSeal, HookSite::Entry) => Some(if floor {
-            Programs {
-                probe: "custody_floor_uprobe",
-                ret: None,
-            }
-        } else {
-            Programs {
-                probe: "custody_rustls_seal",
-                ret: None,
-            }
-        }),
+        // rustls (ring's or aws-lc's AEAD): the record sealed is read at entry, the record
+        // opened at return; the socket tracepoints that bind them to connections come
+        // with them.
+        (RustlsSeal, HookSite::Entry) => entry_only(floor, "custody_rustls_seal"),
         (RustlsOpen, HookSite::Entry) => {
             ssl_like(floor, "custody_rustls_open", "custody_rustls_open_ret")
         }
+        (AwsLcSeal, HookSite::Entry) => entry_only(floor, "custody_awslc_seal"),
+        (AwsLcOpen, HookSite::Entry) => {
+            ssl_like(floor, "custody_awslc_open", "custody_awslc_open_ret")
+        }
         (
-            SslWrite | SslWriteEx | SslRead | SslReadEx | RustlsSeal | RustlsOpen,
+            SslWrite | SslWriteEx | SslRead | SslReadEx | RustlsSeal | RustlsOpen | AwsLcSeal
+            | AwsLcOpen,
             HookSite::Return,
         ) => None,
     }
+}
+
+/// An entry program alone (what it reads is there at entry), or the benchmark's empty one.
+fn entry_only(floor: bool, probe: &'static str) -> Option<Programs> {
+    Some(Programs {
+        probe: if floor { "custody_floor_uprobe" } else { probe },
+        ret: None,
+    })
 }
 
 /// An entry program with a return probe, or the benchmark's empty pair.

@@ -182,9 +182,15 @@ pub(crate) fn find(image: &Image, anomalies: &mut Vec<String>) -> Option<Finding
 /// Addresses of NUL-terminated strings naming `ssl/ssl_lib.cc` (or `.c`), bare or at
 /// the end of a path.
 fn file_name_strings(image: &Image) -> Vec<u64> {
-    let mut out = Vec::new();
     // `ssl/ssl_lib.c` alone (OpenSSL's relative names) or at the end of a path.
-    for suffix in [&b"ssl/ssl_lib.cc\0"[..], &b"ssl/ssl_lib.c\0"[..]] {
+    source_file_strings(image, &[b"ssl/ssl_lib.cc\0", b"ssl/ssl_lib.c\0"])
+}
+
+/// Addresses of NUL-terminated path strings that are one of `suffixes` (each ending in
+/// NUL), bare or after a `/`: the `__FILE__` strings error sites pass.
+pub(crate) fn source_file_strings(image: &Image, suffixes: &[&[u8]]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for &suffix in suffixes {
         for end in memchr::memmem::find_iter(image.bytes, suffix) {
             if end > 0 && !matches!(image.bytes[end - 1], 0 | b'/') {
                 continue; // `libssl/ssl_lib.c`, `openssl/…`: some other file
@@ -206,12 +212,19 @@ fn file_name_strings(image: &Image) -> Vec<u64> {
     out
 }
 
-/// Every error site whose file-name argument is the string at `target`.
+/// Every `OPENSSL_PUT_ERROR(SSL, …)` site whose file-name argument is the string at
+/// `target`.
 pub(crate) fn error_sites(image: &Image, target: u64) -> Vec<ErrorSite> {
+    lib_error_sites(image, target, ERR_LIB_SSL)
+}
+
+/// Every error site of library `lib` (`ERR_LIB_*`) whose file-name argument is the string
+/// at `target`: the same call shape serves every BoringSSL-derived library (aws-lc too).
+pub(crate) fn lib_error_sites(image: &Image, target: u64, lib: u32) -> Vec<ErrorSite> {
     let mut sites = Vec::new();
     for (base, code) in image.code() {
         let mut consider = |start: usize| {
-            if let Some(site) = site_at(code, base, start, target) {
+            if let Some(site) = site_at(code, base, start, target, lib) {
                 if !sites.iter().any(|s: &ErrorSite| s.at == site.at) {
                     sites.push(site);
                 }
@@ -242,7 +255,7 @@ pub(crate) fn error_sites(image: &Image, target: u64) -> Vec<ErrorSite> {
 
 /// Decodes from `start`: the first instruction must load `target` into a register, the
 /// next ones (up to the call or jump) supply library, reason and line.
-fn site_at(code: &[u8], base: u64, start: usize, target: u64) -> Option<ErrorSite> {
+fn site_at(code: &[u8], base: u64, start: usize, target: u64, lib: u32) -> Option<ErrorSite> {
     let at = base + start as u64;
     let mut decoder = Decoder::with_ip(64, &code[start..], at, DecoderOptions::NONE);
     let mut instr = Instruction::default();
@@ -274,7 +287,7 @@ fn site_at(code: &[u8], base: u64, start: usize, target: u64) -> Option<ErrorSit
         Register::ECX | Register::RCX => (Register::EDX, Register::R8D),
         _ => return None,
     };
-    if imms.get(&Register::EDI) != Some(&ERR_LIB_SSL) {
+    if imms.get(&Register::EDI) != Some(&lib) {
         return None;
     }
     Some(ErrorSite {
@@ -318,7 +331,10 @@ fn immediate_load(instr: &Instruction) -> Option<(Register, u32)> {
 }
 
 /// Sites grouped by containing function start, reasons in line order.
-fn group_by_function(sites: &[ErrorSite], starts: &FunctionStarts) -> BTreeMap<u64, Vec<u32>> {
+pub(crate) fn group_by_function(
+    sites: &[ErrorSite],
+    starts: &FunctionStarts,
+) -> BTreeMap<u64, Vec<u32>> {
     let mut by: BTreeMap<u64, Vec<(u32, u32)>> = BTreeMap::new();
     for s in sites {
         if let Some((start, _)) = starts.containing(s.at) {

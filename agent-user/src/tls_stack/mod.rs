@@ -17,12 +17,14 @@
 //!   `OPENSSL_PUT_ERROR` call sites (file string + reason codes) and confirmed by the
 //!   unwind table, or reported as uncovered.
 //! - rustls with the ring provider ([`rustls`]): ring's AEAD `seal`/`open`, found through
-//!   ring's algorithm tables in data and checked for the ABI the programs read; rustls on
-//!   aws-lc-rs is detected and reported as uncovered.
+//!   ring's algorithm tables in data and checked for the ABI the programs read; with the
+//!   aws-lc-rs provider ([`aws_lc`]), aws-lc's `EVP_AEAD_CTX_seal`/`_open` found by their
+//!   error sites.
 //!
 //! Nothing here trusts the file: every offset is bounds-checked, every candidate decoded,
 //! and anything odd becomes an [`Inspection::anomalies`] entry, never a panic or a hook.
 
+pub mod aws_lc;
 pub mod boringssl;
 pub mod cache;
 mod elf;
@@ -96,6 +98,11 @@ pub enum TlsFunction {
     RustlsSeal,
     /// ring's AEAD `open(key, nonce, aad, in_out, src, cpu)`: one rustls record received.
     RustlsOpen,
+    /// aws-lc's `int EVP_AEAD_CTX_seal(ctx, out, out_len, max_out_len, nonce, nonce_len,
+    /// in, in_len, ad, ad_len)`: one rustls record sent (aws-lc-rs provider).
+    AwsLcSeal,
+    /// aws-lc's `EVP_AEAD_CTX_open`, same arguments: one rustls record received.
+    AwsLcOpen,
 }
 
 impl TlsFunction {
@@ -111,6 +118,8 @@ impl TlsFunction {
             TlsFunction::GoConnRead => "crypto/tls.(*Conn).Read",
             TlsFunction::RustlsSeal => "ring aead seal (rustls)",
             TlsFunction::RustlsOpen => "ring aead open (rustls)",
+            TlsFunction::AwsLcSeal => "EVP_AEAD_CTX_seal (aws-lc, rustls)",
+            TlsFunction::AwsLcOpen => "EVP_AEAD_CTX_open (aws-lc, rustls)",
         }
     }
 }
@@ -142,6 +151,9 @@ pub enum Evidence {
     /// ring's AEAD algorithm tables in data, the functions they point at checked for the
     /// ABI the programs read (see [`rustls`]).
     RingAeadTable,
+    /// aws-lc's `OPENSSL_PUT_ERROR(CIPHER, …)` call sites in `cipher/aead.c`, inside a
+    /// function the unwind table says starts there (see [`aws_lc`]).
+    AwsLcErrorSites,
 }
 
 /// One place to attach a uprobe: `file_offset` is what `UProbe::attach` takes for a target
@@ -184,11 +196,13 @@ impl Finding {
             TlsFunction::SslWriteEx,
             TlsFunction::GoConnWrite,
             TlsFunction::RustlsSeal,
+            TlsFunction::AwsLcSeal,
         ]) && has(&[
             TlsFunction::SslRead,
             TlsFunction::SslReadEx,
             TlsFunction::GoConnRead,
             TlsFunction::RustlsOpen,
+            TlsFunction::AwsLcOpen,
         ])
     }
 }

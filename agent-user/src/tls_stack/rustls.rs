@@ -22,8 +22,9 @@
 //!    caller's stack slot (and `open` its 8th, `src.start`), tracked through the prologue's
 //!    pushes and frame pointer.
 //!
-//! The aws-lc-rs provider is not hooked (its AEAD is C inside aws-lc, reached through other
-//! tables): such a binary is reported as uncovered TLS, with what was tried.
+//! With the aws-lc-rs provider the records go through aws-lc's C `EVP_AEAD_CTX_seal` /
+//! `_open` instead, found by [`aws_lc`](super::aws_lc). A binary may link both providers;
+//! both are hooked then.
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
 use object::Object;
@@ -56,14 +57,28 @@ pub(crate) fn find(image: &Image, anomalies: &mut Vec<String>) -> Option<Finding
     finding
         .tried
         .push("rustls panic-location strings (crate version)".into());
-    if ring.is_empty() {
-        finding.tried.push(
-            "no ring provider: the aws-lc-rs provider's AEAD is not hooked, so this \
-             binary's plaintext cannot be read"
-                .into(),
-        );
-        return Some(finding);
+    // Both providers may be linked (Codex has both): hook every one found, since which
+    // one a connection uses is the program's choice at run time.
+    if finding.versions.iter().any(|v| v.starts_with("aws-lc-rs ")) {
+        match super::aws_lc::find(image, anomalies) {
+            Ok(hooks) => {
+                finding.tried.push(
+                    "aws-lc-rs provider: EVP_AEAD_CTX_seal/open found by aws-lc's error sites"
+                        .into(),
+                );
+                finding.hooks.extend(hooks);
+            }
+            Err(why) => finding.tried.push(format!("aws-lc-rs provider: {why}")),
+        }
     }
+    if !ring.is_empty() {
+        ring_hooks(image, &mut finding, anomalies);
+    }
+    Some(finding)
+}
+
+/// ring's seal/open through its algorithm tables, all four verified or none.
+fn ring_hooks(image: &Image, finding: &mut Finding, anomalies: &mut Vec<String>) {
     let tables = aead_tables(image);
     finding.tried.push(format!(
         "ring AEAD tables: {} candidate records in data",
@@ -73,7 +88,7 @@ pub(crate) fn find(image: &Image, anomalies: &mut Vec<String>) -> Option<Finding
         finding.tried.push(
             "ring's AES-GCM/ChaCha20-Poly1305 tables not found exactly once: none hooked".into(),
         );
-        return Some(finding);
+        return;
     };
     let starts = match FunctionStarts::from_image(image) {
         Ok(s) => s,
@@ -81,7 +96,7 @@ pub(crate) fn find(image: &Image, anomalies: &mut Vec<String>) -> Option<Finding
             finding.tried.push(format!(
                 "unwind index unusable ({e}): function starts unknown"
             ));
-            return Some(finding);
+            return;
         }
     };
     let mut verified = Vec::new();
@@ -110,13 +125,12 @@ pub(crate) fn find(image: &Image, anomalies: &mut Vec<String>) -> Option<Finding
     // All four or none: a connection negotiates one cipher, and a half-hooked binary
     // would read as covered while missing every ChaCha (or AES) connection.
     if verified.len() == 4 {
-        finding.hooks = verified;
+        finding.hooks.extend(verified);
     } else {
         finding
             .tried
-            .push("not every seal/open verified: none hooked".into());
+            .push("not every ring seal/open verified: none hooked".into());
     }
-    Some(finding)
 }
 
 /// One candidate `Algorithm` record: its three code pointers, key length and id.

@@ -401,12 +401,14 @@ fn boringssl_in_claude_codes_bun_binary_is_found_by_its_error_sites() {
     assert!(f.covered());
 }
 
-/// Codex's static-pie musl binary: rustls (ring provider) for its API traffic and a
-/// vendored OpenSSL, both without symbols. rustls is hooked at ring's seal/open; the
-/// OpenSSL, unused for the API, is named with its version and reported uncovered.
+/// Codex's static-pie musl binary: rustls with both crypto providers (aws-lc-rs, the one
+/// its API traffic uses, and ring) and a vendored OpenSSL, all without symbols. rustls is
+/// hooked at both providers' seal/open; the OpenSSL, unused for the API, is named with its
+/// version and reported uncovered.
 #[test]
-fn codex_s_rustls_is_hooked_at_ring_s_aead_and_its_stripped_openssl_is_uncovered() {
-    let name = "codex_s_rustls_is_hooked_at_ring_s_aead_and_its_stripped_openssl_is_uncovered";
+fn codex_s_rustls_is_hooked_at_both_providers_aead_and_its_stripped_openssl_is_uncovered() {
+    let name =
+        "codex_s_rustls_is_hooked_at_both_providers_aead_and_its_stripped_openssl_is_uncovered";
     let Some(bin) = agent_binary(name, "CUSTODY_CODEX_BIN") else {
         return;
     };
@@ -432,7 +434,10 @@ fn codex_s_rustls_is_hooked_at_ring_s_aead_and_its_stripped_openssl_is_uncovered
     assert!(rustls.covered(), "{rustls:#?}");
     // Checked by hand in the disassembly of 0.169.0 (a RELR static PIE: the table
     // pointers sit in the file): ring's AES_128_GCM at 0x11719098, AES_256_GCM at
-    // 0x117190c0, CHACHA20_POLY1305 at 0x11719118.
+    // 0x117190c0, CHACHA20_POLY1305 at 0x11719118; aws-lc's aead.c error sites
+    // (lib 30) group as seal [117, 103, 115] at 0x1125fad0, seal_scatter [115, 112],
+    // open [115, 101, 103, 115, 104] (open_gather inlined) at 0x1125fd10, open_gather
+    // [115, 104]. Its API traffic goes through aws-lc (rustls's default provider).
     let mut got: Vec<(TlsFunction, u64)> =
         rustls.hooks.iter().map(|h| (h.function, h.vaddr)).collect();
     got.sort_by_key(|g| g.1);
@@ -443,6 +448,8 @@ fn codex_s_rustls_is_hooked_at_ring_s_aead_and_its_stripped_openssl_is_uncovered
             (TlsFunction::RustlsSeal, 0x100dc0e0),
             (TlsFunction::RustlsOpen, 0x100dc210),
             (TlsFunction::RustlsSeal, 0x100dc830),
+            (TlsFunction::AwsLcSeal, 0x1125fad0),
+            (TlsFunction::AwsLcOpen, 0x1125fd10),
         ]
     );
     assert_eq!(i.uncovered().count(), 1);

@@ -1,7 +1,8 @@
 //! rustls-client: a small HTTPS client over rustls (ring provider, no OpenSSL), for tests
 //! of what Custody sees from Rust agents such as Codex, whose model traffic goes through
 //! rustls in a stripped binary. It POSTs a JSON body to `https://HOST:PORT/PATH` over
-//! HTTP/1.1 and prints the status line. The CA to trust is read from CUSTODY_TEST_CA (PEM).
+//! HTTP/1.1 and prints the status line. The CA to trust is read from CUSTODY_TEST_CA (PEM);
+//! CUSTODY_TEST_BEARER, when set, is sent as an `Authorization: Bearer` header.
 //!
 //! Usage: rustls-client URL [BODY]. Build it stripped (`strip` the binary, or
 //! `-C strip=symbols`) to test the uncovered-TLS report.
@@ -55,9 +56,12 @@ fn run() -> anyhow::Result<()> {
     let name = ServerName::try_from(host.to_string())?;
     let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
     let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(&addr)?);
+    let auth = std::env::var("CUSTODY_TEST_BEARER")
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         tls,
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\n\
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Content-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
