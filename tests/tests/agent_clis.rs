@@ -81,13 +81,18 @@ fn met_today(cli: Cli) -> &'static [Check] {
             Discovered,
             DiscoveredOwnName,
         ],
-        // rustls in the stripped Rust binary is not read: only what the kernel sees
-        // without plaintext, the uncovered-TLS report, and discovery at exec from the
-        // catalogue of known agent programs (npm package).
+        // rustls in the stripped Rust binary is read at aws-lc's EVP_AEAD_CTX_seal/open
+        // (found by aws-lc's error sites), over HTTP/2: the whole request, the prompt
+        // ~41 KB in included; the vendored OpenSSL it does not use is reported uncovered.
         Cli::Codex => &[
             ProcessSeen,
             ToolExecDescendant,
             EnvCredential,
+            LlmRequestModel,
+            DeepPromptWord,
+            ToolsOffered,
+            ResponseToolCall,
+            HeaderCredential,
             TlsCoverageReported,
             Discovered,
             DiscoveredOwnName,
