@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use super::super::http::HttpRequest;
 use super::super::json::{first_byte, get_arr, get_str, parse_lenient};
-use super::super::text::{Excerpt, NAME_CHARS, excerpt, excerpt_n, name};
-use super::{llm_provider_for_host, push_content};
+use super::super::text::{EXCERPT_CHARS, Excerpt, NAME_CHARS, excerpt, excerpt_n, name};
+use super::{llm_provider_for_host, push_block, push_content};
 
 /// Most tool names kept from one request.
 const MAX_TOOLS: usize = 128;
@@ -260,11 +260,42 @@ fn last_user(messages: &[Value], role_optional: bool) -> String {
     let user = messages.iter().rev().find(is_user);
     let mut ex = Excerpt::new();
     if let Some(m) = user {
-        if let Some(c) = m.get("content").or_else(|| m.get("parts")) {
-            push_content(c, &mut ex);
+        match m.get("content").or_else(|| m.get("parts")) {
+            Some(Value::Array(blocks)) => push_newest_first(blocks, &mut ex),
+            Some(c) => push_content(c, &mut ex),
+            None => {}
         }
     }
     ex.finish()
+}
+
+/// A user turn's blocks, in order when the excerpt holds them all, else with the last
+/// text block first: coding agents put what the harness adds (Claude Code's
+/// `<system-reminder>`s, Gemini CLI's session context, 20 KB and more) before what the
+/// human typed, which an excerpt of the blocks in order would never reach.
+fn push_newest_first(blocks: &[Value], ex: &mut Excerpt) {
+    fn text(b: &Value) -> Option<&str> {
+        get_str(b, "text").filter(|t| {
+            b.get("thought").and_then(Value::as_bool) != Some(true) && !t.trim().is_empty()
+        })
+    }
+    let newest = blocks.iter().rposition(|b| text(b).is_some());
+    let through_newest: usize = newest.map_or(0, |n| {
+        blocks[..=n]
+            .iter()
+            .filter_map(text)
+            .map(|t| t.chars().count() + 1)
+            .sum()
+    });
+    let newest = newest.filter(|_| through_newest > EXCERPT_CHARS);
+    if let Some(n) = newest {
+        push_block(&blocks[n], ex);
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        if Some(i) != newest && !ex.is_full() {
+            push_block(b, ex);
+        }
+    }
 }
 
 /// Responses API: "instructions" plus system/developer items; "input" is a string or

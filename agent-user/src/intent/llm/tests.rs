@@ -458,3 +458,43 @@ fn truncated_response_keeps_what_was_captured() {
             .starts_with(r#"{"path":"/tmp/a""#)
     );
 }
+
+/// Claude Code and Gemini CLI put 20 KB and more of harness context (system reminders,
+/// session context) in the user turn before what the human typed: the excerpt leads with
+/// the turn's last text block, then the rest.
+#[test]
+fn the_user_excerpt_leads_with_what_the_human_typed_after_the_harness_context() {
+    let context = format!(
+        "<system-reminder>{}</system-reminder>",
+        "skills list ".repeat(2000)
+    );
+    for (path, body) in [
+        (
+            "/v1/messages",
+            serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": context},
+                {"type": "text", "text": "Show me notes.txt, codeword kestrel"},
+            ]}]}),
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+            serde_json::json!({"contents": [{"role": "user", "parts": [
+                {"text": context},
+                {"text": "Show me notes.txt, codeword kestrel"},
+            ]}]}),
+        ),
+    ] {
+        let r = parse_llm_request(&post("localhost", path, &body.to_string())).unwrap();
+        assert!(
+            r.user_excerpt
+                .starts_with("Show me notes.txt, codeword kestrel"),
+            "{path}: {}",
+            &r.user_excerpt[..80.min(r.user_excerpt.len())]
+        );
+        assert!(
+            r.user_excerpt.contains("system-reminder"),
+            "the context follows"
+        );
+    }
+}
