@@ -161,8 +161,9 @@ pub mod counter {
     /// A rustls record read on a socket nothing was written on yet (or whose receive was
     /// not seen): emitted under the socket's or the key's own id, not the connection's.
     pub const RUSTLS_UNBOUND: u32 = 21;
-    /// A second rustls write key on one socket (TLS 1.3 KeyUpdate): its first records
-    /// went out under an id of their own.
+    /// A rustls key seen under two connection ids: a second write key on one socket
+    /// (TLS 1.3 KeyUpdate: its first records went out under an id of their own), or a read
+    /// key opened on a thread whose last receive was another socket (kept on its first id).
     pub const RUSTLS_SPLIT: u32 = 22;
     pub const COUNT: u32 = 23;
 }

@@ -275,7 +275,9 @@ fn seal(a: Aead) -> u32 {
     0
 }
 
-/// A record about to be opened: its connection is the socket this thread received on.
+/// A record about to be opened: its connection is the socket this thread received on,
+/// and from then on the one its read key was first bound to (a key belongs to one
+/// connection for its whole life).
 #[inline(always)]
 fn open_enter(a: Aead, out_len: u64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -288,10 +290,28 @@ fn open_enter(a: Aead, out_len: u64) -> u32 {
         return 0;
     };
     let sock = unsafe { RECEIVED.get(&pid_tgid) }.copied().unwrap_or(0);
-    let (conn, bound) = match unsafe { SOCK_CONN.get(&sock) } {
+    let (mut conn, mut bound) = match unsafe { SOCK_CONN.get(&sock) } {
         Some(c) if sock != 0 && c.tgid == tgid => (c.conn, 1),
         _ => (if sock != 0 { sock } else { a.key }, 0),
     };
+    let pk = ProcKey {
+        tgid,
+        _pad: 0,
+        key: a.key,
+    };
+    match unsafe { KEY_CONN.get(&pk) }.copied() {
+        Some(known) => {
+            if bound == 1 && known != conn {
+                count(counter::RUSTLS_SPLIT);
+            }
+            conn = known;
+            bound = 1;
+        }
+        None if bound == 1 => {
+            let _ = KEY_CONN.insert(&pk, &conn, 0);
+        }
+        None => {}
+    }
     let o = Opening {
         conn,
         buf: a.buf,

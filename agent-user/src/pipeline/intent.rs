@@ -91,6 +91,38 @@ impl Pipeline {
         }
     }
 
+    /// A process exited: what its TLS streams still hold is emitted as the messages it
+    /// makes (partial ones marked so by the parsers). Clients often drop a connection
+    /// without reading its last frames (Codex closes an HTTP/2 stream once the SSE body
+    /// says `response.completed`, before the END_STREAM frame is decrypted), so waiting
+    /// for the end of each message would lose the response that carried the tool call.
+    pub(super) fn flush_streams(
+        &mut self,
+        h: &EventHeader,
+        tracker: &mut dyn Tracker,
+        out: &mut Vec<Output>,
+    ) {
+        let mut keys: Vec<_> = self
+            .streams
+            .keys()
+            .filter(|k| k.0 == h.tgid)
+            .copied()
+            .collect();
+        // Requests before responses: a response is read against its connection's request.
+        keys.sort_by_key(|k| (k.1, k.2 != direction::WRITE));
+        for key in keys {
+            let Some(mut stream) = self.streams.remove(&key) else {
+                continue;
+            };
+            for m in stream.flush() {
+                match m {
+                    HttpMessage::Request(r) => self.http_request(h, key.1, key.2, r, tracker, out),
+                    HttpMessage::Response(r) => self.http_response(h, key.1, key.2, r, out),
+                }
+            }
+        }
+    }
+
     /// Track a process as a discovered agent and report why.
     pub(super) fn discover(
         &mut self,

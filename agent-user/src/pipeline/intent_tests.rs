@@ -291,3 +291,60 @@ fn a_zstd_compressed_request_is_decoded_before_parsing() {
     );
     assert!(!serde_json::to_string(&out).unwrap().contains("zstdTestKey"));
 }
+
+/// A client that drops its connection once the SSE body says the response is complete
+/// (Codex over HTTP/2 never decrypts the END_STREAM frame): the response, tool call and
+/// all, is emitted when the process exits instead of being dropped with its streams.
+#[test]
+fn a_response_whose_end_was_never_read_is_emitted_at_the_process_exit() {
+    let mut p = pipeline();
+    let body = r#"{"model":"gpt-5","input":[{"role":"user","content":"cat the notes"}],"tools":[{"type":"function","name":"exec_command"}],"stream":true}"#;
+    let req = format!(
+        "POST /v1/responses HTTP/1.1\r\nHost: api.openai.com\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let events = concat!(
+        "event: response.output_item.done\n",
+        r#"data: {"type":"response.output_item.done","item":{"type":"function_call","name":"exec_command","arguments":"{\"cmd\":\"cat notes.txt\"}","call_id":"call_1"}}"#,
+        "\n\n",
+        "event: response.completed\n",
+        r#"data: {"type":"response.completed","response":{"model":"gpt-5","status":"completed"}}"#,
+        "\n\n",
+    );
+    // Chunked, and the terminating zero-length chunk never arrives.
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{events}\r\n",
+        events.len()
+    );
+    let mut records = call(direction::WRITE, true, 1, req.as_bytes(), 1 << 20);
+    records.extend(call(direction::READ, true, 2, resp.as_bytes(), 1 << 20));
+    let before = run(&mut p, records);
+    let tool_calls = |out: &[Event]| -> Vec<String> {
+        out.iter()
+            .filter_map(|e| match e.kind.as_ref()? {
+                Kind::LlmResponse(r) => Some(r.tool_calls.iter().map(|t| t.name.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    };
+    assert!(
+        tool_calls(&before).is_empty(),
+        "the message is not over yet"
+    );
+    // SAFETY: the record is plain integers.
+    let mut exit: agent_ebpf::ExitEvent = unsafe { std::mem::zeroed() };
+    exit.hdr = hdr(true);
+    exit.hdr.kind = kind::EXIT;
+    let after = run(&mut p, vec![Raw::Exit(exit)]);
+    assert_eq!(tool_calls(&after), vec!["exec_command"]);
+    let exit_at = after
+        .iter()
+        .position(|e| matches!(e.kind, Some(Kind::Exit(_))))
+        .expect("the exit itself");
+    assert_eq!(
+        exit_at,
+        after.len() - 1,
+        "the flushed messages come before the exit"
+    );
+}

@@ -259,6 +259,7 @@ impl Pipeline {
             }
             Raw::Exit(e) => {
                 self.touch(&e.hdr);
+                self.flush_streams(&e.hdr, tracker, out);
                 if self.wanted(&e.hdr) {
                     let code = e.exit_code as i32;
                     let ev = self.event(

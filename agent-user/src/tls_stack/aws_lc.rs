@@ -9,8 +9,9 @@
 //! [`boringssl`](super::boringssl) reads for `ssl_lib.cc`. In line order:
 //! - `EVP_AEAD_CTX_seal`: too large, buffer too small, output aliases input;
 //! - `EVP_AEAD_CTX_open`: output aliases input, bad decrypt, buffer too small (then
-//!   `EVP_AEAD_CTX_open_gather`'s two when the compiler inlined it);
-//! and `_seal_scatter` / `_open_gather` have shapes of their own, so none is taken for
+//!   `EVP_AEAD_CTX_open_gather`'s two when the compiler inlined it).
+//!
+//! `_seal_scatter` / `_open_gather` have shapes of their own, so none is taken for
 //! another. Each must be unique, a function start of the unwind index and a plausible
 //! entry; the arguments the kernel programs read are the platform C ABI's.
 
