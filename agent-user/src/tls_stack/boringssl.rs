@@ -240,12 +240,20 @@ pub(crate) fn lib_error_sites(image: &Image, target: u64, lib: u32) -> Vec<Error
                 }
             }
         }
-        // RIP-relative `lea r64, [rip+disp32]` (PIE): disp32 ends the 7-byte instruction.
-        for p in 3..code.len().saturating_sub(4) {
-            let disp = i32::from_le_bytes(code[p..p + 4].try_into().expect("4 bytes"));
-            let next = base + p as u64 + 4;
-            if next.wrapping_add_signed(disp as i64) == target && code[p - 2] == 0x8d {
-                consider(p - 3);
+        // RIP-relative `lea r64, [rip+disp32]` (PIE): REX.W, 8D, a ModRM with mod 00 and
+        // r/m 101, disp32 ending the 7-byte instruction. Found by its opcode byte (memchr)
+        // rather than by trying a displacement at every offset of 100+ MB of code.
+        for op in memchr::memchr_iter(0x8d, code) {
+            let (Some(start), Some(bytes)) = (op.checked_sub(1), code.get(op + 1..op + 6)) else {
+                continue;
+            };
+            if bytes[0] & 0xc7 != 0x05 || code[start] & 0xf8 != 0x48 {
+                continue;
+            }
+            let disp = i32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes"));
+            let next = base + op as u64 + 6;
+            if next.wrapping_add_signed(i64::from(disp)) == target {
+                consider(start);
             }
         }
     }
