@@ -1,8 +1,9 @@
 //! What Custody could not read still leaves a trace (issue 14), on the real kernel:
-//! custodyd runs a declared agent whose TLS it cannot read (the stripped rustls
-//! client: Codex's stack) against a loopback HTTPS server, and reports each of its
-//! connections as `opaque_egress` with the 4-tuple, the SNI from the ClientHello the
-//! kernel saw in its first write, and the connection's byte counts.
+//! custodyd runs a declared agent whose TLS it cannot read (a C client linked statically
+//! with OpenSSL and stripped: no symbols, and stripped OpenSSL is not located) against a
+//! loopback HTTPS server, and reports each of its connections as `opaque_egress` with
+//! the 4-tuple, the SNI from the ClientHello the kernel saw in its first write, and the
+//! connection's byte counts.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -17,17 +18,20 @@ fn num(v: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_stripped_rustls_client_s_connections_are_opaque_egress_with_sni_and_bytes() {
-    let name = "a_stripped_rustls_client_s_connections_are_opaque_egress_with_sni_and_bytes";
-    if !bpf_available(name) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let work = dir.path();
-    write_tls_files(work);
-    let client = work.join("rustls-client");
-    std::fs::copy(env!("CARGO_BIN_EXE_rustls-client"), &client).unwrap();
+/// Builds the static OpenSSL client into `dir` and strips it.
+fn static_openssl_client(dir: &std::path::Path) -> std::path::PathBuf {
+    let client = dir.join("openssl-static-client");
+    let src = agents_dir().join("tls_clients/openssl_static/client.c");
+    let built = Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&client)
+        .arg(&src)
+        .args(["-static", "-lssl", "-lcrypto", "-lpthread"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("cc (cargo xtask setup installs gcc and libssl-dev)");
+    assert!(built.success(), "building {}", src.display());
     assert!(
         Command::new("strip")
             .arg(&client)
@@ -35,7 +39,21 @@ fn a_stripped_rustls_client_s_connections_are_opaque_egress_with_sni_and_bytes()
             .unwrap()
             .success()
     );
-    let agent_id = format!("rustls-agent-{}", std::process::id());
+    client
+}
+
+#[test]
+fn a_stripped_static_openssl_client_s_connections_are_opaque_egress_with_sni_and_bytes() {
+    let name =
+        "a_stripped_static_openssl_client_s_connections_are_opaque_egress_with_sni_and_bytes";
+    if !bpf_available(name) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    write_tls_files(work);
+    let client = static_openssl_client(work);
+    let agent_id = format!("opaque-agent-{}", std::process::id());
     let config = format!(
         "[sensor]\nhost_id = \"opaque-host\"\nstate_dir = \"{}\"\n\n[[agent]]\nid = \"{agent_id}\"\nowner = \"alice@example.com\"\n[agent.match]\nenv = \"{agent_id}\"\n",
         work.join("state").display()
@@ -48,20 +66,24 @@ fn a_stripped_rustls_client_s_connections_are_opaque_egress_with_sni_and_bytes()
             .arg(work.join("server.key")),
     );
     let port: u64 = tls.first_line.trim().parse().unwrap();
-    let url = format!("https://localhost:{port}/v1/chat/completions");
+    let port_arg = port.to_string();
     // A loop of runs: the first may finish before its binary is analysed and found
     // uncovered; later runs of the same file are known uncovered from their exec.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let looper = {
-        let (stop, client, url, agent_id) =
-            (stop.clone(), client.clone(), url.clone(), agent_id.clone());
+        let (stop, client, port_arg, agent_id) = (
+            stop.clone(),
+            client.clone(),
+            port_arg.clone(),
+            agent_id.clone(),
+        );
         let ca = work.join("ca.pem");
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = Command::new(&client)
-                    .arg(&url)
+                    .args(["localhost", &port_arg, "/v1/chat/completions"])
+                    .arg(&ca)
                     .env("CUSTODY_AGENT", &agent_id)
-                    .env("CUSTODY_TEST_CA", &ca)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .status();
@@ -73,7 +95,7 @@ fn a_stripped_rustls_client_s_connections_are_opaque_egress_with_sni_and_bytes()
     let seen = |e: &Value| kind(e) == "opaque_egress" && e["process"]["exe"] == exe.as_str();
     let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         daemon.wait_for(
-            "an opaque egress of the rustls client",
+            "an opaque egress of the static OpenSSL client",
             Duration::from_secs(60),
             seen,
         )
@@ -91,6 +113,10 @@ fn a_stripped_rustls_client_s_connections_are_opaque_egress_with_sni_and_bytes()
     let o = &e["kind"]["opaque_egress"];
     assert_eq!(e["process"]["agent_id"], agent_id.as_str());
     assert_eq!(o["sni"], "localhost");
+    assert_eq!(
+        o["stack"], "openssl",
+        "the stack it found and could not read: {o}"
+    );
     assert_eq!(o["conn"]["remote_addr"], "127.0.0.1");
     assert_eq!(num(&o["conn"]["remote_port"]), port);
     assert!(num(&o["conn"]["local_port"]) > 0, "{o}");

@@ -32,6 +32,10 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("go", "golang-go"),
     // The start-up gap test: a declared wrapper forks curl (system libssl).
     ("curl", "curl"),
+    // The opaque-egress test: a C client linked statically with OpenSSL and stripped
+    // (a TLS stack Custody cannot read). A path: checked as a file, not on PATH.
+    ("cc", "gcc"),
+    ("/usr/lib/x86_64-linux-gnu/libssl.a", "libssl-dev"),
 ];
 
 /// `cargo xtask setup`, at most once per task however many of its steps ask for it
@@ -172,6 +176,9 @@ fn debian_tools() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
         .filter(|(bin, _)| {
+            if bin.starts_with('/') {
+                return !std::path::Path::new(bin).exists();
+            }
             output(Command::new("sh").args(["-c", &format!("command -v {bin}")])).is_none()
         })
         .map(|(_, pkg)| *pkg)
