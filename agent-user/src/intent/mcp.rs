@@ -38,6 +38,56 @@ pub struct McpMessage {
     pub result_excerpt: String,
 }
 
+/// MCP's stateless HTTP form (2026-07-28) names the method and target in headers
+/// (`Mcp-Method`, `Mcp-Name`) so gateways can route without reading the body. They
+/// complete what the body gave (a body cut before its method still has a method), or
+/// stand for the request when the body gave nothing (not captured, compressed beyond
+/// reach). A body whose method disagrees with its header is reported with both, since a
+/// router that trusts one and a server that executes the other is how requests are
+/// smuggled past policy.
+pub fn with_mcp_headers(
+    method: Option<&str>,
+    target: Option<&str>,
+    mut messages: Vec<McpMessage>,
+) -> Vec<McpMessage> {
+    let Some(method) = method.map(str::trim).filter(|m| !m.is_empty()) else {
+        return messages;
+    };
+    let target = target.map(str::trim).unwrap_or_default();
+    let request = messages
+        .iter_mut()
+        .find(|m| m.message_type == "request" || m.message_type == "notification");
+    match request {
+        Some(m) => {
+            if m.method.is_empty() {
+                m.method = excerpt(method);
+            } else if m.method != method {
+                m.method = excerpt(&format!("{} (Mcp-Method header: {method})", m.method));
+            }
+            if m.tool_name.is_empty() && method == "tools/call" {
+                m.tool_name = name(target);
+            }
+        }
+        None => messages.push(McpMessage {
+            message_type: "request".into(),
+            method: excerpt(method),
+            tool_name: if method == "tools/call" {
+                name(target)
+            } else {
+                String::new()
+            },
+            // The name of what else it targets (a resource URI, a prompt).
+            arguments_excerpt: if method == "tools/call" || target.is_empty() {
+                String::new()
+            } else {
+                excerpt(target)
+            },
+            ..Default::default()
+        }),
+    }
+    messages
+}
+
 /// Parses JSON-RPC 2.0 messages from newline-delimited JSON (last line possibly cut),
 /// a single object or batch array (HTTP body), or SSE "data:" lines.
 pub fn parse_jsonrpc(data: &[u8]) -> Vec<McpMessage> {
@@ -244,3 +294,41 @@ fn result_fields(m: &mut McpMessage, result: &Value) {
 #[cfg(test)]
 #[path = "mcp_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn stateless_mcp_headers_name_the_call_when_the_body_does_not() {
+        let got = with_mcp_headers(Some("tools/call"), Some("read_file"), Vec::new());
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].message_type.as_str(),
+                got[0].method.as_str(),
+                got[0].tool_name.as_str()
+            ),
+            ("request", "tools/call", "read_file")
+        );
+        // A body cut before its params: the header supplies the tool.
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"argu"#;
+        let got = with_mcp_headers(Some("tools/call"), Some("read_file"), parse_jsonrpc(body));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].tool_name, "read_file");
+        // No header: the body alone, unchanged.
+        assert_eq!(
+            with_mcp_headers(None, Some("x"), parse_jsonrpc(body)),
+            parse_jsonrpc(body)
+        );
+    }
+
+    #[test]
+    fn a_body_that_disagrees_with_its_mcp_method_header_shows_both() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_repo"}}"#;
+        let got = with_mcp_headers(Some("tools/list"), None, parse_jsonrpc(body));
+        assert_eq!(got[0].method, "tools/call (Mcp-Method header: tools/list)");
+        assert_eq!(got[0].tool_name, "delete_repo");
+    }
+}

@@ -43,7 +43,7 @@ pub use http::{HttpMessage, HttpRequest, HttpResponse, RequestHead, request_head
 pub use llm::{
     LlmRequest, LlmResponse, ToolCall, llm_provider_for_host, parse_llm_request, parse_llm_response,
 };
-pub use mcp::{McpMessage, is_mcp, parse_jsonrpc};
+pub use mcp::{McpMessage, is_mcp, parse_jsonrpc, with_mcp_headers};
 pub use stream::HttpStream;
 pub use tls_hello::{ClientHello, looks_like_tls, parse_client_hello};
 pub use trace::parse_traceparent;

@@ -7,7 +7,7 @@ use agent_user::credential::{self, decode_jwt, redact_bytes, redact_target, scan
 use agent_user::intent::{
     Chunk, HttpMessage, HttpRequest, HttpResponse, McpMessage as Mcp, decoded_request,
     decoded_response, is_mcp, llm_provider_for_host, parse_jsonrpc, parse_llm_request,
-    parse_llm_response,
+    parse_llm_response, with_mcp_headers,
 };
 use agent_user::known_agents::KnownAgent;
 use custody_proto::sensor::v1::{
@@ -230,7 +230,11 @@ impl Pipeline {
         let mut r = decoded_request(r);
         r.path = target.target;
         let llm = if sent { parse_llm_request(&r) } else { None };
-        let mcp = parse_jsonrpc(&r.body);
+        let mcp = with_mcp_headers(
+            r.header("mcp-method"),
+            r.header("mcp-name"),
+            parse_jsonrpc(&r.body),
+        );
         let host_provider = llm_provider_for_host(&r.host);
         let untracked = !is_tracked(h) && !self.observe_all;
         if sent && !self.table.get(tgid).is_some_and(|p| p.discovered_reported) {
