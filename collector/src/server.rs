@@ -153,6 +153,8 @@ impl Collector {
             responder: responder.clone(),
             shutdown: shutdown_rx.clone(),
             enrollments: Default::default(),
+            token_refusals: Default::default(),
+            identity_refusals: Default::default(),
         };
         let admin = AdminSvc {
             engine: engine.clone(),

@@ -551,3 +551,74 @@ async fn a_slowloris_from_one_peer_is_capped_and_others_still_connect() {
     .await;
     c.shutdown().await.unwrap();
 }
+
+/// `Enroll` is open to anyone who reaches the port, and every audit record is a
+/// hash-chained disk write: a flood of refused enrollments (here 300 with a token that
+/// is not one) is counted in full but reaches the audit log once per interval, the
+/// record saying how many were held back; real enrollments are still recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_enrollments_does_not_flood_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = start_collector(dir.path()).await;
+    let addr = c.addr.to_string();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let ch = shipper::tls::channel(&addr, &c.ca_pem, None).await.unwrap();
+    let mut client = SensorServiceClient::new(ch);
+    const FLOOD: u64 = 300;
+    for i in 0..FLOOD {
+        let err = client
+            .enroll(custody_proto::sensor::v1::EnrollRequest {
+                token: format!("not-a-token-{i}"),
+                host_id: format!("flood-{i}"),
+                csr_pem: csr.clone(),
+            })
+            .await
+            .expect_err("a bogus token is refused");
+        assert_ne!(err.code(), tonic::Code::Ok);
+    }
+    let m = &c.engine.metrics;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        load(&m.enroll_tokens_refused),
+        FLOOD,
+        "every refusal is counted"
+    );
+    assert_eq!(load(&m.enroll_refusals_unaudited), FLOOD - 1);
+
+    // A real enrollment after the flood is audited as before.
+    let state = tempfile::tempdir().unwrap();
+    enroll_host(
+        &addr,
+        &enroll_token(&c, Duration::from_secs(60)),
+        "host-real",
+        state.path(),
+    )
+    .await;
+    let viewer = operator(dir.path(), Role::Viewer);
+    let audit = admin(&addr, &c.ca_pem)
+        .await
+        .get_audit(authed(
+            custody_proto::admin::v1::GetAuditRequest::default(),
+            &viewer,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let denied = audit
+        .iter()
+        .filter(|a| a.action == "enroll" && a.result.starts_with("denied: "))
+        .count();
+    assert_eq!(denied, 1, "one record for the flood: {audit:#?}");
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "enroll" && a.target == "host-real" && a.result == "ok"),
+        "{audit:#?}"
+    );
+}

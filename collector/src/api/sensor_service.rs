@@ -17,6 +17,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use custody_proto::admin::v1::AuditEntry;
@@ -31,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{EnrollTokenError, TokenStore};
 use crate::engine::group_commit::IngestQueue;
 use crate::engine::{Engine, field_caps};
+use crate::log_throttle::LogThrottle;
 use crate::pki::{CertIdentity, Pki, cert_identity};
 use crate::response::Responder;
 use crate::sensor_streams::{CommandSink, SensorStreams};
@@ -50,6 +52,11 @@ pub struct SensorSvc {
     /// Held from the enrolled-or-not decision until the new certificate is
     /// recorded, so two enrollments of one id cannot both pass as the first.
     pub enrollments: std::sync::Mutex<()>,
+    /// Refused enrollments reach the audit log (and the log) at most once per interval
+    /// and kind, the record saying how many were held back: `Enroll` is open to anyone
+    /// who can reach the port, and each audit record is a hash-chained disk write.
+    pub token_refusals: LogThrottle,
+    pub identity_refusals: LogThrottle,
 }
 
 fn valid_host_id(h: &str) -> bool {
@@ -78,8 +85,22 @@ fn msg(m: collector_message::Msg) -> Result<CollectorMessage, Status> {
 }
 
 impl SensorSvc {
-    fn audit_enroll(&self, host: &str, result: String) {
-        self.audit_enroll_with(host, result, Default::default());
+    /// A refused enrollment: counted always, audited and logged when `throttle` allows.
+    fn refused_enroll(&self, throttle: &LogThrottle, host: &str, why: &str) {
+        let Some(held_back) = throttle.allow() else {
+            self.engine
+                .metrics
+                .enroll_refusals_unaudited
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut details = std::collections::HashMap::new();
+        if held_back > 0 {
+            details.insert("refusals_held_back".to_owned(), held_back.to_string());
+        }
+        // A host id is at most 253 characters (checked before); the reason is ours.
+        self.audit_enroll_with(host, format!("denied: {why}"), details);
+        tracing::warn!(host = %host, held_back, "enrollment refused: {why}");
     }
 
     fn audit_enroll_with(
@@ -116,8 +137,11 @@ impl SensorService for SensorSvc {
         let csr =
             Pki::check_csr(&r.csr_pem).map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let refused = |e: EnrollTokenError| {
-            self.audit_enroll(&r.host_id, format!("denied: {e}"));
-            tracing::warn!(host = %r.host_id, "enrollment refused: {e}");
+            self.engine
+                .metrics
+                .enroll_tokens_refused
+                .fetch_add(1, Ordering::Relaxed);
+            self.refused_enroll(&self.token_refusals, &r.host_id, &e.to_string());
             match e {
                 EnrollTokenError::Malformed => Status::invalid_argument(e.to_string()),
                 EnrollTokenError::WrongCa { .. } => Status::failed_precondition(e.to_string()),
@@ -135,9 +159,8 @@ impl SensorService for SensorSvc {
             self.engine
                 .metrics
                 .enrollments_refused
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.audit_enroll(&r.host_id, format!("denied: {why}"));
-            tracing::warn!(host = %r.host_id, "enrollment refused: {why}");
+                .fetch_add(1, Ordering::Relaxed);
+            self.refused_enroll(&self.identity_refusals, &r.host_id, &why.to_string());
             return Err(Status::already_exists(why));
         }
         self.tokens.consume(&grant, &r.host_id).map_err(refused)?;

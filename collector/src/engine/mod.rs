@@ -63,6 +63,12 @@ pub struct Metrics {
     /// Enrollments refused because the host id is enrolled and the token was not
     /// bound to it.
     pub enrollments_refused: AtomicU64,
+    /// Enrollments refused for their token (malformed, unknown, used, expired, pinned
+    /// to another CA or host).
+    pub enroll_tokens_refused: AtomicU64,
+    /// Refused enrollments not written to the audit log: refusals are recorded at most
+    /// once per interval and kind, with the count held back (see `SensorSvc`).
+    pub enroll_refusals_unaudited: AtomicU64,
     /// Batches stored (rejected ones are in `batches_rejected`).
     pub batches: AtomicU64,
     /// Stored events by kind, indexed as [`EventKind::ALL`].

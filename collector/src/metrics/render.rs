@@ -141,6 +141,18 @@ pub fn render(t: &Telemetry) -> String {
         "Enrollments refused because the host id is enrolled and the token was not bound to it.",
         ld(&m.enrollments_refused),
     );
+    o.one(
+        "custody_collector_enroll_tokens_refused_total",
+        "counter",
+        "Enrollments refused for their token (malformed, unknown, used, expired, mispinned).",
+        ld(&m.enroll_tokens_refused),
+    );
+    o.one(
+        "custody_collector_enroll_refusals_unaudited_total",
+        "counter",
+        "Refused enrollments counted here but not written to the audit log (one record per kind and interval carries the count held back).",
+        ld(&m.enroll_refusals_unaudited),
+    );
 
     // Fleet.
     let hosts = t.engine.list_hosts();
