@@ -36,8 +36,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
-    /// OPENS × openat+close of FILE, then CONNECTS × loopback TCP connect/accept/close;
-    /// prints one JSON line with the elapsed nanoseconds of each phase and the CPU time.
+    /// OPENS × openat+close of FILE, then CONNECTS × loopback TCP connect/accept/close,
+    /// then (with `--distinct-dir`) one openat+close of each of DISTINCT different files
+    /// DIR/0, DIR/1, …, which no de-duplication can fold; prints one JSON line with the
+    /// elapsed nanoseconds of each phase and the CPU time.
     Run {
         #[arg(long)]
         file: PathBuf,
@@ -45,6 +47,10 @@ enum Mode {
         opens: u64,
         #[arg(long)]
         connects: u64,
+        #[arg(long)]
+        distinct_dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 0)]
+        distinct: u64,
         #[arg(long, default_value_t = 500)]
         settle_ms: u64,
     },
@@ -74,16 +80,28 @@ fn main() -> Result<()> {
             file,
             opens,
             connects,
+            distinct_dir,
+            distinct,
             settle_ms,
         } => {
+            // Built before the clock starts: the phase times opens, not formatting.
+            let distinct_paths = match &distinct_dir {
+                Some(dir) => (0..distinct)
+                    .map(|i| c_path(&dir.join(i.to_string())))
+                    .collect::<Result<Vec<_>>>()?,
+                None => Vec::new(),
+            };
             settle(settle_ms);
             let cpu = cpu_ns();
             let open_ns = open_close(&file, opens)?;
             let connect_ns = connect_accept(connects)?;
             let cpu_used = cpu_ns() - cpu;
             let total_ns = open_ns + connect_ns;
+            let cpu = cpu_ns();
+            let distinct_ns = open_each(&distinct_paths)?;
+            let distinct_cpu_ns = cpu_ns() - cpu;
             println!(
-                r#"{{"open_ns":{open_ns},"connect_ns":{connect_ns},"total_ns":{total_ns},"cpu_ns":{cpu_used}}}"#
+                r#"{{"open_ns":{open_ns},"connect_ns":{connect_ns},"total_ns":{total_ns},"cpu_ns":{cpu_used},"distinct_ns":{distinct_ns},"distinct_cpu_ns":{distinct_cpu_ns}}}"#
             );
         }
         Mode::Flood {
@@ -143,6 +161,15 @@ fn open_close(path: &Path, n: u64) -> Result<u128> {
     let t = Instant::now();
     for _ in 0..n {
         open_close_once(&path)?;
+    }
+    Ok(t.elapsed().as_nanos())
+}
+
+/// One openat+close of each path.
+fn open_each(paths: &[CString]) -> Result<u128> {
+    let t = Instant::now();
+    for p in paths {
+        open_close_once(p)?;
     }
     Ok(t.elapsed().as_nanos())
 }
