@@ -19,6 +19,20 @@ struct RawConfig {
     agent: Vec<Spanned<RawAgent>>,
     #[serde(default)]
     discovery: RawDiscovery,
+    #[serde(default)]
+    signal: RawSignal,
+}
+
+/// What is reported one by one and what is summarised (`routine.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignal {
+    /// Where routine reads happen: entries starting with `/` are path prefixes, others
+    /// path components (`site-packages`). Replaces the built-in list; `[]` turns
+    /// summarising off.
+    routine_prefixes: Option<Vec<String>>,
+    /// Seconds a routine summary collects reads before it is sent (and again).
+    summary_window_secs: Option<u64>,
 }
 
 /// How undeclared agents are recognised, beyond the built-in rules.
@@ -110,6 +124,10 @@ pub struct Config {
     pub agents: Vec<AgentDecl>,
     /// `[discovery] llm_hosts`, lower-cased.
     pub llm_hosts: Vec<String>,
+    /// `[signal] routine_prefixes`.
+    pub routine: crate::routine::RoutineRules,
+    /// `[signal] summary_window_secs`.
+    pub summary_window_secs: u64,
 }
 
 fn line_col(src: &str, offset: usize) -> (usize, usize) {
@@ -249,7 +267,21 @@ impl Config {
             }
             llm_hosts.push(h);
         }
+        let routine = match raw.signal.routine_prefixes {
+            None => crate::routine::RoutineRules::default(),
+            Some(list) => crate::routine::RoutineRules::parse(list)
+                .map_err(|e| anyhow::anyhow!("config {name}: [signal] routine_prefixes: {e}"))?,
+        };
+        let summary_window_secs = raw
+            .signal
+            .summary_window_secs
+            .unwrap_or(crate::routine::DEFAULT_WINDOW_SECS);
+        if summary_window_secs == 0 {
+            bail!("config {name}: [signal] summary_window_secs must be at least 1");
+        }
         Ok(Config {
+            routine,
+            summary_window_secs,
             llm_hosts,
             pin_dir,
             host_id,
@@ -267,6 +299,27 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_section_sets_the_routine_prefixes_and_window() {
+        let c = Config::parse(
+            "[signal]\nroutine_prefixes = [\"/opt/rt/\", \"vendor\"]\nsummary_window_secs = 5\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.summary_window_secs, 5);
+        assert_eq!(
+            c.routine.dir_of("/opt/rt/a/b").as_deref(),
+            Some("/opt/rt/a")
+        );
+        assert_eq!(c.routine.dir_of("/usr/lib/python3.11/os.py"), None);
+        let d = Config::parse("", "t").unwrap();
+        assert_eq!(d.summary_window_secs, crate::routine::DEFAULT_WINDOW_SECS);
+        assert!(d.routine.dir_of("/usr/lib/python3.11/os.py").is_some());
+        let e = Config::parse("[signal]\nroutine_prefixes = [\"/\"]\n", "t").unwrap_err();
+        assert!(e.to_string().contains("[signal] routine_prefixes"), "{e}");
+        assert!(Config::parse("[signal]\nsummary_window_secs = 0\n", "t").is_err());
+    }
 
     #[test]
     fn parses_agents_and_defaults() {

@@ -23,6 +23,7 @@ mod proctable;
 mod report;
 mod response;
 mod revocation;
+mod routine;
 mod sighting;
 mod users;
 mod watch;

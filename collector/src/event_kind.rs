@@ -20,6 +20,14 @@ pub fn describe(ev: &Event) -> String {
         }
         Some(Kind::Fork(f)) => format!("fork {}", f.child_exec_id),
         Some(Kind::Exit(x)) => format!("exit code={} signal={}", x.exit_code, x.signal),
+        Some(Kind::FileOpen(f)) if f.repeats > 0 => {
+            format!(
+                "open {} ({}) again ×{}",
+                f.path,
+                f.access().name(),
+                f.repeats
+            )
+        }
         Some(Kind::FileOpen(f)) => {
             format!("open {} ({}) -> {}", f.path, f.access().name(), f.result)
         }
@@ -83,6 +91,14 @@ pub fn describe(ev: &Event) -> String {
                 "opaque TLS to {to}{sni}: {} B sent, {} B received",
                 o.bytes_sent, o.bytes_received
             )
+        }
+        Some(Kind::RoutineReads(r)) => {
+            let failed = if r.failed > 0 {
+                format!(" ({} failed)", r.failed)
+            } else {
+                String::new()
+            };
+            format!("{} routine reads under {}{failed}", r.count, r.dir)
         }
         None => "unknown event".into(),
     }

@@ -86,11 +86,13 @@ impl Daemon {
             };
             // Opens the kernel could not match (relative paths, `..`,
             // symlinks): killed after the fact.
+            let mut forbidden = false;
             if self.policy.active() {
                 if let Some(pid) = ev.process.as_ref().map(|p| p.pid) {
                     let boot = self.pipe.table.get(pid).map_or(0, |p| p.start_boottime);
                     if let Some(k) = self.policy.open_violation(&ev, boot) {
                         open_kills.push((k, boot));
+                        forbidden = true;
                     }
                 }
             }
@@ -99,7 +101,17 @@ impl Daemon {
                     execs.push(p.pid);
                 }
             }
-            self.report.emit(ev)?;
+            // A forbidden open is reported in full, never summarised.
+            if forbidden {
+                self.report.emit(ev)?;
+                continue;
+            }
+            let mut passed = std::mem::take(&mut self.routine_out);
+            self.routine.absorb(ev, &mut passed);
+            for ev in passed.drain(..) {
+                self.report.emit(ev)?;
+            }
+            self.routine_out = passed;
         }
         self.batch = batch;
         // The binary a tracked process now runs: its TLS analysed off the loop.

@@ -103,6 +103,10 @@ pub(crate) struct Daemon {
     /// What the pipeline made of the record being handled (reused to spare an
     /// allocation per record).
     batch: Vec<Output>,
+    /// Routine reads summarised per process and directory (`routine.rs`), and the
+    /// reused buffer of what passes it.
+    routine: crate::routine::Routine,
+    routine_out: Vec<custody_proto::sensor::v1::Event>,
     /// Kernel loss counters as last reported, to warn once per increase.
     reported_lost: HashMap<&'static str, u64>,
     /// TLS coverage: binaries analysed off the loop, attached by offset, uncovered

@@ -168,6 +168,7 @@ impl Daemon {
         }
         let declared = cfg.agents.len();
         let llm_hosts = cfg.llm_hosts.clone();
+        let routine = crate::routine::Routine::new(cfg.routine.clone(), cfg.summary_window_secs);
         let mut tracker = MapTracker(tracked);
         let identity = Identity::new(cfg.agents);
         let at_exec = super::declared::fill(&mut ebpf, &identity.kernel_selectors())
@@ -284,6 +285,8 @@ impl Daemon {
             metrics_text,
             status,
             batch: Vec::with_capacity(1024),
+            routine,
+            routine_out: Vec::new(),
             reported_lost: HashMap::new(),
             tls,
             args,

@@ -19,6 +19,12 @@ impl Daemon {
             self.drain(ring.get_mut())?;
             self.sweep_holds(std::time::Duration::ZERO)?;
         }
+        // What routine summaries hold goes out before the output closes.
+        let mut rest = Vec::new();
+        self.routine.flush_all(&mut rest);
+        for ev in rest {
+            self.report.emit(ev)?;
+        }
         self.report.shutdown().await?;
         let _ = std::fs::remove_file(&self.args.status_file);
         drop(ring);

@@ -39,6 +39,12 @@ const COUNTER_NAMES: [(u32, &str); 23] = [
 
 impl Daemon {
     pub(super) fn on_tick(&mut self) -> Result<()> {
+        // Routine summaries whose window closed.
+        let mut due = Vec::new();
+        self.routine.due(clock::now_ns(), &mut due);
+        for ev in due {
+            self.report.emit(ev)?;
+        }
         let mut counters_now = BTreeMap::new();
         for (slot, name) in COUNTER_NAMES {
             let v: u64 = self

@@ -355,6 +355,9 @@ impl Cuts {
                 self.s(&mut o.sni, HOST);
                 self.list(&mut o.alpn, 16, WORD);
             }
+            Some(Kind::RoutineReads(r)) => {
+                self.s(&mut r.dir, PATH);
+            }
         }
     }
 }

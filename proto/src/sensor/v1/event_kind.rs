@@ -9,7 +9,7 @@ use crate::enums::WireEnum;
 
 impl EventKind {
     /// Every kind, in the order kinds are indexed and counted (unknown last).
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 21] = [
         EventKind::Exec,
         EventKind::Fork,
         EventKind::Exit,
@@ -29,13 +29,14 @@ impl EventKind {
         EventKind::Enforcement,
         EventKind::TlsUncovered,
         EventKind::OpaqueEgress,
+        EventKind::RoutineReads,
         EventKind::Unknown,
     ];
 
     /// Every kind's name, in [`EventKind::ALL`]'s order ("exec", ..., "unknown"): the
     /// names of [`WireEnum`], laid out for per-kind tables.
-    pub const NAMES: [&'static str; 20] = {
-        let mut out = [""; 20];
+    pub const NAMES: [&'static str; 21] = {
+        let mut out = [""; 21];
         let mut i = 0;
         while i < Self::ALL.len() {
             let mut j = 0;
@@ -73,6 +74,7 @@ impl EventKind {
             Some(Kind::Enforcement(_)) => EventKind::Enforcement,
             Some(Kind::TlsUncovered(_)) => EventKind::TlsUncovered,
             Some(Kind::OpaqueEgress(_)) => EventKind::OpaqueEgress,
+            Some(Kind::RoutineReads(_)) => EventKind::RoutineReads,
             None => EventKind::Unknown,
         }
     }
