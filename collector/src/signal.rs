@@ -10,6 +10,11 @@
 //! expand it). Nothing else folds: a write, a failed or denied open, or a path a
 //! policy matched (the caller passes those in `keep`) is always shown in full.
 //!
+//! What the sensor already folded joins the same line with its count: a `FileOpen`
+//! whose `repeats` says how many identical opens the kernel counted stands for that
+//! many reads, and a `RoutineReads` summary of the daemon for its `count` reads (and
+//! its `failed` opens) under its directory.
+//!
 //! Also here: the one-line note for a process whose TLS Custody cannot read
 //! ([`uncovered_note`]) and the chain-wide "what Custody could not see" sentence
 //! ([`opaque_sentence`]), so the page, the CLI and the API say the same thing.
@@ -96,6 +101,17 @@ pub fn routine_read(ev: &Event, keep: &HashSet<String>) -> Option<String> {
     routine_group(&f.path)
 }
 
+/// The fold group of an event and the reads (and failed opens) it stands for: a
+/// routine read ([`routine_read`]; a kernel-folded open counts its repeats) or a
+/// sensor's `RoutineReads` summary.
+fn fold_group(ev: &Event, keep: &HashSet<String>) -> Option<(String, u64, u64)> {
+    match &ev.kind {
+        Some(Kind::RoutineReads(r)) => Some((r.dir.clone(), r.count, r.failed)),
+        Some(Kind::FileOpen(f)) => routine_read(ev, keep).map(|g| (g, f.repeats.max(1), 0)),
+        _ => None,
+    }
+}
+
 /// One line of a folded timeline.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
@@ -110,6 +126,10 @@ pub enum Row {
         events: Vec<usize>,
         first_ns: u64,
         last_ns: u64,
+        /// Reads the line stands for (more than `events` where the sensor counted).
+        reads: u64,
+        /// Failed opens the sensor's summaries counted.
+        failed: u64,
     },
 }
 
@@ -117,10 +137,16 @@ impl Row {
     /// "412 routine reads under /usr/lib/python3.11".
     pub fn fold_text(&self) -> Option<String> {
         match self {
-            Row::Fold { dir, events, .. } => Some(format!(
-                "{} routine read{} under {dir}",
-                events.len(),
-                if events.len() == 1 { "" } else { "s" }
+            Row::Fold {
+                dir, reads, failed, ..
+            } => Some(format!(
+                "{reads} routine read{} under {dir}{}",
+                if *reads == 1 { "" } else { "s" },
+                if *failed > 0 {
+                    format!(" ({failed} failed)")
+                } else {
+                    String::new()
+                }
             )),
             Row::Event(_) => None,
         }
@@ -139,7 +165,9 @@ pub fn fold<'a>(
     let mut open: HashMap<(String, String), usize> = HashMap::new();
     let mut consumed = 0;
     for (i, ev) in events.into_iter().enumerate() {
-        let group = routine_read(ev, keep);
+        let found = fold_group(ev, keep);
+        let (n, nf) = found.as_ref().map_or((0, 0), |f| (f.1, f.2));
+        let group = found.map(|f| f.0);
         let exec = ev
             .process
             .as_ref()
@@ -155,11 +183,17 @@ pub fn fold<'a>(
         match (group, existing) {
             (Some(_), Some(at)) => {
                 if let Row::Fold {
-                    events, last_ns, ..
+                    events,
+                    last_ns,
+                    reads,
+                    failed,
+                    ..
                 } = &mut rows[at]
                 {
                     events.push(i);
                     *last_ns = (*last_ns).max(ev.time_ns);
+                    *reads += n;
+                    *failed += nf;
                 }
             }
             (Some(dir), None) => {
@@ -175,6 +209,8 @@ pub fn fold<'a>(
                     events: vec![i],
                     first_ns: ev.time_ns,
                     last_ns: ev.time_ns,
+                    reads: n,
+                    failed: nf,
                 });
             }
             (None, _) => rows.push(Row::Event(i)),

@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 
 use custody_proto::sensor::v1::{
-    Event, FileAccess, FileOpen, FileUnlink, Process, TlsStackFinding, TlsUncovered, event::Kind,
+    Event, FileAccess, FileOpen, FileUnlink, Process, RoutineReads, TlsStackFinding, TlsUncovered,
+    event::Kind,
 };
 
 use super::*;
@@ -147,6 +148,45 @@ fn routine_reads_fold_with_exact_counts_and_the_rest_stays() {
             Row::Event(416)
         ]
     );
+}
+
+#[test]
+fn what_the_sensor_folded_counts_in_the_same_line() {
+    let py = "/usr/lib/python3.11";
+    let mut repeated = open("h:1:1", &format!("{py}/os.py"), FileAccess::Read, 3, 10);
+    if let Some(Kind::FileOpen(f)) = repeated.kind.as_mut() {
+        f.repeats = 9_999;
+    }
+    let summary = Event {
+        kind: Some(Kind::RoutineReads(RoutineReads {
+            dir: py.into(),
+            count: 400,
+            failed: 12,
+            total: 400,
+            total_failed: 12,
+            ..Default::default()
+        })),
+        ..open("h:1:1", "", FileAccess::Read, 0, 20)
+    };
+    let evs = vec![
+        open("h:1:1", &format!("{py}/os.py"), FileAccess::Read, 3, 0),
+        repeated,
+        summary,
+    ];
+    let (rows, consumed) = fold(&evs, &HashSet::new(), 10);
+    assert_eq!(consumed, 3);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        rows[0].fold_text().unwrap(),
+        "10400 routine reads under /usr/lib/python3.11 (12 failed)"
+    );
+    // A repeated open of the agent's own file is not routine: shown as it is.
+    let mut own = open("h:1:1", "/home/a/data.csv", FileAccess::Read, 3, 30);
+    if let Some(Kind::FileOpen(f)) = own.kind.as_mut() {
+        f.repeats = 50;
+    }
+    let (rows, _) = fold(&[own], &HashSet::new(), 10);
+    assert_eq!(rows, vec![Row::Event(0)]);
 }
 
 #[test]

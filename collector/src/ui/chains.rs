@@ -587,9 +587,9 @@ pub fn folded_table(page: &Folded, chain_base: Option<&str>) -> Markup {
             (event_head())
             tbody { @for r in &page.rows { @match r {
                 signal::Row::Event(i) => { (event_row(&page.events[*i], chain_base)) }
-                signal::Row::Fold { exec_id, comm, events, first_ns, last_ns, .. } => {
+                signal::Row::Fold { exec_id, comm, events, first_ns, last_ns, reads, .. } => {
                     @let host = page.events[events[0]].event.host.as_str();
-                    tr.fold data-kind="routine" data-count=(events.len()) {
+                    tr.fold data-kind="routine" data-count=(reads) {
                         td { (layout::ts(*first_ns)) @if last_ns > first_ns { " – " (layout::ts(*last_ns)) } }
                         td { (host) }
                         td { (proc_cell(exec_id, comm, chain_base)) }
