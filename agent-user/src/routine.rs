@@ -199,11 +199,7 @@ impl Routine {
                     }
                     self.len += 1;
                 }
-                let (ok, failed) = if f.result < 0 {
-                    (0, 1)
-                } else {
-                    (f.repeats.max(1), 0)
-                };
+                let (ok, failed) = if f.result < 0 { (0, 1) } else { (1, 0) };
                 let t = ev.time_ns;
                 let s = dirs.entry(dir).or_insert_with(|| Summary {
                     template: Event {

@@ -5,7 +5,7 @@ use custody_proto::sensor::v1::{Event, FileOpen, Process, ProcessExit, RoutineRe
 
 use super::*;
 
-fn open(exec_id: &str, t: u64, path: &str, flags: u32, result: i64, repeats: u64) -> Event {
+fn open(exec_id: &str, t: u64, path: &str, flags: u32, result: i64) -> Event {
     Event {
         host: "h".into(),
         time_ns: t,
@@ -19,7 +19,6 @@ fn open(exec_id: &str, t: u64, path: &str, flags: u32, result: i64, repeats: u64
             path: path.into(),
             flags,
             result,
-            repeats,
             ..Default::default()
         })),
     }
@@ -28,7 +27,7 @@ fn open(exec_id: &str, t: u64, path: &str, flags: u32, result: i64, repeats: u64
 fn exit(exec_id: &str, t: u64) -> Event {
     Event {
         kind: Some(Kind::Exit(ProcessExit::default())),
-        ..open(exec_id, t, "", 0, 0, 0)
+        ..open(exec_id, t, "", 0, 0)
     }
 }
 
@@ -88,26 +87,23 @@ fn configured_prefixes_replace_the_defaults_and_bad_ones_are_refused() {
 }
 
 #[test]
-fn reads_under_one_directory_become_one_record_at_exit_with_failures_and_folded_repeats() {
+fn reads_under_one_directory_become_one_record_at_exit_with_failures() {
     let mut r = Routine::new(RoutineRules::default(), 60);
     let mut out = Vec::new();
     let py = "/usr/lib/python3.11";
     for i in 0..410u64 {
         r.absorb(
-            open("p1", 1_000 + i, &format!("{py}/m{i}.py"), 0, 3, 0),
+            open("p1", 1_000 + i, &format!("{py}/m{i}.py"), 0, 3),
             &mut out,
         );
     }
     // Searching the path: failed opens.
-    r.absorb(
-        open("p1", 2_000, &format!("{py}/nope.py"), 0, -2, 0),
-        &mut out,
-    );
-    // The kernel folded 1 open and 1 count report of 5 repeats.
-    r.absorb(open("p1", 2_001, &format!("{py}/os.py"), 0, 3, 0), &mut out);
-    r.absorb(open("p1", 2_002, &format!("{py}/os.py"), 0, 3, 5), &mut out);
+    r.absorb(open("p1", 2_000, &format!("{py}/nope.py"), 0, -2), &mut out);
+    // The same file twice: two reads.
+    r.absorb(open("p1", 2_001, &format!("{py}/os.py"), 0, 3), &mut out);
+    r.absorb(open("p1", 2_002, &format!("{py}/os.py"), 0, 3), &mut out);
     // Another process's reads stay its own.
-    r.absorb(open("p2", 2_003, &format!("{py}/os.py"), 0, 3, 0), &mut out);
+    r.absorb(open("p2", 2_003, &format!("{py}/os.py"), 0, 3), &mut out);
     assert!(
         out.is_empty(),
         "nothing reported before the window or the exit"
@@ -118,8 +114,8 @@ fn reads_under_one_directory_become_one_record_at_exit_with_failures_and_folded_
     let (who, rr) = &s[0];
     assert_eq!(*who, "p1");
     assert_eq!(rr.dir, py);
-    assert_eq!((rr.count, rr.failed), (416, 1));
-    assert_eq!((rr.total, rr.total_failed), (416, 1));
+    assert_eq!((rr.count, rr.failed), (412, 1));
+    assert_eq!((rr.total, rr.total_failed), (412, 1));
     assert_eq!((rr.first_ns, rr.last_ns), (1_000, 2_002));
     assert!(
         matches!(out.last().unwrap().kind, Some(Kind::Exit(_))),
@@ -139,7 +135,7 @@ fn counts_survive_the_restart_of_the_summary_window() {
     let s = 1_000_000_000u64;
     for i in 0..3 {
         r.absorb(
-            open("p", s + i, "/usr/lib/locale/C.utf8/LC_CTYPE", 0, 3, 0),
+            open("p", s + i, "/usr/lib/locale/C.utf8/LC_CTYPE", 0, 3),
             &mut out,
         );
     }
@@ -155,7 +151,7 @@ fn counts_survive_the_restart_of_the_summary_window() {
     assert!(out.is_empty());
     for i in 0..2 {
         r.absorb(
-            open("p", 5 * s + i, "/usr/lib/locale/C.utf8/LC_TIME", 0, 3, 0),
+            open("p", 5 * s + i, "/usr/lib/locale/C.utf8/LC_TIME", 0, 3),
             &mut out,
         );
     }
@@ -180,23 +176,20 @@ fn writes_credential_files_and_other_paths_are_reported_in_full() {
     let o_rdonly_creat = 0o100;
     let o_rdonly_trunc = 0o1000;
     r.absorb(
-        open("p", 1, "/usr/lib/python3.11/x.py", o_wronly, 3, 0),
+        open("p", 1, "/usr/lib/python3.11/x.py", o_wronly, 3),
         &mut out,
     );
     r.absorb(
-        open("p", 2, "/usr/lib/python3.11/y.py", o_rdonly_creat, 3, 0),
+        open("p", 2, "/usr/lib/python3.11/y.py", o_rdonly_creat, 3),
         &mut out,
     );
     r.absorb(
-        open("p", 3, "/usr/lib/python3.11/z.py", o_rdonly_trunc, 3, 0),
+        open("p", 3, "/usr/lib/python3.11/z.py", o_rdonly_trunc, 3),
         &mut out,
     );
-    r.absorb(open("p", 4, "/home/u/.aws/credentials", 0, 3, 0), &mut out);
-    r.absorb(
-        open("p", 5, "/srv/node_modules/pkg/.env", 0, 3, 0),
-        &mut out,
-    );
-    r.absorb(open("p", 6, "/home/u/report.txt", 0, 3, 0), &mut out);
+    r.absorb(open("p", 4, "/home/u/.aws/credentials", 0, 3), &mut out);
+    r.absorb(open("p", 5, "/srv/node_modules/pkg/.env", 0, 3), &mut out);
+    r.absorb(open("p", 6, "/home/u/report.txt", 0, 3), &mut out);
     assert_eq!(out.len(), 6, "every one of them is reported as it is");
     assert!(summaries(&out).is_empty());
 }

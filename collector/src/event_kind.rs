@@ -20,14 +20,6 @@ pub fn describe(ev: &Event) -> String {
         }
         Some(Kind::Fork(f)) => format!("fork {}", f.child_exec_id),
         Some(Kind::Exit(x)) => format!("exit code={} signal={}", x.exit_code, x.signal),
-        Some(Kind::FileOpen(f)) if f.repeats > 0 => {
-            format!(
-                "open {} ({}) again ×{}",
-                f.path,
-                f.access().name(),
-                f.repeats
-            )
-        }
         Some(Kind::FileOpen(f)) => {
             format!("open {} ({}) -> {}", f.path, f.access().name(), f.result)
         }

@@ -10,10 +10,9 @@
 //! expand it). Nothing else folds: a write, a failed or denied open, or a path a
 //! policy matched (the caller passes those in `keep`) is always shown in full.
 //!
-//! What the sensor already folded joins the same line with its count: a `FileOpen`
-//! whose `repeats` says how many identical opens the kernel counted stands for that
-//! many reads, and a `RoutineReads` summary of the daemon for its `count` reads (and
-//! its `failed` opens) under its directory.
+//! What the sensor already summarised joins the same line with its count: a
+//! `RoutineReads` record of the daemon stands for its `count` reads (and its `failed`
+//! opens) under its directory, beside the single routine `FileOpen`s it did not fold.
 //!
 //! Also here: the one-line note for a process whose TLS Custody cannot read
 //! ([`uncovered_note`]) and the chain-wide "what Custody could not see" sentence
@@ -102,12 +101,11 @@ pub fn routine_read(ev: &Event, keep: &HashSet<String>) -> Option<String> {
 }
 
 /// The fold group of an event and the reads (and failed opens) it stands for: a
-/// routine read ([`routine_read`]; a kernel-folded open counts its repeats) or a
-/// sensor's `RoutineReads` summary.
+/// routine read ([`routine_read`]) or a sensor's `RoutineReads` summary.
 fn fold_group(ev: &Event, keep: &HashSet<String>) -> Option<(String, u64, u64)> {
     match &ev.kind {
         Some(Kind::RoutineReads(r)) => Some((r.dir.clone(), r.count, r.failed)),
-        Some(Kind::FileOpen(f)) => routine_read(ev, keep).map(|g| (g, f.repeats.max(1), 0)),
+        Some(Kind::FileOpen(_)) => routine_read(ev, keep).map(|g| (g, 1, 0)),
         _ => None,
     }
 }
