@@ -14,6 +14,7 @@
 //! unless an admin retired the old identity: an unbound token must not take over
 //! an existing host (its commands, its sequence numbers).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -29,7 +30,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{EnrollTokenError, TokenStore};
-use crate::engine::group_commit::IngestQueue;
+use crate::engine::IngestOutcome;
+use crate::engine::group_commit::{IngestQueue, Pending, STREAM_IN_FLIGHT};
 use crate::engine::{Engine, field_caps};
 use crate::pki::{CertIdentity, Pki, cert_identity};
 use crate::response::Responder;
@@ -316,9 +318,24 @@ impl Session {
         inbound: &mut Streaming<SensorMessage>,
         closed: &tokio::sync::Notify,
     ) -> Result<(), Status> {
+        // Batches queued for storing, oldest first: their answers go out in order.
+        let mut pending: VecDeque<(u64, Pending)> = VecDeque::new();
         loop {
             let m = tokio::select! {
-                m = inbound.message() => m,
+                // Answers first: an ack lets the sensor send its next batch.
+                biased;
+                out = async { (&mut pending.front_mut().expect("guarded").1).await },
+                    if !pending.is_empty() =>
+                {
+                    let (first, _) = pending.pop_front().expect("guarded");
+                    let out = out
+                        .map_err(|_| "collector is shutting down".to_string())
+                        .and_then(|r| r)
+                        .map_err(Status::unavailable)?;
+                    self.answer(first, out).await?;
+                    continue;
+                }
+                m = inbound.message(), if pending.len() < STREAM_IN_FLIGHT => m,
                 _ = self.shutdown.changed() => {
                     return Err(Status::unavailable("collector is shutting down"));
                 }
@@ -356,37 +373,12 @@ impl Session {
             match m.msg {
                 Some(sensor_message::Msg::Batch(b)) => {
                     let first = b.first_seq;
-                    let out = self
+                    let p = self
                         .queue
-                        .submit(self.host.clone(), b)
+                        .enqueue(self.host.clone(), b)
                         .await
                         .map_err(Status::unavailable)?;
-                    if let Some(r) = &out.rejected {
-                        self.send(collector_message::Msg::Rejected(BatchRejected {
-                            first_seq: first,
-                            last_seq: out.up_to_seq,
-                            code: r.code.into(),
-                            reason: r.reason.clone(),
-                        }))
-                        .await?;
-                    }
-                    // Each refused event is reported as a range of one, so the
-                    // sensor counts exactly what was lost (the rest is stored).
-                    for (seq, r) in &out.refused {
-                        self.send(collector_message::Msg::Rejected(BatchRejected {
-                            first_seq: *seq,
-                            last_seq: *seq,
-                            code: r.code.into(),
-                            reason: r.reason.clone(),
-                        }))
-                        .await?;
-                    }
-                    if out.up_to_seq > 0 {
-                        self.send(collector_message::Msg::Ack(Ack {
-                            up_to_seq: out.up_to_seq,
-                        }))
-                        .await?;
-                    }
+                    pending.push_back((first, p));
                 }
                 Some(sensor_message::Msg::Heartbeat(hb)) => {
                     self.engine
@@ -415,6 +407,37 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Tells the sensor what became of one of its batches: refusals, then the ack.
+    async fn answer(&self, first: u64, out: IngestOutcome) -> Result<(), Status> {
+        if let Some(r) = &out.rejected {
+            self.send(collector_message::Msg::Rejected(BatchRejected {
+                first_seq: first,
+                last_seq: out.up_to_seq,
+                code: r.code.into(),
+                reason: r.reason.clone(),
+            }))
+            .await?;
+        }
+        // Each refused event is reported as a range of one, so the
+        // sensor counts exactly what was lost (the rest is stored).
+        for (seq, r) in &out.refused {
+            self.send(collector_message::Msg::Rejected(BatchRejected {
+                first_seq: *seq,
+                last_seq: *seq,
+                code: r.code.into(),
+                reason: r.reason.clone(),
+            }))
+            .await?;
+        }
+        if out.up_to_seq > 0 {
+            self.send(collector_message::Msg::Ack(Ack {
+                up_to_seq: out.up_to_seq,
+            }))
+            .await?;
+        }
+        Ok(())
     }
 
     async fn send(&self, m: collector_message::Msg) -> Result<(), Status> {
