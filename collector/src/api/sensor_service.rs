@@ -38,6 +38,8 @@ use crate::response::Responder;
 use crate::sensor_streams::{CommandSink, SensorStreams};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeats closer together than this on one stream are skipped (see `pump`).
+const HEARTBEAT_MIN_GAP: Duration = Duration::from_millis(500);
 
 type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
 
@@ -320,6 +322,7 @@ impl Session {
     ) -> Result<(), Status> {
         // Batches queued for storing, oldest first: their answers go out in order.
         let mut pending: VecDeque<(u64, Pending)> = VecDeque::new();
+        let mut last_heartbeat: Option<std::time::Instant> = None;
         loop {
             let m = tokio::select! {
                 // Answers first: an ack lets the sensor send its next batch.
@@ -381,6 +384,15 @@ impl Session {
                     pending.push_back((first, p));
                 }
                 Some(sensor_message::Msg::Heartbeat(hb)) => {
+                    // After an outage a stream delivers every heartbeat the sensor
+                    // queued meanwhile; each takes the engine's write lock, so
+                    // applying them all would hold the host's next batch (a live
+                    // event) behind the other hosts' groups many times over. The
+                    // counters are cumulative: the next one says it all.
+                    if last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT_MIN_GAP) {
+                        continue;
+                    }
+                    last_heartbeat = Some(std::time::Instant::now());
                     self.engine
                         .heartbeat(&self.host, &hb)
                         .map_err(|e| Status::unavailable(format!("{e:#}")))?;
