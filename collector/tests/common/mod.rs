@@ -2,8 +2,8 @@
 //! enrollment through the shipper library, real mTLS clients.
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
