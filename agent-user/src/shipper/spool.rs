@@ -253,6 +253,15 @@ impl Spool {
     pub fn last_acked(&self) -> u64 {
         get_u64(&self.meta, LAST_ACKED).unwrap_or(0)
     }
+    /// Event time of the oldest spooled event (0 when the spool is empty).
+    pub fn oldest_time_ns(&self) -> u64 {
+        self.events
+            .first()
+            .ok()
+            .flatten()
+            .and_then(|(_, v)| Event::decode(&*v).ok())
+            .map_or(0, |e| e.time_ns)
+    }
     pub fn first_seq(&self) -> u64 {
         self.events
             .first()
