@@ -181,7 +181,8 @@ pub fn render(t: &Telemetry) -> String {
         );
     }
     // Catch-up lag per host, from its heartbeats.
-    let lag: [(&str, &str, fn(&custody_proto::admin::v1::Host) -> u64); 6] = [
+    type Gauge = fn(&custody_proto::admin::v1::Host) -> u64;
+    let lag: [(&str, &str, Gauge); 6] = [
         (
             "custody_collector_sensor_events_behind",
             "Events the host's sensor assigned that are not stored yet (its newest sequence number minus the stored high-water mark).",
