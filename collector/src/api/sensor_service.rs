@@ -352,8 +352,10 @@ impl Session {
             };
             let m = match m {
                 Ok(Some(m)) => m,
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.answer_all(&mut pending).await,
                 Err(e) => {
+                    // What came before the bad message is stored: say so first.
+                    self.answer_all(&mut pending).await?;
                     self.engine
                         .metrics
                         .stream_errors
@@ -419,6 +421,15 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers every queued batch, in order (the stream is ending).
+    async fn answer_all(&self, pending: &mut VecDeque<(u64, Pending)>) -> Result<(), Status> {
+        while let Some((first, p)) = pending.pop_front() {
+            let out = IngestQueue::outcome(p).await.map_err(Status::unavailable)?;
+            self.answer(first, out).await?;
+        }
+        Ok(())
     }
 
     /// Tells the sensor what became of one of its batches: refusals, then the ack.
