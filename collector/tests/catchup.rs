@@ -22,6 +22,17 @@ const RATE: u64 = 2_000;
 const OUTAGE: Duration = Duration::from_secs(12);
 const BACKLOGGED: [&str; 3] = ["host-a", "host-b", "host-c"];
 
+/// The collector process, killed when the test ends (a failing assertion too): a
+/// frozen or orphaned collector must not outlive the test.
+struct Frozen(Child);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -64,7 +75,8 @@ fn produce(
 async fn backlogs_drain_fast_exactly_once_and_live_events_get_through() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = spawn_collector(dir.path(), "127.0.0.1:0");
+    let (child, addr) = spawn_collector(dir.path(), "127.0.0.1:0");
+    let child = Frozen(child);
     let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
     let fp = custody_collector::secret::sha256_hex(
         &custody_collector::pki::pem_to_der(&ca_pem).unwrap(),
@@ -99,14 +111,14 @@ async fn backlogs_drain_fast_exactly_once_and_live_events_get_through() {
         .map(|(s, h)| produce(s.clone(), h, stop.clone()))
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    signal(&child, "-STOP");
+    signal(&child.0, "-STOP");
     tokio::time::sleep(OUTAGE).await;
     let backlog: u64 = ships.iter().map(|s| s.stats().spool_depth).sum();
     assert!(
         backlog >= 3 * RATE * (OUTAGE.as_secs() - 2),
         "backlog {backlog}: the producers did not keep up"
     );
-    signal(&child, "-CONT");
+    signal(&child.0, "-CONT");
     let back = Instant::now();
 
     // A live event from the idle host, while the others drain.
@@ -192,6 +204,5 @@ async fn backlogs_drain_fast_exactly_once_and_live_events_get_through() {
         assert_eq!(s.stats().spool_dropped, 0);
         s.shutdown().await.unwrap();
     }
-    signal(&child, "-KILL");
-    child.wait().unwrap();
+    drop(child);
 }
