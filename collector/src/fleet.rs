@@ -50,6 +50,87 @@ pub struct HostRecord {
     /// Streams refused because they presented another or an older certificate for
     /// this host, or the certificate of its retired identity.
     pub certs_refused: u64,
+    /// Catch-up lag, as of the sensor's last heartbeat.
+    pub lag: HostLag,
+}
+
+/// How far behind a host is and whether it is catching up, from its heartbeats
+/// (the sensor's newest sequence number against our stored high-water mark).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HostLag {
+    /// When this was computed (the heartbeat's arrival).
+    pub at_ns: u64,
+    /// The sensor's newest sequence number and our `last_seq` at that moment.
+    pub sensor_seq: u64,
+    pub stored_seq: u64,
+    /// Event time of the oldest event the sensor still spools (0: none).
+    pub oldest_unacked_ns: u64,
+    /// Events stored and produced per second since the previous heartbeat.
+    pub drain_rate: u64,
+    pub produce_rate: u64,
+    /// The backlog grew since the previous heartbeat.
+    pub growing: bool,
+}
+
+impl HostLag {
+    pub fn events_behind(&self) -> u64 {
+        self.sensor_seq.saturating_sub(self.stored_seq)
+    }
+
+    /// The next lag, from a heartbeat at `now` saying the sensor's newest seq is
+    /// `sensor_seq` while we have stored up to `stored_seq`.
+    pub fn next(
+        &self,
+        now: u64,
+        sensor_seq: u64,
+        stored_seq: u64,
+        oldest_unacked_ns: u64,
+    ) -> HostLag {
+        let dt = now.saturating_sub(self.at_ns);
+        let per_s = |a: u64, b: u64| {
+            if self.at_ns == 0 || dt == 0 {
+                0
+            } else {
+                (a.saturating_sub(b) as u128 * 1_000_000_000 / dt as u128) as u64
+            }
+        };
+        let next = HostLag {
+            at_ns: now,
+            sensor_seq,
+            stored_seq,
+            oldest_unacked_ns,
+            drain_rate: per_s(stored_seq, self.stored_seq),
+            produce_rate: per_s(sensor_seq, self.sensor_seq),
+            growing: false,
+        };
+        HostLag {
+            growing: self.at_ns != 0 && next.events_behind() > self.events_behind(),
+            ..next
+        }
+    }
+
+    /// Seconds to caught-up at the current net rate; None when not catching up.
+    pub fn eta_s(&self) -> Option<u64> {
+        let behind = self.events_behind();
+        if behind == 0 {
+            return Some(0);
+        }
+        let net = self
+            .drain_rate
+            .checked_sub(self.produce_rate)
+            .filter(|n| *n > 0)?;
+        Some(behind.div_ceil(net))
+    }
+
+    /// Age of the oldest unstored event at `now` (0 when caught up).
+    pub fn time_behind_ns(&self, now: u64) -> u64 {
+        if self.events_behind() == 0 || self.oldest_unacked_ns == 0 {
+            0
+        } else {
+            now.saturating_sub(self.oldest_unacked_ns)
+        }
+    }
 }
 
 /// A host's current client certificate, as issued.
@@ -252,6 +333,33 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_from_heartbeats_rates_eta_and_growth() {
+        const S: u64 = 1_000_000_000;
+        let first = HostLag::default().next(10 * S, 1_000, 400, 5 * S);
+        assert_eq!(
+            (first.events_behind(), first.drain_rate, first.growing),
+            (600, 0, false)
+        );
+        assert_eq!(first.eta_s(), None, "no rate from a single heartbeat");
+        assert_eq!(first.time_behind_ns(12 * S), 7 * S);
+        // Ten seconds later: 1000 more produced, 1500 more stored: draining.
+        let draining = first.next(20 * S, 2_000, 1_900, 15 * S);
+        assert_eq!((draining.drain_rate, draining.produce_rate), (150, 100));
+        assert_eq!(draining.events_behind(), 100);
+        assert!(!draining.growing);
+        assert_eq!(draining.eta_s(), Some(2));
+        // Producing faster than stored: falling further behind, no ETA.
+        let falling = draining.next(30 * S, 4_000, 2_000, 16 * S);
+        assert!(falling.growing);
+        assert_eq!(falling.eta_s(), None);
+        let caught_up = falling.next(40 * S, 4_100, 4_100, 0);
+        assert_eq!(
+            (caught_up.eta_s(), caught_up.time_behind_ns(41 * S)),
+            (Some(0), 0)
+        );
+    }
     use custody_proto::sensor::v1::{Credential, CredentialSeen, Process};
 
     fn seen(host: &str, jti: &str) -> Event {

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use agent_user::shipper::Shipper;
@@ -13,30 +11,6 @@ use common::*;
 use custody_collector::auth::{Role, TokenStore};
 use custody_collector::synth;
 use custody_proto::admin::v1::{EventFilter, ListEventsRequest, ListHostsRequest};
-
-fn spawn_collector(dir: &Path, listen: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_custody-collector"))
-        .args([
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "serve",
-            "--listen",
-            listen,
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .strip_prefix("listening on ")
-        .expect(&first)
-        .to_owned();
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
 
 fn kill9(child: &mut Child) {
     nix_kill(child.id());

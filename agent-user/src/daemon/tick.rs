@@ -113,6 +113,7 @@ impl Daemon {
                 spool_bytes: s.spool_bytes,
                 spool_dropped: s.spool_dropped,
                 rejected: s.rejected,
+                oldest_unacked_ns: s.oldest_unacked_ns,
             });
         }
         if let (Ok(c), Ok(mut t)) = (self.report.counts().lock(), self.metrics_text.lock()) {

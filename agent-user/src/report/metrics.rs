@@ -426,6 +426,26 @@ pub fn render(st: &Status, c: &Counters) -> String {
         );
         one(
             &mut o,
+            "custody_sensor_events_behind",
+            "gauge",
+            "Events assigned a sequence number that the collector has not acknowledged.",
+            col.next_seq
+                .saturating_sub(1)
+                .saturating_sub(col.last_acked_seq),
+        );
+        one(
+            &mut o,
+            "custody_sensor_oldest_unacked_age_seconds",
+            "gauge",
+            "Age of the oldest event the collector has not acknowledged (0: none): how far behind in time.",
+            if col.oldest_unacked_ns == 0 {
+                0
+            } else {
+                crate::clock::now_ns().saturating_sub(col.oldest_unacked_ns) / 1_000_000_000
+            },
+        );
+        one(
+            &mut o,
             "custody_sensor_spool_bytes",
             "gauge",
             "Bytes in the local spool.",

@@ -170,6 +170,9 @@ pub struct CollectorStatus {
     pub spool_bytes: u64,
     pub spool_dropped: u64,
     pub rejected: u64,
+    /// Event time of the oldest event the collector has not acknowledged (0: none).
+    #[serde(default)]
+    pub oldest_unacked_ns: u64,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -281,6 +284,16 @@ pub fn show(path: &Path, json: bool) -> Result<i32> {
             c.spool_dropped,
             c.rejected
         );
+        let behind = c
+            .next_seq
+            .saturating_sub(1)
+            .saturating_sub(c.last_acked_seq);
+        if behind > 0 && c.oldest_unacked_ns > 0 {
+            let age = crate::clock::now_ns().saturating_sub(c.oldest_unacked_ns) / 1_000_000_000;
+            println!(
+                "  behind: {behind} events, the oldest {age} s old (not yet stored by the collector)"
+            );
+        }
         if !c.connected {
             code = code.max(1);
             println!(

@@ -87,6 +87,8 @@ pub struct ShipperStats {
     pub spool_dropped: u64,
     /// Events the collector refused (reported to it in heartbeats too).
     pub rejected: u64,
+    /// Event time of the oldest event not yet acknowledged (0: none).
+    pub oldest_unacked_ns: u64,
 }
 
 pub(crate) struct Shared {
@@ -193,6 +195,7 @@ impl ShipperHandle {
             spool_bytes: s.bytes(),
             spool_dropped: s.dropped(),
             rejected: s.rejected(),
+            oldest_unacked_ns: s.oldest_time_ns(),
         }
     }
 

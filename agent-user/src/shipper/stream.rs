@@ -175,6 +175,8 @@ async fn session(
                     spool_depth: spool.depth(),
                     spool_bytes: spool.bytes(),
                     counters,
+                    newest_seq: spool.next_seq().saturating_sub(1),
+                    oldest_unacked_ns: spool.oldest_time_ns(),
                 }))).await.map_err(|_| anyhow!("stream closed"))?;
             }
             _ = stop.changed() => return Ok(()),

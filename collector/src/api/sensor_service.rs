@@ -14,6 +14,7 @@
 //! unless an admin retired the old identity: an unbound token must not take over
 //! an existing host (its commands, its sequence numbers).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::{EnrollTokenError, TokenStore};
-use crate::engine::group_commit::IngestQueue;
+use crate::engine::IngestOutcome;
+use crate::engine::group_commit::{IngestQueue, Pending, STREAM_IN_FLIGHT};
 use crate::engine::{Engine, field_caps};
 use crate::log_throttle::LogThrottle;
 use crate::pki::{CertIdentity, Pki, cert_identity};
@@ -38,6 +40,8 @@ use crate::response::Responder;
 use crate::sensor_streams::{CommandSink, SensorStreams};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Heartbeats closer together than this on one stream are skipped (see `pump`).
+const HEARTBEAT_MIN_GAP: Duration = Duration::from_millis(500);
 
 type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
 
@@ -339,9 +343,25 @@ impl Session {
         inbound: &mut Streaming<SensorMessage>,
         closed: &tokio::sync::Notify,
     ) -> Result<(), Status> {
+        // Batches queued for storing, oldest first: their answers go out in order.
+        let mut pending: VecDeque<(u64, Pending)> = VecDeque::new();
+        let mut last_heartbeat: Option<std::time::Instant> = None;
         loop {
             let m = tokio::select! {
-                m = inbound.message() => m,
+                // Answers first: an ack lets the sensor send its next batch.
+                biased;
+                out = async { (&mut pending.front_mut().expect("guarded").1).await },
+                    if !pending.is_empty() =>
+                {
+                    let (first, _) = pending.pop_front().expect("guarded");
+                    let out = out
+                        .map_err(|_| "collector is shutting down".to_string())
+                        .and_then(|r| r)
+                        .map_err(Status::unavailable)?;
+                    self.answer(first, out).await?;
+                    continue;
+                }
+                m = inbound.message(), if pending.len() < STREAM_IN_FLIGHT => m,
                 _ = self.shutdown.changed() => {
                     return Err(Status::unavailable("collector is shutting down"));
                 }
@@ -355,8 +375,10 @@ impl Session {
             };
             let m = match m {
                 Ok(Some(m)) => m,
-                Ok(None) => return Ok(()),
+                Ok(None) => return self.answer_all(&mut pending).await,
                 Err(e) => {
+                    // What came before the bad message is stored: say so first.
+                    self.answer_all(&mut pending).await?;
                     self.engine
                         .metrics
                         .stream_errors
@@ -379,39 +401,23 @@ impl Session {
             match m.msg {
                 Some(sensor_message::Msg::Batch(b)) => {
                     let first = b.first_seq;
-                    let out = self
+                    let p = self
                         .queue
-                        .submit(self.host.clone(), b)
+                        .enqueue(self.host.clone(), b)
                         .await
                         .map_err(Status::unavailable)?;
-                    if let Some(r) = &out.rejected {
-                        self.send(collector_message::Msg::Rejected(BatchRejected {
-                            first_seq: first,
-                            last_seq: out.up_to_seq,
-                            code: r.code.into(),
-                            reason: r.reason.clone(),
-                        }))
-                        .await?;
-                    }
-                    // Each refused event is reported as a range of one, so the
-                    // sensor counts exactly what was lost (the rest is stored).
-                    for (seq, r) in &out.refused {
-                        self.send(collector_message::Msg::Rejected(BatchRejected {
-                            first_seq: *seq,
-                            last_seq: *seq,
-                            code: r.code.into(),
-                            reason: r.reason.clone(),
-                        }))
-                        .await?;
-                    }
-                    if out.up_to_seq > 0 {
-                        self.send(collector_message::Msg::Ack(Ack {
-                            up_to_seq: out.up_to_seq,
-                        }))
-                        .await?;
-                    }
+                    pending.push_back((first, p));
                 }
                 Some(sensor_message::Msg::Heartbeat(hb)) => {
+                    // After an outage a stream delivers every heartbeat the sensor
+                    // queued meanwhile; each takes the engine's write lock, so
+                    // applying them all would hold the host's next batch (a live
+                    // event) behind the other hosts' groups many times over. The
+                    // counters are cumulative: the next one says it all.
+                    if last_heartbeat.is_some_and(|t| t.elapsed() < HEARTBEAT_MIN_GAP) {
+                        continue;
+                    }
+                    last_heartbeat = Some(std::time::Instant::now());
                     self.engine
                         .heartbeat(&self.host, &hb)
                         .map_err(|e| Status::unavailable(format!("{e:#}")))?;
@@ -438,6 +444,46 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers every queued batch, in order (the stream is ending).
+    async fn answer_all(&self, pending: &mut VecDeque<(u64, Pending)>) -> Result<(), Status> {
+        while let Some((first, p)) = pending.pop_front() {
+            let out = IngestQueue::outcome(p).await.map_err(Status::unavailable)?;
+            self.answer(first, out).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the sensor what became of one of its batches: refusals, then the ack.
+    async fn answer(&self, first: u64, out: IngestOutcome) -> Result<(), Status> {
+        if let Some(r) = &out.rejected {
+            self.send(collector_message::Msg::Rejected(BatchRejected {
+                first_seq: first,
+                last_seq: out.up_to_seq,
+                code: r.code.into(),
+                reason: r.reason.clone(),
+            }))
+            .await?;
+        }
+        // Each refused event is reported as a range of one, so the
+        // sensor counts exactly what was lost (the rest is stored).
+        for (seq, r) in &out.refused {
+            self.send(collector_message::Msg::Rejected(BatchRejected {
+                first_seq: *seq,
+                last_seq: *seq,
+                code: r.code.into(),
+                reason: r.reason.clone(),
+            }))
+            .await?;
+        }
+        if out.up_to_seq > 0 {
+            self.send(collector_message::Msg::Ack(Ack {
+                up_to_seq: out.up_to_seq,
+            }))
+            .await?;
+        }
+        Ok(())
     }
 
     async fn send(&self, m: collector_message::Msg) -> Result<(), Status> {

@@ -235,9 +235,19 @@ impl Engine {
         let _gate = self.gate();
         let mut st = self.write();
         let r = st.fleet.host_mut(host);
-        r.last_seen_ns = now_ns();
+        let now = now_ns();
+        r.last_seen_ns = now;
         r.spool_dropped = hb.spool_dropped;
         r.spool_depth = hb.spool_depth;
+        // A sensor older than the lag fields says only its spool depth.
+        let sensor_seq = if hb.newest_seq == 0 {
+            r.last_seq + hb.spool_depth
+        } else {
+            hb.newest_seq
+        };
+        r.lag = r
+            .lag
+            .next(now, sensor_seq, r.last_seq, hb.oldest_unacked_ns);
         r.counters = hb.counters.into_iter().collect();
         r.fields_truncated += u64::from(cuts);
         self.metrics

@@ -438,6 +438,12 @@ impl Engine {
                     now.saturating_sub(h.newest_event_ns)
                 },
                 clock_skewed: h.clock_skewed,
+                events_behind: h.lag.events_behind(),
+                time_behind_ns: h.lag.time_behind_ns(now),
+                drain_rate: h.lag.drain_rate,
+                produce_rate: h.lag.produce_rate,
+                catch_up_eta_s: h.lag.eta_s().unwrap_or(0),
+                lag_growing: h.lag.growing,
                 retired: h.retired.is_some(),
                 retired_at_ns: h.retired.as_ref().map_or(0, |r| r.at_ns),
                 retired_by: h.retired.as_ref().map(|r| r.by.clone()).unwrap_or_default(),

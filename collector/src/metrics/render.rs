@@ -192,6 +192,46 @@ pub fn render(t: &Telemetry) -> String {
             h.spool_depth,
         );
     }
+    // Catch-up lag per host, from its heartbeats.
+    type Gauge = fn(&custody_proto::admin::v1::Host) -> u64;
+    let lag: [(&str, &str, Gauge); 6] = [
+        (
+            "custody_collector_sensor_events_behind",
+            "Events the host's sensor assigned that are not stored yet (its newest sequence number minus the stored high-water mark).",
+            |h| h.events_behind,
+        ),
+        (
+            "custody_collector_sensor_time_behind_seconds",
+            "Age of the oldest event the host's sensor still holds (0 when caught up).",
+            |h| h.time_behind_ns / 1_000_000_000,
+        ),
+        (
+            "custody_collector_sensor_drain_events_per_second",
+            "Events of the host stored per second over its last heartbeat interval.",
+            |h| h.drain_rate,
+        ),
+        (
+            "custody_collector_sensor_produce_events_per_second",
+            "Events the host's sensor produced per second over its last heartbeat interval.",
+            |h| h.produce_rate,
+        ),
+        (
+            "custody_collector_sensor_catch_up_eta_seconds",
+            "Seconds until the host is caught up at its current net rate (0: caught up or not catching up).",
+            |h| h.catch_up_eta_s,
+        ),
+        (
+            "custody_collector_sensor_lag_growing",
+            "1 when the host's backlog grew since its previous heartbeat.",
+            |h| u64::from(h.lag_growing),
+        ),
+    ];
+    for (name, help, value) in lag {
+        o.family(name, "gauge", help);
+        for h in &hosts {
+            o.sample(name, &[("host", &h.host_id)], value(h));
+        }
+    }
     o.family(
         "custody_collector_sensor_last_seen_timestamp_seconds",
         "gauge",

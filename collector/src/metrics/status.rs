@@ -207,7 +207,20 @@ pub fn assess(s: &CollectorStatus) -> Verdict {
                 ),
             );
         }
-        if h.connected && h.spool_depth > LAG_EVENTS {
+        if h.connected && h.lag_growing && h.events_behind > LAG_EVENTS {
+            problem(
+                &mut f,
+                format!(
+                    "host {} is falling further behind: {} events / {} s not stored yet, storing {}/s while it produces {}/s",
+                    h.host_id,
+                    h.events_behind,
+                    h.time_behind_ns / 1_000_000_000,
+                    h.drain_rate,
+                    h.produce_rate
+                ),
+                "the collector stores this host's events slower than it produces them: check the collector's CPU and disk, and the host's event rate".into(),
+            );
+        } else if h.connected && h.spool_depth > LAG_EVENTS {
             problem(
                 &mut f,
                 format!(

@@ -151,8 +151,13 @@ fn host_table(rows: &[admin::Host]) -> Markup {
                             th scope="row" { (layout::host_link(&h.host_id)) }
                             td { (sensor_state(h)) }
                             td { (when(h.last_seen_ns)) }
-                            td class=[(h.connected && h.lag_ns > LAG_WARN_NS).then_some("warn")] {
+                            td class=[(h.connected && (h.lag_ns > LAG_WARN_NS || h.lag_growing)).then_some("warn")] {
                                 @if h.lag_ns == 0 { span.muted { "—" } } @else { (layout::span(h.lag_ns)) }
+                                @if h.events_behind > 0 {
+                                    " · " (h.events_behind) " behind"
+                                    @if h.lag_growing { " (growing)" }
+                                    @else if h.catch_up_eta_s > 0 { ", ~" (h.catch_up_eta_s) " s to catch up" }
+                                }
                             }
                             td class=[(lost > 0).then_some("bad")] { (lost) }
                             td { (h.kernel_release) }

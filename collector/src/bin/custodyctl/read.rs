@@ -75,6 +75,10 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
                     "events",
                     "last seq",
                     "lag s",
+                    "behind",
+                    "behind s",
+                    "drain/s",
+                    "eta s",
                     "spool",
                     "dropped",
                     "rejected",
@@ -97,6 +101,18 @@ pub async fn run(c: &mut AdminClient, cli: &Cli) -> Result<bool> {
                             h.events_stored.to_string(),
                             h.last_seq.to_string(),
                             (h.lag_ns / 1_000_000_000).to_string(),
+                            format!(
+                                "{}{}",
+                                h.events_behind,
+                                if h.lag_growing { " GROWING" } else { "" }
+                            ),
+                            (h.time_behind_ns / 1_000_000_000).to_string(),
+                            h.drain_rate.to_string(),
+                            if h.events_behind > 0 && h.catch_up_eta_s == 0 {
+                                "-".into()
+                            } else {
+                                h.catch_up_eta_s.to_string()
+                            },
                             h.spool_depth.to_string(),
                             h.spool_dropped.to_string(),
                             h.batches_rejected.to_string(),

@@ -145,8 +145,28 @@ fn print(addr: &str, s: &CollectorStatus, v: &Verdict) {
             .map(|r| h.counters.get(*r).copied().unwrap_or(0))
             .sum::<u64>()
             + h.spool_dropped;
+        let behind = if h.events_behind == 0 {
+            String::new()
+        } else {
+            format!(
+                "  behind {} events / {} s, draining {}/s, {}{}",
+                h.events_behind,
+                h.time_behind_ns / 1_000_000_000,
+                h.drain_rate,
+                if h.catch_up_eta_s == 0 {
+                    "not catching up".to_owned()
+                } else {
+                    format!("caught up in ~{} s", h.catch_up_eta_s)
+                },
+                if h.lag_growing {
+                    ", FALLING FURTHER BEHIND"
+                } else {
+                    ""
+                }
+            )
+        };
         println!(
-            "    {:<20} {state}  events {}  unacked {}  lost {lost}  sensor {}",
+            "    {:<20} {state}  events {}  unacked {}  lost {lost}  sensor {}{behind}",
             h.host_id,
             h.events_stored,
             h.spool_depth,
