@@ -68,12 +68,13 @@ fn met_today(cli: Cli) -> &'static [Check] {
     match cli {
         // BoringSSL in the stripped Bun binary is found by the analysis and attached by
         // offset (the harness warms the analysis first, see `warm_up`); the prompt,
-        // ~28 KB into a 136 KB body, is not in the excerpts yet.
+        // ~28 KB into a 136 KB body after 27 KB of system reminders, leads the excerpt.
         Cli::ClaudeCode => &[
             ProcessSeen,
             ToolExecDescendant,
             EnvCredential,
             LlmRequestModel,
+            DeepPromptWord,
             ToolsOffered,
             ResponseToolCall,
             HeaderCredential,
@@ -97,14 +98,15 @@ fn met_today(cli: Cli) -> &'static [Check] {
             Discovered,
             DiscoveredOwnName,
         ],
-        // OpenSSL in /usr/bin/node is hooked: model, header, the tools offered and the
-        // short streamed response whole (not yet the prompt ~21 KB in); discovered at
-        // exec as gemini-cli (node running its package's bundle).
+        // OpenSSL in /usr/bin/node is hooked: model, header, the prompt ~21 KB in (after
+        // the session context), the tools offered and the short streamed response whole;
+        // discovered at exec as gemini-cli (node running its package's bundle).
         Cli::GeminiCli => &[
             ProcessSeen,
             ToolExecDescendant,
             EnvCredential,
             LlmRequestModel,
+            DeepPromptWord,
             ToolsOffered,
             ResponseToolCall,
             HeaderCredential,
