@@ -200,7 +200,8 @@ fn feature(features: &mut Vec<Feature>, name: &str, result: Result<()>) {
     }
 }
 
-fn tracepoint(
+/// Loads `prog` (once) and attaches it to `category/name` for each name.
+pub(super) fn tracepoint(
     ebpf: &mut Ebpf,
     links: &mut Links,
     prog: &str,

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use aya::Ebpf;
-use aya::programs::{TracePoint, UProbe, uprobe::UProbeScope};
+use aya::programs::{UProbe, uprobe::UProbeScope};
 use object::read::elf::{FileHeader, ProgramHeader};
 
 use super::loader::Links;
@@ -224,16 +224,11 @@ impl TlsAttacher {
                 .chain(go.iter().flat_map(|f| f.hooks.iter())),
         )?;
         let mut probes = 0;
-        let rustls = points.iter().any(|(h, _)| {
-            matches!(
-                h.function,
-                TlsFunction::RustlsSeal | TlsFunction::RustlsOpen
-            )
-        });
+        let rustls = points.iter().any(|(h, _)| h.function.is_rustls_aead());
         if rustls && !self.rustls_sockets {
             for (prog, event) in RUSTLS_SOCKET_HOOKS {
                 let prog = if self.floor { "custody_floor_tp" } else { prog };
-                attach_tracepoint(ebpf, links, prog, "sock", event)
+                super::loader::tracepoint(ebpf, links, prog, "sock", &[event])
                     .with_context(|| format!("attaching {prog} to sock/{event}"))?;
             }
             self.rustls_sockets = true;
@@ -296,25 +291,6 @@ fn attach_one(
         p.load()?;
     }
     let id = p.attach(offset, path, UProbeScope::AllProcesses)?;
-    links.push(Box::new(p.take_link(id)?));
-    Ok(())
-}
-
-fn attach_tracepoint(
-    ebpf: &mut Ebpf,
-    links: &mut Links,
-    prog: &str,
-    category: &str,
-    event: &str,
-) -> Result<()> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .with_context(|| format!("program {prog} missing from the object"))?
-        .try_into()?;
-    if p.fd().is_err() {
-        p.load()?;
-    }
-    let id = p.attach(category, event)?;
     links.push(Box::new(p.take_link(id)?));
     Ok(())
 }
@@ -458,5 +434,31 @@ mod tests {
         assert_eq!(f.probe, "custody_floor_uprobe");
         assert!(programs_for(TlsFunction::GoConnWrite, HookSite::Return, false).is_none());
         assert!(programs_for(TlsFunction::SslGetFd, HookSite::Entry, false).is_none());
+    }
+
+    /// Both rustls providers' seal/open have programs and bring the socket tracepoints
+    /// (an aws-lc-only binary, rustls's default provider, once got no socket binding).
+    #[test]
+    fn every_rustls_provider_is_served_and_bound_to_sockets() {
+        use TlsFunction::*;
+        for (f, probe, ret) in [
+            (RustlsSeal, "custody_rustls_seal", None),
+            (
+                RustlsOpen,
+                "custody_rustls_open",
+                Some("custody_rustls_open_ret"),
+            ),
+            (AwsLcSeal, "custody_awslc_seal", None),
+            (
+                AwsLcOpen,
+                "custody_awslc_open",
+                Some("custody_awslc_open_ret"),
+            ),
+        ] {
+            let p = programs_for(f, HookSite::Entry, false).unwrap();
+            assert_eq!((p.probe, p.ret), (probe, ret), "{f:?}");
+            assert!(f.is_rustls_aead(), "{f:?} brings the socket tracepoints");
+        }
+        assert!(!SslWrite.is_rustls_aead() && !GoConnRead.is_rustls_aead());
     }
 }

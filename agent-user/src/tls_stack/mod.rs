@@ -106,6 +106,18 @@ pub enum TlsFunction {
 }
 
 impl TlsFunction {
+    /// A crypto provider's AEAD under rustls (ring's or aws-lc's): it sees no socket, so
+    /// its records are tied to connections by the socket tracepoints that come with it.
+    pub fn is_rustls_aead(self) -> bool {
+        matches!(
+            self,
+            TlsFunction::RustlsSeal
+                | TlsFunction::RustlsOpen
+                | TlsFunction::AwsLcSeal
+                | TlsFunction::AwsLcOpen
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TlsFunction::SslWrite => "SSL_write",
