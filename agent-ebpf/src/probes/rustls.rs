@@ -234,17 +234,37 @@ fn record_version(a: &Aead) -> Option<u32> {
     }
 }
 
+/// What both directions do first: (pid_tgid, tgid, record version) of a call worth
+/// following, the process marked for the socket tracepoints.
+#[inline(always)]
+fn begin(a: &Aead) -> Option<(u64, u32, u32)> {
+    if a.key == 0 || a.buf == 0 {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    mark(tgid);
+    Some((pid_tgid, tgid, record_version(a)?))
+}
+
+/// The record of `n` application bytes at `buf` on connection `conn`.
+#[inline(always)]
+fn record(conn: u64, buf: u64, n: u64, dir: u32) -> TlsCall {
+    TlsCall {
+        ssl: conn,
+        buf,
+        out_len: 0,
+        len: n,
+        direction: dir,
+        _pad: 0,
+    }
+}
+
 /// A record about to be sealed: emitted now (its plaintext is in the buffer only until
 /// the call encrypts it in place), bound to its socket at the next send.
 #[inline(always)]
 fn seal(a: Aead) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if a.key == 0 || a.buf == 0 {
-        return 0;
-    }
-    mark(tgid);
-    let Some(t12) = record_version(&a) else {
+    let Some((pid_tgid, tgid, t12)) = begin(&a) else {
         return 0;
     };
     let pk = ProcKey {
@@ -260,15 +280,11 @@ fn seal(a: Aead) -> u32 {
         let conn = unsafe { KEY_CONN.get(&pk) }.copied().unwrap_or(a.key);
         sealed.conn = conn;
         if traced(tgid).is_some() || sampled(direction::WRITE, conn, a.buf) {
-            let call = TlsCall {
-                ssl: conn,
-                buf: a.buf,
-                out_len: 0,
-                len: n,
-                direction: direction::WRITE,
-                _pad: 0,
-            };
-            emit(&call, n, capture_cap(tgid));
+            emit(
+                &record(conn, a.buf, n, direction::WRITE),
+                n,
+                capture_cap(tgid),
+            );
         }
     }
     let _ = SEALED.insert(&pid_tgid, &sealed, 0);
@@ -280,13 +296,7 @@ fn seal(a: Aead) -> u32 {
 /// connection for its whole life).
 #[inline(always)]
 fn open_enter(a: Aead, out_len: u64) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    if a.key == 0 || a.buf == 0 {
-        return 0;
-    }
-    mark(tgid);
-    let Some(t12) = record_version(&a) else {
+    let Some((pid_tgid, tgid, t12)) = begin(&a) else {
         return 0;
     };
     let sock = unsafe { RECEIVED.get(&pid_tgid) }.copied().unwrap_or(0);
@@ -353,15 +363,11 @@ fn open_ret(ok: bool) -> u32 {
         // Application data under an id of its own (handshake records do not count).
         count(counter::RUSTLS_UNBOUND);
     }
-    let call = TlsCall {
-        ssl: o.conn,
-        buf: o.buf,
-        out_len: 0,
-        len: n,
-        direction: direction::READ,
-        _pad: 0,
-    };
-    emit(&call, n, capture_cap(tgid));
+    emit(
+        &record(o.conn, o.buf, n, direction::READ),
+        n,
+        capture_cap(tgid),
+    );
     0
 }
 
